@@ -1,0 +1,126 @@
+"""Model bundles that load without running code.
+
+A bundle is a directory:
+
+- ``autoencoder.pt``: the torch ``state_dict`` only, loaded with ``weights_only=True``;
+- ``svm.skops``: the scikit-learn pipeline, loaded by skops with an explicit list of
+  trusted types (anything else is refused);
+- ``metadata.json``: architecture, layers, standardisation, class names, input hash,
+  metrics and library versions.
+
+Pickle files are never read.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from magpipe.errors import InputError
+from magpipe.io.stores import replace_dir, version, write_json
+from magpipe.model import PatchAutoencoder
+from magpipe.patches import Scaling
+
+FORMAT = 1
+# Types skops does not trust by default but magpipe's own SVM is made of; all else is refused.
+TRUSTED_SKOPS_TYPES = [
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
+    "sklearn.model_selection._split.StratifiedKFold",
+]
+
+
+@dataclass
+class ModelBundle:
+    model: PatchAutoencoder
+    svm: object
+    layers: list[int]
+    scaling: Scaling
+    classes: list[str]
+    anomaly_px: int
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def patch_px(self) -> int:
+        return self.model.patch_px
+
+
+def library_versions() -> dict[str, str]:
+    import dask
+    import sklearn
+    import xarray
+    import zarr
+
+    return {"magpipe": version(), "torch": torch.__version__, "scikit-learn": sklearn.__version__,
+            "dask": dask.__version__, "xarray": xarray.__version__, "zarr": zarr.__version__,
+            "python": platform.python_version()}
+
+
+def save_bundle(bundle: ModelBundle, path: str | Path) -> Path:
+    """Write a bundle directory atomically (written aside, then moved into place)."""
+    import skops.io as sio
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.mkdir(parents=True, exist_ok=True)
+    torch.save(bundle.model.state_dict(), tmp / "autoencoder.pt")
+    sio.dump(bundle.svm, tmp / "svm.skops")
+    meta = {
+        **bundle.meta,
+        "format": FORMAT,
+        "patch_px": bundle.patch_px,
+        "channels": [c.out_channels for c in bundle.model.encoder],
+        "hidden": bundle.model.decoder[0].out_features,
+        "layers": bundle.layers,
+        "anomaly_px": bundle.anomaly_px,
+        "scaling": {"mean": bundle.scaling.mean, "std": bundle.scaling.std},
+        "classes": bundle.classes,
+        "versions": library_versions(),
+    }
+    write_json(meta, tmp / "metadata.json")
+    replace_dir(tmp, path)
+    return path
+
+
+def load_bundle(path: str | Path, *, patch_px: int | None = None) -> ModelBundle:
+    """Load a bundle, checking it is complete, of a known format, and for ``patch_px`` if given."""
+    import skops.io as sio
+
+    path = Path(path)
+    meta_file = path / "metadata.json"
+    if not meta_file.exists():
+        raise InputError(f"{path}: not a magpipe model bundle (no metadata.json)")
+    if any(path.glob("*.pkl")) or any(path.glob("*.pickle")):
+        raise InputError(f"{path}: contains pickle files; magpipe refuses to load them")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{meta_file}: corrupt metadata ({exc})") from None
+    if meta.get("format") != FORMAT:
+        raise InputError(f"{path}: bundle format {meta.get('format')!r}, this magpipe reads format {FORMAT}")
+    if patch_px is not None and meta["patch_px"] != patch_px:
+        raise InputError(f"{path}: model was trained on {meta['patch_px']} px patches, not {patch_px}")
+    model = PatchAutoencoder(meta["patch_px"], meta["channels"], meta["hidden"])
+    try:
+        state = torch.load(path / "autoencoder.pt", map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as exc:
+        raise InputError(f"{path / 'autoencoder.pt'}: cannot load weights ({str(exc).splitlines()[0][:200]})") from None
+    svm_file = path / "svm.skops"
+    try:
+        untrusted = set(sio.get_untrusted_types(file=svm_file))
+    except Exception as exc:
+        raise InputError(f"{svm_file}: not a readable skops file ({str(exc).splitlines()[0][:200]})") from None
+    unknown = sorted(untrusted - set(TRUSTED_SKOPS_TYPES))
+    if unknown:
+        raise InputError(f"{svm_file}: holds untrusted types {unknown}; refusing to load")
+    svm = sio.load(svm_file, trusted=sorted(untrusted))
+    return ModelBundle(
+        model=model.eval(), svm=svm, layers=list(meta["layers"]),
+        scaling=Scaling(**meta["scaling"]), classes=list(meta["classes"]),
+        anomaly_px=int(meta["anomaly_px"]), meta=meta,
+    )

@@ -1,0 +1,194 @@
+"""Classify a whole survey tile by tile, out of core, in parallel on Dask.
+
+Each tile task reads its window of the survey plus a halo of p // 2 from Zarr
+(the same halo ``map_overlap`` would add), computes dense features, SVM classes
+and confidences and the reconstruction-error anomaly, and writes its region of
+``classified.zarr``. A tile is one Zarr shard, so no two tasks touch the same
+object. Each finished tile sets its cell in ``tile_done``; a re-run of an
+interrupted classification skips those tiles, and the store is renamed into
+place (and marked complete) only after the last one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+import zarr
+
+from magpipe.bundle import ModelBundle, load_bundle
+from magpipe.io.stores import (
+    COMPLETE,
+    HASH,
+    check_output_path,
+    grid_encoding,
+    mark_complete,
+    partial_path,
+    replace_dir,
+    store_attrs,
+    version,
+)
+from magpipe.model import dense_anomaly, dense_features
+from magpipe.patches import read_window, tiles
+from magpipe.svm import predict_with_confidence
+
+log = logging.getLogger("magpipe.classify")
+
+NODATA_CLASS = 0  # class code of cells with no data (classes are 1..K)
+
+
+def classify_window(bundle: ModelBundle, window: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Classify the interior of a raw window carrying a halo of p // 2 (NaN = no data).
+
+    Returns class (int16, 0 = no data), confidence (float32, probability of the class)
+    and anomaly (float32, mean squared reconstruction error, standardised units).
+    """
+    h = bundle.patch_px // 2
+    valid = np.isfinite(window)
+    inner = valid[h:-h, h:-h] if h else valid
+    shape = inner.shape
+    cls = np.full(shape, NODATA_CLASS, dtype="int16")
+    conf = np.full(shape, np.nan, dtype="float32")
+    anom = np.full(shape, np.nan, dtype="float32")
+    if not inner.any():
+        return cls, conf, anom
+    x = torch.from_numpy(bundle.scaling.apply(window))[None, None]
+    feats = dense_features(bundle.model, x, bundle.layers)
+    X = feats.numpy()[:, inner].T
+    del feats
+    cls[inner], conf[inner] = predict_with_confidence(bundle.svm, X)
+    a = dense_anomaly(bundle.model, x, torch.from_numpy(valid)[None, None], bundle.anomaly_px)
+    anom[inner] = a.numpy()[inner]
+    return cls, conf, anom
+
+
+def classify_array(bundle: ModelBundle, field: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Single-process reference: the whole grid as one window."""
+    h = bundle.patch_px // 2
+    return classify_window(bundle, read_window(field, 0, field.shape[0], 0, field.shape[1], h))
+
+
+@lru_cache(maxsize=4)
+def _cached_bundle(path: str) -> ModelBundle:
+    """Each worker process loads a bundle once, however many tiles it runs."""
+    try:
+        from distributed import get_worker
+
+        get_worker()
+        torch.set_num_threads(1)  # one thread per Dask worker thread; no oversubscription
+    except (ImportError, ValueError):
+        pass
+    return load_bundle(path)
+
+
+def classify_tile(survey: str, out: str, bundle_path: str, tile: tuple[int, int, int, int], index: int,
+                  tile_px: int) -> int:
+    """Classify one tile of ``survey``'s field into the partial store ``out``; returns its index."""
+    bundle = _cached_bundle(bundle_path)
+    y0, y1, x0, x1 = tile
+    field = zarr.open_array(Path(survey) / "field", mode="r")
+    window = read_window(field, y0, y1, x0, x1, bundle.patch_px // 2)
+    cls, conf, anom = classify_window(bundle, window)
+    group = zarr.open_group(out, mode="r+")
+    group["class"][y0:y1, x0:x1] = cls
+    group["confidence"][y0:y1, x0:x1] = conf
+    group["anomaly"][y0:y1, x0:x1] = anom
+    group["tile_done"][y0 // tile_px, x0 // tile_px] = 1  # last: the tile is done only once all is written
+    return index
+
+
+def _template(survey_ds: xr.Dataset, bundle: ModelBundle, tile_px: int) -> xr.Dataset:
+    import dask.array as da
+
+    ny, nx = survey_ds.sizes["y"], survey_ds.sizes["x"]
+    chunks = (tile_px, tile_px)
+    coords = {k: survey_ds.coords[k] for k in ("y", "x", "spatial_ref") if k in survey_ds.coords}
+    grid = {"grid_mapping": "spatial_ref"} if "spatial_ref" in coords else {}
+    ds = xr.Dataset(
+        {
+            "class": (("y", "x"), da.full((ny, nx), NODATA_CLASS, dtype="int16", chunks=chunks),
+                      {"long_name": "class code (see flag_values / flag_meanings)", "nodata": NODATA_CLASS,
+                       "flag_values": list(range(1, len(bundle.classes) + 1)),
+                       "flag_meanings": " ".join(c.replace(" ", "_") for c in bundle.classes), **grid}),
+            "confidence": (("y", "x"), da.full((ny, nx), np.nan, dtype="float32", chunks=chunks),
+                           {"long_name": "probability of the predicted class", "units": "1", **grid}),
+            "anomaly": (("y", "x"), da.full((ny, nx), np.nan, dtype="float32", chunks=chunks),
+                        {"long_name": "autoencoder reconstruction error (MSE, standardised units)", **grid}),
+        },
+        coords=coords,
+    )
+    nty, ntx = -(-ny // tile_px), -(-nx // tile_px)
+    ds["tile_done"] = (("tile_y", "tile_x"), da.zeros((nty, ntx), dtype="uint8", chunks=(1, 1)))
+    return ds
+
+
+def classify_survey(
+    survey: str | Path,
+    bundle_path: str | Path,
+    out: str | Path,
+    *,
+    stage_hash: str,
+    tile_px: int = 512,
+    client=None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Classify every valid cell of ``survey`` (a survey.zarr) into ``out`` (classified.zarr).
+
+    With a ``distributed.Client`` tiles run on its workers; without one, in this process.
+    Resumes a partial store made with the same ``stage_hash``; skips when already complete.
+    """
+    survey, out = Path(survey), Path(out)
+    check_output_path(out)
+    attrs = store_attrs(out)
+    if attrs and attrs.get(COMPLETE) and attrs.get(HASH) == stage_hash:
+        log.info("%s is up to date; nothing to do", out)
+        return out
+    tmp = partial_path(out)
+    survey_ds = xr.open_zarr(survey, consolidated=False, decode_coords="all")
+    bundle = load_bundle(bundle_path)
+    grid = tiles((survey_ds.sizes["y"], survey_ds.sizes["x"]), tile_px)
+    prev = store_attrs(tmp)
+    if prev is None or prev.get(HASH) != stage_hash:
+        ds = _template(survey_ds, bundle, tile_px)
+        ds.attrs.update({HASH: stage_hash, "magpipe_version": version(), "source": str(survey.resolve().name),
+                         "classes": bundle.classes, "tile_px": tile_px})
+        enc = grid_encoding(ds, shard_px=tile_px)
+        enc["tile_done"] = {"chunks": (1, 1)}
+        ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, compute=False, encoding=enc)
+        # the template's data chunks are never written by xarray here; coords are
+        done = np.zeros(ds["tile_done"].shape, dtype="uint8")
+    else:
+        done = zarr.open_array(tmp / "tile_done", mode="r")[:]
+    todo = [(i, t) for i, t in enumerate(grid) if not done[t[0] // tile_px, t[2] // tile_px]]
+    log.info("classifying %d of %d tiles (%d px) into %s", len(todo), len(grid), tile_px, out)
+    args = (str(survey), str(tmp), str(Path(bundle_path)))
+    finished = len(grid) - len(todo)
+    if client is None:
+        for i, t in todo:
+            classify_tile(*args, t, i, tile_px)
+            finished += 1
+            _report(progress, finished, len(grid))
+    else:
+        from distributed import as_completed
+
+        futures = [client.submit(classify_tile, *args, t, i, tile_px, key=f"classify-tile-{stage_hash}-{i}",
+                                 pure=False) for i, t in todo]
+        for fut in as_completed(futures):
+            fut.result()
+            finished += 1
+            _report(progress, finished, len(grid))
+    mark_complete(tmp)
+    replace_dir(tmp, out)
+    return out
+
+
+def _report(progress, done: int, total: int) -> None:
+    if progress is not None:
+        progress(done, total)
+    if done == total or done % max(1, total // 10) == 0:
+        log.info("tiles %d/%d", done, total)

@@ -1,0 +1,189 @@
+"""`magpipe` command line: one command per stage, plus `run` (all stages) and `demo`.
+
+Errors in the input print one line naming the file and the problem and exit
+with status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from magpipe.config import RunConfig
+from magpipe.errors import MagpipeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Classify magnetic survey grids with autoencoder features and an SVM.")
+
+_state = {"debug": False}
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML/JSON config file (see magpipe.config).")]
+PatchOpt = Annotated[Optional[int], typer.Option("--patch-size", help="Patch side in px (odd) [default 31].")]
+EpochsOpt = Annotated[Optional[int], typer.Option("--epochs", help="Maximum autoencoder epochs [default 12].")]
+NPatchOpt = Annotated[Optional[int], typer.Option("--n-patches", help="Training patches to sample [default 8000].")]
+SchedOpt = Annotated[Optional[str], typer.Option("--scheduler", envvar="DASK_SCHEDULER_ADDRESS",
+                                                 help="Existing Dask scheduler; default: a LocalCluster.")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="LocalCluster workers [default 2].")]
+SerialOpt = Annotated[bool, typer.Option("--serial", help="Classify in this process, without Dask.")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory of the run.")]
+NodataOpt = Annotated[Optional[float], typer.Option("--nodata", help="Sentinel no-data value, e.g. -99999.")]
+BandOpt = Annotated[Optional[int], typer.Option("--band", help="1-based band of a multi-band raster.")]
+VarOpt = Annotated[Optional[str], typer.Option("--variable", help="Variable of a NetCDF/Zarr dataset.")]
+SpacingOpt = Annotated[Optional[float], typer.Option("--spacing", help="Grid spacing for line data (CRS units).")]
+CrsOpt = Annotated[Optional[str], typer.Option("--crs", help="Target CRS for line data, e.g. EPSG:27700.")]
+FieldOpt = Annotated[Optional[str], typer.Option("--label-field", help="Attribute holding the class of vector labels.")]
+ClassesOpt = Annotated[Optional[Path], typer.Option("--classes", help="CSV naming label raster codes (code,name).")]
+
+
+@app.callback()
+def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False) -> None:
+    _state["debug"] = debug
+    log = logging.getLogger("magpipe")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"))
+        log.addHandler(handler)
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+def _config(config: Path | None, *, patch_size=None, epochs=None, n_patches=None, nodata=None, band=None,
+            variable=None, spacing=None, crs=None, scheduler=None, workers=None) -> RunConfig:
+    return RunConfig.load(
+        config,
+        ingest={"nodata": nodata, "band": band, "variable": variable, "spacing": spacing, "crs": crs},
+        patches={"patch_px": patch_size, "n_patches": n_patches},
+        model={"epochs": epochs},
+        classify={"scheduler": scheduler, "workers": workers},
+    )
+
+
+def _guard(fn, *args, **kwargs):
+    """Run a stage; turn magpipe errors (and unreadable files) into one line and exit 2."""
+    try:
+        return fn(*args, **kwargs)
+    except (MagpipeError, FileNotFoundError, PermissionError) as exc:
+        if _state["debug"]:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _client(cfg: RunConfig, serial: bool):
+    import contextlib
+
+    from magpipe.cluster import dask_client
+
+    if serial:
+        return contextlib.nullcontext(None)
+    return dask_client(cfg.classify.scheduler, workers=cfg.classify.workers)
+
+
+@app.command()
+def ingest(survey: Path, out: OutOpt, config: ConfigOpt = None, nodata: NodataOpt = None, band: BandOpt = None,
+           variable: VarOpt = None, spacing: SpacingOpt = None, crs: CrsOpt = None) -> None:
+    """Read a survey (GeoTIFF, NetCDF, Zarr, CSV/XYZ lines) into OUT/survey.zarr."""
+    from magpipe.pipeline import run_ingest
+
+    cfg = _config(config, nodata=nodata, band=band, variable=variable, spacing=spacing, crs=crs)
+    typer.echo(_guard(run_ingest, survey, out, cfg))
+
+
+@app.command()
+def labels(labels: Path, out: OutOpt, label_field: FieldOpt = None, classes: ClassesOpt = None) -> None:
+    """Put labels (raster, polygons or points) onto OUT/survey.zarr's grid."""
+    from magpipe.pipeline import run_labels
+
+    typer.echo(_guard(run_labels, labels, out, label_field=label_field, classes=classes))
+
+
+@app.command()
+def train(out: OutOpt, config: ConfigOpt = None, patch_size: PatchOpt = None, epochs: EpochsOpt = None,
+          n_patches: NPatchOpt = None) -> None:
+    """Sample patches, train the autoencoder and the SVM -> OUT/patches.zarr, OUT/model/."""
+    from magpipe.pipeline import run_patches, run_train
+
+    cfg = _config(config, patch_size=patch_size, epochs=epochs, n_patches=n_patches)
+    _guard(run_patches, out, cfg)
+    typer.echo(_guard(run_train, out, cfg))
+
+
+@app.command()
+def classify(out: OutOpt, config: ConfigOpt = None, model: Annotated[Optional[Path], typer.Option(
+        "--model", help="Model bundle to apply [default OUT/model].")] = None, scheduler: SchedOpt = None,
+             workers: WorkersOpt = None, serial: SerialOpt = False) -> None:
+    """Classify every valid cell of OUT/survey.zarr into OUT/classified.zarr."""
+    from magpipe.pipeline import run_classify
+
+    cfg = _config(config, scheduler=scheduler, workers=workers)
+    with _client(cfg, serial) as client:
+        typer.echo(_guard(run_classify, out, cfg, bundle=model, client=client))
+
+
+@app.command()
+def evaluate(out: OutOpt, config: ConfigOpt = None, patch_size: PatchOpt = None) -> None:
+    """Score AE features against raw pixels on a spatial holdout -> OUT/report.*, OUT/*.png."""
+    from magpipe.pipeline import run_evaluate
+    from magpipe.report import accuracy_table
+
+    cfg = _config(config, patch_size=patch_size)
+    typer.echo(accuracy_table(_guard(run_evaluate, out, cfg)))
+
+
+@app.command()
+def export(out: OutOpt, variable: Annotated[str, typer.Option(help="class, confidence or anomaly")] = "class",
+           dest: Annotated[Optional[Path], typer.Option(help="GeoTIFF path [default OUT/<variable>.tif]")] = None
+           ) -> None:
+    """Export a layer of OUT/classified.zarr as a GeoTIFF."""
+    from magpipe.pipeline import Layout
+    from magpipe.report import export_geotiff
+
+    lay = Layout(out)
+    typer.echo(_guard(export_geotiff, lay.classified, variable, dest or out / f"{variable}.tif"))
+
+
+def _run(survey, labels, out, cfg, *, label_field, classes, serial) -> None:
+    from magpipe.pipeline import run_all
+    from magpipe.report import accuracy_table
+
+    t0 = time.perf_counter()
+    with _client(cfg, serial) as client:
+        report = _guard(run_all, survey, labels, out, cfg, label_field=label_field, classes=classes, client=client)
+    typer.echo("")
+    typer.echo(accuracy_table(report))
+    typer.echo(f"\n{report['n_train']} training / {report['n_test']} test cells, spatial holdout; "
+               f"{time.perf_counter() - t0:.0f} s")
+    typer.echo(f"results in {out}/: survey.zarr patches.zarr model/ classified.zarr report.json report.md *.png")
+
+
+@app.command()
+def run(survey: Path, labels: Annotated[Path, typer.Option("--labels", "-l", help="Label raster or vector file.")],
+        out: OutOpt, label_field: FieldOpt = None, classes: ClassesOpt = None, config: ConfigOpt = None,
+        nodata: NodataOpt = None, band: BandOpt = None, variable: VarOpt = None, spacing: SpacingOpt = None,
+        crs: CrsOpt = None, patch_size: PatchOpt = None, epochs: EpochsOpt = None, n_patches: NPatchOpt = None,
+        scheduler: SchedOpt = None, workers: WorkersOpt = None, serial: SerialOpt = False) -> None:
+    """Run every stage: ingest, labels, patches, train, classify, evaluate."""
+    cfg = _config(config, patch_size=patch_size, epochs=epochs, n_patches=n_patches, nodata=nodata, band=band,
+                  variable=variable, spacing=spacing, crs=crs, scheduler=scheduler, workers=workers)
+    _run(survey, labels, out, cfg, label_field=label_field, classes=classes, serial=serial)
+
+
+@app.command()
+def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("magpipe-demo"),
+         epochs: EpochsOpt = None, workers: WorkersOpt = None, serial: SerialOpt = False) -> None:
+    """Run the whole pipeline on the embedded BGS sample of Great Britain (2 km grid)."""
+    from magpipe.datasets import britain_sample
+
+    sample = britain_sample()
+    typer.echo(f"Demo on {sample.survey.name} ({sample.attribution})")
+    cfg = _config(None, epochs=epochs, workers=workers)
+    cfg = cfg.model_copy(update={"patches": cfg.patches.model_copy(update=DEMO_PATCHES)})
+    _run(sample.survey, sample.labels, out, cfg, label_field=None, classes=sample.classes, serial=serial)
+
+
+DEMO_PATCHES = {"patch_px": 15, "n_patches": 6000}

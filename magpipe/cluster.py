@@ -1,0 +1,28 @@
+"""Choose the Dask cluster for an entry point (CLI or flow); library code never makes one."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str | None = None, *, workers: int = 2) -> Iterator[object]:
+    """A client of ``scheduler`` (or ``$DASK_SCHEDULER_ADDRESS``), else of a new LocalCluster.
+
+    The LocalCluster uses processes with one thread each: torch and libsvm are
+    then never oversubscribed, and a crashing tile cannot take the driver down.
+    """
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    if address:
+        with Client(address) as client:
+            yield client
+        return
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                      memory_limit="auto", silence_logs=logging.WARNING) as cluster, Client(cluster) as client:
+        yield client

@@ -1,0 +1,137 @@
+"""The one typed configuration tree of a magpipe run.
+
+Every stage reads its own section; the whole tree is saved as ``config.json``
+next to the outputs, and a section's JSON is part of that stage's content hash,
+so a changed option recomputes exactly the stages it affects.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from magpipe.errors import ConfigError
+
+SCHEMA_VERSION = 1
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class IngestConfig(_Section):
+    nodata: float | None = Field(
+        None, description="Sentinel value marking no-data cells, in addition to NaN and the file's own nodata."
+    )
+    band: int | None = Field(None, description="1-based band to read from a multi-band raster.")
+    variable: str | None = Field(None, description="Variable to read from a NetCDF/Zarr file with several.")
+    spacing: float | None = Field(
+        None, gt=0, description="Grid spacing for line (point) data, in units of `crs` (m for projected CRSs)."
+    )
+    crs: str | None = Field(
+        None, description="Target CRS for line data (e.g. EPSG:27700); also assigned to grids that carry none."
+    )
+    chunk_px: int = Field(1024, ge=64, description="Dask/shard chunk side of the stored grid, in pixels.")
+
+
+class PatchConfig(_Section):
+    patch_px: int = Field(31, ge=5, description="Patch side in pixels; odd, so a patch is centred on its pixel.")
+    n_patches: int = Field(8000, ge=16, description="Training patches sampled from valid cells.")
+    min_valid_fraction: float = Field(
+        0.8, ge=0.0, le=1.0, description="Minimum share of valid cells in a training patch."
+    )
+    seed: int = Field(0, description="Seed of the patch sampler.")
+
+    @field_validator("patch_px")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError(f"patch_px must be odd so a patch is centred on a pixel, got {v}")
+        return v
+
+
+class ModelConfig(_Section):
+    channels: tuple[int, ...] = Field(
+        (8, 16, 32, 32), description="Output channels of each encoder layer (one dilated 3x3 conv per layer)."
+    )
+    hidden: int = Field(256, ge=8, description="Width of the decoder's hidden layer.")
+    layers: tuple[int, ...] | None = Field(
+        None, description="Encoder layers (0-based) whose activations become features; None = all."
+    )
+    epochs: int = Field(12, ge=1, description="Maximum training epochs.")
+    batch_size: int = Field(128, ge=1, description="Patches per training batch.")
+    learning_rate: float = Field(2e-3, gt=0, description="Adam learning rate.")
+    patience: int = Field(3, ge=1, description="Epochs without validation improvement before stopping.")
+    val_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of patches held out for validation loss.")
+    device: str = Field("auto", description="'auto' (cuda, then mps, then cpu), or a torch device string.")
+    seed: int = Field(0, description="Seed of weight initialisation and batch order.")
+
+
+class SVMConfig(_Section):
+    C: tuple[float, ...] = Field((1.0, 10.0, 100.0), description="SVC C values searched by blocked CV.")
+    gamma_scale: tuple[float, ...] = Field(
+        (0.3, 1.0, 3.0), description="RBF gamma values searched, as multiples of 1/n_features."
+    )
+    max_per_class: int = Field(400, ge=5, description="Labelled training pixels kept per class (subsampled).")
+    cv_folds: int = Field(3, ge=2, description="Spatially blocked CV folds for the C/gamma search.")
+    seed: int = Field(0, description="Seed of subsampling and of Platt scaling.")
+
+
+class EvalConfig(_Section):
+    block_patches: int = Field(
+        3, ge=1, description="Side of a spatial split block, in patch widths."
+    )
+    test_fraction: float = Field(0.3, gt=0, lt=1, description="Share of labelled blocks held out for testing.")
+    max_test_pixels: int = Field(20000, ge=10, description="Test pixels scored (subsampled when more).")
+    seed: int = Field(0, description="Seed of the block assignment.")
+
+
+class ClassifyConfig(_Section):
+    chunk_px: int = Field(512, ge=32, description="Side of a classification tile, in pixels.")
+    anomaly_px: int = Field(7, ge=1, description="Side of the central window scored for reconstruction error.")
+    scheduler: str | None = Field(
+        None, description="Address of an existing Dask scheduler; None starts a LocalCluster."
+    )
+    workers: int = Field(2, ge=1, description="Workers of the LocalCluster (one thread each).")
+
+
+class RunConfig(_Section):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    patches: PatchConfig = Field(default_factory=PatchConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    svm: SVMConfig = Field(default_factory=SVMConfig)
+    evaluate: EvalConfig = Field(default_factory=EvalConfig)
+    classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, **overrides: dict) -> "RunConfig":
+        """Read a YAML/JSON file (or defaults), then apply per-section overrides."""
+        data: dict = {}
+        if path is not None:
+            p = Path(path)
+            try:
+                data = yaml.safe_load(p.read_text()) or {}
+            except (OSError, yaml.YAMLError) as exc:
+                raise ConfigError(f"{p}: cannot read config: {exc}") from None
+            if not isinstance(data, dict):
+                raise ConfigError(f"{p}: config must be a mapping of sections")
+        for section, values in overrides.items():
+            data.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(x) for x in err["loc"])
+            raise ConfigError(f"{path or 'config'}: {where}: {err['msg']}") from None
+
+    def section_json(self, name: str) -> str:
+        """Canonical JSON of one section: the part of a stage's content hash that is config."""
+        return json.dumps(getattr(self, name).model_dump(mode="json"), sort_keys=True)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.model_dump_json(indent=2))

@@ -1,0 +1,160 @@
+"""Put labels of any form onto the survey grid.
+
+Labels arrive as a raster (any grid and CRS), as polygons with an attribute
+field, or as a few dozen points. All become one integer grid on the survey's
+own cells: ``0`` = unlabelled, ``1..K`` = class codes, with the class names kept
+alongside, so the rest of magpipe sees a single form.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from magpipe.errors import CRSMismatchError, InputError
+
+VECTOR_SUFFIXES = {".gpkg", ".geojson", ".json", ".shp", ".fgb", ".gml", ".kml", ".parquet"}
+UNLABELLED = 0
+
+
+def read_class_table(path: str | Path) -> dict[int, str]:
+    """Read a classes CSV: a ``code`` column plus the first other text column as the name."""
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        df = pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read class table ({exc})") from None
+    if "code" not in df.columns:
+        raise InputError(f"{path}: class table needs a 'code' column (has: {', '.join(df.columns)})")
+    names = [c for c in df.columns if c != "code" and df[c].dtype == object]
+    col = names[0] if names else "code"
+    return {int(c): str(n) for c, n in zip(df["code"], df[col])}
+
+
+def read_labels(
+    path: str | Path,
+    survey: xr.DataArray,
+    *,
+    label_field: str | None = None,
+    classes: str | Path | None = None,
+) -> tuple[np.ndarray, list[str]]:
+    """Rasterise or reproject labels onto the survey grid.
+
+    Parameters
+    ----------
+    path : label raster (GeoTIFF...), or vector file (GeoPackage, GeoJSON, Shapefile)
+        of polygons or points.
+    survey : the normalised survey grid (see :func:`magpipe.io.grids.read_grid`); its
+        CRS and transform define the target cells.
+    label_field : attribute holding the class of each vector feature (required for vectors).
+    classes : optional CSV (``code`` + name) naming the values of a label raster.
+
+    Returns
+    -------
+    codes : int16 array (y, x) on the survey grid, 0 = unlabelled, 1..K = class.
+    names : the K class names; ``names[k - 1]`` is the name of code ``k``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    suffix = path.suffix.lower()
+    if suffix in VECTOR_SUFFIXES or path.name.lower().endswith(".geojson"):
+        values, names = _rasterise_vector(path, survey, label_field=label_field)
+    else:
+        values, names = _reproject_raster(path, survey, classes=classes)
+    valid = np.asarray(survey.notnull())
+    if not np.any((values > 0) & valid):
+        raise InputError(f"{path}: labels do not overlap the survey's valid cells")
+    return values, names
+
+
+def _survey_crs(survey: xr.DataArray, path: Path):
+    crs = survey.rio.crs
+    if crs is None:
+        raise CRSMismatchError(f"{path}: the survey has no CRS, so labels cannot be placed; give the survey --crs")
+    return crs
+
+
+def _rasterise_vector(path: Path, survey: xr.DataArray, *, label_field: str | None) -> tuple[np.ndarray, list[str]]:
+    import geopandas as gpd
+    from rasterio.features import rasterize
+
+    try:
+        gdf = gpd.read_file(path)
+    except Exception as exc:  # pyogrio raises several types for unreadable files
+        raise InputError(f"{path}: not a readable vector file ({str(exc).splitlines()[0][:200]})") from None
+    if label_field is None:
+        raise InputError(f"{path}: vector labels need --label-field (fields: {', '.join(_fields(gdf))})")
+    if label_field not in gdf.columns:
+        raise InputError(f"{path}: no field '{label_field}' (fields: {', '.join(_fields(gdf))})")
+    gdf = gdf[gdf.geometry.notna() & gdf[label_field].notna()]
+    if gdf.empty:
+        raise InputError(f"{path}: no features with a geometry and a '{label_field}' value")
+    if gdf.crs is None:
+        raise CRSMismatchError(f"{path}: has no CRS; cannot place it on the survey grid")
+    gdf = gdf.to_crs(_survey_crs(survey, path))
+    names = sorted({str(v) for v in gdf[label_field]})
+    code_of = {n: i + 1 for i, n in enumerate(names)}
+    # Points burn one cell each; polygons burn the cells whose centre they contain.
+    shapes = ((geom, code_of[str(v)]) for geom, v in zip(gdf.geometry, gdf[label_field]))
+    values = rasterize(
+        shapes,
+        out_shape=(survey.sizes["y"], survey.sizes["x"]),
+        transform=survey.rio.transform(),
+        fill=UNLABELLED,
+        dtype="int16",
+    )
+    return values, names
+
+
+def _reproject_raster(path: Path, survey: xr.DataArray, *, classes: str | Path | None) -> tuple[np.ndarray, list[str]]:
+    import rioxarray
+    from rasterio.enums import Resampling
+    from rasterio.errors import RasterioIOError
+
+    try:
+        lab = rioxarray.open_rasterio(path, masked=False)
+    except (RasterioIOError, OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable label raster ({str(exc).splitlines()[0][:200]})") from None
+    if lab.sizes.get("band", 1) != 1:
+        raise InputError(f"{path}: label raster has {lab.sizes['band']} bands; expected 1")
+    lab = lab.isel(band=0, drop=True)
+    if not np.issubdtype(lab.dtype, np.integer):
+        raw = np.asarray(lab)
+        finite = raw[np.isfinite(raw)]
+        if finite.size and not np.all(finite == np.round(finite)):
+            raise InputError(f"{path}: label values must be integer class codes, found {lab.dtype} fractions")
+    nodata = lab.rio.nodata
+    same_grid = (
+        lab.shape == (survey.sizes["y"], survey.sizes["x"])
+        and lab.rio.crs == survey.rio.crs
+        and np.allclose(tuple(lab.rio.transform())[:6], tuple(survey.rio.transform())[:6])
+    )
+    if not same_grid:
+        if lab.rio.crs is None:
+            raise CRSMismatchError(f"{path}: label raster has no CRS and is not on the survey grid")
+        _survey_crs(survey, path)
+        lab = lab.rio.reproject_match(survey, resampling=Resampling.nearest)
+        nodata = lab.rio.nodata
+    raw = np.asarray(lab).astype("float64")
+    bad = ~np.isfinite(raw) | (raw <= 0)
+    if nodata is not None:
+        bad |= raw == nodata
+    table = read_class_table(classes) if classes else {}
+    present = sorted(int(v) for v in np.unique(raw[~bad]))
+    unknown = [v for v in present if table and v not in table]
+    if unknown:
+        raise InputError(f"{path}: label values {unknown} are not in the class table {classes}")
+    names = [table.get(v, f"class_{v}") for v in present]
+    codes = np.zeros(raw.shape, dtype="int16")
+    for i, v in enumerate(present):
+        codes[(raw == v) & ~bad] = i + 1
+    return codes, names
+
+
+def _fields(gdf) -> list[str]:
+    return [str(c) for c in gdf.columns if c != gdf.geometry.name]

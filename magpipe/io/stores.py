@@ -1,0 +1,168 @@
+"""Zarr v3 stores that are either complete or absent.
+
+A store is written under ``<name>.partial`` and renamed into place only after
+its last byte is written, with ``magpipe_complete = true`` and the stage's
+content hash in its attributes. A stage whose hash matches a complete store is
+skipped; anything else at the output path is never mistaken for a result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import xarray as xr
+import zarr
+
+from magpipe.errors import StorageError
+
+COMPLETE = "magpipe_complete"
+HASH = "magpipe_hash"
+INNER_CHUNK_PX = 256
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as _v
+
+    try:
+        return _v("magpipe")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def content_hash(*parts: str) -> str:
+    """SHA-256 over strings, order-sensitive: a stage's inputs plus its config."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:32]
+
+
+def file_hash(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, or of every file (and its relative name) in a directory."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(str(f.relative_to(path)).encode() if path.is_dir() else b"")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:32]
+
+
+def store_attrs(path: str | Path) -> dict[str, Any] | None:
+    """Attributes of the Zarr group at ``path``, or None when there is none."""
+    path = Path(path)
+    if not (path / "zarr.json").exists():
+        return None
+    try:
+        return dict(zarr.open_group(path, mode="r").attrs)
+    except Exception:
+        return None
+
+
+def is_complete(path: str | Path, stage_hash: str | None = None) -> bool:
+    """True when ``path`` is a finished magpipe store (made from ``stage_hash`` if given)."""
+    attrs = store_attrs(path)
+    if not attrs or not attrs.get(COMPLETE):
+        return False
+    return stage_hash is None or attrs.get(HASH) == stage_hash
+
+
+def check_output_path(path: str | Path) -> None:
+    """Refuse to replace something at ``path`` that magpipe did not write."""
+    path = Path(path)
+    if path.exists() and store_attrs(path) is None:
+        raise StorageError(f"{path}: exists and is not a magpipe store; refusing to overwrite it")
+
+
+def partial_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + ".partial")
+
+
+def grid_encoding(ds: xr.Dataset, *, shard_px: int) -> dict[str, dict]:
+    """Shards of ``shard_px`` (one dask chunk = one shard, so parallel writes never share
+    a shard) holding inner chunks of at most 256 px, which keeps reads of small windows cheap."""
+    inner = min(INNER_CHUNK_PX, shard_px)
+    enc: dict[str, dict] = {}
+    for name, var in ds.data_vars.items():
+        if var.dims[-2:] == ("y", "x"):
+            lead = (1,) * (var.ndim - 2)
+            enc[str(name)] = {"chunks": lead + (inner, inner), "shards": lead + (shard_px, shard_px)}
+    return enc
+
+
+def write_store(ds: xr.Dataset, path: str | Path, *, stage_hash: str, shard_px: int | None = None,
+                encoding: dict | None = None) -> Path:
+    """Write ``ds`` as a complete Zarr v3 store at ``path``, replacing a previous magpipe store."""
+    path = Path(path)
+    check_output_path(path)
+    tmp = partial_path(path)
+    shutil.rmtree(tmp, ignore_errors=True)
+    enc = dict(encoding or {})
+    if shard_px is not None:
+        ds = ds.chunk({d: shard_px for d in ("y", "x") if d in ds.dims})
+        for k, v in grid_encoding(ds, shard_px=shard_px).items():
+            enc.setdefault(k, v)
+    ds = ds.copy()
+    ds.attrs.update({HASH: stage_hash, "magpipe_version": version()})
+    try:
+        ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, encoding=enc)
+    except OSError as exc:
+        raise StorageError(f"{path}: cannot write store ({exc})") from exc
+    mark_complete(tmp)
+    replace_dir(tmp, path)
+    return path
+
+
+def mark_complete(path: str | Path, extra: dict | None = None) -> None:
+    group = zarr.open_group(path, mode="r+")
+    group.attrs.update({**(extra or {}), COMPLETE: True})
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move a finished directory into place; the old one is removed only after the swap."""
+    old = dst.with_name(dst.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def open_store(path: str | Path) -> xr.Dataset:
+    """Open a complete magpipe store lazily; refuse partial or foreign ones."""
+    path = Path(path)
+    if not path.exists():
+        raise StorageError(f"{path}: store not found (run the stage that makes it first)")
+    if not is_complete(path):
+        raise StorageError(f"{path}: store is incomplete (an interrupted run?); re-run its stage")
+    return xr.open_zarr(path, consolidated=False, decode_coords="all")
+
+
+def write_json(obj: Any, path: str | Path) -> None:
+    """Write JSON atomically: a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -1,0 +1,159 @@
+"""The convolutional autoencoder and its layer-wise features.
+
+Design choice that makes survey-scale classification cheap: the encoder uses
+only *valid* (unpadded) dilated 3x3 convolutions whose receptive field is exactly
+one patch. A patch's layer-k activation map therefore equals the matching window
+of that layer evaluated once over a whole tile, and its per-channel mean is a box
+filter of the tile's map. So :func:`dense_features` gives every pixel the same
+features as cutting its patch and calling :func:`patch_features`, without the
+p^2-fold redundant work.
+
+Features per tapped layer k (C_k channels): the channel means over the patch's
+layer-k map, then the layer-k activations at the patch centre (2 * C_k values).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def dilations_for(patch_px: int, n_layers: int) -> list[int]:
+    """Dilations of ``n_layers`` 3x3 convs whose receptive field is exactly ``patch_px``.
+
+    Geometric growth (1, 2, 4, 8 for 31 px) keeps early layers local and lets the
+    last layers see the whole patch.
+    """
+    half = patch_px // 2
+    if half < n_layers:
+        raise ValueError(f"patch of {patch_px} px is too small for {n_layers} layers (needs >= {2 * n_layers + 1})")
+    weights = [2**i for i in range(n_layers)]
+    total = sum(weights)
+    d = [max(1, round(half * w / total)) for w in weights[:-1]]
+    while sum(d) > half - 1:
+        d[d.index(max(d))] -= 1
+    d.append(half - sum(d))
+    return d
+
+
+class PatchAutoencoder(nn.Module):
+    """Encoder of valid dilated convs (patch -> 1x1 code) and an MLP decoder (code -> patch)."""
+
+    def __init__(self, patch_px: int, channels: Sequence[int] = (8, 16, 32, 32), hidden: int = 256):
+        super().__init__()
+        self.patch_px = patch_px
+        self.dilations = dilations_for(patch_px, len(channels))
+        convs, c_in = [], 1
+        for c, d in zip(channels, self.dilations):
+            convs.append(nn.Conv2d(c_in, c, kernel_size=3, dilation=d))
+            c_in = c
+        self.encoder = nn.ModuleList(convs)
+        self.decoder = nn.Sequential(nn.Linear(c_in, hidden), nn.ReLU(), nn.Linear(hidden, patch_px * patch_px))
+        # cumulative radius of layer k: how far its outputs reach from the patch centre
+        self.radii = [sum(self.dilations[: k + 1]) for k in range(len(channels))]
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.encoder)
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """All encoder activations for input (N, 1, H, W); layer k is (N, C_k, H - 2 r_k, W - 2 r_k)."""
+        acts = []
+        for conv in self.encoder:
+            x = F.relu(conv(x))
+            acts.append(x)
+        return acts
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        """Reconstruct patches (N, 1, p, p)."""
+        code = self.encode(patches)[-1].flatten(1)
+        return self.decoder(code).view(-1, 1, self.patch_px, self.patch_px)
+
+    def feature_size(self, layers: Sequence[int]) -> int:
+        return sum(2 * self.encoder[k].out_channels for k in layers)
+
+
+def resolve_layers(model: PatchAutoencoder, layers: Sequence[int] | None) -> list[int]:
+    """Validate a layer selection; None means every encoder layer."""
+    if layers is None:
+        return list(range(model.n_layers))
+    bad = [k for k in layers if not 0 <= k < model.n_layers]
+    if bad or not layers:
+        raise ValueError(f"layers {list(layers)} invalid; the encoder has layers 0..{model.n_layers - 1}")
+    return sorted(set(layers))
+
+
+@torch.no_grad()
+def patch_features(model: PatchAutoencoder, patches: torch.Tensor, layers: Sequence[int]) -> torch.Tensor:
+    """Reference per-patch features: (N, 1, p, p) -> (N, F). Slow, used for labelled pixels and tests."""
+    acts = model.encode(patches)
+    out = []
+    for k in layers:
+        a = acts[k]
+        c = a.shape[-1] // 2
+        out += [a.mean(dim=(2, 3)), a[:, :, c, c]]
+    return torch.cat(out, dim=1)
+
+
+@torch.no_grad()
+def dense_features(model: PatchAutoencoder, tile: torch.Tensor, layers: Sequence[int]) -> torch.Tensor:
+    """Features of every pixel of a tile: (1, 1, H + 2h, W + 2h) with halo h = p // 2 -> (F, H, W)."""
+    p, h = model.patch_px, model.patch_px // 2
+    acts = model.encode(tile)
+    out = []
+    for k in layers:
+        a, r = acts[k], model.radii[k]
+        size = p - 2 * r  # side of the patch's layer-k map
+        crop = h - r
+        H, W = a.shape[-2] - 2 * crop, a.shape[-1] - 2 * crop
+        out.append(F.avg_pool2d(a, kernel_size=size, stride=1) if size > 1 else a)
+        out.append(a[:, :, crop : crop + H, crop : crop + W])
+    return torch.cat(out, dim=1)[0]
+
+
+def centre_window(patch_px: int, window_px: int) -> torch.Tensor:
+    """Flat indices of the central window_px x window_px cells of a patch."""
+    lo = patch_px // 2 - window_px // 2
+    idx = torch.arange(patch_px * patch_px).view(patch_px, patch_px)
+    return idx[lo : lo + window_px, lo : lo + window_px].reshape(-1)
+
+
+@torch.no_grad()
+def patch_anomaly(model: PatchAutoencoder, patches: torch.Tensor, mask: torch.Tensor, window_px: int) -> torch.Tensor:
+    """Mean squared reconstruction error over the valid cells of each patch's central window: (N,)."""
+    idx = centre_window(model.patch_px, window_px)
+    recon = model(patches).flatten(1)[:, idx]
+    target, m = patches.flatten(1)[:, idx], mask.flatten(1)[:, idx].float()
+    return ((recon - target) ** 2 * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+@torch.no_grad()
+def dense_anomaly(model: PatchAutoencoder, tile: torch.Tensor, mask: torch.Tensor, window_px: int,
+                  rows_per_step: int = 32) -> torch.Tensor:
+    """:func:`patch_anomaly` for every pixel of a tile (same layout as :func:`dense_features`): (H, W).
+
+    Only the decoder rows of the central window are evaluated, so this costs
+    ``hidden * window_px**2`` per pixel, not a full patch decode.
+    """
+    p, h, a = model.patch_px, model.patch_px // 2, window_px
+    code = model.encode(tile)[-1][0]  # (C, H, W)
+    C, H, W = code.shape
+    idx = centre_window(p, a)
+    lin1, lin2 = model.decoder[0], model.decoder[2]
+    w2, b2 = lin2.weight[idx], lin2.bias[idx]
+    off = h - a // 2
+    core = tile[:, :, off : off + H + a - 1, off : off + W + a - 1]
+    core_m = mask[:, :, off : off + H + a - 1, off : off + W + a - 1].float()
+    out = torch.empty(H, W, dtype=tile.dtype)
+    for r0 in range(0, H, rows_per_step):
+        r1 = min(H, r0 + rows_per_step)
+        z = code[:, r0:r1].permute(1, 2, 0).reshape(-1, C)
+        recon = F.relu(lin1(z)) @ w2.T + b2  # (n, a*a)
+        target = F.unfold(core[:, :, r0 : r1 + a - 1], kernel_size=a)[0].T  # (n, a*a)
+        m = F.unfold(core_m[:, :, r0 : r1 + a - 1], kernel_size=a)[0].T
+        err = ((recon - target) ** 2 * m).sum(1) / m.sum(1).clamp(min=1)
+        out[r0:r1] = err.view(r1 - r0, W)
+    return out

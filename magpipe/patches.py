@@ -1,0 +1,104 @@
+"""Patch geometry, standardisation and sampling, planned before any data is read.
+
+The model sees standardised values with no-data (and everything beyond the
+survey edge) set to 0, the mean; that filling is the same whether a patch is cut
+alone or a whole tile is processed, which is what keeps the two paths equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+from scipy.ndimage import uniform_filter
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """Standardisation of the survey, fitted once on its valid cells (units of the field)."""
+
+    mean: float
+    std: float
+
+    def apply(self, values: np.ndarray) -> np.ndarray:
+        """Standardise and fill no-data with 0: model input, float32."""
+        out = (np.asarray(values, dtype="float64") - self.mean) / self.std
+        return np.nan_to_num(out, nan=0.0).astype("float32")
+
+
+def fit_scaling(field: xr.DataArray) -> Scaling:
+    """Mean and standard deviation of the valid cells, computed out of core."""
+    x = field.data
+    valid = ~da.isnan(x)
+    n = valid.sum()
+    s1 = da.nansum(x.astype("float64"))
+    s2 = da.nansum(x.astype("float64") ** 2)
+    n, s1, s2 = (float(v) for v in da.compute(n, s1, s2))
+    if n == 0:
+        raise ValueError("no valid cells")
+    mean = s1 / n
+    std = max(np.sqrt(max(s2 / n - mean**2, 0.0)), 1e-12)
+    return Scaling(mean=mean, std=std)
+
+
+def read_window(array, y0: int, y1: int, x0: int, x1: int, halo: int) -> np.ndarray:
+    """Rows y0:y1, cols x0:x1 of a 2-D array plus ``halo`` cells each side; NaN beyond its edges."""
+    ny, nx = array.shape
+    out = np.full((y1 - y0 + 2 * halo, x1 - x0 + 2 * halo), np.nan, dtype="float32")
+    ry0, ry1 = max(0, y0 - halo), min(ny, y1 + halo)
+    rx0, rx1 = max(0, x0 - halo), min(nx, x1 + halo)
+    out[ry0 - (y0 - halo) : ry1 - (y0 - halo), rx0 - (x0 - halo) : rx1 - (x0 - halo)] = np.asarray(
+        array[ry0:ry1, rx0:rx1]
+    )
+    return out
+
+
+def cut_patches(window: np.ndarray, rows: np.ndarray, cols: np.ndarray, patch_px: int) -> np.ndarray:
+    """Patches centred on (rows, cols) of a window's interior (window carries a halo of p // 2)."""
+    h = patch_px // 2
+    view = np.lib.stride_tricks.sliding_window_view(window, (patch_px, patch_px))
+    # interior cell (r, c) is window cell (r + h, c + h), whose patch starts at (r, c)
+    return np.ascontiguousarray(view[rows, cols])
+
+
+def tiles(shape: tuple[int, int], tile_px: int) -> list[tuple[int, int, int, int]]:
+    """Row-major (y0, y1, x0, x1) tiles covering a grid; the last row/column may be smaller."""
+    ny, nx = shape
+    return [
+        (y0, min(ny, y0 + tile_px), x0, min(nx, x0 + tile_px))
+        for y0 in range(0, ny, tile_px)
+        for x0 in range(0, nx, tile_px)
+    ]
+
+
+def patches_at(field, rows: np.ndarray, cols: np.ndarray, patch_px: int, *, tile_px: int = 1024) -> np.ndarray:
+    """Raw patches (n, p, p) centred on given cells, NaN outside the grid, reading tile by tile."""
+    rows, cols = np.asarray(rows), np.asarray(cols)
+    out = np.empty((len(rows), patch_px, patch_px), dtype="float32")
+    h = patch_px // 2
+    for y0, y1, x0, x1 in tiles(field.shape, tile_px):
+        sel = np.flatnonzero((rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1))
+        if sel.size:
+            win = read_window(field, y0, y1, x0, x1, h)
+            out[sel] = cut_patches(win, rows[sel] - y0, cols[sel] - x0, patch_px)
+    return out
+
+
+def sample_centres(
+    valid: np.ndarray, *, patch_px: int, n: int, min_valid_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random valid cells whose patch holds at least ``min_valid_fraction`` valid cells.
+
+    Sorted (row-major) so patches are cut tile by tile; deterministic for a seed.
+    """
+    frac = uniform_filter(valid.astype("float32"), size=patch_px, mode="constant", cval=0.0)
+    cand = np.flatnonzero(valid & (frac >= min_valid_fraction - 1e-6))
+    if cand.size == 0:
+        raise ValueError(
+            f"no cell has a {patch_px} px patch with >= {min_valid_fraction:.0%} valid cells"
+        )
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(cand, size=min(n, cand.size), replace=False))
+    return np.unravel_index(pick, valid.shape)

@@ -1,0 +1,330 @@
+"""The stages of a run, each a function of (inputs, out dir, config) -> paths.
+
+Layout of an output directory::
+
+    OUT/config.json        the full config of the run
+    OUT/survey.zarr        field (float32, y/x), valid (uint8), labels (int16, 0 = unlabelled), CRS
+    OUT/patches.zarr       patch (n, p, p) raw training patches, row/col/x/y of their centres
+    OUT/model/             autoencoder.pt, svm.skops, metadata.json (see magpipe.bundle)
+    OUT/classified.zarr    class (int16, 0 = no data), confidence, anomaly (float32)
+    OUT/report.json, OUT/report.md, OUT/*.png
+
+Each stage records a content hash of its inputs and config; a stage whose
+output carries the same hash is skipped, so re-running a finished run is cheap
+and changing one option recomputes only what depends on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+import zarr
+
+from magpipe.bundle import ModelBundle, load_bundle, save_bundle
+from magpipe.config import RunConfig
+from magpipe.errors import DataValidationError, InputError
+from magpipe.evaluation import Split, score, spatial_split, subsample_per_class
+from magpipe.io.grids import read_grid
+from magpipe.io.labels import read_labels
+from magpipe.io.stores import (
+    HASH,
+    check_output_path,
+    content_hash,
+    file_hash,
+    is_complete,
+    open_store,
+    store_attrs,
+    write_json,
+    write_store,
+)
+from magpipe.model import patch_features
+from magpipe.patches import Scaling, fit_scaling, patches_at, sample_centres
+from magpipe.svm import fit_svm, predict_with_confidence
+from magpipe.training import train_autoencoder
+
+log = logging.getLogger("magpipe")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths of one run's outputs."""
+
+    root: Path
+
+    @property
+    def survey(self) -> Path:
+        return self.root / "survey.zarr"
+
+    @property
+    def patches(self) -> Path:
+        return self.root / "patches.zarr"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def classified(self) -> Path:
+        return self.root / "classified.zarr"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.json"
+
+
+def run_ingest(survey: str | Path, out: str | Path, cfg: RunConfig) -> Path:
+    """Read any supported survey into OUT/survey.zarr (field, valid mask, CRS, scaling)."""
+    survey, lay = Path(survey), Layout(Path(out))
+    lay.root.mkdir(parents=True, exist_ok=True)
+    if not survey.exists():
+        raise InputError(f"{survey}: file not found")
+    h = content_hash("ingest-v1", file_hash(survey), cfg.section_json("ingest"))
+    if is_complete(lay.survey, h):
+        log.info("ingest: %s is up to date", lay.survey)
+        return lay.survey
+    c = cfg.ingest
+    field = read_grid(survey, nodata=c.nodata, band=c.band, variable=c.variable, spacing=c.spacing, crs=c.crs,
+                      chunk_px=c.chunk_px)
+    try:
+        scaling = fit_scaling(field)
+    except ValueError:
+        raise DataValidationError(f"{survey}: has no valid cells (all no-data)") from None
+    if scaling.std < 1e-9:
+        raise DataValidationError(f"{survey}: every valid cell has the same value; nothing to learn")
+    ds = field.to_dataset()
+    ds["valid"] = field.notnull().astype("uint8")
+    ds["valid"].attrs = {"long_name": "1 where the survey has data"}
+    ds.attrs.update({"source": survey.name, "source_hash": file_hash(survey), "scaling_mean": scaling.mean,
+                     "scaling_std": scaling.std, "chunk_px": c.chunk_px, "crs_wkt": field.rio.crs.to_wkt() if field.rio.crs else ""})
+    log.info("ingest: %s -> %s (%d x %d cells, %.1f%% valid)", survey, lay.survey, field.sizes["y"],
+             field.sizes["x"], 100 * float(ds["valid"].mean()))
+    return write_store(ds, lay.survey, stage_hash=h, shard_px=c.chunk_px)
+
+
+def run_labels(labels: str | Path, out: str | Path, *, label_field: str | None = None,
+               classes: str | Path | None = None) -> Path:
+    """Put labels onto the survey grid as OUT/survey.zarr:labels."""
+    labels, lay = Path(labels), Layout(Path(out))
+    if not labels.exists():
+        raise InputError(f"{labels}: file not found")
+    attrs = store_attrs(lay.survey) or {}
+    h = content_hash("labels-v1", attrs.get(HASH, ""), file_hash(labels), str(label_field), str(classes))
+    if attrs.get("labels_hash") == h:
+        log.info("labels: up to date")
+        return lay.survey
+    ds = open_store(lay.survey)
+    codes, names = read_labels(labels, ds["field"], label_field=label_field, classes=classes)
+    # Written with zarr directly: adding a variable must leave the store's attributes (and so
+    # its completeness) untouched, which xarray's append mode does not promise.
+    group = zarr.open_group(lay.survey, mode="r+")
+    field = group["field"]
+    if "labels" in group:
+        del group["labels"]
+    arr = group.create_array("labels", shape=codes.shape, dtype="int16", chunks=field.chunks,
+                             shards=field.shards, fill_value=0, dimension_names=("y", "x"),
+                             attributes={"long_name": "class code, 0 = unlabelled",
+                                         **({"grid_mapping": field.attrs["grid_mapping"]}
+                                            if "grid_mapping" in field.attrs else {})})
+    arr[:] = codes
+    group.attrs.update({"classes": names, "labels_source": labels.name, "labels_hash": h})
+    counts = np.bincount(codes.ravel(), minlength=len(names) + 1)[1:]
+    log.info("labels: %s -> %d classes, %s", labels, len(names),
+             ", ".join(f"{n}: {c}" for n, c in zip(names, counts)))
+    return lay.survey
+
+
+def _survey_arrays(lay: Layout) -> tuple[zarr.Array, np.ndarray, Scaling, dict]:
+    open_store(lay.survey)  # refuses incomplete stores
+    group = zarr.open_group(lay.survey, mode="r")
+    attrs = dict(group.attrs)
+    return group["field"], group["valid"][:].astype(bool), Scaling(attrs["scaling_mean"], attrs["scaling_std"]), attrs
+
+
+def run_patches(out: str | Path, cfg: RunConfig) -> Path:
+    """Sample training patches from valid areas into OUT/patches.zarr."""
+    lay, c = Layout(Path(out)), cfg.patches
+    field, valid, _, attrs = _survey_arrays(lay)
+    h = content_hash("patches-v1", attrs[HASH], cfg.section_json("patches"))
+    if is_complete(lay.patches, h):
+        log.info("patches: %s is up to date", lay.patches)
+        return lay.patches
+    if min(field.shape) < c.patch_px:
+        raise DataValidationError(
+            f"{lay.survey}: survey of {field.shape[0]} x {field.shape[1]} cells is smaller than one "
+            f"{c.patch_px} px patch; use a smaller --patch-size"
+        )
+    try:
+        rows, cols = sample_centres(valid, patch_px=c.patch_px, n=c.n_patches,
+                                    min_valid_fraction=c.min_valid_fraction, seed=c.seed)
+    except ValueError as exc:
+        raise DataValidationError(f"{lay.survey}: {exc}") from None
+    raw = patches_at(field, rows, cols, c.patch_px)
+    survey = xr.open_zarr(lay.survey, consolidated=False)
+    ds = xr.Dataset(
+        {"patch": (("patch", "py", "px"), raw, {"long_name": "raw field values, NaN = no data"}),
+         "row": ("patch", rows.astype("int64")), "col": ("patch", cols.astype("int64")),
+         "x": ("patch", survey.x.values[cols]), "y": ("patch", survey.y.values[rows])},
+        attrs={"patch_px": c.patch_px, "survey_hash": attrs[HASH]},
+    )
+    log.info("patches: %d patches of %d px -> %s", len(rows), c.patch_px, lay.patches)
+    enc = {"patch": {"chunks": (min(len(rows), 4096), c.patch_px, c.patch_px)}}
+    return write_store(ds, lay.patches, stage_hash=h, encoding=enc)
+
+
+def labelled_split(lay: Layout, cfg: RunConfig) -> tuple[Split, np.ndarray, list[str]]:
+    """The spatial train/test split of the labelled cells (deterministic from the config)."""
+    group = zarr.open_group(lay.survey, mode="r")
+    if "labels" not in group:
+        raise InputError(f"{lay.survey}: has no labels; run `magpipe labels` first")
+    labels = group["labels"][:]
+    valid = group["valid"][:].astype(bool)
+    p = cfg.patches.patch_px
+    try:
+        split = spatial_split(labels, valid, block_px=cfg.evaluate.block_patches * p, gap_px=p,
+                              test_fraction=cfg.evaluate.test_fraction, seed=cfg.evaluate.seed)
+    except ValueError as exc:
+        raise DataValidationError(f"{lay.survey}: labels cannot be split spatially: {exc}") from None
+    return split, labels, list(group.attrs["classes"])
+
+
+def cell_features(bundle_or_model, field, scaling: Scaling, rows, cols, layers, *, batch: int = 512
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """AE features and raw-pixel features (the flattened patch) of given cells."""
+    model = bundle_or_model.model if isinstance(bundle_or_model, ModelBundle) else bundle_or_model
+    p = model.patch_px
+    ae, raw = [], []
+    for b0 in range(0, len(rows), batch):
+        x = scaling.apply(patches_at(field, rows[b0 : b0 + batch], cols[b0 : b0 + batch], p))
+        ae.append(patch_features(model, torch.from_numpy(x)[:, None], layers).numpy())
+        raw.append(x.reshape(len(x), -1))
+    F = model.feature_size(layers)
+    return (np.concatenate(ae) if ae else np.zeros((0, F), "float32"),
+            np.concatenate(raw) if raw else np.zeros((0, p * p), "float32"))
+
+
+def _training_cells(split: Split, labels: np.ndarray, cfg: RunConfig) -> tuple[np.ndarray, ...]:
+    y = labels[split.train_rows, split.train_cols]
+    keep = subsample_per_class(y, cfg.svm.max_per_class, cfg.svm.seed)
+    counts = np.bincount(y[keep])
+    small = [int(c) for c in np.unique(y) if counts[c] < 2]
+    if small:
+        raise DataValidationError(f"classes {small} have fewer than 2 training cells after the spatial split")
+    return split.train_rows[keep], split.train_cols[keep], y[keep], split.train_blocks[keep]
+
+
+def run_train(out: str | Path, cfg: RunConfig, *, progress=None) -> Path:
+    """Train the autoencoder on OUT/patches.zarr and the SVM on the training cells -> OUT/model/."""
+    lay = Layout(Path(out))
+    field, valid, scaling, sattrs = _survey_arrays(lay)
+    pds = open_store(lay.patches)
+    h = content_hash("train-v1", str(pds.attrs[HASH]), str(sattrs.get("labels_hash")), cfg.section_json("model"),
+                     cfg.section_json("svm"), cfg.section_json("evaluate"), cfg.section_json("classify"))
+    meta_file = lay.model / "metadata.json"
+    if meta_file.exists() and load_bundle(lay.model).meta.get("input_hash") == h:
+        log.info("train: %s is up to date", lay.model)
+        return lay.model
+    raw = pds["patch"].values
+    inputs, mask = scaling.apply(raw), np.isfinite(raw)
+    lay.model.mkdir(parents=True, exist_ok=True)
+    ckpt = lay.root / f"train-{h[:12]}.ckpt"
+    t0 = time.perf_counter()
+    log.info("train: autoencoder on %d patches of %d px", len(raw), raw.shape[1])
+    result = train_autoencoder(inputs, mask, cfg.model, checkpoint=ckpt, progress=progress)
+    train_s = time.perf_counter() - t0
+    from magpipe.model import resolve_layers
+
+    layers = resolve_layers(result.model, cfg.model.layers)
+    split, labels, classes = labelled_split(lay, cfg)
+    rows, cols, y, blocks = _training_cells(split, labels, cfg)
+    X, _ = cell_features(result.model, field, scaling, rows, cols, layers)
+    log.info("train: SVM on %d labelled cells, %d AE features", len(y), X.shape[1])
+    svm, svm_info = fit_svm(X, y, blocks, cfg.svm)
+    bundle = ModelBundle(result.model, svm, layers, scaling, classes, cfg.classify.anomaly_px, meta={
+        "input_hash": h, "config": cfg.model_dump(mode="json"), "survey_source": sattrs.get("source"),
+        "training": {"history": result.history, "best_epoch": result.best_epoch,
+                     "best_val_loss": result.best_val_loss, "device": result.device, "seconds": train_s,
+                     "n_patches": len(raw)},
+        "svm": {**svm_info, "n_train": len(y)},
+    })
+    save_bundle(bundle, lay.model)
+    ckpt.unlink(missing_ok=True)
+    return lay.model
+
+
+def run_classify(out: str | Path, cfg: RunConfig, *, bundle: str | Path | None = None, client=None,
+                 progress=None) -> Path:
+    """Classify every valid cell of OUT/survey.zarr into OUT/classified.zarr."""
+    from magpipe.classify import classify_survey
+
+    lay = Layout(Path(out))
+    bundle_path = Path(bundle) if bundle else lay.model
+    sattrs = store_attrs(lay.survey) or {}
+    meta = load_bundle(bundle_path).meta
+    h = content_hash("classify-v1", str(sattrs.get(HASH)), str(meta.get("input_hash")),
+                     str(cfg.classify.chunk_px), str(cfg.classify.anomaly_px))
+    return classify_survey(lay.survey, bundle_path, lay.classified, stage_hash=h, tile_px=cfg.classify.chunk_px,
+                           client=client, progress=progress)
+
+
+def run_evaluate(out: str | Path, cfg: RunConfig) -> dict:
+    """Score AE features against raw pixels on the spatial holdout; write report.json/.md and figures."""
+    from magpipe.report import write_report
+
+    lay = Layout(Path(out))
+    bundle = load_bundle(lay.model)
+    field, valid, scaling, _ = _survey_arrays(lay)
+    split, labels, classes = labelled_split(lay, cfg)
+    rows, cols, y, blocks = _training_cells(split, labels, cfg)
+    rng = np.random.default_rng(cfg.evaluate.seed)
+    n_test = split.test_rows.size
+    pick = np.sort(rng.choice(n_test, min(n_test, cfg.evaluate.max_test_pixels), replace=False))
+    trow, tcol = split.test_rows[pick], split.test_cols[pick]
+    ty = labels[trow, tcol]
+    p, K = bundle.patch_px, len(classes)
+    Xae_te, Xraw_te = cell_features(bundle, field, scaling, trow, tcol, bundle.layers)
+    _, Xraw_tr = cell_features(bundle, field, scaling, rows, cols, bundle.layers)
+    log.info("evaluate: %d training, %d test cells; fitting the raw-pixel baseline SVM", len(y), len(ty))
+    raw_svm, raw_info = fit_svm(Xraw_tr, y, blocks, cfg.svm)
+    pred_ae, _ = predict_with_confidence(bundle.svm, Xae_te)
+    pred_raw, _ = predict_with_confidence(raw_svm, Xraw_te)
+    ae = score(trow, tcol, ty, pred_ae, patch_px=p, n_classes=K)
+    raw = score(trow, tcol, ty, pred_raw, patch_px=p, n_classes=K)
+    report = {
+        "classes": classes,
+        "n_train": int(len(y)),
+        "n_test": int(len(ty)),
+        "n_test_available": int(n_test),
+        "patch_px": p,
+        "layers": bundle.layers,
+        **{k: {"ae": ae[k], "raw": raw[k]} for k in ("pixel_accuracy", "patch_accuracy", "balanced_accuracy")},
+        "f1": {"ae": dict(zip(classes, ae["f1"])), "raw": dict(zip(classes, raw["f1"]))},
+        "confusion": {"ae": ae["confusion"], "raw": raw["confusion"]},
+        "n_test_patches": ae["n_patches"],
+        "svm": {"ae": bundle.meta.get("svm", {}), "raw": raw_info},
+        "training": bundle.meta.get("training", {}),
+        "split": {"block_px": cfg.evaluate.block_patches * p, "gap_px": p,
+                  "test_fraction": cfg.evaluate.test_fraction, "seed": cfg.evaluate.seed},
+    }
+    write_report(report, lay)
+    return report
+
+
+def run_all(survey: str | Path, labels: str | Path, out: str | Path, cfg: RunConfig, *,
+            label_field: str | None = None, classes: str | Path | None = None, client=None) -> dict:
+    """Every stage in order; finished stages with unchanged inputs are skipped."""
+    out = Path(out)
+    check_output_path(out / "survey.zarr")
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save(out / "config.json")
+    run_ingest(survey, out, cfg)
+    run_labels(labels, out, label_field=label_field, classes=classes)
+    run_patches(out, cfg)
+    run_train(out, cfg)
+    run_classify(out, cfg, client=client)
+    return run_evaluate(out, cfg)

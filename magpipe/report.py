@@ -1,0 +1,141 @@
+"""The evaluation report: report.json for machines, report.md and PNG maps for people."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from magpipe.io.stores import write_json
+
+MAX_FIGURE_PX = 1600  # maps larger than this are decimated for the figures only
+
+
+def accuracy_table(report: dict) -> str:
+    """Markdown table of the headline metrics, AE features against raw pixels."""
+    lines = ["| metric | AE features | raw pixels |", "|---|---|---|"]
+    for key, name in (("pixel_accuracy", "pixel-wise accuracy"), ("patch_accuracy", "patch-wise accuracy"),
+                      ("balanced_accuracy", "balanced accuracy")):
+        lines.append(f"| {name} | {report[key]['ae']:.1%} | {report[key]['raw']:.1%} |")
+    return "\n".join(lines)
+
+
+def markdown(report: dict) -> str:
+    classes = report["classes"]
+    f1 = ["| class | F1 (AE) | F1 (raw) |", "|---|---|---|"]
+    f1 += [f"| {c} | {report['f1']['ae'][c]:.2f} | {report['f1']['raw'][c]:.2f} |" for c in classes]
+    sp = report["split"]
+    tr = report.get("training", {})
+    return "\n".join([
+        "# magpipe report",
+        "",
+        f"Spatial holdout: {report['n_train']} training cells, {report['n_test']} test cells "
+        f"({report['n_test_patches']} test patches of {report['patch_px']} px); blocks of {sp['block_px']} px, "
+        f"a gap of {sp['gap_px']} px between training and test cells.",
+        "",
+        accuracy_table(report),
+        "",
+        "## Per-class F1",
+        "",
+        *f1,
+        "",
+        "## Model",
+        "",
+        f"- encoder layers used: {report['layers']}",
+        f"- autoencoder: best epoch {tr.get('best_epoch')}, validation loss {tr.get('best_val_loss', float('nan')):.4f}, "
+        f"trained on {tr.get('device')} in {tr.get('seconds', float('nan')):.0f} s",
+        f"- SVM (AE): C={report['svm']['ae'].get('C')}, gamma={report['svm']['ae'].get('gamma', float('nan')):.3g}, "
+        f"{report['svm']['ae'].get('n_support')} support vectors",
+        f"- SVM (raw): C={report['svm']['raw'].get('C')}, gamma={report['svm']['raw'].get('gamma', float('nan')):.3g}, "
+        f"{report['svm']['raw'].get('n_support')} support vectors",
+        "",
+        "![class map](class_map.png) ![confidence](confidence.png) ![anomaly](anomaly.png) "
+        "![confusion](confusion.png)",
+        "",
+    ])
+
+
+def write_report(report: dict, layout) -> None:
+    root = Path(layout.root)
+    write_json(report, root / "report.json")
+    (root / "report.md").write_text(markdown(report))
+    write_figures(report, layout)
+
+
+def _decimated(arr) -> np.ndarray:
+    step = max(1, int(np.ceil(max(arr.shape) / MAX_FIGURE_PX)))
+    return np.asarray(arr[::step, ::step])
+
+
+def write_figures(report: dict, layout) -> None:
+    """class_map.png, confidence.png, anomaly.png, confusion.png (north up)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import zarr
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    root = Path(layout.root)
+    group = zarr.open_group(layout.classified, mode="r")
+    classes = report["classes"]
+    K = len(classes)
+    cls = _decimated(group["class"]).astype(float)
+    cls[cls == 0] = np.nan
+    cmap = ListedColormap(plt.get_cmap("tab10" if K <= 10 else "tab20").colors[:K])
+    fig, ax = plt.subplots(figsize=(7, 7))
+    im = ax.imshow(cls, cmap=cmap, norm=BoundaryNorm(np.arange(0.5, K + 1), K), interpolation="nearest")
+    cb = fig.colorbar(im, ax=ax, ticks=range(1, K + 1), shrink=0.7)
+    cb.ax.set_yticklabels(classes, fontsize=7)
+    ax.set_title(f"class map (AE features + SVM); holdout pixel acc {report['pixel_accuracy']['ae']:.0%}")
+    ax.set_axis_off()
+    fig.savefig(root / "class_map.png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    for name, title, cm in (("confidence", "confidence (probability of the class)", "viridis"),
+                            ("anomaly", "anomaly (reconstruction error)", "magma")):
+        data = _decimated(group[name])
+        fig, ax = plt.subplots(figsize=(7, 7))
+        vmax = np.nanpercentile(data, 99) if np.isfinite(data).any() else 1
+        im = ax.imshow(data, cmap=cm, vmin=0 if name == "anomaly" else None,
+                       vmax=vmax if name == "anomaly" else None, interpolation="nearest")
+        fig.colorbar(im, ax=ax, shrink=0.7)
+        ax.set_title(title)
+        ax.set_axis_off()
+        fig.savefig(root / f"{name}.png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5))
+    for ax, kind in zip(axes, ("ae", "raw")):
+        cm = np.asarray(report["confusion"][kind], dtype=float)
+        norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        for i in range(K):
+            for j in range(K):
+                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black")
+        ax.set_xticks(range(K), classes, rotation=60, ha="right", fontsize=7)
+        ax.set_yticks(range(K), classes, fontsize=7)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{'AE features' if kind == 'ae' else 'raw pixels'}: "
+                     f"pixel acc {report['pixel_accuracy'][kind]:.0%}")
+    fig.tight_layout()
+    fig.savefig(root / "confusion.png", dpi=110)
+    plt.close(fig)
+
+
+def export_geotiff(classified: str | Path, variable: str, path: str | Path) -> Path:
+    """Write one variable of classified.zarr as a tiled, compressed GeoTIFF (opens in QGIS in place)."""
+    from magpipe.io.stores import open_store
+
+    ds = open_store(classified)
+    da = ds[variable]
+    if variable == "class":
+        da = da.rio.write_nodata(0, encoded=False)
+    else:
+        da = da.rio.write_nodata(np.nan, encoded=False)
+    da = da.rio.write_crs(ds.rio.crs) if ds.rio.crs is not None else da
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    da.rio.to_raster(tmp, driver="GTiff", tiled=True, compress="DEFLATE")
+    tmp.replace(path)
+    return path
