@@ -8,6 +8,7 @@ value and the look of a patch tell units apart, as on a real survey.
 from __future__ import annotations
 
 import numpy as np
+import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 from scipy.ndimage import gaussian_filter
 

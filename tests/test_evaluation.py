@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from magpipe.evaluation import patch_majorities, score, spatial_split, subsample_per_class
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), gap=st.integers(3, 9), mult=st.integers(1, 3))
+def test_no_training_cell_within_a_patch_width_of_a_test_cell(seed, gap, mult):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, size=(60, 70)).astype("int16")
+    valid = rng.uniform(size=labels.shape) > 0.05
+    split = spatial_split(labels, valid, block_px=gap * mult, gap_px=gap, test_fraction=0.3, seed=seed)
+    tr = np.stack([split.train_rows, split.train_cols], 1)
+    te = np.stack([split.test_rows, split.test_cols], 1)
+    cheb = np.abs(tr[:, None, :] - te[None, :, :]).max(-1)
+    assert cheb.min() >= gap
+    assert np.all(labels[split.train_rows, split.train_cols] > 0)
+    assert np.all(valid[split.test_rows, split.test_cols])
+
+
+def test_split_needs_two_blocks():
+    labels = np.zeros((20, 20), "int16")
+    labels[2:5, 2:5] = 1
+    with pytest.raises(ValueError, match="one"):
+        spatial_split(labels, labels > 0, block_px=10, gap_px=5, test_fraction=0.3, seed=0)
+
+
+def test_metrics_arithmetic():
+    rows = np.array([0, 0, 1, 1, 0, 0, 5, 5])
+    cols = np.array([0, 1, 0, 1, 4, 5, 0, 1])
+    true = np.array([1, 1, 1, 2, 2, 2, 2, 2])
+    pred = np.array([1, 1, 2, 2, 1, 1, 2, 2])
+    s = score(rows, cols, true, pred, patch_px=4, n_classes=2)
+    assert s["pixel_accuracy"] == pytest.approx(5 / 8)
+    # patches: (0,0)->true 1 (3 of 4) pred 1 (tie 2:2 -> smaller code 1): right; (0,1)->2 vs 1: wrong; (1,0)->2 vs 2
+    assert s["n_patches"] == 3
+    assert s["patch_accuracy"] == pytest.approx(2 / 3)
+    assert s["balanced_accuracy"] == pytest.approx((2 / 3 + 3 / 5) / 2)
+    assert s["confusion"] == [[2, 1], [2, 3]]
+    assert s["f1"][0] == pytest.approx(2 * 2 / (2 * 2 + 1 + 2))
+
+
+def test_patch_majority_ties_go_to_smaller_code():
+    t, p = patch_majorities(np.array([0, 0]), np.array([0, 1]), np.array([2, 3]), np.array([3, 2]), 4)
+    assert t.tolist() == [2] and p.tolist() == [2]
+
+
+def test_subsample_per_class_caps_and_is_deterministic():
+    y = np.array([1] * 50 + [2] * 5)
+    a = subsample_per_class(y, 10, seed=1)
+    assert np.bincount(y[a]).tolist() == [0, 10, 5]
+    np.testing.assert_array_equal(a, subsample_per_class(y, 10, seed=1))

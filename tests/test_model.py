@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+import torch
+
+from magpipe.model import (
+    PatchAutoencoder,
+    dense_anomaly,
+    dense_features,
+    dilations_for,
+    patch_anomaly,
+    patch_features,
+    resolve_layers,
+)
+
+
+@pytest.mark.parametrize("patch_px", [9, 15, 31, 51])
+def test_receptive_field_is_exactly_one_patch(patch_px):
+    model = PatchAutoencoder(patch_px, (2, 2, 2, 2), 8)
+    code = model.encode(torch.zeros(1, 1, patch_px, patch_px))[-1]
+    assert code.shape[-2:] == (1, 1)
+    assert sum(dilations_for(patch_px, 4)) == patch_px // 2
+
+
+def test_too_small_patch_for_depth_is_refused():
+    with pytest.raises(ValueError, match="too small"):
+        dilations_for(5, 4)
+
+
+@pytest.mark.parametrize("patch_px,layers", [(9, [0, 1, 2, 3]), (15, [1, 3]), (11, [2])])
+def test_dense_features_and_anomaly_equal_per_patch(patch_px, layers):
+    """The whole-tile path must give every pixel its own patch's features (the scaling trick)."""
+    torch.manual_seed(0)
+    model = PatchAutoencoder(patch_px, (4, 8, 8, 8), 16).eval()
+    h = patch_px // 2
+    H, W = 17, 23
+    gen = torch.Generator().manual_seed(1)
+    mask = torch.rand(1, 1, H + 2 * h, W + 2 * h, generator=gen) > 0.15
+    tile = torch.randn(1, 1, H + 2 * h, W + 2 * h, generator=gen) * mask
+    patches = tile[0, 0].unfold(0, patch_px, 1).unfold(1, patch_px, 1).reshape(-1, 1, patch_px, patch_px)
+    pmask = mask[0, 0].unfold(0, patch_px, 1).unfold(1, patch_px, 1).reshape(-1, 1, patch_px, patch_px)
+
+    dense = dense_features(model, tile, layers)
+    ref = patch_features(model, patches, layers)
+    assert dense.shape == (model.feature_size(layers), H, W)
+    np.testing.assert_allclose(dense.reshape(dense.shape[0], -1).T.numpy(), ref.numpy(), atol=1e-5, rtol=1e-4)
+
+    a_dense = dense_anomaly(model, tile, mask, 3, rows_per_step=5)
+    a_ref = patch_anomaly(model, patches, pmask, 3)
+    np.testing.assert_allclose(a_dense.reshape(-1).numpy(), a_ref.numpy(), atol=1e-5, rtol=1e-4)
+
+
+def test_layer_selection_is_validated():
+    model = PatchAutoencoder(9, (2, 2, 2, 2), 8)
+    assert resolve_layers(model, None) == [0, 1, 2, 3]
+    assert resolve_layers(model, [3, 1, 1]) == [1, 3]
+    with pytest.raises(ValueError, match="layers"):
+        resolve_layers(model, [4])
