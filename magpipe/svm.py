@@ -8,6 +8,7 @@ overfitting to local texture and pick too-small kernels.
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
 from sklearn.calibration import CalibratedClassifierCV
@@ -47,7 +48,9 @@ def fit_svm(X: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: SVMConfig) ->
     if folds >= 2 and np.unique(y).size > 1:
         search = GridSearchCV(make_svm(), grid, cv=GroupKFold(n_splits=folds),
                               scoring="balanced_accuracy", n_jobs=1)
-        search.fit(X, y, groups=groups)
+        with warnings.catch_warnings():  # a spatial fold may lack a class; the score handles it
+            warnings.simplefilter("ignore", UserWarning)
+            search.fit(X, y, groups=groups)
         best, cv_score = search.best_params_, float(search.best_score_)
     else:
         log.warning("only %d spatial block(s) in training; C/gamma not searched", n_groups)

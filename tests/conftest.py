@@ -8,24 +8,10 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from magpipe.config import RunConfig
+from magpipe.testing import tiny_config
 from magpipe.synthetic import synthetic_survey
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def tiny_config(**sections) -> RunConfig:
-    """A config small enough that a whole run takes seconds on 2 cores."""
-    base = {
-        "patches": {"patch_px": 9, "n_patches": 1200},
-        "model": {"channels": [4, 8, 8, 8], "hidden": 32, "epochs": 3, "batch_size": 64},
-        "svm": {"max_per_class": 150, "C": [1.0, 10.0], "gamma_scale": [1.0]},
-        "evaluate": {"block_patches": 2},
-        "classify": {"chunk_px": 64, "anomaly_px": 3},
-    }
-    for k, v in sections.items():
-        base.setdefault(k, {}).update(v)
-    return RunConfig.model_validate(base)
 
 
 def write_labels_raster(truth: np.ndarray, like: xr.DataArray, path: Path, *, x_max: int | None = None) -> Path:

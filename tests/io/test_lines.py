@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import rioxarray
+import verde  # noqa: F401  (slow first import: paid at collection, not by one test)
 from affine import Affine
 
 from magpipe.datasets import britain_sample, read_class_table
@@ -38,17 +39,16 @@ def points() -> pd.DataFrame:
 def test_grid_reproduces_smooth_field(points: pd.DataFrame) -> None:
     grid = grid_line_data(points, spacing=SPACING, crs="EPSG:27700")
     xx, yy = np.meshgrid(grid.x.to_numpy(), grid.y.to_numpy())
-    inner = (
-        (xx > X0 + 3_000)
-        & (xx < X0 + SIZE - 3_000)
-        & (yy > Y0 + 3_000)
-        & (yy < Y0 + SIZE - 3_000)
-        & np.isfinite(grid.to_numpy())
+    # Away from the survey edges and the hole, where interpolation has data all round.
+    inner = (np.abs(xx - X0 - SIZE / 2) < SIZE / 2 - 3_000) & (
+        np.abs(yy - Y0 - SIZE / 2) < SIZE / 2 - 3_000
     )
-    assert inner.sum() > 1500
-    error = grid.to_numpy()[inner] - smooth_field(xx[inner], yy[inner])
-    assert np.sqrt(np.mean(error**2)) < 5.0  # field amplitude is 200 nT
-    assert np.abs(error).max() < 25.0
+    near_hole = (np.abs(xx - X0 - 30_000) < 13_000) & (np.abs(yy - Y0 - 30_000) < 13_000)
+    cells = inner & ~near_hole
+    assert np.isfinite(grid.to_numpy()[cells]).all()
+    error = grid.to_numpy()[cells] - smooth_field(xx[cells], yy[cells])
+    assert np.sqrt(np.mean(error**2)) < 2.5  # field amplitude is 200 nT
+    assert np.abs(error).max() < 15.0
 
 
 def test_grid_masks_cells_far_from_data(points: pd.DataFrame) -> None:

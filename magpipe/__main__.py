@@ -1,0 +1,3 @@
+from magpipe.cli import app
+
+app(prog_name="magpipe")

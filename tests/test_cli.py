@@ -1,0 +1,111 @@
+"""The `magpipe` command end to end, and its answers to bad input, as a user runs it."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from magpipe.io.stores import is_complete
+
+from magpipe.testing import tiny_config
+
+LAYOUT = ["survey.zarr", "patches.zarr", "model", "classified.zarr", "report.json", "report.md",
+          "class_map.png", "confidence.png", "anomaly.png", "confusion.png"]
+
+
+def magpipe(*args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "magpipe", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    p.write_text(yaml.safe_dump(tiny_config().model_dump(mode="json")))
+    return p
+
+
+def test_run_end_to_end_leaves_the_documented_layout(survey_files, config_file, tmp_path):
+    out = tmp_path / "out"
+    r = magpipe("run", survey_files["survey"], "--labels", survey_files["labels"], "--out", out,
+                "--config", config_file, "--workers", 2)
+    assert r.returncode == 0, r.stderr
+    for name in LAYOUT:
+        assert (out / name).exists(), name
+    report = json.loads((out / "report.json").read_text())
+    for key in ("pixel_accuracy", "patch_accuracy", "balanced_accuracy"):
+        assert set(report[key]) == {"ae", "raw"}
+        assert 0 <= report[key]["ae"] <= 1 and 0 <= report[key]["raw"] <= 1
+    assert report["n_train"] > 0 and report["n_test"] > 0 and len(report["classes"]) == 3
+    assert "pixel-wise accuracy" in r.stdout and "AE features" in r.stdout
+    # unchanged inputs and config: every stage is skipped
+    again = magpipe("run", survey_files["survey"], "--labels", survey_files["labels"], "--out", out,
+                    "--config", config_file, "--serial")
+    assert again.returncode == 0, again.stderr
+    for stage in ("ingest", "patches", "train"):
+        assert f"{stage}: " in again.stderr and "up to date" in again.stderr
+    assert "classified.zarr is up to date" in again.stderr
+
+
+def test_every_command_has_help():
+    for cmd in ("ingest", "labels", "train", "classify", "evaluate", "run", "demo", "export"):
+        r = magpipe(cmd, "--help")
+        assert r.returncode == 0 and "Usage" in r.stdout, cmd
+
+
+def _one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    for n in needles:
+        assert n in errors[0], errors[0]
+
+
+def test_missing_survey_file(tmp_path, survey_files):
+    r = magpipe("run", tmp_path / "nope.tif", "--labels", survey_files["labels"], "--out", tmp_path / "o",
+                "--serial")
+    _one_line_error(r, "nope.tif", "file not found")
+    assert not is_complete(tmp_path / "o" / "survey.zarr")
+
+
+def test_vector_labels_without_the_named_field(tmp_path, survey_files, config_file):
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    f = survey_files["field"]
+    gdf = gpd.GeoDataFrame({"unit": ["a", "b"]}, crs=f.rio.crs, geometry=[
+        box(float(f.x[0]), float(f.y[-1]), float(f.x[60]), float(f.y[0])),
+        box(float(f.x[61]), float(f.y[-1]), float(f.x[-1]), float(f.y[0]))])
+    gdf.to_file(tmp_path / "units.gpkg")
+    r = magpipe("run", survey_files["survey"], "--labels", tmp_path / "units.gpkg", "--label-field", "LITH",
+                "--out", tmp_path / "o", "--config", config_file, "--serial")
+    _one_line_error(r, "units.gpkg", "no field 'LITH'")
+    assert not (tmp_path / "o" / "report.json").exists()
+
+
+def test_labels_that_do_not_overlap(tmp_path, survey_files, config_file):
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    gdf = gpd.GeoDataFrame({"unit": ["a"]}, geometry=[box(0, 0, 10, 10)], crs=survey_files["field"].rio.crs)
+    gdf.to_file(tmp_path / "far.geojson")
+    r = magpipe("run", survey_files["survey"], "--labels", tmp_path / "far.geojson", "--label-field", "unit",
+                "--out", tmp_path / "o", "--config", config_file, "--serial")
+    _one_line_error(r, "far.geojson", "do not overlap")
+
+
+def test_output_path_holding_something_else_is_refused(tmp_path, survey_files, config_file):
+    (tmp_path / "o" / "survey.zarr").mkdir(parents=True)
+    (tmp_path / "o" / "survey.zarr" / "notes.txt").write_text("mine")
+    r = magpipe("ingest", survey_files["survey"], "--out", tmp_path / "o")
+    _one_line_error(r, "survey.zarr", "not a magpipe store")
+    assert (tmp_path / "o" / "survey.zarr" / "notes.txt").read_text() == "mine"
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    r = magpipe("--debug", "ingest", tmp_path / "nope.tif", "--out", tmp_path / "o")
+    assert r.returncode != 0 and "Traceback" in r.stderr
