@@ -8,13 +8,11 @@ data; ``magpipe/data/README.md`` documents how.
 
 from __future__ import annotations
 
-import csv
-import os
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
-from magpipe.errors import InputError
+from magpipe.io.labels import read_class_table
 
 __all__ = ["BRITAIN_ATTRIBUTION", "BritainSample", "britain_sample", "read_class_table"]
 
@@ -79,52 +77,3 @@ def britain_sample() -> BritainSample:
         classes=paths[_CLASSES],
         attribution=BRITAIN_ATTRIBUTION,
     )
-
-
-def read_class_table(path: str | os.PathLike[str]) -> dict[int, str]:
-    """Read a class table CSV into ``{code: name}``.
-
-    The table needs a ``code`` column of integers; the name is the first other
-    column holding text, so tables with extra numeric columns (counts, colours)
-    still work.
-
-    Parameters
-    ----------
-    path
-        CSV file with a header row.
-
-    Returns
-    -------
-    dict[int, str]
-        Class names by label code, in file order.
-
-    Raises
-    ------
-    InputError
-        If the file is missing, has no ``code`` column or no text column, or a
-        code is not an integer.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
-    with path.open(newline="", encoding="utf-8") as stream:
-        rows = list(csv.DictReader(stream))
-    columns = list(rows[0]) if rows else []
-    if "code" not in columns:
-        raise InputError(f"{path}: no 'code' column (columns: {', '.join(columns) or 'none'})")
-    name_col = next((c for c in columns if c != "code" and not _all_numbers(rows, c)), None)
-    if name_col is None:
-        raise InputError(f"{path}: no text column to name the classes")
-    try:
-        return {int(row["code"]): row[name_col].strip() for row in rows}
-    except (TypeError, ValueError) as err:
-        raise InputError(f"{path}: class codes must be integers ({err})") from err
-
-
-def _all_numbers(rows: list[dict[str, str]], column: str) -> bool:
-    try:
-        for row in rows:
-            float(row[column])
-    except (TypeError, ValueError):
-        return False
-    return True

@@ -41,9 +41,9 @@ def synthetic_survey(
     truth = unit_of_seed[nearest].astype("int16")
     field = np.zeros(shape)
     for u in range(1, n_units + 1):
-        level = 60.0 * (u - (n_units + 1) / 2)
+        level = 120.0 * (u - (n_units + 1) / 2)
         sigma = 1.0 + 1.5 * (u - 1)  # texture: fine for unit 1, broad for the last
-        amp = 25.0 + 15.0 * ((u * 7) % n_units)
+        amp = 20.0 + 10.0 * ((u * 7) % n_units)
         noise = gaussian_filter(rng.normal(size=shape), sigma)
         noise *= amp / max(noise.std(), 1e-9)
         field = np.where(truth == u, level + noise, field)

@@ -106,7 +106,7 @@ def train_autoencoder(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
             count += len(idx)
         val = evaluate_loss(model, x[val_idx], m[val_idx], device, cfg.batch_size * 4, amp)
         row = {"epoch": epoch + 1, "train_loss": total / max(count, 1), "val_loss": val}

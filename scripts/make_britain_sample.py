@@ -150,7 +150,7 @@ CLASSES: dict[int, tuple[str, list[str]]] = {
 }
 
 DESCRIPTIONS = {
-    1: "Mafic and ultramafic igneous rocks (basalt, dolerite, gabbro); typically strongly magnetic",
+    1: "Mafic and ultramafic igneous rocks (basalt, dolerite, gabbro); often strongly magnetic",
     2: "Felsic and intermediate igneous rocks (granite, syenite, rhyolite, felsic tuff)",
     3: "Metamorphic basement (Lewisian gneiss, Moine and Dalradian metasediments)",
     4: "Clastic sedimentary rocks (sandstone, mudstone, siltstone, wacke, conglomerate)",
@@ -185,7 +185,7 @@ def class_of(rcs_d: list[str]) -> list[int]:
 def rasterise_labels(geology: Path, survey: xr.DataArray) -> xr.DataArray:
     """Burn rock classes onto the survey grid; 0 off the map or where the survey has no data.
 
-    Polygons are repaired first: a third of them self-intersect (from the tile
+    Polygons are repaired first: over half of them self-intersect (from the tile
     dissolve), which leaves spurious unlabelled holes when rasterised as is.
     """
     units = gpd.read_file(geology, layer="bedrock").to_crs(CRS).sort_values("MSLINK")
@@ -237,6 +237,7 @@ def write_readme(
     files: dict[str, Path],
     survey: xr.DataArray,
     stats: list[dict[str, object]],
+    n_points: int,
     command: str,
 ) -> None:
     """Document what the files are, how they were made, and their licence."""
@@ -246,11 +247,11 @@ def write_readme(
     finite = np.isfinite(field)
     total = sum(int(row["pixels"]) for row in stats)
     class_rows = "\n".join(
-        f"| {row['code']} | {row['name']} | {row['pixels']} | {100 * int(row['pixels']) / total:.1f}"
-        f" | {row['median']:.0f} | {row['std']:.0f} |"
+        f"| {row['code']} | {row['name']} | {row['pixels']} "
+        f"| {100 * int(row['pixels']) / total:.1f} | {row['median']:.0f} | {row['std']:.0f} |"
         for row in stats
     )
-    left_out = "\n".join(f"- {name}: {why}" for name, why in LEFT_OUT.items())
+    left_out = "\n".join(f"  - {name}: {why}" for name, why in LEFT_OUT.items())
     text = f"""# Britain sample: aeromagnetic grid and bedrock-geology labels
 
 A small, real, labelled survey so magpipe's examples and tests run offline
@@ -258,9 +259,9 @@ A small, real, labelled survey so magpipe's examples and tests run offline
 
 | file | what |
 |---|---|
-| `{files["survey"].name}` | Total-field magnetic anomaly of Great Britain, nT, float32, NaN = no data |
+| `{files["survey"].name}` | Total-field magnetic anomaly, nT, float32, NaN = no data |
 | `{files["labels"].name}` | Rock class per cell, uint8, 0 = unlabelled (GeoTIFF nodata 0) |
-| `{files["classes"].name}` | `code,name,description` of the classes, with the BGS `RCS_D` values in each |
+| `{files["classes"].name}` | `code,name,description`; descriptions list the BGS `RCS_D` values |
 
 Both GeoTIFFs share one grid: British National Grid (EPSG:27700), {spacing:g} m cells,
 {survey.shape[0]} rows x {survey.shape[1]} columns, bounds (W, S, E, N) =
@@ -270,9 +271,12 @@ Both GeoTIFFs share one grid: British National Grid (EPSG:27700), {spacing:g} m 
 
 ## How it was made
 
+From the repository root, with the source data (`{MAGNETIC_FILE}`, `{GEOLOGY_FILE}`;
+see their `SOURCE.md`) in `../shared/data/britain-magnetic`:
+
     {command}
 
-- Magnetic grid: the 541,508 BGS line-data points (longitude, latitude,
+- Magnetic grid: the {n_points:,} BGS line-data points (longitude, latitude,
   `total_field_anomaly_nt`) are projected to EPSG:27700, reduced to the median of
   each cell, and interpolated linearly between cell medians (Delaunay triangulation,
   `magpipe.io.lines.grid_line_data`). Cells more than {2.5 * spacing:g} m from any
@@ -318,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help=f"output folder (default {PACKAGE_DATA})")
     args = parser.parse_args(argv)
     if args.out is None and args.spacing != PACKAGE_SPACING:
-        parser.error(f"--out is required unless --spacing is {PACKAGE_SPACING} (the shipped grid)")
+        parser.error(f"--out is needed unless --spacing is {PACKAGE_SPACING} (the shipped grid)")
     out = args.out or PACKAGE_DATA
     out.mkdir(parents=True, exist_ok=True)
 
@@ -343,12 +347,14 @@ def main(argv: list[str] | None = None) -> None:
     command = "python scripts/make_britain_sample.py" + (
         "" if args.out is None else f" --spacing {args.spacing:g} --out {args.out}"
     )
-    write_readme(out / "README.md", files, survey, stats, command)
+    write_readme(out / "README.md", files, survey, stats, len(points), command)
     elapsed = time.perf_counter() - start
 
-    print(f"grid {survey.shape} at {args.spacing:g} m, {int(np.isfinite(survey).sum())} cells with data")
+    valid = int(np.isfinite(survey).sum())
+    print(f"grid {survey.shape} at {args.spacing:g} m, {valid} cells with data")
     for row in stats:
-        print(f"  {row['code']} {row['name']:<22} {row['pixels']:>7} px  median {row['median']:7.1f} nT")
+        code, name, pixels, median = (row[k] for k in ("code", "name", "pixels", "median"))
+        print(f"  {code} {name:<22} {pixels:>7} px  median {median:6.1f} nT")
     for path in [*files.values(), out / "README.md"]:
         print(f"  {path.name:<26} {path.stat().st_size / 1024:8.1f} KiB")
     print(f"done in {elapsed:.1f} s")

@@ -8,6 +8,7 @@ alongside, so the rest of magpipe sees a single form.
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -20,19 +21,52 @@ UNLABELLED = 0
 
 
 def read_class_table(path: str | Path) -> dict[int, str]:
-    """Read a classes CSV: a ``code`` column plus the first other text column as the name."""
-    import pandas as pd
+    """Read a class table CSV into ``{code: name}``.
 
+    The table needs a ``code`` column of integers; the name is the first other
+    column holding text, so tables with extra numeric columns (counts, colours)
+    still work.
+
+    Parameters
+    ----------
+    path
+        CSV file with a header row.
+
+    Returns
+    -------
+    dict[int, str]
+        Class names by label code, in file order.
+
+    Raises
+    ------
+    InputError
+        If the file is missing, has no ``code`` column or no text column, or a
+        code is not an integer.
+    """
     path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    with path.open(newline="", encoding="utf-8") as stream:
+        rows = list(csv.DictReader(stream))
+    columns = list(rows[0]) if rows else []
+    if "code" not in columns:
+        raise InputError(f"{path}: no 'code' column (columns: {', '.join(columns) or 'none'})")
+    name_col = next((c for c in columns if c != "code" and not _all_numbers(rows, c)), None)
+    if name_col is None:
+        raise InputError(f"{path}: no text column to name the classes")
     try:
-        df = pd.read_csv(path)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read class table ({exc})") from None
-    if "code" not in df.columns:
-        raise InputError(f"{path}: class table needs a 'code' column (has: {', '.join(df.columns)})")
-    names = [c for c in df.columns if c != "code" and df[c].dtype == object]
-    col = names[0] if names else "code"
-    return {int(c): str(n) for c, n in zip(df["code"], df[col])}
+        return {int(row["code"]): row[name_col].strip() for row in rows}
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{path}: class codes must be integers ({err})") from err
+
+
+def _all_numbers(rows: list[dict[str, str]], column: str) -> bool:
+    try:
+        for row in rows:
+            float(row[column])
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def read_labels(

@@ -1,0 +1,29 @@
+"""Runs on the real surveys in ../shared/data; skipped cleanly where that folder is absent."""
+
+import json
+
+import pytest
+
+from magpipe.pipeline import run_all
+from magpipe.testing import tiny_config
+
+from conftest import SHARED
+
+RONDONIA = SHARED / "rondonia-cprm"
+
+
+@pytest.mark.skipif(not RONDONIA.exists(), reason="../shared/data/rondonia-cprm not present")
+def test_rondonia_vector_labels_in_another_crs_run_end_to_end(tmp_path):
+    """Survey in EPSG:4674 degrees, 8 lithology units as polygons with field SIGLA_UNID."""
+    cfg = tiny_config(evaluate={"block_patches": 3}, classify={"chunk_px": 64})
+    report = run_all(RONDONIA / "features_tif" / "Rondonia_Geof_GT.tif", RONDONIA / "target" / "Litologia.gpkg",
+                     tmp_path, cfg, label_field="SIGLA_UNID")
+    assert len(report["classes"]) == 8 and "PP4jaar" in report["classes"]
+    assert report["n_train"] > 100 and report["n_test"] > 100
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["pixel_accuracy"] == report["pixel_accuracy"]
+    import xarray as xr
+
+    ds = xr.open_zarr(tmp_path / "classified.zarr", consolidated=False, decode_coords="all")
+    assert ds["class"].rio.crs.to_epsg() == 4674
+    assert int((ds["class"] > 0).sum()) == ds["class"].size  # every cell of this grid has data
