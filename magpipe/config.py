@@ -68,6 +68,9 @@ class ModelConfig(_Section):
     patience: int = Field(3, ge=1, description="Epochs without validation improvement before stopping.")
     val_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of patches held out for validation loss.")
     device: str = Field("auto", description="'auto' (cuda, then mps, then cpu), or a torch device string.")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="'auto' = bf16 mixed precision on CUDA, fp32 elsewhere."
+    )
     seed: int = Field(0, description="Seed of weight initialisation and batch order.")
 
 

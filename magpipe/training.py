@@ -78,7 +78,7 @@ def train_autoencoder(
     m = torch.from_numpy(mask).unsqueeze(1)
     if device.type == "cuda":
         x, m = x.pin_memory(), m.pin_memory()
-    amp = device.type == "cuda"
+    amp = device.type == "cuda" and cfg.precision != "fp32" or cfg.precision == "bf16"
 
     start, best, best_state, history, bad = 0, float("inf"), None, [], 0
     ckpt = Path(checkpoint) if checkpoint else None
