@@ -37,8 +37,9 @@ GEOLOGY_FILE = "bgs_625k_bedrock_geology.gpkg"
 
 # RCS_D (BGS rock composition) -> class. Each unit goes by its dominant,
 # first-named lithology. Igneous rocks carry most of the magnetite, so they
-# are split by composition; metamorphic basement is often magnetic; the two
-# sedimentary classes are weakly magnetic and differ mainly in texture.
+# are split by composition; metamorphic basement is often magnetic; sedimentary
+# rocks, clastic or carbonate, are all weakly magnetic, so magnetics cannot tell
+# them apart and they form one class.
 CLASSES: dict[int, tuple[str, list[str]]] = {
     1: (
         "mafic_igneous",
@@ -91,7 +92,7 @@ CLASSES: dict[int, tuple[str, list[str]]] = {
         ],
     ),
     4: (
-        "clastic_sedimentary",
+        "sedimentary",
         [
             "BRECCIA AND METABRECCIA",
             "BRECCIA, CONGLOMERATE AND SANDSTONE",
@@ -127,11 +128,6 @@ CLASSES: dict[int, tuple[str, list[str]]] = {
             "SEDIMENTARY ROCK CYCLES, STRATHCLYDE GROUP TYPE",
             "SILTSTONE AND SANDSTONE WITH SUBORDINATE MUDSTONE",
             "WACKE",
-        ],
-    ),
-    5: (
-        "carbonate_sedimentary",
-        [
             "CHALK",
             "CHALK AND SANDSTONE",
             "DOLOMITISED LIMESTONE AND DOLOMITE",
@@ -153,8 +149,7 @@ DESCRIPTIONS = {
     1: "Mafic and ultramafic igneous rocks (basalt, dolerite, gabbro); often strongly magnetic",
     2: "Felsic and intermediate igneous rocks (granite, syenite, rhyolite, felsic tuff)",
     3: "Metamorphic basement (Lewisian gneiss, Moine and Dalradian metasediments)",
-    4: "Clastic sedimentary rocks (sandstone, mudstone, siltstone, wacke, conglomerate)",
-    5: "Carbonate sedimentary rocks (chalk, limestone, dolostone)",
+    4: "Sedimentary rocks, clastic and carbonate (sandstone, mudstone, limestone, chalk); weakly magnetic",
 }
 
 # Units left unlabelled (0) on purpose: their magnetic signature is not one class.

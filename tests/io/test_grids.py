@@ -65,3 +65,19 @@ def test_missing_and_corrupt_files_name_the_file(tmp_path):
         read_grid(bad)
     with pytest.raises(InputError, match="unknown survey format"):
         read_grid(tmp_path)
+
+
+def test_line_data_csv_is_gridded_on_read(tmp_path):
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    lon, lat = rng.uniform(-3, -2, 4000), rng.uniform(54, 55, 4000)
+    pd.DataFrame({"longitude": lon, "latitude": lat, "total_field_anomaly_nt": 100 * (lon + 2.5)}).to_csv(
+        tmp_path / "lines.csv", index=False)
+    with pytest.raises(InputError, match="lines.csv: line data needs --spacing and --crs"):
+        read_grid(tmp_path / "lines.csv")
+    got = read_grid(tmp_path / "lines.csv", spacing=5000, crs="EPSG:27700")
+    assert got.rio.crs.to_epsg() == 27700
+    assert got.rio.resolution() == pytest.approx((5000, -5000))
+    finite = got.values[np.isfinite(got.values)]
+    assert finite.size > 50 and finite.min() > -60 and finite.max() < 60
