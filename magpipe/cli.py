@@ -177,13 +177,14 @@ def run(survey: Path, labels: Annotated[Path, typer.Option("--labels", "-l", hel
 def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("magpipe-demo"),
          epochs: EpochsOpt = None, workers: WorkersOpt = None, serial: SerialOpt = False) -> None:
     """Run the whole pipeline on the embedded BGS sample of Great Britain (2 km grid)."""
-    from magpipe.datasets import britain_sample
+    from magpipe.datasets import britain_sample, demo_config
 
     sample = britain_sample()
     typer.echo(f"Demo on {sample.survey.name} ({sample.attribution})")
-    cfg = _config(None, epochs=epochs, workers=workers)
-    cfg = cfg.model_copy(update={"patches": cfg.patches.model_copy(update=DEMO_PATCHES)})
+    cfg = demo_config()
+    if epochs:
+        cfg.model.epochs = epochs
+    if workers:
+        cfg.classify.workers = workers
     _run(sample.survey, sample.labels, out, cfg, label_field=None, classes=sample.classes, serial=serial)
 
-
-DEMO_PATCHES = {"patch_px": 15, "n_patches": 6000}

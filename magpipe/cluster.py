@@ -23,6 +23,7 @@ def dask_client(scheduler: str | None = None, *, workers: int = 2) -> Iterator[o
         with Client(address) as client:
             yield client
         return
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # the in-process scheduler's chatter
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
                       memory_limit="auto", silence_logs=logging.WARNING) as cluster, Client(cluster) as client:
         yield client

@@ -77,3 +77,10 @@ def britain_sample() -> BritainSample:
         classes=paths[_CLASSES],
         attribution=BRITAIN_ATTRIBUTION,
     )
+
+
+def demo_config():
+    """The demo's settings: 15 px patches (30 km on the 2 km grid) and 6000 training patches."""
+    from magpipe.config import RunConfig
+
+    return RunConfig.model_validate({"patches": {"patch_px": 15, "n_patches": 6000}})

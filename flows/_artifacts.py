@@ -1,0 +1,62 @@
+"""Artifacts for the Prefect UI, built from the plain data the library returns."""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+
+from prefect.artifacts import (
+    create_image_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+
+from magpipe.report import accuracy_table
+
+MAPS = (("class_map", "class map"), ("confidence", "confidence"), ("anomaly", "anomaly (reconstruction error)"))
+
+
+def artifact_key(*parts: str) -> str:
+    """Artifact keys may hold only lowercase letters, digits and dashes."""
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")[:100]
+
+
+def _data_uri(png: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
+
+
+def publish_report(report: dict, out: str | Path, survey: str) -> None:
+    """Markdown report (AE vs raw), per-class table, and the PNG maps, keyed by survey."""
+    out = Path(out)
+    maps = [(out / f"{name}.png", title) for name, title in MAPS if (out / f"{name}.png").exists()]
+    md = "\n\n".join(
+        [f"# {survey}: AE features against raw pixels (spatial holdout)", accuracy_table(report),
+         f"{report['n_train']} training cells, {report['n_test']} test cells, classes: "
+         + ", ".join(report["classes"]), f"Outputs: `{out}`"]
+        + [f"### {title}\n\n![{title}]({_data_uri(png)})" for png, title in maps]
+    )
+    create_markdown_artifact(md, key=artifact_key(survey, "report"), description=f"magpipe report for {survey}")
+    rows = [{"class": c, "f1_ae": round(report["f1"]["ae"][c], 4), "f1_raw": round(report["f1"]["raw"][c], 4)}
+            for c in report["classes"]]
+    create_table_artifact(rows, key=artifact_key(survey, "class-metrics"), description="per-class F1")
+    for png, title in maps:
+        create_image_artifact(_data_uri(png), key=artifact_key(survey, png.stem),
+                              description=f"{survey}: {title}")
+
+
+class TileProgress:
+    """A progress artifact updated as tiles finish (at most ~20 updates per run)."""
+
+    def __init__(self, survey: str):
+        self.id = create_progress_artifact(0.0, key=artifact_key(survey, "classify-progress"),
+                                           description=f"tiles of {survey} classified")
+        self._last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        pct = 100.0 * done / max(total, 1)
+        if pct - self._last >= 5 or done == total:
+            update_progress_artifact(self.id, pct, description=f"{done}/{total} tiles")
+            self._last = pct

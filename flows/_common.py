@@ -1,0 +1,68 @@
+"""What every flow shares: config handling, cache keys, retry rules, run names."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from magpipe.config import RunConfig
+from magpipe.errors import ConfigError, InputError
+from magpipe.io.stores import content_hash, file_hash, is_complete
+
+
+def load_config(config: dict[str, Any] | str | None) -> RunConfig:
+    """A flow's one config parameter: a dict of sections, a YAML/JSON path, or None for defaults."""
+    if config is None:
+        return RunConfig()
+    if isinstance(config, dict):
+        try:
+            return RunConfig.model_validate(config)
+        except Exception as exc:  # pydantic's error, one line
+            raise ConfigError(f"flow parameter 'config': {str(exc).splitlines()[0]}") from None
+    return RunConfig.load(config)
+
+
+def survey_name(survey: str | Path) -> str:
+    """'britain_tmi_2km' from '.../britain_tmi_2km.tif' (also for '.csv.xz' and stores)."""
+    name = Path(str(survey).rstrip("/")).name
+    for _ in range(2):
+        name = name.rsplit(".", 1)[0] if "." in name else name
+    return name
+
+
+def run_name(survey: str | Path) -> str:
+    return f"{survey_name(survey)}-{datetime.now(timezone.utc):%Y%m%d-%H%M}"
+
+
+def out_run_name() -> str:
+    """Run name of a stage flow from its ``out`` parameter: '<run dir>-<date>'."""
+    from prefect.runtime import flow_run
+
+    return run_name(flow_run.parameters.get("out", "run"))
+
+
+def retry_unless_bad_input(task, task_run, state) -> bool:
+    """Retry transient failures (I/O, a lost worker); never bad input or bad config."""
+    try:
+        state.result()
+    except (InputError, ConfigError):
+        return False
+    except Exception:
+        return True
+    return False
+
+
+def stage_key(stage: str, output: str | Path, *inputs: str | Path | None, config: str = "") -> str:
+    """Cache key: stage, input contents, config and whether the output is still complete.
+
+    Including the output's completeness means a deleted or damaged output is never
+    'cached': the stage runs again.
+    """
+    parts = [stage, config, str(is_complete(output)) if str(output).endswith(".zarr") else str(Path(output).exists())]
+    for p in inputs:
+        if p is not None and Path(p).exists():
+            parts.append(file_hash(p))
+        else:
+            parts.append(str(p))
+    return content_hash(*parts)

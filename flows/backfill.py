@@ -1,0 +1,83 @@
+"""Apply an existing model bundle to many surveys, one subflow each, a few at a time.
+
+Resumable: a survey whose classified.zarr is complete is skipped, and one that was
+interrupted resumes from its finished tiles, so a re-run after a crash ends with
+exactly the maps an uninterrupted run would have made.
+
+    python -m flows.backfill MODEL OUT_ROOT SURVEY_OR_GLOB [...]
+"""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, tags, task
+from prefect.futures import wait
+
+from flows._common import load_config, retry_unless_bad_input, run_name, survey_name
+from flows.classify import classify_survey
+from magpipe.io.stores import is_complete, version
+from magpipe.pipeline import Layout, run_ingest
+
+
+def expand_surveys(surveys: list[str] | str) -> list[str]:
+    """A list of paths and/or globs -> sorted unique existing paths."""
+    items = [surveys] if isinstance(surveys, str) else list(surveys)
+    found: set[str] = set()
+    for item in items:
+        matches = glob.glob(item) if any(c in item for c in "*?[") else [item]
+        found.update(matches)
+    return sorted(found)
+
+
+@flow(name="backfill-survey", flow_run_name=lambda: run_name(_param("survey")), log_prints=True)
+def backfill_survey(survey: str, model: str, out: str, config: dict[str, Any] | None = None,
+                    scheduler: str | None = None) -> str:
+    """Ingest one survey and classify it with ``model``."""
+    cfg = load_config(config)
+    run_ingest(survey, out, cfg)
+    return classify_survey(out, cfg.model_dump(mode="json"), model=model, scheduler=scheduler)
+
+
+def _param(name: str) -> str:
+    from prefect.runtime import flow_run
+
+    return str(flow_run.parameters.get(name, "survey"))
+
+
+@task(name="backfill-one", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_unless_bad_input)
+def backfill_one(survey: str, model: str, out: str, config: dict | None, scheduler: str | None) -> str:
+    return backfill_survey(survey, model, out, config, scheduler)
+
+
+@flow(name="backfill", log_prints=True)
+def backfill(surveys: list[str] | str, model: str, out_root: str = "runs/backfill",
+             config: dict[str, Any] | None = None, max_concurrent: int = 2, scheduler: str | None = None) -> dict:
+    """Classify every survey in ``surveys`` (paths or globs) into OUT_ROOT/<survey name>/."""
+    paths = expand_surveys(surveys)
+    if not paths:
+        raise ValueError(f"no survey matches {surveys!r}")
+    done, results = {}, {}
+    with tags("backfill", f"model-{Path(model).name}", f"magpipe-{version()}"):
+        todo = []
+        for p in paths:
+            out = str(Path(out_root) / survey_name(p))
+            if is_complete(Layout(Path(out)).classified):
+                done[p] = out  # nothing to do; a re-run after a crash lands here for finished surveys
+            else:
+                todo.append((p, out))
+        for i in range(0, len(todo), max(1, max_concurrent)):
+            batch = todo[i : i + max(1, max_concurrent)]
+            futures = [backfill_one.submit(p, model, out, config, scheduler) for p, out in batch]
+            wait(futures)
+            for (p, _), fut in zip(batch, futures):
+                results[p] = fut.result()
+    return {"classified": results, "already_done": done}
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(backfill(sys.argv[3:], sys.argv[1], sys.argv[2]))

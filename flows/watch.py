@@ -1,0 +1,61 @@
+"""For the scheduled deployment: process the surveys in a landing folder that have no finished output.
+
+A survey with a labels file beside it (``<name>.labels.gpkg``, ``.geojson`` or ``.tif``) runs the
+full pipeline; any other is classified with the existing ``model`` (a backfill).
+
+    python -m flows.watch LANDING OUT_ROOT [MODEL]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from flows._common import survey_name
+from flows.backfill import backfill
+from flows.pipeline import survey_pipeline
+from magpipe.io.stores import is_complete
+from magpipe.pipeline import Layout
+
+LABEL_SUFFIXES = (".labels.gpkg", ".labels.geojson", ".labels.tif")
+
+
+def pending_surveys(landing: str | Path, out_root: str | Path, pattern: str) -> list[Path]:
+    """Surveys in ``landing`` matching ``pattern`` whose OUT_ROOT/<name>/classified.zarr is not complete."""
+    found = sorted(p for p in Path(landing).glob(pattern) if ".labels." not in p.name)
+    return [p for p in found if not is_complete(Layout(Path(out_root) / survey_name(p)).classified)]
+
+
+def labels_for(survey: Path) -> Path | None:
+    name = survey_name(survey)
+    return next((survey.with_name(name + s) for s in LABEL_SUFFIXES if survey.with_name(name + s).exists()), None)
+
+
+@flow(name="watch-landing", log_prints=True)
+def watch_landing(landing: str, out_root: str = "runs/landing", model: str | None = None, pattern: str = "*.tif",
+                  label_field: str | None = None, config: dict[str, Any] | None = None) -> list[str]:
+    """Run the pipeline or a backfill on every new survey in ``landing``; returns what it processed."""
+    log = get_run_logger()
+    todo = pending_surveys(landing, out_root, pattern)
+    log.info("%d new survey(s) in %s", len(todo), landing)
+    unlabelled = []
+    for s in todo:
+        lab = labels_for(s)
+        if lab is not None:
+            survey_pipeline(str(s), str(lab), str(Path(out_root) / survey_name(s)), label_field=label_field,
+                            config=config)
+        else:
+            unlabelled.append(str(s))
+    if unlabelled:
+        if model is None:
+            raise ValueError(f"{len(unlabelled)} survey(s) have no labels and no model was given: {unlabelled}")
+        backfill(unlabelled, model, out_root, config=config)
+    return [str(s) for s in todo]
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(watch_landing(sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else None))
