@@ -8,7 +8,7 @@ from typing import Any
 
 from magpipe.config import RunConfig
 from magpipe.errors import ConfigError, InputError
-from magpipe.io.stores import content_hash, file_hash, is_complete
+from magpipe.io.stores import content_hash, file_hash
 
 
 def load_config(config: dict[str, Any] | str | None) -> RunConfig:
@@ -53,16 +53,18 @@ def retry_unless_bad_input(task, task_run, state) -> bool:
     return False
 
 
-def stage_key(stage: str, output: str | Path, *inputs: str | Path | None, config: str = "") -> str:
-    """Cache key: stage, input contents, config and whether the output is still complete.
-
-    Including the output's completeness means a deleted or damaged output is never
-    'cached': the stage runs again.
-    """
-    parts = [stage, config, str(is_complete(output)) if str(output).endswith(".zarr") else str(Path(output).exists())]
+def stage_key(stage: str, *inputs: str | Path | None, config: str = "") -> str:
+    """Cache key of a stage: its name, the contents of its input files and its config."""
+    parts = [stage, config]
     for p in inputs:
-        if p is not None and Path(p).exists():
-            parts.append(file_hash(p))
-        else:
-            parts.append(str(p))
+        parts.append(file_hash(p) if p is not None and Path(p).exists() else str(p))
     return content_hash(*parts)
+
+
+def cached(task, output_ready: bool):
+    """The task with its cache refreshed when its output is gone or incomplete.
+
+    Keys depend on inputs and config only, so a finished stage is a cache hit on every
+    later run; but a cached result that points at a deleted output is never reused.
+    """
+    return task.with_options(refresh_cache=not output_ready)

@@ -38,7 +38,8 @@ def backfill_survey(survey: str, model: str, out: str, config: dict[str, Any] | 
     """Ingest one survey and classify it with ``model``."""
     cfg = load_config(config)
     run_ingest(survey, out, cfg)
-    return classify_survey(out, cfg.model_dump(mode="json"), model=model, scheduler=scheduler)
+    return classify_survey(out, cfg.model_dump(mode="json"), model=model, scheduler=scheduler,
+                           name=survey_name(survey))
 
 
 def _param(name: str) -> str:

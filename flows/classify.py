@@ -12,16 +12,16 @@ from magpipe.cluster import dask_client
 from magpipe.pipeline import run_classify
 
 
-@flow(name="classify-survey", flow_run_name=lambda: _out_run_name(), log_prints=True)
+@flow(name="classify-survey", flow_run_name=_out_run_name, log_prints=True)
 def classify_survey(out: str, config: dict[str, Any] | str | None = None, model: str | None = None,
-                    scheduler: str | None = None) -> str:
+                    scheduler: str | None = None, name: str | None = None) -> str:
     """Classify OUT/survey.zarr into OUT/classified.zarr with ``model`` (default OUT/model).
 
-    Dask work goes straight to the cluster (``scheduler``, else a LocalCluster); Prefect
+    ``name`` keys the progress artifact (default: the run directory's name). Dask work goes straight to the cluster (``scheduler``, else a LocalCluster); Prefect
     tasks stay on threads, so Dask workers never start Prefect servers of their own.
     """
     cfg = load_config(config)
-    progress = TileProgress(survey_name(out))
+    progress = TileProgress(name or survey_name(out))
     with dask_client(scheduler or cfg.classify.scheduler, workers=cfg.classify.workers) as client:
         get_run_logger().info("Dask cluster: %s", client.dashboard_link or client.scheduler.address)
         return str(run_classify(out, cfg, bundle=model, client=client, progress=progress))

@@ -7,17 +7,18 @@ With no survey it runs on magpipe's embedded BGS sample of Great Britain.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, tags, task
 from prefect.context import TaskRunContext
 
 from flows._artifacts import publish_report
-from flows._common import load_config, retry_unless_bad_input, run_name, stage_key, survey_name
+from flows._common import cached, load_config, retry_unless_bad_input, run_name, stage_key, survey_name
 from flows.classify import classify_survey
 from flows.train import train_remote_or_local
 from magpipe.config import RunConfig
-from magpipe.io.stores import version
+from magpipe.io.stores import is_complete, store_attrs, version
 from magpipe.pipeline import Layout, run_evaluate, run_ingest, run_labels, run_patches
 
 IO_RETRIES = {"retries": 2, "retry_delay_seconds": [5, 30], "retry_condition_fn": retry_unless_bad_input,
@@ -25,16 +26,19 @@ IO_RETRIES = {"retries": 2, "retry_delay_seconds": [5, 30], "retry_condition_fn"
 
 
 def _ingest_key(ctx: TaskRunContext, p: dict) -> str:
-    return stage_key("ingest", Layout(p["out"]).survey, p["survey"], config=str(p["config"]["ingest"]))
+    return stage_key("ingest", p["survey"], config=_ingest_conf(p))
 
 
 def _labels_key(ctx: TaskRunContext, p: dict) -> str:
-    return stage_key("labels", Layout(p["out"]).survey, p["survey"], p["labels"], p.get("classes"),
-                     config=str(p.get("label_field")))
+    return stage_key("labels", p["survey"], p["labels"], p.get("classes"), config=str(p.get("label_field")))
+
+
+def _ingest_conf(p: dict) -> str:
+    return str(p["config"]["ingest"])
 
 
 def _patches_key(ctx: TaskRunContext, p: dict) -> str:
-    return stage_key("patches", Layout(p["out"]).patches, p["survey"], config=str(p["config"]["patches"]))
+    return stage_key("patches", p["survey"], config=_ingest_conf(p) + str(p["config"]["patches"]))
 
 
 @task(name="ingest", cache_key_fn=_ingest_key, **IO_RETRIES)
@@ -81,11 +85,13 @@ def survey_pipeline(survey: str | None = None, labels_path: str | None = None, o
     conf = cfg.model_dump(mode="json")
     name = survey_name(survey)
     with tags(name, f"magpipe-{version()}"):
-        ingest(survey, out, conf)
-        labels(survey, labels_path, out, label_field, classes)
-        patches(survey, out, conf)
+        lay = Layout(Path(out))
+        cached(ingest, is_complete(lay.survey))(survey, out, conf)
+        cached(labels, bool((store_attrs(lay.survey) or {}).get("labels_hash")))(
+            survey, labels_path, out, label_field, classes)
+        cached(patches, is_complete(lay.patches))(survey, out, conf)
         model = train_remote_or_local(out, conf)
-        classified = classify_survey(out, conf, model=model, scheduler=scheduler)
+        classified = classify_survey(out, conf, model=model, scheduler=scheduler, name=name)
         report = evaluate(out, conf)
         publish_report(report, out, name)
     return {"out": out, "classified": classified, "model": model,

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 
 from flows._common import load_config, out_run_name as _out_run_name
-from magpipe.pipeline import run_train
+from magpipe.pipeline import Layout, run_train
 
 DEPLOYMENT = "train-autoencoder/train-autoencoder"
 
 
-@flow(name="train-autoencoder", flow_run_name=lambda: _out_run_name(), log_prints=True)
+@flow(name="train-autoencoder", flow_run_name=_out_run_name, log_prints=True, persist_result=True)
 def train_autoencoder(out: str, config: dict[str, Any] | str | None = None) -> str:
     """Train the autoencoder and SVM of the run in ``out`` (patches and labels already there)."""
     log = get_run_logger()
@@ -40,7 +41,7 @@ def train_remote_or_local(out: str, config: dict[str, Any] | str | None) -> str:
     if not run.state or not run.state.is_completed():
         raise RuntimeError(f"training deployment run {run.name} ended {run.state.name if run.state else 'unknown'}: "
                            f"{run.state.message if run.state else ''}")
-    return str(run.state.result())
+    return str(Layout(Path(out)).model)  # the run wrote it there; its result need not be persisted
 
 
 if __name__ == "__main__":

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import os
+
 import numpy as np
 import pytest
 import xarray as xr
 
 from magpipe.testing import tiny_config
 from magpipe.synthetic import synthetic_survey
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -46,3 +50,12 @@ def trained_run(survey_files, tmp_path_factory) -> dict:
     run_patches(out, cfg)
     run_train(out, cfg)
     return {"out": out, "cfg": cfg, **survey_files}
+
+
+@pytest.fixture(scope="session")
+def harness():
+    """A temporary Prefect API (SQLite) for flow tests; started once per session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -1,0 +1,117 @@
+"""Flows under prefect_test_harness: states, caching, artifacts, backfill resumption."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from magpipe.io.stores import is_complete
+from magpipe.synthetic import synthetic_survey
+from magpipe.testing import tiny_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _artifacts(keys_prefix: str) -> dict:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts()
+    return {a.key: a for a in arts if a.key and a.key.startswith(keys_prefix)}
+
+
+def _task_states(flow_run_id) -> dict:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
+
+
+def test_pipeline_flow_completes_publishes_artifacts_and_caches(harness, survey_files, tmp_path):
+    from flows.pipeline import survey_pipeline
+
+    conf = tiny_config().model_dump(mode="json")
+    args = (str(survey_files["survey"]), str(survey_files["labels"]), str(tmp_path / "out"))
+    state = survey_pipeline(*args, config=conf, return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert is_complete(tmp_path / "out" / "classified.zarr")
+    assert set(result["pixel_accuracy"]) == {"ae", "raw"}
+    arts = _artifacts("survey-")
+    for key in ("survey-report", "survey-class-metrics", "survey-classify-progress", "survey-class-map",
+                "survey-confidence", "survey-anomaly"):
+        assert key in arts, sorted(arts)
+    assert arts["survey-classify-progress"].data == 100.0
+    assert "AE features" in arts["survey-report"].data and "data:image/png;base64," in arts["survey-report"].data
+
+    again = survey_pipeline(*args, config=conf, return_state=True)
+    assert again.is_completed()
+    states = _task_states(again.state_details.flow_run_id)
+    assert states["ingest"] == "Cached" and states["labels"] == "Cached" and states["patches"] == "Cached"
+
+
+def test_bad_input_fails_the_run_with_a_one_line_reason(harness, survey_files, tmp_path):
+    from flows.pipeline import survey_pipeline
+
+    state = survey_pipeline(str(tmp_path / "missing.tif"), str(survey_files["labels"]), str(tmp_path / "o"),
+                            config=tiny_config().model_dump(mode="json"), return_state=True)
+    assert state.is_failed()
+    assert "missing.tif: file not found" in state.message and "\n" not in state.message
+
+
+def _surveys(tmp_path, n=2):
+    paths = []
+    for i in range(n):
+        field, _ = synthetic_survey((160, 192), seed=10 + i)
+        p = tmp_path / f"area{i}.tif"
+        field.rio.to_raster(p)
+        paths.append(p)
+    return paths
+
+
+def _maps(root: Path, names) -> list:
+    return [zarr.open_group(root / n / "classified.zarr", mode="r")["class"][:] for n in names]
+
+
+def test_backfill_killed_midway_resumes_to_the_uninterrupted_result(harness, trained_run, tmp_path):
+    from flows.backfill import backfill
+
+    surveys = _surveys(tmp_path)
+    model = str(trained_run["out"] / "model")
+    conf = tiny_config(classify={"chunk_px": 32}).model_dump(mode="json")
+    reference = backfill([str(p) for p in surveys], model, str(tmp_path / "ref"), config=conf)
+    assert len(reference["classified"]) == 2
+
+    out_root = tmp_path / "killed"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": ""}
+    code = ("import json, sys; from flows.backfill import backfill; "
+            "backfill(sys.argv[3:], sys.argv[1], sys.argv[2], config=json.loads(sys.argv[0]))")
+    import json
+
+    proc = subprocess.Popen([sys.executable, "-c", code.replace("sys.argv[0]", repr(json.dumps(conf))), model,
+                             str(out_root), *map(str, surveys)], cwd=REPO, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    killed = False
+    while time.time() < deadline and proc.poll() is None:
+        done = list(out_root.glob("*/classified.zarr.partial/tile_done"))
+        if done and zarr.open_array(done[0], mode="r")[:].sum() >= 2:
+            os.killpg(proc.pid, signal.SIGKILL)  # the whole tree: flow process, Dask workers, its server
+            killed = True
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=60)
+    assert killed, "the backfill finished before it could be killed"
+    assert not all(is_complete(out_root / p.stem / "classified.zarr") for p in surveys)
+
+    resumed = backfill([str(p) for p in surveys], model, str(out_root), config=conf)
+    assert len(resumed["classified"]) + len(resumed["already_done"]) == 2
+    for a, b in zip(_maps(tmp_path / "ref", ["area0", "area1"]), _maps(out_root, ["area0", "area1"])):
+        np.testing.assert_array_equal(a, b)
