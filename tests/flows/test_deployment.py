@@ -1,0 +1,92 @@
+"""The real thing: deploy/local.sh starts `prefect server start`, pools, deployments and process
+workers; the survey-pipeline deployment runs on a tiny survey (training through the
+train-autoencoder deployment on the gpu pool); then the stack is stopped and every process it
+started must be gone."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from magpipe.io.stores import is_complete
+from magpipe.testing import tiny_config
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+RUN = """
+import json, sys
+from prefect.deployments import run_deployment
+from prefect.client.orchestration import get_client
+params = json.loads(sys.argv[1])
+run = run_deployment("survey-pipeline/survey-pipeline", parameters=params, timeout=600, poll_interval=2)
+with get_client(sync_client=True) as client:
+    keys = sorted(a.key for a in client.read_artifacts() if a.key)
+    runs = client.read_flow_runs()
+print(json.dumps({"state": run.state.name, "message": run.state.message, "artifacts": keys,
+                  "flows": sorted({str(r.flow_id) + ':' + r.state.name for r in runs if r.state})}))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(900)
+def test_local_stack_runs_the_pipeline_deployment(survey_files, tmp_path):
+    port = _free_port()
+    home = tmp_path / "prefect-home"
+    env = {**os.environ, "PREFECT_PORT": str(port), "PREFECT_HOME": str(home), "PREFECT": str(BIN / "prefect"),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    stack = subprocess.Popen(["bash", "deploy/local.sh"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    started: list[psutil.Process] = []
+    try:
+        lines = []
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            line = stack.stdout.readline()
+            if not line and stack.poll() is not None:
+                break
+            lines.append(line)
+            if line.startswith("Prefect dashboard:"):
+                break
+        assert any(x.startswith("Prefect dashboard:") for x in lines), "".join(lines)
+        for _ in range(40):  # the workers are forked just before the URL is printed
+            started = psutil.Process(stack.pid).children(recursive=True)
+            if len([p for p in started if "worker" in " ".join(p.cmdline())]) == 2:
+                break
+            time.sleep(0.25)
+        assert len([p for p in started if "worker" in " ".join(p.cmdline())]) == 2
+
+        params = {"survey": str(survey_files["survey"]), "labels_path": str(survey_files["labels"]),
+                  "out": str(tmp_path / "out"), "config": tiny_config().model_dump(mode="json")}
+        client_env = {**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+        r = subprocess.run([sys.executable, "-c", RUN, json.dumps(params)], cwd=REPO, env=client_env,
+                           capture_output=True, text=True, timeout=700)
+        assert r.returncode == 0, r.stderr[-3000:]
+        result = json.loads(r.stdout.strip().splitlines()[-1])
+        assert result["state"] == "Completed", (result, (home / "worker-cpu.log").read_text()[-3000:])
+        assert is_complete(tmp_path / "out" / "classified.zarr")
+        for key in ("survey-report", "survey-class-metrics", "survey-classify-progress", "survey-class-map"):
+            assert key in result["artifacts"]
+        assert "train-autoencoder" in (home / "worker-gpu.log").read_text()  # training ran on the gpu pool
+    finally:
+        stack.send_signal(signal.SIGINT)
+        try:
+            stack.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(stack.pid, signal.SIGKILL)
+            stack.wait()
+    gone, alive = psutil.wait_procs(started, timeout=30)
+    assert not alive, [p.cmdline() for p in alive]
