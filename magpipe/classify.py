@@ -178,7 +178,7 @@ def classify_survey(
 
         futures = [client.submit(classify_tile, *args, t, i, tile_px, key=f"classify-tile-{stage_hash}-{i}",
                                  pure=False) for i, t in todo]
-        for fut in as_completed(futures):
+        for fut in as_completed(futures, loop=client.loop):
             fut.result()
             finished += 1
             _report(progress, finished, len(grid))

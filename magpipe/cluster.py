@@ -13,6 +13,8 @@ def dask_client(scheduler: str | None = None, *, workers: int = 2) -> Iterator[o
 
     The LocalCluster uses processes with one thread each: torch and libsvm are
     then never oversubscribed, and a crashing tile cannot take the driver down.
+    The client is never made dask's default: work is submitted to it explicitly, so
+    clients opened by concurrent flows (threads) cannot leak a global scheduler setting.
     """
     import logging
 
@@ -20,10 +22,11 @@ def dask_client(scheduler: str | None = None, *, workers: int = 2) -> Iterator[o
 
     address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if address:
-        with Client(address) as client:
+        with Client(address, set_as_default=False) as client:
             yield client
         return
     logging.getLogger("distributed").setLevel(logging.WARNING)  # the in-process scheduler's chatter
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                      memory_limit="auto", silence_logs=logging.WARNING) as cluster, Client(cluster) as client:
+                      memory_limit="auto", silence_logs=logging.WARNING) as cluster, \
+            Client(cluster, set_as_default=False) as client:
         yield client

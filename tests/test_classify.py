@@ -14,7 +14,7 @@ from magpipe.io.stores import is_complete, partial_path
 @pytest.fixture(scope="module")
 def client():
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        with Client(cluster) as c:
+        with Client(cluster, set_as_default=False) as c:  # as magpipe.cluster makes them
             yield c
 
 
