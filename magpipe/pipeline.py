@@ -43,7 +43,7 @@ from magpipe.io.stores import (
     write_json,
     write_store,
 )
-from magpipe.model import patch_features
+from magpipe.model import patch_features, resolve_layers
 from magpipe.patches import Scaling, fit_scaling, patches_at, sample_centres
 from magpipe.svm import fit_svm, predict_with_confidence
 from magpipe.training import train_autoencoder
@@ -237,8 +237,6 @@ def run_train(out: str | Path, cfg: RunConfig, *, progress=None) -> Path:
     log.info("train: autoencoder on %d patches of %d px", len(raw), raw.shape[1])
     result = train_autoencoder(inputs, mask, cfg.model, checkpoint=ckpt, progress=progress)
     train_s = time.perf_counter() - t0
-    from magpipe.model import resolve_layers
-
     layers = resolve_layers(result.model, cfg.model.layers)
     split, labels, classes = labelled_split(lay, cfg)
     rows, cols, y, blocks = _training_cells(split, labels, cfg)

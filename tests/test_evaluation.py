@@ -6,13 +6,17 @@ from hypothesis import strategies as st
 from magpipe.evaluation import patch_majorities, score, spatial_split, subsample_per_class
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True)
 @given(seed=st.integers(0, 10_000), gap=st.integers(3, 9), mult=st.integers(1, 3))
 def test_no_training_cell_within_a_patch_width_of_a_test_cell(seed, gap, mult):
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 4, size=(60, 70)).astype("int16")
     valid = rng.uniform(size=labels.shape) > 0.05
-    split = spatial_split(labels, valid, block_px=gap * mult, gap_px=gap, test_fraction=0.3, seed=seed)
+    try:
+        split = spatial_split(labels, valid, block_px=gap * mult, gap_px=gap, test_fraction=0.3, seed=seed)
+    except ValueError as exc:  # with blocks no larger than the gap, the gap can swallow all training cells
+        assert "no training or no test cells" in str(exc) and mult == 1
+        return
     tr = np.stack([split.train_rows, split.train_cols], 1)
     te = np.stack([split.test_rows, split.test_cols], 1)
     cheb = np.abs(tr[:, None, :] - te[None, :, :]).max(-1)
