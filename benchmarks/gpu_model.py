@@ -140,16 +140,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--batch-sizes", type=lambda v: [int(x) for x in v.split(",")], default=None,
+                    help="comma-separated training batch sizes")
+    ap.add_argument("--tile-px", type=int, default=None, help="side of the dense-feature tile")
+    ap.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN autotune conv algorithms")
     args = ap.parse_args()
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu"
     print(f"device: {name}, torch {torch.__version__}")
     quick = args.quick or device.type == "cpu"
-    train = bench_training(device, n=4096 if quick else 65536, batch_sizes=[256] if quick else [256, 1024, 4096],
+    batches = args.batch_sizes or ([256] if quick else [256, 1024, 4096])
+    train = bench_training(device, n=4096 if quick else max(65536, 8 * max(batches)), batch_sizes=batches,
                            epochs=2 if quick else 3)
-    feats = bench_features(device, tile_px=256 if quick else 4096, naive_pixels=64 * 64 if quick else 256 * 256)
+    feats = bench_features(device, tile_px=args.tile_px or (256 if quick else 4096),
+                           naive_pixels=64 * 64 if quick else 256 * 256)
     peak = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
     result = {"date": date.today().isoformat(), "device": name, "torch": torch.__version__,
+              "cudnn_benchmark": args.cudnn_benchmark,
               "training": train, "features": feats, "peak_tflops": peak,
               "note": "TFLOP/s from analytic conv/linear MACs; training counts forward+backward as 3x forward"}
     out = args.json or Path(__file__).parent / "results" / f"{date.today().isoformat()}-{_slug(name)}-model.json"

@@ -2,42 +2,38 @@
 
 The stages are plain functions of (inputs, output directory, config); see
 :mod:`magpipe.pipeline`. Nothing here imports Prefect: flows live in ``flows/``.
+Names are imported on first use, so ``import magpipe.model`` stays light (torch only).
 """
 
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
-
-from magpipe.config import RunConfig
-from magpipe.errors import ConfigError, DataValidationError, InputError, MagpipeError, StorageError
-from magpipe.pipeline import (
-    Layout,
-    run_all,
-    run_classify,
-    run_evaluate,
-    run_ingest,
-    run_labels,
-    run_patches,
-    run_train,
-)
 
 try:
     __version__ = version("magpipe")
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
-__all__ = [
-    "ConfigError",
-    "DataValidationError",
-    "InputError",
-    "Layout",
-    "MagpipeError",
-    "RunConfig",
-    "StorageError",
-    "run_all",
-    "run_classify",
-    "run_evaluate",
-    "run_ingest",
-    "run_labels",
-    "run_patches",
-    "run_train",
-    "__version__",
-]
+_EXPORTS = {
+    "RunConfig": "magpipe.config",
+    "MagpipeError": "magpipe.errors",
+    "ConfigError": "magpipe.errors",
+    "InputError": "magpipe.errors",
+    "DataValidationError": "magpipe.errors",
+    "StorageError": "magpipe.errors",
+    "Layout": "magpipe.pipeline",
+    "run_all": "magpipe.pipeline",
+    "run_ingest": "magpipe.pipeline",
+    "run_labels": "magpipe.pipeline",
+    "run_patches": "magpipe.pipeline",
+    "run_train": "magpipe.pipeline",
+    "run_classify": "magpipe.pipeline",
+    "run_evaluate": "magpipe.pipeline",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'magpipe' has no attribute {name!r}")
