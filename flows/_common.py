@@ -42,6 +42,16 @@ def out_run_name() -> str:
     return run_name(flow_run.parameters.get("out", "run"))
 
 
+def tag_this_run(*new_tags: str) -> None:
+    """Add tags to the running flow run itself (``with tags()`` only reaches runs it creates)."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run.id)
+        client.update_flow_run(run.id, tags=sorted(set(run.tags) | set(new_tags)))
+
+
 def retry_unless_bad_input(task, task_run, state) -> bool:
     """Retry transient failures (I/O, a lost worker); never bad input or bad config."""
     try:

@@ -16,7 +16,7 @@ from typing import Any
 from prefect import flow, tags, task
 from prefect.futures import wait
 
-from flows._common import load_config, retry_unless_bad_input, run_name, survey_name
+from flows._common import load_config, retry_unless_bad_input, run_name, survey_name, tag_this_run
 from flows.classify import classify_survey
 from magpipe.io.stores import is_complete, version
 from magpipe.pipeline import Layout, run_ingest
@@ -37,6 +37,7 @@ def backfill_survey(survey: str, model: str, out: str, config: dict[str, Any] | 
                     scheduler: str | None = None) -> str:
     """Ingest one survey and classify it with ``model``."""
     cfg = load_config(config)
+    tag_this_run(survey_name(survey), f"model-{Path(model).parent.name or Path(model).name}", f"magpipe-{version()}")
     run_ingest(survey, out, cfg)
     return classify_survey(out, cfg.model_dump(mode="json"), model=model, scheduler=scheduler,
                            name=survey_name(survey))

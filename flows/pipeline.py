@@ -14,7 +14,15 @@ from prefect import flow, tags, task
 from prefect.context import TaskRunContext
 
 from flows._artifacts import publish_report
-from flows._common import cached, load_config, retry_unless_bad_input, run_name, stage_key, survey_name
+from flows._common import (
+    cached,
+    load_config,
+    retry_unless_bad_input,
+    run_name,
+    stage_key,
+    survey_name,
+    tag_this_run,
+)
 from flows.classify import classify_survey
 from flows.train import train_remote_or_local
 from magpipe.config import RunConfig
@@ -84,6 +92,7 @@ def survey_pipeline(survey: str | None = None, labels_path: str | None = None, o
         cfg = load_config(config)
     conf = cfg.model_dump(mode="json")
     name = survey_name(survey)
+    tag_this_run(name, f"magpipe-{version()}")
     with tags(name, f"magpipe-{version()}"):
         lay = Layout(Path(out))
         cached(ingest, is_complete(lay.survey))(survey, out, conf)

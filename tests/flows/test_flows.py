@@ -42,6 +42,11 @@ def test_pipeline_flow_completes_publishes_artifacts_and_caches(harness, survey_
     state = survey_pipeline(*args, config=conf, return_state=True)
     assert state.is_completed(), state.message
     result = state.result()
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        run_tags = client.read_flow_run(state.state_details.flow_run_id).tags
+    assert "survey" in run_tags and any(t.startswith("magpipe-") for t in run_tags)
     assert is_complete(tmp_path / "out" / "classified.zarr")
     assert set(result["pixel_accuracy"]) == {"ae", "raw"}
     arts = _artifacts("survey-")
