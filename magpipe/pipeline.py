@@ -223,8 +223,10 @@ def run_train(out: str | Path, cfg: RunConfig, *, progress=None) -> Path:
     lay = Layout(Path(out))
     field, valid, scaling, sattrs = _survey_arrays(lay)
     pds = open_store(lay.patches)
+    # anomaly_px is stored in the bundle; the rest of the classify section (tiles, cluster) is not
+    # the model's business and must not trigger retraining
     h = content_hash("train-v1", str(pds.attrs[HASH]), str(sattrs.get("labels_hash")), cfg.section_json("model"),
-                     cfg.section_json("svm"), cfg.section_json("evaluate"), cfg.section_json("classify"))
+                     cfg.section_json("svm"), cfg.section_json("evaluate"), str(cfg.classify.anomaly_px))
     meta_file = lay.model / "metadata.json"
     if meta_file.exists() and load_bundle(lay.model).meta.get("input_hash") == h:
         log.info("train: %s is up to date", lay.model)

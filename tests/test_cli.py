@@ -109,3 +109,14 @@ def test_output_path_holding_something_else_is_refused(tmp_path, survey_files, c
 def test_debug_shows_the_traceback(tmp_path):
     r = magpipe("--debug", "ingest", tmp_path / "nope.tif", "--out", tmp_path / "o")
     assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_changing_only_the_tile_size_does_not_retrain(trained_run):
+    from magpipe.bundle import load_bundle
+    from magpipe.pipeline import run_train
+
+    before = load_bundle(trained_run["out"] / "model").meta["input_hash"]
+    cfg = trained_run["cfg"].model_copy(deep=True)
+    cfg.classify.chunk_px = 128
+    run_train(trained_run["out"], cfg)
+    assert load_bundle(trained_run["out"] / "model").meta["input_hash"] == before
