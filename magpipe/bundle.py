@@ -86,10 +86,8 @@ def save_bundle(bundle: ModelBundle, path: str | Path) -> Path:
     return path
 
 
-def load_bundle(path: str | Path, *, patch_px: int | None = None) -> ModelBundle:
-    """Load a bundle, checking it is complete, of a known format, and for ``patch_px`` if given."""
-    import skops.io as sio
-
+def read_bundle_meta(path: str | Path) -> dict:
+    """A bundle's metadata alone, checked for format: cheap, loads no weights."""
     path = Path(path)
     meta_file = path / "metadata.json"
     if not meta_file.exists():
@@ -102,6 +100,15 @@ def load_bundle(path: str | Path, *, patch_px: int | None = None) -> ModelBundle
         raise InputError(f"{meta_file}: corrupt metadata ({exc})") from None
     if meta.get("format") != FORMAT:
         raise InputError(f"{path}: bundle format {meta.get('format')!r}, this magpipe reads format {FORMAT}")
+    return meta
+
+
+def load_bundle(path: str | Path, *, patch_px: int | None = None) -> ModelBundle:
+    """Load a bundle, checking it is complete, of a known format, and for ``patch_px`` if given."""
+    import skops.io as sio
+
+    path = Path(path)
+    meta = read_bundle_meta(path)
     if patch_px is not None and meta["patch_px"] != patch_px:
         raise InputError(f"{path}: model was trained on {meta['patch_px']} px patches, not {patch_px}")
     model = PatchAutoencoder(meta["patch_px"], meta["channels"], meta["hidden"])

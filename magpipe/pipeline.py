@@ -26,7 +26,7 @@ import torch
 import xarray as xr
 import zarr
 
-from magpipe.bundle import ModelBundle, load_bundle, save_bundle
+from magpipe.bundle import ModelBundle, load_bundle, read_bundle_meta, save_bundle
 from magpipe.config import RunConfig
 from magpipe.errors import DataValidationError, InputError
 from magpipe.evaluation import Split, score, spatial_split, subsample_per_class
@@ -228,7 +228,7 @@ def run_train(out: str | Path, cfg: RunConfig, *, progress=None) -> Path:
     h = content_hash("train-v1", str(pds.attrs[HASH]), str(sattrs.get("labels_hash")), cfg.section_json("model"),
                      cfg.section_json("svm"), cfg.section_json("evaluate"), str(cfg.classify.anomaly_px))
     meta_file = lay.model / "metadata.json"
-    if meta_file.exists() and load_bundle(lay.model).meta.get("input_hash") == h:
+    if meta_file.exists() and read_bundle_meta(lay.model).get("input_hash") == h:
         log.info("train: %s is up to date", lay.model)
         return lay.model
     raw = pds["patch"].values
@@ -265,7 +265,7 @@ def run_classify(out: str | Path, cfg: RunConfig, *, bundle: str | Path | None =
     lay = Layout(Path(out))
     bundle_path = Path(bundle) if bundle else lay.model
     sattrs = store_attrs(lay.survey) or {}
-    meta = load_bundle(bundle_path).meta
+    meta = read_bundle_meta(bundle_path)
     h = content_hash("classify-v1", str(sattrs.get(HASH)), str(meta.get("input_hash")),
                      str(cfg.classify.chunk_px), str(cfg.classify.anomaly_px))
     return classify_survey(lay.survey, bundle_path, lay.classified, stage_hash=h, tile_px=cfg.classify.chunk_px,

@@ -56,7 +56,7 @@ def test_every_command_has_help():
         assert r.returncode == 0 and "Usage" in r.stdout, cmd
 
 
-def _one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:
+def assert_one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
     errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, r.stderr
@@ -68,7 +68,7 @@ def _one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:
 def test_missing_survey_file(tmp_path, survey_files):
     r = magpipe("run", tmp_path / "nope.tif", "--labels", survey_files["labels"], "--out", tmp_path / "o",
                 "--serial")
-    _one_line_error(r, "nope.tif", "file not found")
+    assert_one_line_error(r, "nope.tif", "file not found")
     assert not is_complete(tmp_path / "o" / "survey.zarr")
 
 
@@ -83,7 +83,7 @@ def test_vector_labels_without_the_named_field(tmp_path, survey_files, config_fi
     gdf.to_file(tmp_path / "units.gpkg")
     r = magpipe("run", survey_files["survey"], "--labels", tmp_path / "units.gpkg", "--label-field", "LITH",
                 "--out", tmp_path / "o", "--config", config_file, "--serial")
-    _one_line_error(r, "units.gpkg", "no field 'LITH'")
+    assert_one_line_error(r, "units.gpkg", "no field 'LITH'")
     assert not (tmp_path / "o" / "report.json").exists()
 
 
@@ -95,14 +95,14 @@ def test_labels_that_do_not_overlap(tmp_path, survey_files, config_file):
     gdf.to_file(tmp_path / "far.geojson")
     r = magpipe("run", survey_files["survey"], "--labels", tmp_path / "far.geojson", "--label-field", "unit",
                 "--out", tmp_path / "o", "--config", config_file, "--serial")
-    _one_line_error(r, "far.geojson", "do not overlap")
+    assert_one_line_error(r, "far.geojson", "do not overlap")
 
 
 def test_output_path_holding_something_else_is_refused(tmp_path, survey_files, config_file):
     (tmp_path / "o" / "survey.zarr").mkdir(parents=True)
     (tmp_path / "o" / "survey.zarr" / "notes.txt").write_text("mine")
     r = magpipe("ingest", survey_files["survey"], "--out", tmp_path / "o")
-    _one_line_error(r, "survey.zarr", "not a magpipe store")
+    assert_one_line_error(r, "survey.zarr", "not a magpipe store")
     assert (tmp_path / "o" / "survey.zarr" / "notes.txt").read_text() == "mine"
 
 
