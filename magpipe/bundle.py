@@ -31,6 +31,7 @@ TRUSTED_SKOPS_TYPES = [
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._SigmoidCalibration",
     "sklearn.model_selection._split.StratifiedKFold",
+    "magpipe.svm.RBFFeatures",
 ]
 
 

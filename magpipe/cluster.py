@@ -6,6 +6,12 @@ import contextlib
 import os
 from collections.abc import Iterator
 
+# glibc returns each large array of a tile to the OS when it is freed and faults it back in for
+# the next tile. Dask's nanny makes that worse (MALLOC_TRIM_THRESHOLD_=65536): measured on a
+# 512 px tile, 6.4 s with Dask's setting, 4.3 s with glibc's, 3.3 s with these, which let a
+# worker reuse up to 256 MiB it already holds at its peak. Set them on external workers too.
+WORKER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(256 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(256 * 2**20)}
+
 
 @contextlib.contextmanager
 def dask_client(scheduler: str | None = None, *, workers: int = 2) -> Iterator[object]:
@@ -18,6 +24,7 @@ def dask_client(scheduler: str | None = None, *, workers: int = 2) -> Iterator[o
     """
     import logging
 
+    import dask
     from distributed import Client, LocalCluster
 
     address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
@@ -26,7 +33,9 @@ def dask_client(scheduler: str | None = None, *, workers: int = 2) -> Iterator[o
             yield client
         return
     logging.getLogger("distributed").setLevel(logging.WARNING)  # the in-process scheduler's chatter
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                      memory_limit="auto", silence_logs=logging.WARNING) as cluster, \
+    env = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_MALLOC_ENV}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": env}), \
+            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                         memory_limit="auto", silence_logs=logging.WARNING) as cluster, \
             Client(cluster, set_as_default=False) as client:
         yield client

@@ -98,6 +98,20 @@ def patch_features(model: PatchAutoencoder, patches: torch.Tensor, layers: Seque
     return torch.cat(out, dim=1)
 
 
+def box_mean(a: torch.Tensor, size: int) -> torch.Tensor:
+    """Mean over every size x size window of (N, C, H, W), valid positions only.
+
+    Two depthwise 1-D convolutions (size + size operations per value instead of
+    size**2): the pooling, not the encoder, was 90% of the cost of dense features
+    at 31 px with a plain ``avg_pool2d``.
+    """
+    if size <= 1:
+        return a
+    C = a.shape[1]
+    w = torch.full((C, 1, size, 1), 1.0 / size, dtype=a.dtype, device=a.device)
+    return F.conv2d(F.conv2d(a, w, groups=C), w.transpose(2, 3), groups=C)
+
+
 @torch.no_grad()
 def dense_features(model: PatchAutoencoder, tile: torch.Tensor, layers: Sequence[int]) -> torch.Tensor:
     """Features of every pixel of a tile: (1, 1, H + 2h, W + 2h) with halo h = p // 2 -> (F, H, W)."""
@@ -109,7 +123,7 @@ def dense_features(model: PatchAutoencoder, tile: torch.Tensor, layers: Sequence
         size = p - 2 * r  # side of the patch's layer-k map
         crop = h - r
         H, W = a.shape[-2] - 2 * crop, a.shape[-1] - 2 * crop
-        out.append(F.avg_pool2d(a, kernel_size=size, stride=1) if size > 1 else a)
+        out.append(box_mean(a, size))
         out.append(a[:, :, crop : crop + H, crop : crop + W])
     return torch.cat(out, dim=1)[0]
 

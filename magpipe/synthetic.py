@@ -56,3 +56,81 @@ def synthetic_survey(
     da = xr.DataArray(field.astype("float32"), dims=("y", "x"), coords={"y": y, "x": x}, name="field",
                       attrs={"units": "nT"})
     return da.rio.write_crs(CRS), truth
+
+
+# --- Surveys of any size, generated block by block -------------------------------------
+# The generator above needs the whole grid in memory. For benchmarks at 16k x 16k the
+# field must be a pure function of cell coordinates, so any window can be made alone
+# and windows join seamlessly: hashed lattice values (value noise) replace filtered
+# white noise, and Voronoi seeds sit one per lattice cell at hashed offsets.
+
+_MASK = np.uint64(0xFFFFFFFF)
+
+
+def _hash01(iy: np.ndarray, ix: np.ndarray, salt: int) -> np.ndarray:
+    """Deterministic uniform [0, 1) value per integer lattice point."""
+    h = (iy.astype(np.uint64) * np.uint64(0x9E3779B1)) ^ (ix.astype(np.uint64) * np.uint64(0x85EBCA77))
+    h ^= np.uint64(salt * 0xC2B2AE3D & 0xFFFFFFFF)
+    h = (h ^ (h >> np.uint64(15))) * np.uint64(0x2C1B3C6D) & _MASK
+    h = (h ^ (h >> np.uint64(12))) * np.uint64(0x297A2D39) & _MASK
+    h ^= h >> np.uint64(15)
+    return (h & _MASK).astype(np.float64) / 2.0**32
+
+
+def _value_noise(yy: np.ndarray, xx: np.ndarray, wavelength: float, salt: int) -> np.ndarray:
+    """Smooth noise in [-1, 1] with features about ``wavelength`` cells across."""
+    fy, fx = yy / wavelength, xx / wavelength
+    iy, ix = np.floor(fy).astype(np.int64), np.floor(fx).astype(np.int64)
+    ty, tx = fy - iy, fx - ix
+    ty, tx = ty * ty * (3 - 2 * ty), tx * tx * (3 - 2 * tx)  # smoothstep
+    v = [[_hash01(iy + a, ix + b, salt) for b in (0, 1)] for a in (0, 1)]
+    top = v[0][0] * (1 - tx) + v[0][1] * tx
+    bottom = v[1][0] * (1 - tx) + v[1][1] * tx
+    return 2 * (top * (1 - ty) + bottom * ty) - 1
+
+
+def synthetic_block(y0: int, y1: int, x0: int, x1: int, *, n_units: int = 4, unit_px: int = 160,
+                    hole_fraction: float = 0.03, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(field float32 with NaN holes, truth int16) of rows y0:y1, cols x0:x1 of an unbounded survey."""
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
+    cy, cx = np.floor(yy / unit_px).astype(np.int64), np.floor(xx / unit_px).astype(np.int64)
+    best = np.full(yy.shape, np.inf)
+    truth = np.zeros(yy.shape, dtype="int16")
+    for dy in (-1, 0, 1):  # nearest jittered seed among the 3 x 3 neighbouring lattice cells
+        for dx in (-1, 0, 1):
+            sy = (cy + dy + _hash01(cy + dy, cx + dx, seed + 1)) * unit_px
+            sx = (cx + dx + _hash01(cy + dy, cx + dx, seed + 2)) * unit_px
+            d = (yy - sy) ** 2 + (xx - sx) ** 2
+            unit = (_hash01(cy + dy, cx + dx, seed + 3) * n_units).astype("int16") + 1
+            closer = d < best
+            best[closer], truth[closer] = d[closer], unit[closer]
+    field = np.zeros(yy.shape)
+    for u in range(1, n_units + 1):
+        sel = truth == u
+        level = 120.0 * (u - (n_units + 1) / 2)
+        wavelength = 3.0 + 4.0 * (u - 1)  # texture: fine for unit 1, broad for the last
+        amp = 20.0 + 10.0 * ((u * 7) % n_units)
+        field[sel] = level + amp * _value_noise(yy[sel], xx[sel], wavelength, seed + 10 + u)
+    field += 2.0 * (_hash01(yy.astype(np.int64), xx.astype(np.int64), seed + 5) - 0.5)
+    if hole_fraction > 0:
+        blobs = _value_noise(yy, xx, 40.0, seed + 6)
+        field[blobs > 1 - 1.5 * hole_fraction ** 0.5] = np.nan  # about hole_fraction of cells, in blobs
+    return field.astype("float32"), truth
+
+
+def synthetic_large(shape: tuple[int, int], *, chunk_px: int = 1024, spacing_m: float = 100.0,
+                    seed: int = 0, **kw) -> xr.DataArray:
+    """A dask-backed survey of any size (same georeferencing as :func:`synthetic_survey`), made block by block."""
+    import dask.array as da
+
+    def block(block_info=None):
+        (y0, y1), (x0, x1) = block_info[None]["array-location"]
+        return synthetic_block(y0, y1, x0, x1, seed=seed, **kw)[0]
+
+    ny, nx = shape
+    data = da.map_blocks(block, chunks=da.core.normalize_chunks(chunk_px, shape), dtype="float32",
+                         meta=np.empty((0, 0), "float32"))
+    x = 500_000 + spacing_m * (np.arange(nx) + 0.5)
+    y = 6_000_000 - spacing_m * (np.arange(ny) + 0.5)
+    out = xr.DataArray(data, dims=("y", "x"), coords={"y": y, "x": x}, name="field", attrs={"units": "nT"})
+    return out.rio.write_crs(CRS)

@@ -1,0 +1,395 @@
+"""magpipe at scale, against the naive per-patch method, on this machine.
+
+    python benchmarks/run.py                 # 1k, 4k and 16k surveys (about an hour on 2 cores)
+    python benchmarks/run.py --quick         # 1k only (a few minutes)
+    python benchmarks/run.py --sizes 512 --naive-max 512 --json /tmp/b.json
+
+For each size a synthetic survey (float32, no-data holes) is written as a tiled
+GeoTIFF block by block, then measured: ingest to Zarr (MB/s of the GeoTIFF),
+single-thread stage rates on a few tiles (dense features, SVM, anomaly), and
+end-to-end classification of every cell on a LocalCluster (pixels/s), with the
+peak resident memory of the whole process tree (this process, the Dask
+scheduler, nannies and workers) sampled every 0.1 s. The model is trained once,
+on the smallest survey's labelled strip, and reused for the others, as in a
+backfill. The naive reference is the paper's method done directly: one p x p
+patch cut per pixel in numpy, a forward pass per batch of patches, the same
+classifier, one process; its class map must equal magpipe's.
+
+Figures go to stdout and to ``benchmarks/results/<date>-<machine>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+import xarray as xr
+import zarr
+from threadpoolctl import threadpool_limits
+
+from magpipe.bundle import load_bundle
+from magpipe.classify import NODATA_CLASS, _cached_bundle, classify_survey
+from magpipe.cluster import dask_client
+from magpipe.config import RunConfig
+from magpipe.evaluation import score, subsample_per_class
+from magpipe.model import dense_anomaly, dense_features, patch_features
+from magpipe.patches import read_window, tiles
+from magpipe.pipeline import Layout, cell_features, labelled_split, run_ingest, run_labels, run_patches, run_train
+from magpipe.svm import fit_svm, predict_with_confidence
+from magpipe.synthetic import synthetic_block, synthetic_large
+
+GIB = 2**30
+TARGETS = {"ratio_vs_naive": 30.0, "peak_rss_gib_16k": 3.0, "parallel_efficiency": 0.8}
+
+
+class PeakRSS:
+    """Peak of the summed resident memory of this process and all its descendants."""
+
+    def __init__(self, every_s: float = 0.1):
+        self.every_s, self.peak = every_s, 0
+        self._stop = threading.Event()
+
+    def _sample(self) -> int:
+        me = psutil.Process()
+        total = 0
+        for p in [me, *me.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                total += p.memory_info().rss
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            self._stop.wait(self.every_s)
+
+    def __enter__(self) -> "PeakRSS":
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._sample())
+
+    @property
+    def gib(self) -> float:
+        return self.peak / GIB
+
+
+def benchmark_config(quick_train: bool) -> RunConfig:
+    """Library defaults (31 px patches, 4 layers, 512 px tiles) with a short training and the Nystroem SVM."""
+    return RunConfig.load(None, patches={"n_patches": 2000 if quick_train else 6000},
+                          model={"epochs": 2 if quick_train else 5},
+                          svm={"kernel": "nystroem", "C": [1.0, 10.0], "gamma_scale": [0.3, 1.0]},
+                          evaluate={"max_test_pixels": 10000})
+
+
+def write_survey(size: int, path: Path) -> float:
+    """Synthetic size x size survey as a tiled float32 GeoTIFF, written window by window; returns seconds."""
+    t0 = time.perf_counter()
+    da = synthetic_large((size, size), chunk_px=1024)
+    da.rio.write_nodata(np.nan, encoded=False, inplace=True)
+    da.rio.to_raster(path, tiled=True, blockxsize=512, blockysize=512, lock=threading.Lock(), driver="GTiff",
+                     BIGTIFF="IF_SAFER")
+    return time.perf_counter() - t0
+
+
+def write_labels(size: int, path: Path, like: Path) -> None:
+    """Labels on the left 40% of the survey (one mapped area), 0 elsewhere."""
+    import rioxarray
+
+    _, truth = synthetic_block(0, size, 0, size)
+    truth[:, int(0.4 * size):] = 0
+    ref = rioxarray.open_rasterio(like).squeeze("band", drop=True)
+    lab = xr.DataArray(truth, dims=("y", "x"), coords={"y": ref.y, "x": ref.x}).rio.write_crs(ref.rio.crs)
+    lab.rio.write_nodata(0, inplace=True)
+    lab.rio.to_raster(path)
+
+
+def train(root: Path, survey_tif: Path, size: int, cfg: RunConfig) -> dict:
+    """Ingest, label, cut patches and train on the smallest survey; compare exact and Nystroem SVMs."""
+    labels_tif = root / "labels.tif"
+    write_labels(size, labels_tif, survey_tif)
+    run_labels(labels_tif, root)
+    run_patches(root, cfg)
+    run_train(root, cfg)
+    bundle = load_bundle(Layout(root).model)
+    tmeta = bundle.meta["training"]
+    epochs = len(tmeta["history"])
+    out = {"n_patches": tmeta["n_patches"], "epochs": epochs, "seconds": tmeta["seconds"],
+           "patches_per_s": tmeta["n_patches"] * (1 - cfg.model.val_fraction) * epochs / tmeta["seconds"],
+           "device": tmeta["device"], "svm": {}}
+    # exact RBF SVC against its Nystroem approximation, same features, same spatial holdout
+    split, labels, _ = labelled_split(Layout(root), cfg)
+    field = zarr.open_array(Layout(root).survey / "field", mode="r")
+    y = labels[split.train_rows, split.train_cols]
+    keep = subsample_per_class(y, cfg.svm.max_per_class, cfg.svm.seed)
+    rng = np.random.default_rng(0)
+    pick = rng.choice(split.test_rows.size, min(split.test_rows.size, cfg.evaluate.max_test_pixels), replace=False)
+    trow, tcol = split.test_rows[pick], split.test_cols[pick]
+    Xtr, _ = cell_features(bundle, field, bundle.scaling, split.train_rows[keep], split.train_cols[keep],
+                           bundle.layers)
+    Xte, _ = cell_features(bundle, field, bundle.scaling, trow, tcol, bundle.layers)
+    for kernel in ("exact", "nystroem"):
+        svm, info = fit_svm(Xtr, y[keep], split.train_blocks[keep], cfg.svm.model_copy(update={"kernel": kernel}))
+        with threadpool_limits(1):
+            t0 = time.perf_counter()
+            pred, _ = predict_with_confidence(svm, Xte)
+            rate = len(Xte) / (time.perf_counter() - t0)
+        s = score(trow, tcol, labels[trow, tcol], pred, patch_px=bundle.patch_px, n_classes=len(bundle.classes))
+        out["svm"][kernel] = {"pixel_accuracy": s["pixel_accuracy"], "balanced_accuracy": s["balanced_accuracy"],
+                              "pixels_per_s_one_thread": rate, "n_support": info["n_support"]}
+    return out
+
+
+def stage_rates(survey: Path, bundle, tile_px: int, n_tiles: int = 2) -> dict:
+    """Single-thread rates of each per-tile stage, on the n most complete tiles of the survey."""
+    field = zarr.open_array(survey / "field", mode="r")
+    grid = tiles(field.shape, tile_px)
+    picks = grid[len(grid) // 2 : len(grid) // 2 + n_tiles]
+    t = {"features": 0.0, "svm": 0.0, "anomaly": 0.0}
+    cells = valid_cells = 0
+    h = bundle.patch_px // 2
+    with threadpool_limits(1):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for y0, y1, x0, x1 in picks:
+                window = read_window(field, y0, y1, x0, x1, h)
+                valid = np.isfinite(window)
+                inner = valid[h:-h, h:-h]
+                x = torch.from_numpy(bundle.scaling.apply(window))[None, None]
+                t0 = time.perf_counter()
+                feats = dense_features(bundle.model, x, bundle.layers)
+                t1 = time.perf_counter()
+                X = feats.numpy()[:, inner].T
+                predict_with_confidence(bundle.svm, X)
+                t2 = time.perf_counter()
+                dense_anomaly(bundle.model, x, torch.from_numpy(valid)[None, None], bundle.anomaly_px)
+                t3 = time.perf_counter()
+                t["features"] += t1 - t0
+                t["svm"] += t2 - t1
+                t["anomaly"] += t3 - t2
+                cells += inner.size
+                valid_cells += int(inner.sum())
+        finally:
+            torch.set_num_threads(threads)
+    return {"features_pixels_per_s": cells / t["features"], "svm_pixels_per_s": valid_cells / t["svm"],
+            "anomaly_pixels_per_s": cells / t["anomaly"]}
+
+
+def classify_timed(survey: Path, bundle_path: Path, out: Path, workers: int, tile_px: int) -> tuple[float, float]:
+    """Seconds and peak tree RSS (GiB) of classifying every cell on a fresh LocalCluster of ``workers``."""
+    shutil.rmtree(out, ignore_errors=True)
+    with PeakRSS() as mem:
+        with dask_client(None, workers=workers) as client:
+            client.run(_cached_bundle, str(bundle_path))  # warm workers, as in a long backfill
+            t0 = time.perf_counter()
+            classify_survey(survey, bundle_path, out, stage_hash=f"bench-{workers}", tile_px=tile_px, client=client)
+            seconds = time.perf_counter() - t0
+    return seconds, mem.gib
+
+
+def naive_classify(bundle, field: np.ndarray, batch: int = 4096) -> np.ndarray:
+    """The paper's method, done directly: per valid pixel a p x p patch, a forward pass, the classifier."""
+    p, h = bundle.patch_px, bundle.patch_px // 2
+    padded = np.pad(field, h, constant_values=np.nan)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (p, p))
+    rows, cols = np.nonzero(np.isfinite(field))
+    out = np.full(field.shape, NODATA_CLASS, dtype="int16")
+    for b0 in range(0, len(rows), batch):
+        r, c = rows[b0 : b0 + batch], cols[b0 : b0 + batch]
+        x = bundle.scaling.apply(windows[r, c])  # the cut: a copy of every patch
+        feats = patch_features(bundle.model, torch.from_numpy(x)[:, None], bundle.layers).numpy()
+        out[r, c], _ = predict_with_confidence(bundle.svm, feats)
+    return out
+
+
+def tie_margins(bundle, field: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Gap between the two most probable classes at given cells: float-order differences flip only near-ties."""
+    if len(rows) == 0:
+        return np.zeros(0)
+    h = bundle.patch_px // 2
+    windows = np.lib.stride_tricks.sliding_window_view(np.pad(field, h, constant_values=np.nan), (2 * h + 1,) * 2)
+    x = bundle.scaling.apply(windows[rows, cols])
+    proba = bundle.svm.predict_proba(patch_features(bundle.model, torch.from_numpy(x)[:, None], bundle.layers).numpy())
+    top = np.sort(proba, axis=1)
+    return top[:, -1] - top[:, -2]
+
+
+def zarr_study(field: np.ndarray, root: Path) -> list[dict]:
+    """Size and write/read speed of a grid under candidate shard, chunk and compression settings."""
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    options = [("shard 512, chunk 256, zstd", 512, 256, [ZstdCodec(level=0)]),
+               ("shard 512, chunk 256, none", 512, 256, None),
+               ("shard 512, chunk 256, blosc-lz4 shuffle", 512, 256, [BloscCodec(cname="lz4", shuffle="shuffle")]),
+               ("shard 1024, chunk 512, zstd", 1024, 512, [ZstdCodec(level=0)]),
+               ("no shards, chunk 512, zstd", None, 512, [ZstdCodec(level=0)])]
+    rng = np.random.default_rng(0)
+    out = []
+    for name, shard, chunk, comp in options:
+        path = root / "study.zarr"
+        shutil.rmtree(path, ignore_errors=True)
+        kw = {"compressors": comp} if comp is not None else {"compressors": None}
+        t0 = time.perf_counter()
+        arr = zarr.create_array(path, shape=field.shape, dtype="float32", chunks=(chunk, chunk),
+                                shards=(shard, shard) if shard else None, fill_value=np.nan, **kw)
+        arr[:] = field
+        write_s = time.perf_counter() - t0
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        n_files = sum(1 for f in path.rglob("*") if f.is_file())
+        t0 = time.perf_counter()
+        for _ in range(20):  # what a classify task reads: one tile plus its halo
+            y0, x0 = rng.integers(0, field.shape[0] - 542, 2)
+            arr[y0 : y0 + 542, x0 : x0 + 542]
+        read_ms = (time.perf_counter() - t0) / 20 * 1e3
+        out.append({"layout": name, "size_mb": size / 1e6, "files": n_files, "write_mb_per_s":
+                    field.nbytes / 1e6 / write_s, "tile_read_ms": read_ms})
+    shutil.rmtree(root / "study.zarr", ignore_errors=True)
+    return out
+
+
+def machine_name() -> str:
+    cpu = platform.processor() or platform.machine()
+    return f"{os.cpu_count()}cpu-{cpu}".replace(" ", "_").lower()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096, 16384], help="survey sides in cells")
+    ap.add_argument("--quick", action="store_true", help="only the smallest size, shorter training")
+    ap.add_argument("--workers", type=int, default=2, help="LocalCluster workers (one thread each)")
+    ap.add_argument("--naive-max", type=int, default=1024, help="largest side the naive reference runs on")
+    ap.add_argument("--efficiency-size", type=int, default=4096,
+                    help="size classified with 1 worker too, for parallel efficiency (the largest run if absent)")
+    ap.add_argument("--json", type=Path, default=None, help="where to write the figures")
+    ap.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a temporary one)")
+    args = ap.parse_args(argv)
+    sizes = sorted(args.sizes)[:1] if args.quick else sorted(args.sizes)
+    cfg = benchmark_config(args.quick)
+    tile_px = cfg.classify.chunk_px
+    eff_size = args.efficiency_size if args.efficiency_size in sizes else sizes[-1]
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="magpipe-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    result: dict = {"date": dt.date.today().isoformat(), "machine": {
+        "name": machine_name(), "cpus": os.cpu_count(), "memory_gib": psutil.virtual_memory().total / GIB,
+        "python": platform.python_version(), "torch": torch.__version__},
+        "config": {"patch_px": cfg.patches.patch_px, "channels": list(cfg.model.channels), "tile_px": tile_px,
+                   "svm_kernel": cfg.svm.kernel, "n_components": cfg.svm.n_components, "workers": args.workers},
+        "targets": TARGETS, "sizes": []}
+    bundle_path = None
+    try:
+        for size in sizes:
+            print(f"\n== {size} x {size} ({size * size / 1e6:.1f} M cells)", flush=True)
+            root = work / f"s{size}"
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir(parents=True)
+            tif = root / "survey.tif"
+            gen_s = write_survey(size, tif)
+            mb = tif.stat().st_size / 1e6
+            with PeakRSS() as mem:
+                t0 = time.perf_counter()
+                run_ingest(tif, root, cfg)
+                ingest_s = time.perf_counter() - t0
+            print(f"generated {mb:.0f} MB in {gen_s:.0f} s; ingest {mb / ingest_s:.1f} MB/s "
+                  f"(peak {mem.gib:.2f} GiB)", flush=True)
+            row = {"size": size, "cells": size * size, "geotiff_mb": mb, "ingest_mb_per_s": mb / ingest_s,
+                   "ingest_peak_rss_gib": mem.gib, "workers": args.workers}
+            if bundle_path is None:
+                result["training"] = train(root, tif, size, cfg)
+                bundle_path = Layout(root).model
+                tr = result["training"]
+                print(f"training: {tr['patches_per_s']:.0f} patches/s ({tr['device']}); SVM exact vs Nystroem: "
+                      + ", ".join(f"{k} {v['pixel_accuracy']:.3f} acc {v['pixels_per_s_one_thread']:.0f} px/s"
+                                  for k, v in tr["svm"].items()), flush=True)
+            bundle = load_bundle(bundle_path)
+            survey = Layout(root).survey
+            valid = zarr.open_array(survey / "valid", mode="r")
+            row["valid_fraction"] = float(np.mean([valid[t[0]:t[1], t[2]:t[3]].mean()
+                                                   for t in tiles(valid.shape, 2048)]))
+            row.update(stage_rates(survey, bundle, tile_px))
+            seconds, peak = classify_timed(survey, bundle_path, root / "classified.zarr", args.workers, tile_px)
+            row.update({"classify_s": seconds, "magpipe_pixels_per_s": size * size / seconds, "peak_rss_gib":
+                        max(peak, row["ingest_peak_rss_gib"]), "classify_peak_rss_gib": peak})
+            print(f"classify: {seconds:.0f} s, {row['magpipe_pixels_per_s']:.0f} px/s with {args.workers} workers, "
+                  f"peak {peak:.2f} GiB; features {row['features_pixels_per_s']:.0f}, svm "
+                  f"{row['svm_pixels_per_s']:.0f}, anomaly {row['anomaly_pixels_per_s']:.0f} px/s per thread",
+                  flush=True)
+            if size == eff_size and args.workers > 1:
+                s1, _ = classify_timed(survey, bundle_path, root / "classified-1.zarr", 1, tile_px)
+                shutil.rmtree(root / "classified-1.zarr", ignore_errors=True)
+                eff = s1 / (args.workers * seconds)
+                result["parallel_efficiency"] = {"size": size, "one_worker_pixels_per_s": size * size / s1,
+                                                 "workers": args.workers, "pixels_per_s": size * size / seconds,
+                                                 "efficiency": eff}
+                print(f"1 worker: {size * size / s1:.0f} px/s -> parallel efficiency {eff:.0%}", flush=True)
+                result["zarr_study"] = zarr_study(zarr.open_array(survey / "field", mode="r")[:2048, :2048], root)
+            row["naive_pixels_per_s"] = None
+            if size <= args.naive_max:
+                field = zarr.open_array(survey / "field", mode="r")[:]
+                t0 = time.perf_counter()
+                naive = naive_classify(bundle, field)
+                naive_s = time.perf_counter() - t0
+                ours = zarr.open_array(root / "classified.zarr" / "class", mode="r")[:]
+                diff_r, diff_c = np.nonzero(naive != ours)
+                row["max_tie_margin_of_mismatches"] = float(tie_margins(bundle, field, diff_r, diff_c).max(initial=0))
+                row.update({"naive_s": naive_s, "naive_pixels_per_s": size * size / naive_s,
+                            "mismatched_cells": int((naive != ours).sum()),
+                            "identical_to_naive": bool((naive == ours).all())})
+                print(f"naive: {naive_s:.0f} s, {row['naive_pixels_per_s']:.0f} px/s; magpipe/naive "
+                      f"{row['magpipe_pixels_per_s'] / row['naive_pixels_per_s']:.1f}x; "
+                      f"{row['mismatched_cells']} cells differ (all near-ties: top-2 probability gap "
+                      f"<= {row['max_tie_margin_of_mismatches']:.1e})", flush=True)
+            result["sizes"].append(row)
+            shutil.rmtree(tif, ignore_errors=True)
+            shutil.rmtree(root / "classified.zarr", ignore_errors=True)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    both = [r for r in result["sizes"] if r["naive_pixels_per_s"]]
+    result["ratio_vs_naive"] = (both[-1]["magpipe_pixels_per_s"] / both[-1]["naive_pixels_per_s"]) if both else None
+    result["ratio_size"] = both[-1]["size"] if both else None
+    rates = [r["magpipe_pixels_per_s"] for r in result["sizes"]]
+    result["linearity"] = {"min_over_max_pixels_per_s": min(rates) / max(rates)}
+    path = args.json or Path(__file__).parent / "results" / f"{result['date']}-{result['machine']['name']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    print_summary(result)
+    print(f"\nwrote {path}")
+    return result
+
+
+def print_summary(r: dict) -> None:
+    print("\n| size | magpipe px/s | naive px/s | ratio | peak GiB | ingest MB/s | features px/s/thread "
+          "| svm px/s/thread |")
+    print("|---|---|---|---|---|---|---|---|")
+    for s in r["sizes"]:
+        naive = s["naive_pixels_per_s"]
+        ratio = f"{s['magpipe_pixels_per_s'] / naive:.1f}x" if naive else "-"
+        print(f"| {s['size']}^2 | {s['magpipe_pixels_per_s']:.0f} | {f'{naive:.0f}' if naive else '-'} | {ratio} "
+              f"| {s['peak_rss_gib']:.2f} | {s['ingest_mb_per_s']:.1f} | {s['features_pixels_per_s']:.0f} "
+              f"| {s['svm_pixels_per_s']:.0f} |")
+    if r.get("ratio_vs_naive"):
+        print(f"ratio_vs_naive {r['ratio_vs_naive']:.1f} (target >= {TARGETS['ratio_vs_naive']:.0f}) at "
+              f"{r['ratio_size']}^2")
+    if "parallel_efficiency" in r:
+        print(f"parallel efficiency {r['parallel_efficiency']['efficiency']:.0%} (target >= 80%)")
+    print(f"pixels/s min/max across sizes {r['linearity']['min_over_max_pixels_per_s']:.2f} (1.0 = linear)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""The LocalCluster magpipe starts, and the worker settings shipped for external clusters."""
+
+from pathlib import Path
+
+import yaml
+
+from magpipe.cluster import WORKER_MALLOC_ENV, dask_client
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_local_workers_get_the_allocator_settings_and_one_thread():
+    import os
+
+    with dask_client(None, workers=2) as client:
+        env = client.run(lambda: {k: os.environ.get(k) for k in WORKER_MALLOC_ENV})
+        threads = client.nthreads()
+    assert len(env) == 2 and all(v == WORKER_MALLOC_ENV for v in env.values())
+    assert sorted(threads.values()) == [1, 1]
+
+
+def test_container_dask_config_matches_the_local_cluster():
+    cfg = yaml.safe_load((ROOT / "deploy" / "dask.yaml").read_text())
+    environ = cfg["distributed"]["nanny"]["pre-spawn-environ"]
+    assert {k: str(v) for k, v in environ.items()} == WORKER_MALLOC_ENV
+    for dockerfile in ("Dockerfile.cpu", "Dockerfile.cuda"):
+        assert "deploy/dask.yaml /etc/dask/" in (ROOT / "deploy" / dockerfile).read_text()

@@ -1,0 +1,56 @@
+"""The fast kernel paths against scikit-learn's own RBF SVC and kernel."""
+
+import numpy as np
+import pytest
+import skops.io as sio
+from sklearn.metrics.pairwise import rbf_kernel
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+
+from magpipe.bundle import TRUSTED_SKOPS_TYPES
+from magpipe.config import SVMConfig
+from magpipe.svm import RBFFeatures, fit_svm, make_svm, predict_with_confidence
+
+
+def _blobs(n: int, f: int = 12, k: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    centres = np.random.default_rng(99).normal(size=(k, f))  # the same classes for every sample
+    rng = np.random.default_rng(seed)
+    y = rng.integers(1, k + 1, n)
+    return (centres[y - 1] + rng.normal(scale=1.2, size=(n, f))).astype("float32"), y
+
+
+def test_exact_kernel_svm_is_sklearns_rbf_svc():
+    X, y = _blobs(300)
+    Xt, _ = _blobs(2000, seed=1)
+    ours = make_svm(C=10.0, gamma=0.1).fit(X, y)
+    ref = Pipeline([("scale", StandardScaler()),
+                    ("svc", SVC(kernel="rbf", C=10.0, gamma=0.1, class_weight="balanced"))]).fit(X, y)
+    np.testing.assert_allclose(ours.decision_function(Xt), ref.decision_function(Xt), rtol=1e-4, atol=1e-4)
+    assert (ours.predict(Xt) == ref.predict(Xt)).mean() > 0.999
+    assert ours.named_steps["svc"].support_.size == ref.named_steps["svc"].support_.size
+
+
+def test_nystroem_with_every_landmark_reproduces_the_kernel():
+    X, _ = _blobs(200)
+    Z, _ = _blobs(50, seed=2)
+    f = RBFFeatures(gamma=0.05, n_components=200).fit(X)
+    np.testing.assert_allclose(f.transform(Z) @ f.transform(X).T, rbf_kernel(Z, X, gamma=0.05), atol=2e-3)
+
+
+@pytest.mark.parametrize("kernel", ["exact", "nystroem"])
+def test_fitted_svm_round_trips_through_skops_with_the_trusted_list(tmp_path, kernel):
+    X, y = _blobs(240)
+    groups = np.arange(len(y)) % 6
+    model, info = fit_svm(X, y, groups, SVMConfig(kernel=kernel, n_components=40, C=(1.0, 10.0)))
+    assert info["kernel"] == kernel and (info["n_support"] is None) == (kernel == "nystroem")
+    sio.dump(model, tmp_path / "m.skops")
+    untrusted = set(sio.get_untrusted_types(file=tmp_path / "m.skops"))
+    assert untrusted <= set(TRUSTED_SKOPS_TYPES)
+    loaded = sio.load(tmp_path / "m.skops", trusted=sorted(untrusted))
+    Xt, yt = _blobs(20000, seed=3)  # more than one prediction batch
+    cls, conf = predict_with_confidence(loaded, Xt)
+    ref_cls, ref_conf = predict_with_confidence(model, Xt)
+    np.testing.assert_array_equal(cls, ref_cls)
+    np.testing.assert_array_equal(cls, model.classes_[model.predict_proba(Xt).argmax(1)])
+    assert (cls == yt).mean() > 0.8 and np.all((conf > 0) & (conf <= 1))
