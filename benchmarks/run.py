@@ -253,9 +253,10 @@ def zarr_study(field: np.ndarray, root: Path) -> list[dict]:
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         n_files = sum(1 for f in path.rglob("*") if f.is_file())
         t0 = time.perf_counter()
-        for _ in range(20):  # what a classify task reads: one tile plus its halo
-            y0, x0 = rng.integers(0, field.shape[0] - 542, 2)
-            arr[y0 : y0 + 542, x0 : x0 + 542]
+        win = min(542, *field.shape)  # what a classify task reads: one tile plus its halo
+        for _ in range(20):
+            y0, x0 = rng.integers(0, min(field.shape) - win + 1, 2)
+            arr[y0 : y0 + win, x0 : x0 + win]
         read_ms = (time.perf_counter() - t0) / 20 * 1e3
         out.append({"layout": name, "size_mb": size / 1e6, "files": n_files, "write_mb_per_s":
                     field.nbytes / 1e6 / write_s, "tile_read_ms": read_ms})

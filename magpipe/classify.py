@@ -35,7 +35,7 @@ from magpipe.io.stores import (
 )
 from magpipe.model import dense_anomaly, dense_features
 from magpipe.patches import read_window, tiles
-from magpipe.svm import predict_with_confidence
+from magpipe.svm import PREDICT_BATCH, predict_with_confidence
 
 log = logging.getLogger("magpipe.classify")
 
@@ -58,10 +58,14 @@ def classify_window(bundle: ModelBundle, window: np.ndarray) -> tuple[np.ndarray
     if not inner.any():
         return cls, conf, anom
     x = torch.from_numpy(bundle.scaling.apply(window))[None, None]
-    feats = dense_features(bundle.model, x, bundle.layers)
-    X = feats.numpy()[:, inner].T
+    feats = dense_features(bundle.model, x, bundle.layers).numpy()
+    rows = max(1, PREDICT_BATCH // shape[1])  # row strips: the (cells, features) copy stays small
+    for r0 in range(0, shape[0], rows):
+        sel = inner[r0 : r0 + rows]
+        if sel.any():
+            X = feats[:, r0 : r0 + rows][:, sel].T
+            cls[r0 : r0 + rows][sel], conf[r0 : r0 + rows][sel] = predict_with_confidence(bundle.svm, X)
     del feats
-    cls[inner], conf[inner] = predict_with_confidence(bundle.svm, X)
     a = dense_anomaly(bundle.model, x, torch.from_numpy(valid)[None, None], bundle.anomaly_px)
     anom[inner] = a.numpy()[inner]
     return cls, conf, anom

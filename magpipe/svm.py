@@ -57,9 +57,11 @@ class RBFFeatures(TransformerMixin, BaseEstimator):
         self.landmark_sq_ = (self.landmarks_.astype(np.float64) ** 2).sum(1).astype(np.float32)
         if self.n_components is None:
             self.normalization_ = None
-        else:  # as sklearn's Nystroem: K_mm^-1/2 by SVD, tiny singular values clipped
+        else:  # K_mm^-1/2 by SVD, as sklearn's Nystroem, but directions below float32 resolution are
+            # dropped, not floored at 1e-12: their 1/sqrt(S) would amplify rounding of K into the decision
             U, S, Vt = np.linalg.svd(self._kernel(self.landmarks_).astype(np.float64))
-            self.normalization_ = ((U / np.sqrt(np.maximum(S, 1e-12))) @ Vt).astype(np.float32)
+            inv = np.where(S > 1e-5 * S[0], 1 / np.sqrt(np.maximum(S, 1e-300)), 0.0)
+            self.normalization_ = ((U * inv) @ Vt).astype(np.float32)
         return self
 
     def _kernel(self, X: np.ndarray) -> np.ndarray:
@@ -121,6 +123,7 @@ def fit_svm(X: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: SVMConfig) ->
     smallest = int(np.unique(y, return_counts=True)[1].min())
     model = calibrated(base.set_params(**best), smallest)
     model.fit(X, y)
+    fold_nystroem(model)
     info = {"kernel": cfg.kernel, "C": float(best["svc__C"]), "gamma": float(best["kernel__gamma"]),
             "cv_balanced_accuracy": cv_score, "cv_folds": folds, "n_support": n_support(model)}
     log.info("SVM (%s kernel): C=%g gamma=%.3g cv balanced acc %.3f, %s support vectors", cfg.kernel, info["C"],
@@ -128,10 +131,27 @@ def fit_svm(X: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: SVMConfig) ->
     return model, info
 
 
+def _pipelines(model) -> list[Pipeline]:
+    return [c.estimator for c in model.calibrated_classifiers_] if hasattr(model, "calibrated_classifiers_") \
+        else [model]
+
+
+def fold_nystroem(model) -> None:
+    """Fold the Nystroem map's K_mm^-1/2 into the fitted linear SVM: (K N) w = K (N w).
+
+    The same decision function with one matrix product per cell fewer (m x m of the
+    m x (F + m) multiply-adds), which halves prediction cost at 300 landmarks.
+    """
+    for pipe in _pipelines(model):
+        kernel, svc = pipe.named_steps["kernel"], pipe.named_steps["svc"]
+        if isinstance(kernel, RBFFeatures) and kernel.normalization_ is not None and hasattr(svc, "coef_"):
+            svc.coef_ = (svc.coef_ @ kernel.normalization_.T).astype(svc.coef_.dtype)
+            kernel.normalization_ = None
+
+
 def n_support(model) -> int | None:
     """Support vectors of the deployed exact SVM (what its prediction cost grows with); None for Nystroem."""
-    inner = model.calibrated_classifiers_[0].estimator if hasattr(model, "calibrated_classifiers_") else model
-    svc = inner.named_steps["svc"]
+    svc = _pipelines(model)[0].named_steps["svc"]
     return int(svc.support_.size) if hasattr(svc, "support_") else None
 
 

@@ -10,7 +10,7 @@ from sklearn.svm import SVC
 
 from magpipe.bundle import TRUSTED_SKOPS_TYPES
 from magpipe.config import SVMConfig
-from magpipe.svm import RBFFeatures, fit_svm, make_svm, predict_with_confidence
+from magpipe.svm import RBFFeatures, fit_svm, fold_nystroem, make_svm, predict_with_confidence
 
 
 def _blobs(n: int, f: int = 12, k: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -54,3 +54,13 @@ def test_fitted_svm_round_trips_through_skops_with_the_trusted_list(tmp_path, ke
     np.testing.assert_array_equal(cls, ref_cls)
     np.testing.assert_array_equal(cls, model.classes_[model.predict_proba(Xt).argmax(1)])
     assert (cls == yt).mean() > 0.8 and np.all((conf > 0) & (conf <= 1))
+
+
+def test_folding_the_nystroem_normalisation_keeps_the_decision_function():
+    X, y = _blobs(300)
+    Xt, _ = _blobs(3000, seed=4)
+    model = make_svm(C=10.0, gamma=0.05, kernel="nystroem", n_components=60).fit(X, y)
+    before = model.decision_function(Xt)
+    fold_nystroem(model)
+    assert model.named_steps["kernel"].normalization_ is None
+    np.testing.assert_allclose(model.decision_function(Xt), before, rtol=1e-4, atol=1e-4)

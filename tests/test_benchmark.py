@@ -1,0 +1,31 @@
+"""benchmarks/run.py end to end on a small survey: it runs, and its figures are consistent.
+
+Speed targets are not asserted here (they are the benchmark's output); what is asserted is
+what must hold at any speed: the naive per-patch method and magpipe give the same class map
+up to float near-ties, and the JSON has every figure the README promises.
+"""
+
+import json
+import runpy
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_runs_and_matches_the_naive_method(tmp_path):
+    main = runpy.run_path(str(ROOT / "benchmarks" / "run.py"))["main"]
+    out = tmp_path / "bench.json"
+    result = main(["--sizes", "320", "--quick", "--naive-max", "320", "--json", str(out),
+                   "--workdir", str(tmp_path / "work")])
+    saved = json.loads(out.read_text())
+    assert saved["ratio_vs_naive"] == result["ratio_vs_naive"] > 1
+    (row,) = saved["sizes"]
+    for key in ("size", "magpipe_pixels_per_s", "naive_pixels_per_s", "peak_rss_gib", "workers",
+                "ingest_mb_per_s", "features_pixels_per_s", "svm_pixels_per_s"):
+        assert row[key] is not None and row[key] > 0, key
+    assert row["size"] == 320 and row["workers"] == 2
+    assert row["mismatched_cells"] <= 0.0005 * row["cells"]
+    assert row["max_tie_margin_of_mismatches"] < 1e-3
+    assert saved["parallel_efficiency"]["one_worker_pixels_per_s"] > 0
+    assert {s["layout"] for s in saved["zarr_study"]} >= {"shard 512, chunk 256, zstd"}
+    assert set(saved["training"]["svm"]) == {"exact", "nystroem"}
