@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -15,12 +16,35 @@ def load_config(config: dict[str, Any] | str | None) -> RunConfig:
     """A flow's one config parameter: a dict of sections, a YAML/JSON path, or None for defaults."""
     if config is None:
         return RunConfig()
-    if isinstance(config, dict):
+    if isinstance(config, dict):  # (a config path is checked by the flow against the data root)
         try:
             return RunConfig.model_validate(config)
         except Exception as exc:  # pydantic's error, one line
             raise ConfigError(f"flow parameter 'config': {str(exc).splitlines()[0]}") from None
     return RunConfig.load(config)
+
+
+DATA_ROOT_ENV = "MAGPIPE_DATA_ROOT"
+
+
+def data_path(value: str | None, param: str) -> str | None:
+    """A path parameter of a flow, confined to ``$MAGPIPE_DATA_ROOT`` when that is set.
+
+    Deployments take paths from whoever can start a run; with a data root they can
+    name nothing else on the worker's disk. Relative paths are taken inside the root;
+    symlinks and '..' are resolved before the check.
+    """
+    if value is None:
+        return None
+    root = os.environ.get(DATA_ROOT_ENV)
+    if not root:
+        return str(value)
+    base = Path(root).resolve()
+    p = Path(value).expanduser()
+    full = (p if p.is_absolute() else base / p).resolve()
+    if not full.is_relative_to(base):
+        raise InputError(f"flow parameter '{param}': {value} is outside the data root {root} (${DATA_ROOT_ENV})")
+    return str(full)
 
 
 def survey_name(survey: str | Path) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 from prefect import flow, tags, task
 from prefect.futures import wait
 
-from flows._common import load_config, retry_unless_bad_input, run_name, survey_name, tag_this_run
+from flows._common import data_path, load_config, retry_unless_bad_input, run_name, survey_name, tag_this_run
 from flows.classify import classify_survey
 from magpipe.io.stores import is_complete, version
 from magpipe.pipeline import Layout, run_ingest
@@ -36,6 +36,7 @@ def expand_surveys(surveys: list[str] | str) -> list[str]:
 def backfill_survey(survey: str, model: str, out: str, config: dict[str, Any] | None = None,
                     scheduler: str | None = None) -> str:
     """Ingest one survey and classify it with ``model``."""
+    survey, model, out = data_path(survey, "survey"), data_path(model, "model"), data_path(out, "out")
     cfg = load_config(config)
     tag_this_run(survey_name(survey), f"model-{Path(model).parent.name or Path(model).name}", f"magpipe-{version()}")
     run_ingest(survey, out, cfg)
@@ -58,7 +59,8 @@ def backfill_one(survey: str, model: str, out: str, config: dict | None, schedul
 def backfill(surveys: list[str] | str, model: str, out_root: str = "runs/backfill",
              config: dict[str, Any] | None = None, max_concurrent: int = 2, scheduler: str | None = None) -> dict:
     """Classify every survey in ``surveys`` (paths or globs) into OUT_ROOT/<survey name>/."""
-    paths = expand_surveys(surveys)
+    model, out_root = data_path(model, "model"), data_path(out_root, "out_root")
+    paths = [data_path(p, "surveys") for p in expand_surveys(surveys)]
     if not paths:
         raise ValueError(f"no survey matches {surveys!r}")
     done, results = {}, {}

@@ -7,7 +7,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows._artifacts import TileProgress
-from flows._common import load_config, out_run_name as _out_run_name, survey_name
+from flows._common import data_path, load_config, out_run_name as _out_run_name, survey_name
 from magpipe.cluster import dask_client
 from magpipe.pipeline import run_classify
 
@@ -20,7 +20,8 @@ def classify_survey(out: str, config: dict[str, Any] | str | None = None, model:
     ``name`` keys the progress artifact (default: the run directory's name). Dask work goes straight to the cluster (``scheduler``, else a LocalCluster); Prefect
     tasks stay on threads, so Dask workers never start Prefect servers of their own.
     """
-    cfg = load_config(config)
+    out, model = data_path(out, "out"), data_path(model, "model")
+    cfg = load_config(data_path(config, "config") if isinstance(config, str) else config)
     progress = TileProgress(name or survey_name(out))
     with dask_client(scheduler or cfg.classify.scheduler, workers=cfg.classify.workers) as client:
         get_run_logger().info("Dask cluster: %s", client.dashboard_link or client.scheduler.address)

@@ -16,6 +16,7 @@ from prefect.context import TaskRunContext
 from flows._artifacts import publish_report
 from flows._common import (
     cached,
+    data_path,
     load_config,
     retry_unless_bad_input,
     run_name,
@@ -80,6 +81,11 @@ def survey_pipeline(survey: str | None = None, labels_path: str | None = None, o
                     label_field: str | None = None, classes: str | None = None,
                     config: dict[str, Any] | str | None = None, scheduler: str | None = None) -> dict:
     """Classify one survey end to end and publish its report, metrics table and maps."""
+    survey, labels_path, classes = (data_path(survey, "survey"), data_path(labels_path, "labels_path"),
+                                    data_path(classes, "classes"))
+    out = data_path(out, "out")
+    if isinstance(config, str):
+        config = data_path(config, "config")
     if survey is None:
         from magpipe.datasets import britain_sample, demo_config
 

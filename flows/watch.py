@@ -13,7 +13,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows._common import survey_name
+from flows._common import data_path, survey_name
 from flows.backfill import backfill
 from flows.pipeline import survey_pipeline
 from magpipe.io.stores import is_complete
@@ -37,6 +37,7 @@ def labels_for(survey: Path) -> Path | None:
 def watch_landing(landing: str, out_root: str = "runs/landing", model: str | None = None, pattern: str = "*.tif",
                   label_field: str | None = None, config: dict[str, Any] | None = None) -> list[str]:
     """Run the pipeline or a backfill on every new survey in ``landing``; returns what it processed."""
+    landing, out_root, model = data_path(landing, "landing"), data_path(out_root, "out_root"), data_path(model, "model")
     log = get_run_logger()
     todo = pending_surveys(landing, out_root, pattern)
     log.info("%d new survey(s) in %s", len(todo), landing)

@@ -45,6 +45,7 @@ from magpipe.io.stores import (
 )
 from magpipe.model import patch_features, resolve_layers
 from magpipe.patches import Scaling, fit_scaling, patches_at, sample_centres
+from magpipe.locking import locks_output
 from magpipe.svm import fit_svm, predict_with_confidence
 from magpipe.training import train_autoencoder
 
@@ -78,6 +79,7 @@ class Layout:
         return self.root / "report.json"
 
 
+@locks_output
 def run_ingest(survey: str | Path, out: str | Path, cfg: RunConfig) -> Path:
     """Read any supported survey into OUT/survey.zarr (field, valid mask, CRS, scaling)."""
     survey, lay = Path(survey), Layout(Path(out))
@@ -107,6 +109,7 @@ def run_ingest(survey: str | Path, out: str | Path, cfg: RunConfig) -> Path:
     return write_store(ds, lay.survey, stage_hash=h, shard_px=c.chunk_px)
 
 
+@locks_output
 def run_labels(labels: str | Path, out: str | Path, *, label_field: str | None = None,
                classes: str | Path | None = None) -> Path:
     """Put labels onto the survey grid as OUT/survey.zarr:labels."""
@@ -146,6 +149,7 @@ def _survey_arrays(lay: Layout) -> tuple[zarr.Array, np.ndarray, Scaling, dict]:
     return group["field"], group["valid"][:].astype(bool), Scaling(attrs["scaling_mean"], attrs["scaling_std"]), attrs
 
 
+@locks_output
 def run_patches(out: str | Path, cfg: RunConfig) -> Path:
     """Sample training patches from valid areas into OUT/patches.zarr."""
     lay, c = Layout(Path(out)), cfg.patches
@@ -190,7 +194,23 @@ def labelled_split(lay: Layout, cfg: RunConfig) -> tuple[Split, np.ndarray, list
                               test_fraction=cfg.evaluate.test_fraction, seed=cfg.evaluate.seed)
     except ValueError as exc:
         raise DataValidationError(f"{lay.survey}: labels cannot be split spatially: {exc}") from None
-    return split, labels, list(group.attrs["classes"])
+    classes = list(group.attrs["classes"])
+    _check_class_counts(lay, split, labels, classes, block_px=cfg.evaluate.block_patches * p)
+    return split, labels, classes
+
+
+def _check_class_counts(lay: Layout, split: Split, labels: np.ndarray, classes: list[str], *, block_px: int) -> None:
+    """Every labelled class needs cells on both sides of the spatial split, or it is silently never learnt or scored."""
+    K = len(classes)
+    n_train = np.bincount(labels[split.train_rows, split.train_cols], minlength=K + 1)[1:]
+    n_test = np.bincount(labels[split.test_rows, split.test_cols], minlength=K + 1)[1:]
+    present = (n_train + n_test) > 0
+    short = [f"'{classes[k]}' ({n_train[k]} training, {n_test[k]} test cells)" for k in range(K)
+             if present[k] and (n_train[k] < 2 or n_test[k] < 1)]
+    if short:
+        raise DataValidationError(
+            f"{lay.survey}: after the spatial split (blocks of {block_px} px) too few labelled cells for class "
+            f"{', '.join(short)}; label more of it, or lower evaluate.block_patches")
 
 
 def cell_features(bundle_or_model, field, scaling: Scaling, rows, cols, layers, *, batch: int = 512
@@ -213,11 +233,12 @@ def _training_cells(split: Split, labels: np.ndarray, cfg: RunConfig) -> tuple[n
     keep = subsample_per_class(y, cfg.svm.max_per_class, cfg.svm.seed)
     counts = np.bincount(y[keep])
     small = [int(c) for c in np.unique(y) if counts[c] < 2]
-    if small:
-        raise DataValidationError(f"classes {small} have fewer than 2 training cells after the spatial split")
+    if small:  # (only after subsampling; labelled_split has checked the full counts)
+        raise DataValidationError(f"classes {small} have fewer than 2 training cells after subsampling")
     return split.train_rows[keep], split.train_cols[keep], y[keep], split.train_blocks[keep]
 
 
+@locks_output
 def run_train(out: str | Path, cfg: RunConfig, *, progress=None) -> Path:
     """Train the autoencoder on OUT/patches.zarr and the SVM on the training cells -> OUT/model/."""
     lay = Layout(Path(out))
@@ -257,6 +278,7 @@ def run_train(out: str | Path, cfg: RunConfig, *, progress=None) -> Path:
     return lay.model
 
 
+@locks_output
 def run_classify(out: str | Path, cfg: RunConfig, *, bundle: str | Path | None = None, client=None,
                  progress=None) -> Path:
     """Classify every valid cell of OUT/survey.zarr into OUT/classified.zarr."""
@@ -266,18 +288,23 @@ def run_classify(out: str | Path, cfg: RunConfig, *, bundle: str | Path | None =
     bundle_path = Path(bundle) if bundle else lay.model
     sattrs = store_attrs(lay.survey) or {}
     meta = read_bundle_meta(bundle_path)
+    shape = zarr.open_array(lay.survey / "field", mode="r").shape
+    if min(shape) < meta["patch_px"]:
+        raise DataValidationError(f"{lay.survey}: survey of {shape[0]} x {shape[1]} cells is smaller than the "
+                                  f"model's {meta['patch_px']} px patch ({bundle_path})")
     h = content_hash("classify-v1", str(sattrs.get(HASH)), str(meta.get("input_hash")),
                      str(cfg.classify.chunk_px), str(cfg.classify.anomaly_px))
     return classify_survey(lay.survey, bundle_path, lay.classified, stage_hash=h, tile_px=cfg.classify.chunk_px,
                            client=client, progress=progress)
 
 
+@locks_output
 def run_evaluate(out: str | Path, cfg: RunConfig) -> dict:
     """Score AE features against raw pixels on the spatial holdout; write report.json/.md and figures."""
     from magpipe.report import write_report
 
     lay = Layout(Path(out))
-    bundle = load_bundle(lay.model)
+    bundle = load_bundle(lay.model, patch_px=cfg.patches.patch_px)  # the split's blocks are in patch widths
     field, valid, scaling, _ = _survey_arrays(lay)
     split, labels, classes = labelled_split(lay, cfg)
     rows, cols, y, blocks = _training_cells(split, labels, cfg)
@@ -315,6 +342,7 @@ def run_evaluate(out: str | Path, cfg: RunConfig) -> dict:
     return report
 
 
+@locks_output
 def run_all(survey: str | Path, labels: str | Path, out: str | Path, cfg: RunConfig, *,
             label_field: str | None = None, classes: str | Path | None = None, client=None) -> dict:
     """Every stage in order; finished stages with unchanged inputs are skipped."""

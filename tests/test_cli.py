@@ -1,6 +1,7 @@
 """The `magpipe` command end to end, and its answers to bad input, as a user runs it."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +17,22 @@ LAYOUT = ["survey.zarr", "patches.zarr", "model", "classified.zarr", "report.jso
           "class_map.png", "confidence.png", "anomaly.png", "confusion.png"]
 
 
-def magpipe(*args, cwd=None) -> subprocess.CompletedProcess:
+def magpipe(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "magpipe", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=600)
+                          cwd=cwd, timeout=600, env=None if env is None else {**os.environ, **env})
+
+
+SECRETS = {"AWS_SECRET_ACCESS_KEY": "s3cr3t-aws-value-0451", "PREFECT_API_KEY": "pnu_s3cr3t-prefect-0451"}
+
+
+def assert_no_secrets(*texts: str, root: Path | None = None) -> None:
+    """No credential from the environment in output streams or in any text/metadata file written."""
+    files = [f for f in root.rglob("*") if f.is_file() and f.suffix in (".json", ".md", ".yaml", ".txt", ".csv")] \
+        if root else []
+    assert files or root is None
+    for text in [*texts, *(f.read_text(errors="replace") for f in files)]:
+        for value in SECRETS.values():
+            assert value not in text
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +45,9 @@ def config_file(tmp_path_factory) -> Path:
 def test_run_end_to_end_leaves_the_documented_layout(survey_files, config_file, tmp_path):
     out = tmp_path / "out"
     r = magpipe("run", survey_files["survey"], "--labels", survey_files["labels"], "--out", out,
-                "--config", config_file, "--workers", 2)
+                "--config", config_file, "--workers", 2, env=SECRETS)
     assert r.returncode == 0, r.stderr
+    assert_no_secrets(r.stdout, r.stderr, root=out)
     for name in LAYOUT:
         assert (out / name).exists(), name
     report = json.loads((out / "report.json").read_text())

@@ -71,6 +71,16 @@ def test_bad_input_fails_the_run_with_a_one_line_reason(harness, survey_files, t
     assert "missing.tif: file not found" in state.message and "\n" not in state.message
 
 
+def test_flow_refuses_paths_outside_the_data_root(harness, trained_run, tmp_path, monkeypatch):
+    from flows.classify import classify_survey
+
+    monkeypatch.setenv("MAGPIPE_DATA_ROOT", str(tmp_path / "data"))
+    state = classify_survey(str(trained_run["out"]), return_state=True)
+    assert state.is_failed()
+    assert "flow parameter 'out'" in state.message and "outside the data root" in state.message
+    assert not (trained_run["out"] / "classified.zarr.partial").exists()
+
+
 def _surveys(tmp_path, n=2):
     paths = []
     for i in range(n):

@@ -1,0 +1,126 @@
+"""Crash and concurrency guarantees: one writer per output, lost workers, tiling geometry, data root."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zarr
+from hypothesis import given, settings, strategies as st
+from test_cli import assert_one_line_error, magpipe
+
+from magpipe.bundle import load_bundle
+from magpipe.classify import classify_array, classify_survey
+from magpipe.cluster import dask_client
+from magpipe.io.stores import is_complete
+from magpipe.locking import LOCK_NAME
+from magpipe.patches import read_window, tiles
+
+
+def test_second_writer_is_refused_and_a_killed_holder_frees_the_output(survey_files, tmp_path):
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom magpipe.locking import output_lock\n"
+        f"with output_lock({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(120)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        r = magpipe("ingest", survey_files["survey"], "--out", out)
+        assert_one_line_error(r, str(out), "in use by another magpipe run", f"pid {holder.pid}")
+        assert not is_complete(out / "survey.zarr")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    r = magpipe("ingest", survey_files["survey"], "--out", out)  # the kernel dropped the dead run's lock
+    assert r.returncode == 0, r.stderr
+    assert is_complete(out / "survey.zarr") and (out / LOCK_NAME).exists()
+
+
+def test_a_worker_killed_mid_run_is_replaced_and_the_result_is_identical(trained_run, tmp_path):
+    survey, model = trained_run["out"] / "survey.zarr", trained_run["out"] / "model"
+    killed: list[int] = []
+    with dask_client(None, workers=2) as client:
+        pids = client.run(os.getpid)
+
+        def kill_a_busy_worker(done: int, total: int) -> None:
+            if killed or done < 4:
+                return
+            for _ in range(200):  # the first worker seen running a tile
+                busy = [w for w, keys in client.processing().items() if keys]
+                if busy:
+                    killed.append(pids[busy[0]])
+                    os.kill(pids[busy[0]], signal.SIGKILL)
+                    return
+                time.sleep(0.01)
+
+        out = classify_survey(survey, model, tmp_path / "classified.zarr", stage_hash="k", tile_px=16,
+                              client=client, progress=kill_a_busy_worker)
+        assert killed, "no worker was busy to kill"
+        deadline = time.time() + 60
+        while len(client.scheduler_info()["workers"]) < 2 and time.time() < deadline:
+            time.sleep(0.2)
+        assert killed[0] not in client.run(os.getpid).values()  # the nanny started a new process
+    field = zarr.open_array(survey / "field", mode="r")[:]
+    ref = classify_array(load_bundle(model), field)[0]
+    np.testing.assert_array_equal(zarr.open_array(out / "class", mode="r")[:], ref)
+    assert is_complete(out)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(ny=st.integers(1, 90), nx=st.integers(1, 90), tile=st.integers(1, 40))
+def test_tiles_cover_every_cell_exactly_once(ny, nx, tile):
+    count = np.zeros((ny, nx), dtype=int)
+    for y0, y1, x0, x1 in tiles((ny, nx), tile):
+        assert 0 <= y0 < y1 <= ny and 0 <= x0 < x1 <= nx
+        assert y1 - y0 <= tile and x1 - x0 <= tile
+        count[y0:y1, x0:x1] += 1
+    assert np.all(count == 1)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(data=st.data(), ny=st.integers(1, 40), nx=st.integers(1, 40), halo=st.integers(0, 12))
+def test_window_halo_is_the_grid_padded_with_no_data(data, ny, nx, halo):
+    rng = np.random.default_rng(ny * 100 + nx)
+    grid = rng.normal(size=(ny, nx)).astype("float32")
+    grid[rng.random((ny, nx)) < 0.2] = np.nan  # holes stay holes
+    y0 = data.draw(st.integers(0, ny - 1))
+    x0 = data.draw(st.integers(0, nx - 1))
+    y1, x1 = data.draw(st.integers(y0 + 1, ny)), data.draw(st.integers(x0 + 1, nx))
+    window = read_window(grid, y0, y1, x0, x1, halo)
+    padded = np.pad(grid, halo, constant_values=np.nan)
+    np.testing.assert_array_equal(window, padded[y0 : y1 + 2 * halo, x0 : x1 + 2 * halo])
+
+
+@pytest.mark.parametrize("tile_px", [7, 50])
+def test_every_valid_cell_is_classified_once_whatever_the_tile_size(trained_run, tmp_path, tile_px):
+    survey, model = trained_run["out"] / "survey.zarr", trained_run["out"] / "model"
+    out = classify_survey(survey, model, tmp_path / "c.zarr", stage_hash=str(tile_px), tile_px=tile_px)
+    field = zarr.open_array(survey / "field", mode="r")[:]
+    ref_cls, ref_conf, _ = classify_array(load_bundle(model), field)
+    g = zarr.open_group(out, mode="r")
+    np.testing.assert_array_equal(g["class"][:], ref_cls)
+    np.testing.assert_allclose(g["confidence"][:], ref_conf, atol=1e-5, equal_nan=True)
+    assert g["tile_done"][:].all()
+
+
+def test_flow_paths_cannot_leave_the_data_root(tmp_path, monkeypatch):
+    from flows._common import DATA_ROOT_ENV, data_path
+
+    from magpipe.errors import InputError
+
+    root = tmp_path / "data"
+    (root / "surveys").mkdir(parents=True)
+    (tmp_path / "secret").mkdir()
+    (root / "link").symlink_to(tmp_path / "secret")
+    assert data_path(str(tmp_path / "anything"), "out") == str(tmp_path / "anything")  # no root: unrestricted
+    monkeypatch.setenv(DATA_ROOT_ENV, str(root))
+    assert data_path("surveys/a.tif", "survey") == str(root / "surveys" / "a.tif")
+    assert data_path(str(root / "runs"), "out") == str(root / "runs")
+    for bad in ("../secret/x.tif", str(tmp_path / "secret"), "link/x.tif", "/etc/passwd"):
+        with pytest.raises(InputError, match=f"flow parameter 'survey': .* outside the data root {root}"):
+            data_path(bad, "survey")
