@@ -106,29 +106,31 @@ def classify_tile(survey: str, out: str, bundle_path: str, tile: tuple[int, int,
     return index
 
 
-def _template(survey_ds: xr.Dataset, bundle: ModelBundle, tile_px: int) -> xr.Dataset:
+def output_template(survey_ds: xr.Dataset, variables: dict[str, tuple[str, float, dict]], tile_px: int
+                    ) -> xr.Dataset:
+    """A lazy dataset on the survey's grid and CRS: name -> (dtype, fill value, attrs), plus ``tile_done``."""
     import dask.array as da
 
     ny, nx = survey_ds.sizes["y"], survey_ds.sizes["x"]
     chunks = (tile_px, tile_px)
     coords = {k: survey_ds.coords[k] for k in ("y", "x", "spatial_ref") if k in survey_ds.coords}
     grid = {"grid_mapping": "spatial_ref"} if "spatial_ref" in coords else {}
-    ds = xr.Dataset(
-        {
-            "class": (("y", "x"), da.full((ny, nx), NODATA_CLASS, dtype="int16", chunks=chunks),
-                      {"long_name": "class code (see flag_values / flag_meanings)", "nodata": NODATA_CLASS,
-                       "flag_values": list(range(1, len(bundle.classes) + 1)),
-                       "flag_meanings": " ".join(c.replace(" ", "_") for c in bundle.classes), **grid}),
-            "confidence": (("y", "x"), da.full((ny, nx), np.nan, dtype="float32", chunks=chunks),
-                           {"long_name": "probability of the predicted class", "units": "1", **grid}),
-            "anomaly": (("y", "x"), da.full((ny, nx), np.nan, dtype="float32", chunks=chunks),
-                        {"long_name": "autoencoder reconstruction error (MSE, standardised units)", **grid}),
-        },
-        coords=coords,
-    )
+    ds = xr.Dataset({name: (("y", "x"), da.full((ny, nx), fill, dtype=dtype, chunks=chunks), {**attrs, **grid})
+                     for name, (dtype, fill, attrs) in variables.items()}, coords=coords)
     nty, ntx = -(-ny // tile_px), -(-nx // tile_px)
     ds["tile_done"] = (("tile_y", "tile_x"), da.zeros((nty, ntx), dtype="uint8", chunks=(1, 1)))
     return ds
+
+
+def _template(survey_ds: xr.Dataset, bundle: ModelBundle, tile_px: int) -> xr.Dataset:
+    return output_template(survey_ds, {
+        "class": ("int16", NODATA_CLASS, {"long_name": "class code (see flag_values / flag_meanings)",
+                                          "nodata": NODATA_CLASS,
+                                          "flag_values": list(range(1, len(bundle.classes) + 1)),
+                                          "flag_meanings": " ".join(c.replace(" ", "_") for c in bundle.classes)}),
+        "confidence": ("float32", np.nan, {"long_name": "probability of the predicted class", "units": "1"}),
+        "anomaly": ("float32", np.nan, {"long_name": "autoencoder reconstruction error (MSE, standardised units)"}),
+    }, tile_px)
 
 
 def classify_survey(

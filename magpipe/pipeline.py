@@ -45,6 +45,7 @@ from magpipe.io.stores import (
 )
 from magpipe.model import patch_features, resolve_layers
 from magpipe.patches import Scaling, fit_scaling, patches_at, sample_centres
+from magpipe.explore import embedding_2d, label_next, top_anomalies
 from magpipe.locking import locks_output
 from magpipe.svm import fit_svm, predict_with_confidence
 from magpipe.training import train_autoencoder
@@ -181,8 +182,11 @@ def run_patches(out: str | Path, cfg: RunConfig) -> Path:
     return write_store(ds, lay.patches, stage_hash=h, encoding=enc)
 
 
-def labelled_split(lay: Layout, cfg: RunConfig) -> tuple[Split, np.ndarray, list[str]]:
-    """The spatial train/test split of the labelled cells (deterministic from the config)."""
+def labelled_split(lay: Layout, cfg: RunConfig, *, need_test: bool = False) -> tuple[Split, np.ndarray, list[str]]:
+    """The spatial train/test split of the labelled cells (deterministic from the config).
+
+    Every labelled class needs 2 training cells, and with ``need_test`` (evaluation) a test cell.
+    """
     group = zarr.open_group(lay.survey, mode="r")
     if "labels" not in group:
         raise InputError(f"{lay.survey}: has no labels; run `magpipe labels` first")
@@ -195,18 +199,19 @@ def labelled_split(lay: Layout, cfg: RunConfig) -> tuple[Split, np.ndarray, list
     except ValueError as exc:
         raise DataValidationError(f"{lay.survey}: labels cannot be split spatially: {exc}") from None
     classes = list(group.attrs["classes"])
-    _check_class_counts(lay, split, labels, classes, block_px=cfg.evaluate.block_patches * p)
+    _check_class_counts(lay, split, labels, classes, block_px=cfg.evaluate.block_patches * p, need_test=need_test)
     return split, labels, classes
 
 
-def _check_class_counts(lay: Layout, split: Split, labels: np.ndarray, classes: list[str], *, block_px: int) -> None:
+def _check_class_counts(lay: Layout, split: Split, labels: np.ndarray, classes: list[str], *, block_px: int,
+                        need_test: bool) -> None:
     """Every labelled class needs cells on both sides of the spatial split, or it is silently never learnt or scored."""
     K = len(classes)
     n_train = np.bincount(labels[split.train_rows, split.train_cols], minlength=K + 1)[1:]
     n_test = np.bincount(labels[split.test_rows, split.test_cols], minlength=K + 1)[1:]
     present = (n_train + n_test) > 0
     short = [f"'{classes[k]}' ({n_train[k]} training, {n_test[k]} test cells)" for k in range(K)
-             if present[k] and (n_train[k] < 2 or n_test[k] < 1)]
+             if present[k] and (n_train[k] < 2 or (need_test and n_test[k] < 1))]
     if short:
         raise DataValidationError(
             f"{lay.survey}: after the spatial split (blocks of {block_px} px) too few labelled cells for class "
@@ -306,7 +311,7 @@ def run_evaluate(out: str | Path, cfg: RunConfig) -> dict:
     lay = Layout(Path(out))
     bundle = load_bundle(lay.model, patch_px=cfg.patches.patch_px)  # the split's blocks are in patch widths
     field, valid, scaling, _ = _survey_arrays(lay)
-    split, labels, classes = labelled_split(lay, cfg)
+    split, labels, classes = labelled_split(lay, cfg, need_test=True)
     rows, cols, y, blocks = _training_cells(split, labels, cfg)
     rng = np.random.default_rng(cfg.evaluate.seed)
     n_test = split.test_rows.size
@@ -316,6 +321,8 @@ def run_evaluate(out: str | Path, cfg: RunConfig) -> dict:
     p, K = bundle.patch_px, len(classes)
     Xae_te, Xraw_te = cell_features(bundle, field, scaling, trow, tcol, bundle.layers)
     _, Xraw_tr = cell_features(bundle, field, scaling, rows, cols, bundle.layers)
+    view = rng.choice(len(ty), min(len(ty), 3000), replace=False)
+    emb, emb_method = embedding_2d(Xae_te[view])
     log.info("evaluate: %d training, %d test cells; fitting the raw-pixel baseline SVM", len(y), len(ty))
     raw_svm, raw_info = fit_svm(Xraw_tr, y, blocks, cfg.svm)
     pred_ae, _ = predict_with_confidence(bundle.svm, Xae_te)
@@ -337,8 +344,11 @@ def run_evaluate(out: str | Path, cfg: RunConfig) -> dict:
         "training": bundle.meta.get("training", {}),
         "split": {"block_px": cfg.evaluate.block_patches * p, "gap_px": p,
                   "test_fraction": cfg.evaluate.test_fraction, "seed": cfg.evaluate.seed},
+        "anomalies": top_anomalies(lay.classified, cfg.evaluate.top_k, block=2 * p),
+        "label_next": label_next(lay.classified, cfg.evaluate.top_k, block=cfg.evaluate.block_patches * p),
+        "embedding": {"method": emb_method, "n_cells": len(view)},
     }
-    write_report(report, lay)
+    write_report(report, lay, embedding=(emb, ty[view]))
     return report
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from magpipe.explore import markdown_table
 from magpipe.io.stores import write_json
 
 MAX_FIGURE_PX = 1600  # maps larger than this are decimated for the figures only
@@ -52,14 +53,33 @@ def markdown(report: dict) -> str:
         "![class map](class_map.png) ![confidence](confidence.png) ![anomaly](anomaly.png) "
         "![confusion](confusion.png)",
         "",
+        "## Strongest anomalies",
+        "",
+        "Highest autoencoder reconstruction error (the survey looks unlike what the model learned), "
+        "one per block of two patch widths; circled on anomaly.png.",
+        "",
+        markdown_table(report.get("anomalies", []), ["rank", "x", "y", "anomaly"]),
+        "",
+        "## Label next",
+        "",
+        "Blocks where the SVM is least certain (lowest mean probability of its class): new labels here "
+        "help most. Boxed on confidence.png.",
+        "",
+        markdown_table(report.get("label_next", []), ["rank", "x", "y", "mean_confidence"]),
+        "",
+        f"## Embedding view\n\n{report.get('embedding', {}).get('method', 'PCA')} of the AE features of "
+        f"{report.get('embedding', {}).get('n_cells', 0)} held-out cells, coloured by their true class.",
+        "",
+        "![embedding](embedding.png)",
+        "",
     ])
 
 
-def write_report(report: dict, layout) -> None:
+def write_report(report: dict, layout, *, embedding: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     root = Path(layout.root)
+    write_figures(report, layout, embedding=embedding)
     write_json(report, root / "report.json")
     (root / "report.md").write_text(markdown(report))
-    write_figures(report, layout)
 
 
 def _decimated(arr) -> np.ndarray:
@@ -67,8 +87,8 @@ def _decimated(arr) -> np.ndarray:
     return np.asarray(arr[::step, ::step])
 
 
-def write_figures(report: dict, layout) -> None:
-    """class_map.png, confidence.png, anomaly.png, confusion.png (north up)."""
+def write_figures(report: dict, layout, *, embedding: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """class_map.png, confidence.png, anomaly.png, confusion.png (north up), embedding.png."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,14 +111,25 @@ def write_figures(report: dict, layout) -> None:
     ax.set_axis_off()
     fig.savefig(root / "class_map.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    for name, title, cm in (("confidence", "confidence (probability of the class)", "viridis"),
-                            ("anomaly", "anomaly (reconstruction error)", "magma")):
+    step = max(1, int(np.ceil(max(group["class"].shape) / MAX_FIGURE_PX)))
+    for name, title, cm in (("confidence", "confidence (probability of the class); boxes: label next", "viridis"),
+                            ("anomaly", "anomaly (reconstruction error); circles: strongest", "magma")):
         data = _decimated(group[name])
         fig, ax = plt.subplots(figsize=(7, 7))
         vmax = np.nanpercentile(data, 99) if np.isfinite(data).any() else 1
         im = ax.imshow(data, cmap=cm, vmin=0 if name == "anomaly" else None,
                        vmax=vmax if name == "anomaly" else None, interpolation="nearest")
         fig.colorbar(im, ax=ax, shrink=0.7)
+        if name == "anomaly":
+            for a in report.get("anomalies", []):
+                ax.plot(a["col"] / step, a["row"] / step, "o", mfc="none", mec="cyan", ms=12, mew=1.5)
+                ax.annotate(str(a["rank"]), (a["col"] / step, a["row"] / step), color="cyan", fontsize=7,
+                            xytext=(6, 6), textcoords="offset points")
+        else:
+            for b in report.get("label_next", []):
+                half = b["block_px"] / 2 / step
+                ax.add_patch(plt.Rectangle((b["col"] / step - half, b["row"] / step - half), 2 * half, 2 * half,
+                                           fill=False, ec="red", lw=1.2))
         ax.set_title(title)
         ax.set_axis_off()
         fig.savefig(root / f"{name}.png", dpi=110, bbox_inches="tight")
@@ -121,6 +152,19 @@ def write_figures(report: dict, layout) -> None:
     fig.tight_layout()
     fig.savefig(root / "confusion.png", dpi=110)
     plt.close(fig)
+    if embedding is not None:
+        xy, labels = embedding
+        fig, ax = plt.subplots(figsize=(6.5, 5.5))
+        for k, name in enumerate(classes, start=1):
+            sel = labels == k
+            ax.scatter(xy[sel, 0], xy[sel, 1], s=4, alpha=0.6, color=cmap.colors[k - 1], label=name)
+        ax.legend(markerscale=3, fontsize=7, loc="best")
+        method = report.get("embedding", {}).get("method", "PCA")
+        ax.set_title(f"AE embeddings of held-out cells ({method}), coloured by true class")
+        ax.set_xlabel(f"{method} 1")
+        ax.set_ylabel(f"{method} 2")
+        fig.savefig(root / "embedding.png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
 
 
 def export_geotiff(classified: str | Path, variable: str, path: str | Path) -> Path:

@@ -1,0 +1,109 @@
+"""What a run shows beyond the class map: the strongest anomalies and the least certain areas.
+
+Both are read from ``classified.zarr`` one tile at a time, reduced to statistics of
+square blocks (one block = one candidate location), so they cost one pass over the
+output whatever the survey's size, and picks are at least a block apart rather
+than k neighbouring cells of one feature.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+
+def block_reduce(array, block: int, reducer: str, *, weights=None, tile_blocks: int = 16) -> tuple[np.ndarray, ...]:
+    """Per block of ``block`` x ``block`` cells: (value, row, col) of its max (``"max"``), or
+    (mean, valid fraction) (``"mean"``), reading ``array`` (zarr or numpy) tile by tile."""
+    ny, nx = array.shape
+    by, bx = -(-ny // block), -(-nx // block)
+    value = np.full((by, bx), np.nan)
+    extra = [np.zeros((by, bx), dtype=np.int64), np.zeros((by, bx), dtype=np.int64)] if reducer == "max" \
+        else [np.zeros((by, bx))]
+    step = block * tile_blocks
+    for y0 in range(0, ny, step):
+        for x0 in range(0, nx, step):
+            t = np.asarray(array[y0 : y0 + step, x0 : x0 + step], dtype=np.float64)
+            h, w = t.shape
+            pad = np.full((-(-h // block) * block, -(-w // block) * block), np.nan)
+            pad[:h, :w] = t
+            hb, wb = pad.shape[0] // block, pad.shape[1] // block
+            cells = pad.reshape(hb, block, wb, block).transpose(0, 2, 1, 3).reshape(hb, wb, -1)
+            finite = np.isfinite(cells)
+            sl = (slice(y0 // block, y0 // block + hb), slice(x0 // block, x0 // block + wb))
+            if reducer == "max":
+                filled = np.where(finite, cells, -np.inf)
+                arg = filled.argmax(axis=2)
+                best = np.take_along_axis(filled, arg[..., None], axis=2)[..., 0]
+                value[sl] = np.where(np.isfinite(best), best, np.nan)
+                brow, bcol = np.divmod(arg, block)
+                extra[0][sl] = y0 + np.arange(hb)[:, None] * block + brow
+                extra[1][sl] = x0 + np.arange(wb)[None, :] * block + bcol
+            else:
+                n = finite.sum(axis=2)
+                with np.errstate(invalid="ignore"):
+                    value[sl] = np.where(n > 0, np.nansum(cells, axis=2) / np.maximum(n, 1), np.nan)
+                extra[0][sl] = n / block**2
+    return (value, *extra)
+
+
+def _coords(classified: Path) -> tuple[np.ndarray, np.ndarray]:
+    g = zarr.open_group(classified, mode="r")
+    return g["y"][:], g["x"][:]
+
+
+def top_anomalies(classified: str | Path, k: int = 10, *, block: int) -> list[dict]:
+    """The k highest reconstruction errors, one per block of ``block`` cells (at least that far apart)."""
+    classified = Path(classified)
+    g = zarr.open_group(classified, mode="r")
+    value, rows, cols = block_reduce(g["anomaly"], block, "max")
+    ys, xs = _coords(classified)
+    order = np.argsort(np.where(np.isfinite(value), value, -np.inf), axis=None)[::-1][:k]
+    picks = [np.unravel_index(i, value.shape) for i in order if np.isfinite(value.flat[i])]
+    return [{"rank": n + 1, "x": float(xs[cols[b]]), "y": float(ys[rows[b]]), "row": int(rows[b]),
+             "col": int(cols[b]), "anomaly": float(value[b])} for n, b in enumerate(picks)]
+
+
+def label_next(classified: str | Path, k: int = 10, *, block: int, min_valid: float = 0.5) -> list[dict]:
+    """The k blocks of ``block`` cells where the SVM is least sure: where a new label helps most."""
+    classified = Path(classified)
+    g = zarr.open_group(classified, mode="r")
+    conf, frac = block_reduce(g["confidence"], block, "mean")
+    ys, xs = _coords(classified)
+    key = np.where(np.isfinite(conf) & (frac >= min_valid), conf, np.inf)
+    order = np.argsort(key, axis=None)[:k]
+    out = []
+    for i in order:
+        if not np.isfinite(key.flat[i]):
+            break
+        by, bx = np.unravel_index(i, key.shape)
+        r, c = min(by * block + block // 2, len(ys) - 1), min(bx * block + block // 2, len(xs) - 1)
+        out.append({"rank": len(out) + 1, "x": float(xs[c]), "y": float(ys[r]), "row": int(r), "col": int(c),
+                    "block_px": block, "mean_confidence": float(conf[by, bx])})
+    return out
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    if not rows:
+        return "(none)"
+    fmt = {"x": "{:.1f}", "y": "{:.1f}", "anomaly": "{:.3g}", "mean_confidence": "{:.2f}"}
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt.get(c, "{}").format(r[c]) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def embedding_2d(X: np.ndarray) -> tuple[np.ndarray, str]:
+    """2-D view of embeddings: UMAP when installed, else PCA of the standardised features."""
+    from sklearn.preprocessing import StandardScaler
+
+    Z = StandardScaler().fit_transform(X)
+    try:
+        import umap  # optional
+
+        return umap.UMAP(n_components=2, random_state=0).fit_transform(Z), "UMAP"
+    except ImportError:
+        from sklearn.decomposition import PCA
+
+        return PCA(n_components=2, random_state=0).fit_transform(Z), "PCA"
