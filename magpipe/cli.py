@@ -23,12 +23,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 _state = {"debug": False}
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML/JSON config file (see magpipe.config).")]
-PatchOpt = Annotated[Optional[int], typer.Option("--patch-size", help="Patch side in px (odd) [default 31].")]
-EpochsOpt = Annotated[Optional[int], typer.Option("--epochs", help="Maximum autoencoder epochs [default 12].")]
-NPatchOpt = Annotated[Optional[int], typer.Option("--n-patches", help="Training patches to sample [default 8000].")]
+PatchOpt = Annotated[Optional[int], typer.Option("--patch-size", help="Patch side in px (odd) (default 31).")]
+EpochsOpt = Annotated[Optional[int], typer.Option("--epochs", help="Maximum autoencoder epochs (default 12).")]
+NPatchOpt = Annotated[Optional[int], typer.Option("--n-patches", help="Training patches to sample (default 8000).")]
 SchedOpt = Annotated[Optional[str], typer.Option("--scheduler", envvar="DASK_SCHEDULER_ADDRESS",
                                                  help="Existing Dask scheduler; default: a LocalCluster.")]
-WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="LocalCluster workers [default 2].")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="LocalCluster workers (default 2).")]
 SerialOpt = Annotated[bool, typer.Option("--serial", help="Classify in this process, without Dask.")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory of the run.")]
 NodataOpt = Annotated[Optional[float], typer.Option("--nodata", help="Sentinel no-data value, e.g. -99999.")]
@@ -115,7 +115,7 @@ def train(out: OutOpt, config: ConfigOpt = None, patch_size: PatchOpt = None, ep
 
 @app.command()
 def classify(out: OutOpt, config: ConfigOpt = None, model: Annotated[Optional[Path], typer.Option(
-        "--model", help="Model bundle to apply [default OUT/model].")] = None, scheduler: SchedOpt = None,
+        "--model", help="Model bundle to apply (default OUT/model).")] = None, scheduler: SchedOpt = None,
              workers: WorkersOpt = None, serial: SerialOpt = False) -> None:
     """Classify every valid cell of OUT/survey.zarr into OUT/classified.zarr."""
     from magpipe.pipeline import run_classify
@@ -137,7 +137,7 @@ def evaluate(out: OutOpt, config: ConfigOpt = None, patch_size: PatchOpt = None)
 
 @app.command()
 def export(out: OutOpt, variable: Annotated[str, typer.Option(help="class, confidence or anomaly")] = "class",
-           dest: Annotated[Optional[Path], typer.Option(help="GeoTIFF path [default OUT/<variable>.tif]")] = None
+           dest: Annotated[Optional[Path], typer.Option(help="GeoTIFF path (default OUT/<variable>.tif)")] = None
            ) -> None:
     """Export a layer of OUT/classified.zarr as a GeoTIFF."""
     from magpipe.pipeline import Layout
@@ -145,6 +145,59 @@ def export(out: OutOpt, variable: Annotated[str, typer.Option(help="class, confi
 
     lay = Layout(out)
     typer.echo(_guard(export_geotiff, lay.classified, variable, dest or out / f"{variable}.tif"))
+
+
+TopOpt = Annotated[int, typer.Option("--top", "-k", help="How many places to list.")]
+
+
+@app.command()
+def anomalies(out: OutOpt, top: TopOpt = 10) -> None:
+    """The strongest anomalies (reconstruction error) of OUT/classified.zarr, with coordinates."""
+    from magpipe.explore import markdown_table, top_anomalies
+    from magpipe.pipeline import Layout
+
+    meta = _guard(_bundle_meta, out)
+    rows = _guard(top_anomalies, Layout(out).classified, top, block=2 * meta["patch_px"])
+    typer.echo(markdown_table(rows, ["rank", "x", "y", "anomaly"]))
+
+
+@app.command("label-next")
+def label_next_cmd(out: OutOpt, top: TopOpt = 10, config: ConfigOpt = None) -> None:
+    """Where to label next: the blocks where the classifier is least certain."""
+    from magpipe.explore import label_next, markdown_table
+    from magpipe.pipeline import Layout
+
+    cfg = _config(config)
+    meta = _guard(_bundle_meta, out)
+    rows = _guard(label_next, Layout(out).classified, top, block=cfg.evaluate.block_patches * meta["patch_px"])
+    typer.echo(markdown_table(rows, ["rank", "x", "y", "mean_confidence"]))
+
+
+@app.command()
+def similar(out: OutOpt, point: Annotated[Optional[tuple[float, float]], typer.Option(
+        "--point", help="Query point X Y in the survey's CRS.")] = None,
+            polygon: Annotated[Optional[Path], typer.Option("--polygon", help="Query polygons (vector file).")] = None,
+            top: TopOpt = 10, model: Annotated[Optional[Path], typer.Option(
+                "--model", help="Model bundle (default OUT/model).")] = None, config: ConfigOpt = None) -> None:
+    """Where else looks like this? Similarity map (OUT/similar.zarr, OUT/similar.png) and top places."""
+    from magpipe.explore import markdown_table
+    from magpipe.pipeline import run_similar
+
+    cfg = _config(config)
+    hits = _guard(run_similar, out, cfg, point=point, polygons=polygon, bundle=model, k=top)
+    typer.echo(markdown_table(hits, ["rank", "x", "y", "similarity"]))
+    typer.echo(f"map: {out / 'similar.zarr'}, {out / 'similar.png'}")
+
+
+def _bundle_meta(out: Path) -> dict:
+    from magpipe.bundle import read_bundle_meta
+    from magpipe.errors import InputError
+    from magpipe.pipeline import Layout
+
+    lay = Layout(out)
+    if not (lay.classified / "zarr.json").exists():
+        raise InputError(f"{lay.classified}: not found; run `magpipe classify` first")
+    return read_bundle_meta(lay.model)
 
 
 def _run(survey, labels, out, cfg, *, label_field, classes, serial) -> None:

@@ -54,16 +54,25 @@ def _coords(classified: Path) -> tuple[np.ndarray, np.ndarray]:
     return g["y"][:], g["x"][:]
 
 
-def top_anomalies(classified: str | Path, k: int = 10, *, block: int) -> list[dict]:
-    """The k highest reconstruction errors, one per block of ``block`` cells (at least that far apart)."""
-    classified = Path(classified)
-    g = zarr.open_group(classified, mode="r")
-    value, rows, cols = block_reduce(g["anomaly"], block, "max")
-    ys, xs = _coords(classified)
+def top_blocks(store: str | Path, variable: str, k: int, *, block: int,
+               exclude: tuple[np.ndarray, np.ndarray] | None = None) -> list[dict]:
+    """The k highest cells of ``variable``, at most one per block of ``block`` cells (k places, not
+    one place k times); blocks holding the ``exclude`` cells (rows, cols) are skipped."""
+    store = Path(store)
+    g = zarr.open_group(store, mode="r")
+    value, rows, cols = block_reduce(g[variable], block, "max")
+    if exclude is not None:
+        value[exclude[0] // block, exclude[1] // block] = np.nan
+    ys, xs = _coords(store)
     order = np.argsort(np.where(np.isfinite(value), value, -np.inf), axis=None)[::-1][:k]
     picks = [np.unravel_index(i, value.shape) for i in order if np.isfinite(value.flat[i])]
     return [{"rank": n + 1, "x": float(xs[cols[b]]), "y": float(ys[rows[b]]), "row": int(rows[b]),
-             "col": int(cols[b]), "anomaly": float(value[b])} for n, b in enumerate(picks)]
+             "col": int(cols[b]), variable: float(value[b])} for n, b in enumerate(picks)]
+
+
+def top_anomalies(classified: str | Path, k: int = 10, *, block: int) -> list[dict]:
+    """The k highest reconstruction errors, one per block of ``block`` cells (at least that far apart)."""
+    return top_blocks(classified, "anomaly", k, block=block)
 
 
 def label_next(classified: str | Path, k: int = 10, *, block: int, min_valid: float = 0.5) -> list[dict]:
@@ -88,7 +97,7 @@ def label_next(classified: str | Path, k: int = 10, *, block: int, min_valid: fl
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
     if not rows:
         return "(none)"
-    fmt = {"x": "{:.1f}", "y": "{:.1f}", "anomaly": "{:.3g}", "mean_confidence": "{:.2f}"}
+    fmt = {"x": "{:.1f}", "y": "{:.1f}", "anomaly": "{:.3g}", "mean_confidence": "{:.2f}", "similarity": "{:.3f}"}
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt.get(c, "{}").format(r[c]) for c in columns) + " |" for r in rows]
     return "\n".join(lines)

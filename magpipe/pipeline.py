@@ -43,10 +43,10 @@ from magpipe.io.stores import (
     write_json,
     write_store,
 )
+from magpipe.explore import embedding_2d, label_next, top_anomalies, top_blocks
+from magpipe.locking import locks_output
 from magpipe.model import patch_features, resolve_layers
 from magpipe.patches import Scaling, fit_scaling, patches_at, sample_centres
-from magpipe.explore import embedding_2d, label_next, top_anomalies
-from magpipe.locking import locks_output
 from magpipe.svm import fit_svm, predict_with_confidence
 from magpipe.training import train_autoencoder
 
@@ -78,6 +78,10 @@ class Layout:
     @property
     def report(self) -> Path:
         return self.root / "report.json"
+
+    @property
+    def similar(self) -> Path:
+        return self.root / "similar.zarr"
 
 
 @locks_output
@@ -366,3 +370,25 @@ def run_all(survey: str | Path, labels: str | Path, out: str | Path, cfg: RunCon
     run_train(out, cfg)
     run_classify(out, cfg, client=client)
     return run_evaluate(out, cfg)
+
+
+@locks_output
+def run_similar(out: str | Path, cfg: RunConfig, *, point: tuple[float, float] | None = None,
+                polygons: str | Path | None = None, bundle: str | Path | None = None, k: int = 10) -> list[dict]:
+    """Similarity of every cell to a query -> OUT/similar.zarr, OUT/similar.png; the k most similar places."""
+    from magpipe.report import similarity_figure
+    from magpipe.similarity import query_cells, query_embedding, similarity_map
+
+    lay = Layout(Path(out))
+    ds = open_store(lay.survey)
+    bundle_path = Path(bundle) if bundle else lay.model
+    model = load_bundle(bundle_path)
+    rows, cols = query_cells(ds, point=point, polygons=polygons)
+    field = zarr.open_array(lay.survey / "field", mode="r")
+    q = query_embedding(model, field, rows, cols)
+    similarity_map(lay.survey, bundle_path, lay.similar, q, tile_px=cfg.classify.chunk_px)
+    hits = top_blocks(lay.similar, "similarity", k, block=2 * model.patch_px, exclude=(rows, cols))
+    similarity_figure(lay.similar, hits, (rows, cols), lay.root / "similar.png")
+    write_json({"query": {"point": point, "polygons": str(polygons) if polygons else None, "n_cells": int(rows.size)},
+                "top": hits}, lay.root / "similar.json")
+    return hits

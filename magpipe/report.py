@@ -167,6 +167,31 @@ def write_figures(report: dict, layout, *, embedding: tuple[np.ndarray, np.ndarr
         plt.close(fig)
 
 
+def similarity_figure(store: str | Path, hits: list[dict], query: tuple[np.ndarray, np.ndarray], path: Path) -> Path:
+    """The similarity map with the query (white) and the most similar places (numbered circles)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import zarr
+
+    arr = zarr.open_group(store, mode="r")["similarity"]
+    step = max(1, int(np.ceil(max(arr.shape) / MAX_FIGURE_PX)))
+    fig, ax = plt.subplots(figsize=(7, 7))
+    im = ax.imshow(_decimated(arr), cmap="RdYlBu_r", vmin=-1, vmax=1, interpolation="nearest")
+    fig.colorbar(im, ax=ax, shrink=0.7, label="cosine similarity")
+    ax.plot(query[1] / step, query[0] / step, "s", color="white", ms=3, mec="black", mew=0.3)
+    for h in hits:
+        ax.plot(h["col"] / step, h["row"] / step, "o", mfc="none", mec="black", ms=12, mew=1.5)
+        ax.annotate(str(h["rank"]), (h["col"] / step, h["row"] / step), fontsize=7, xytext=(6, 6),
+                    textcoords="offset points")
+    ax.set_title("where else looks like the query (white)")
+    ax.set_axis_off()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def export_geotiff(classified: str | Path, variable: str, path: str | Path) -> Path:
     """Write one variable of classified.zarr as a tiled, compressed GeoTIFF (opens in QGIS in place)."""
     from magpipe.io.stores import open_store

@@ -14,7 +14,7 @@ from magpipe.io.stores import is_complete
 from magpipe.testing import tiny_config
 
 LAYOUT = ["survey.zarr", "patches.zarr", "model", "classified.zarr", "report.json", "report.md",
-          "class_map.png", "confidence.png", "anomaly.png", "confusion.png"]
+          "class_map.png", "confidence.png", "anomaly.png", "confusion.png", "embedding.png"]
 
 
 def magpipe(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
@@ -55,6 +55,12 @@ def test_run_end_to_end_leaves_the_documented_layout(survey_files, config_file, 
         assert set(report[key]) == {"ae", "raw"}
         assert 0 <= report[key]["ae"] <= 1 and 0 <= report[key]["raw"] <= 1
     assert report["n_train"] > 0 and report["n_test"] > 0 and len(report["classes"]) == 3
+    assert len(report["anomalies"]) == len(report["label_next"]) == 10
+    assert report["anomalies"][0]["anomaly"] >= report["anomalies"][-1]["anomaly"]
+    assert "## Strongest anomalies" in (out / "report.md").read_text()
+    listed = magpipe("anomalies", "--out", out, "--top", 3)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.count("\n| ") == 3  # three rows under the header
     assert "pixel-wise accuracy" in r.stdout and "AE features" in r.stdout
     # unchanged inputs and config: every stage is skipped
     again = magpipe("run", survey_files["survey"], "--labels", survey_files["labels"], "--out", out,
@@ -66,7 +72,8 @@ def test_run_end_to_end_leaves_the_documented_layout(survey_files, config_file, 
 
 
 def test_every_command_has_help():
-    for cmd in ("ingest", "labels", "train", "classify", "evaluate", "run", "demo", "export"):
+    for cmd in ("ingest", "labels", "train", "classify", "evaluate", "run", "demo", "export", "anomalies",
+                "label-next", "similar"):
         r = magpipe(cmd, "--help")
         assert r.returncode == 0 and "Usage" in r.stdout, cmd
 
