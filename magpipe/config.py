@@ -95,6 +95,10 @@ class EvalConfig(_Section):
     )
     test_fraction: float = Field(0.3, gt=0, lt=1, description="Share of labelled blocks held out for testing.")
     max_test_pixels: int = Field(20000, ge=10, description="Test pixels scored (subsampled when more).")
+    drop_small_classes: bool = Field(
+        False, description="Drop (with a warning) classes with too few labelled cells on one side of the spatial "
+        "split, instead of refusing to train or evaluate."
+    )
     top_k: int = Field(10, ge=1, description="Rows of the report's anomaly and label-next tables.")
     seed: int = Field(0, description="Seed of the block assignment.")
 

@@ -197,29 +197,43 @@ def labelled_split(lay: Layout, cfg: RunConfig, *, need_test: bool = False) -> t
     labels = group["labels"][:]
     valid = group["valid"][:].astype(bool)
     p = cfg.patches.patch_px
-    try:
-        split = spatial_split(labels, valid, block_px=cfg.evaluate.block_patches * p, gap_px=p,
-                              test_fraction=cfg.evaluate.test_fraction, seed=cfg.evaluate.seed)
-    except ValueError as exc:
-        raise DataValidationError(f"{lay.survey}: labels cannot be split spatially: {exc}") from None
     classes = list(group.attrs["classes"])
-    _check_class_counts(lay, split, labels, classes, block_px=cfg.evaluate.block_patches * p, need_test=need_test)
+    block_px = cfg.evaluate.block_patches * p
+    split = _split(lay, labels, valid, cfg)
+    short = _short_classes(split, labels, len(classes), need_test=need_test)
+    if short and cfg.evaluate.drop_small_classes:
+        log.warning("dropping classes %s: too few labelled cells on one side of the spatial split",
+                    ", ".join(classes[k] for k in short))
+        labels = np.where(np.isin(labels, [k + 1 for k in short]), 0, labels).astype(labels.dtype)
+        split = _split(lay, labels, valid, cfg)
+        short = _short_classes(split, labels, len(classes), need_test=need_test)
+    if short:
+        n_train, n_test = _class_counts(split, labels, len(classes))
+        raise DataValidationError(
+            f"{lay.survey}: after the spatial split (blocks of {block_px} px) too few labelled cells for class "
+            + ", ".join(f"'{classes[k]}' ({n_train[k]} training, {n_test[k]} test cells)" for k in short)
+            + "; label more of it, lower evaluate.block_patches, or set evaluate.drop_small_classes")
     return split, labels, classes
 
 
-def _check_class_counts(lay: Layout, split: Split, labels: np.ndarray, classes: list[str], *, block_px: int,
-                        need_test: bool) -> None:
-    """Every labelled class needs cells on both sides of the spatial split, or it is silently never learnt or scored."""
-    K = len(classes)
-    n_train = np.bincount(labels[split.train_rows, split.train_cols], minlength=K + 1)[1:]
-    n_test = np.bincount(labels[split.test_rows, split.test_cols], minlength=K + 1)[1:]
-    present = (n_train + n_test) > 0
-    short = [f"'{classes[k]}' ({n_train[k]} training, {n_test[k]} test cells)" for k in range(K)
-             if present[k] and (n_train[k] < 2 or (need_test and n_test[k] < 1))]
-    if short:
-        raise DataValidationError(
-            f"{lay.survey}: after the spatial split (blocks of {block_px} px) too few labelled cells for class "
-            f"{', '.join(short)}; label more of it, or lower evaluate.block_patches")
+def _split(lay: Layout, labels: np.ndarray, valid: np.ndarray, cfg: RunConfig) -> Split:
+    p = cfg.patches.patch_px
+    try:
+        return spatial_split(labels, valid, block_px=cfg.evaluate.block_patches * p, gap_px=p,
+                             test_fraction=cfg.evaluate.test_fraction, seed=cfg.evaluate.seed)
+    except ValueError as exc:
+        raise DataValidationError(f"{lay.survey}: labels cannot be split spatially: {exc}") from None
+
+
+def _class_counts(split: Split, labels: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray]:
+    return (np.bincount(labels[split.train_rows, split.train_cols], minlength=K + 1)[1:],
+            np.bincount(labels[split.test_rows, split.test_cols], minlength=K + 1)[1:])
+
+
+def _short_classes(split: Split, labels: np.ndarray, K: int, *, need_test: bool) -> list[int]:
+    """Labelled classes (0-based) that cannot be learnt (< 2 training cells) or, with ``need_test``, scored."""
+    n_train, n_test = _class_counts(split, labels, K)
+    return [k for k in range(K) if n_train[k] + n_test[k] > 0 and (n_train[k] < 2 or (need_test and n_test[k] < 1))]
 
 
 def cell_features(bundle_or_model, field, scaling: Scaling, rows, cols, layers, *, batch: int = 512
