@@ -60,7 +60,8 @@ def backfill(surveys: list[str] | str, model: str, out_root: str = "runs/backfil
              config: dict[str, Any] | None = None, max_concurrent: int = 2, scheduler: str | None = None) -> dict:
     """Classify every survey in ``surveys`` (paths or globs) into OUT_ROOT/<survey name>/."""
     model, out_root = data_path(model, "model"), data_path(out_root, "out_root")
-    paths = [data_path(p, "surveys") for p in expand_surveys(surveys)]
+    patterns = [surveys] if isinstance(surveys, str) else list(surveys)
+    paths = [data_path(p, "surveys") for p in expand_surveys([data_path(p, "surveys") for p in patterns])]
     if not paths:
         raise ValueError(f"no survey matches {surveys!r}")
     done, results = {}, {}

@@ -42,23 +42,33 @@ log = logging.getLogger("magpipe.classify")
 NODATA_CLASS = 0  # class code of cells with no data (classes are 1..K)
 
 
+def window_masks(bundle: ModelBundle, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Valid cells of a window carrying a halo of p // 2, and of its interior."""
+    h = bundle.patch_px // 2
+    valid = np.isfinite(window)
+    return valid, (valid[h:-h, h:-h] if h else valid)
+
+
+def window_features(bundle: ModelBundle, window: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    """The standardised window as the model's input (1, 1, H, W) and its interior's dense features (F, h, w)."""
+    x = torch.from_numpy(bundle.scaling.apply(window))[None, None]
+    return x, dense_features(bundle.model, x, bundle.layers).numpy()
+
+
 def classify_window(bundle: ModelBundle, window: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Classify the interior of a raw window carrying a halo of p // 2 (NaN = no data).
 
     Returns class (int16, 0 = no data), confidence (float32, probability of the class)
     and anomaly (float32, mean squared reconstruction error, standardised units).
     """
-    h = bundle.patch_px // 2
-    valid = np.isfinite(window)
-    inner = valid[h:-h, h:-h] if h else valid
+    valid, inner = window_masks(bundle, window)
     shape = inner.shape
     cls = np.full(shape, NODATA_CLASS, dtype="int16")
     conf = np.full(shape, np.nan, dtype="float32")
     anom = np.full(shape, np.nan, dtype="float32")
     if not inner.any():
         return cls, conf, anom
-    x = torch.from_numpy(bundle.scaling.apply(window))[None, None]
-    feats = dense_features(bundle.model, x, bundle.layers).numpy()
+    x, feats = window_features(bundle, window)
     rows = max(1, PREDICT_BATCH // shape[1])  # row strips: the (cells, features) copy stays small
     for r0 in range(0, shape[0], rows):
         sel = inner[r0 : r0 + rows]

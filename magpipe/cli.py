@@ -157,7 +157,7 @@ def anomalies(out: OutOpt, top: TopOpt = 10) -> None:
     from magpipe.pipeline import Layout
 
     meta = _guard(_bundle_meta, out)
-    rows = _guard(top_anomalies, Layout(out).classified, top, block=2 * meta["patch_px"])
+    rows = _guard(top_anomalies, Layout(out).classified, top, patch_px=meta["patch_px"])
     typer.echo(markdown_table(rows, ["rank", "x", "y", "anomaly"]))
 
 

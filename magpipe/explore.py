@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+PICK_SPACING_PATCHES = 2  # top-k places (anomalies, similar) are one per block of this many patch widths
+
 
 def block_reduce(array, block: int, reducer: str, *, weights=None, tile_blocks: int = 16) -> tuple[np.ndarray, ...]:
     """Per block of ``block`` x ``block`` cells: (value, row, col) of its max (``"max"``), or
@@ -70,9 +72,9 @@ def top_blocks(store: str | Path, variable: str, k: int, *, block: int,
              "col": int(cols[b]), variable: float(value[b])} for n, b in enumerate(picks)]
 
 
-def top_anomalies(classified: str | Path, k: int = 10, *, block: int) -> list[dict]:
-    """The k highest reconstruction errors, one per block of ``block`` cells (at least that far apart)."""
-    return top_blocks(classified, "anomaly", k, block=block)
+def top_anomalies(classified: str | Path, k: int = 10, *, patch_px: int) -> list[dict]:
+    """The k highest reconstruction errors, one per block of PICK_SPACING_PATCHES patch widths."""
+    return top_blocks(classified, "anomaly", k, block=PICK_SPACING_PATCHES * patch_px)
 
 
 def label_next(classified: str | Path, k: int = 10, *, block: int, min_valid: float = 0.5) -> list[dict]:

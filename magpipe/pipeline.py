@@ -43,7 +43,7 @@ from magpipe.io.stores import (
     write_json,
     write_store,
 )
-from magpipe.explore import embedding_2d, label_next, top_anomalies, top_blocks
+from magpipe.explore import PICK_SPACING_PATCHES, embedding_2d, label_next, top_anomalies, top_blocks
 from magpipe.locking import locks_output
 from magpipe.model import patch_features, resolve_layers
 from magpipe.patches import Scaling, fit_scaling, patches_at, sample_centres
@@ -362,7 +362,7 @@ def run_evaluate(out: str | Path, cfg: RunConfig) -> dict:
         "training": bundle.meta.get("training", {}),
         "split": {"block_px": cfg.evaluate.block_patches * p, "gap_px": p,
                   "test_fraction": cfg.evaluate.test_fraction, "seed": cfg.evaluate.seed},
-        "anomalies": top_anomalies(lay.classified, cfg.evaluate.top_k, block=2 * p),
+        "anomalies": top_anomalies(lay.classified, cfg.evaluate.top_k, patch_px=p),
         "label_next": label_next(lay.classified, cfg.evaluate.top_k, block=cfg.evaluate.block_patches * p),
         "embedding": {"method": emb_method, "n_cells": len(view)},
     }
@@ -400,8 +400,9 @@ def run_similar(out: str | Path, cfg: RunConfig, *, point: tuple[float, float] |
     rows, cols = query_cells(ds, point=point, polygons=polygons)
     field = zarr.open_array(lay.survey / "field", mode="r")
     q = query_embedding(model, field, rows, cols)
-    similarity_map(lay.survey, bundle_path, lay.similar, q, tile_px=cfg.classify.chunk_px)
-    hits = top_blocks(lay.similar, "similarity", k, block=2 * model.patch_px, exclude=(rows, cols))
+    similarity_map(lay.survey, model, lay.similar, q, tile_px=cfg.classify.chunk_px)
+    hits = top_blocks(lay.similar, "similarity", k, block=PICK_SPACING_PATCHES * model.patch_px,
+                      exclude=(rows, cols))
     similarity_figure(lay.similar, hits, (rows, cols), lay.root / "similar.png")
     write_json({"query": {"point": point, "polygons": str(polygons) if polygons else None, "n_cells": int(rows.size)},
                 "top": hits}, lay.root / "similar.json")

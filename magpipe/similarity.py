@@ -18,19 +18,14 @@ import torch
 import xarray as xr
 import zarr
 
-from magpipe.bundle import ModelBundle, load_bundle
-from magpipe.classify import output_template
+from magpipe.bundle import ModelBundle
+from magpipe.classify import output_template, window_features, window_masks
 from magpipe.errors import InputError
 from magpipe.io.stores import check_output_path, grid_encoding, mark_complete, open_store, partial_path, replace_dir
-from magpipe.model import dense_features
 from magpipe.patches import patches_at, read_window, tiles
-from magpipe.svm import _pipelines
+from magpipe.svm import feature_scaler
 
 log = logging.getLogger("magpipe.similarity")
-
-
-def _scaler(bundle: ModelBundle):
-    return _pipelines(bundle.svm)[0].named_steps["scale"]
 
 
 def _unit(X: np.ndarray) -> np.ndarray:
@@ -83,28 +78,25 @@ def query_embedding(bundle: ModelBundle, field, rows: np.ndarray, cols: np.ndarr
         rows, cols = rows[pick], cols[pick]
     x = bundle.scaling.apply(patches_at(field, rows, cols, bundle.patch_px))
     feats = patch_features(bundle.model, torch.from_numpy(x)[:, None], bundle.layers).numpy()
-    return _unit(_unit(_scaler(bundle).transform(feats)).mean(axis=0))
+    return _unit(_unit(feature_scaler(bundle.svm).transform(feats)).mean(axis=0))
 
 
 def similarity_window(bundle: ModelBundle, window: np.ndarray, query: np.ndarray) -> np.ndarray:
     """Cosine similarity to ``query`` of every cell of a window's interior (NaN where no data)."""
-    h = bundle.patch_px // 2
-    inner = np.isfinite(window)[h:-h, h:-h] if h else np.isfinite(window)
+    _, inner = window_masks(bundle, window)
     out = np.full(inner.shape, np.nan, dtype="float32")
     if inner.any():
-        feats = dense_features(bundle.model, torch.from_numpy(bundle.scaling.apply(window))[None, None],
-                               bundle.layers).numpy()
-        X = _scaler(bundle).transform(feats[:, inner].T)
+        _, feats = window_features(bundle, window)
+        X = feature_scaler(bundle.svm).transform(feats[:, inner].T)
         out[inner] = _unit(X) @ query
     return out
 
 
-def similarity_map(survey: str | Path, bundle_path: str | Path, out: str | Path, query: np.ndarray, *,
+def similarity_map(survey: str | Path, bundle: ModelBundle, out: str | Path, query: np.ndarray, *,
                    tile_px: int = 512) -> Path:
     """Write ``similarity`` for every cell of ``survey`` to the store ``out`` (written aside, then moved)."""
     survey, out = Path(survey), Path(out)
     check_output_path(out)
-    bundle = load_bundle(bundle_path)
     ds = open_store(survey)
     tmp = partial_path(out)
     tmpl = output_template(ds, {"similarity": ("float32", np.nan, {

@@ -136,6 +136,11 @@ def _pipelines(model) -> list[Pipeline]:
         else [model]
 
 
+def feature_scaler(model) -> StandardScaler:
+    """The fitted StandardScaler the SVM sees features through (for similarity in the same units)."""
+    return _pipelines(model)[0].named_steps["scale"]
+
+
 def fold_nystroem(model) -> None:
     """Fold the Nystroem map's K_mm^-1/2 into the fitted linear SVM: (K N) w = K (N w).
 
