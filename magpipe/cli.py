@@ -129,10 +129,10 @@ def classify(out: OutOpt, config: ConfigOpt = None, model: Annotated[Optional[Pa
 def evaluate(out: OutOpt, config: ConfigOpt = None, patch_size: PatchOpt = None) -> None:
     """Score AE features against raw pixels on a spatial holdout -> OUT/report.*, OUT/*.png."""
     from magpipe.pipeline import run_evaluate
-    from magpipe.report import accuracy_table
+    from magpipe.report import accuracy_tables
 
     cfg = _config(config, patch_size=patch_size)
-    typer.echo(accuracy_table(_guard(run_evaluate, out, cfg)))
+    typer.echo(accuracy_tables(_guard(run_evaluate, out, cfg)))
 
 
 @app.command()
@@ -202,13 +202,13 @@ def _bundle_meta(out: Path) -> dict:
 
 def _run(survey, labels, out, cfg, *, label_field, classes, serial) -> None:
     from magpipe.pipeline import run_all
-    from magpipe.report import accuracy_table
+    from magpipe.report import accuracy_tables
 
     t0 = time.perf_counter()
     with _client(cfg, serial) as client:
         report = _guard(run_all, survey, labels, out, cfg, label_field=label_field, classes=classes, client=client)
     typer.echo("")
-    typer.echo(accuracy_table(report))
+    typer.echo(accuracy_tables(report))
     typer.echo(f"\n{report['n_train']} training / {report['n_test']} test cells, spatial holdout; "
                f"{time.perf_counter() - t0:.0f} s")
     typer.echo(f"results in {out}/: survey.zarr patches.zarr model/ classified.zarr report.json report.md *.png")

@@ -99,6 +99,15 @@ class EvalConfig(_Section):
         False, description="Drop (with a warning) classes with too few labelled cells on one side of the spatial "
         "split, instead of refusing to train or evaluate."
     )
+    splits: int = Field(
+        5, ge=1, description="Random spatial splits (seeds seed, seed+1, ...) scored and averaged: one split's few "
+        "test blocks move accuracy by points. The first is the deployed model's."
+    )
+    sparse_per_class: int = Field(
+        30, ge=0, description="Also score AE and raw features trained on only this many labelled cells per class "
+        "(the paper's sparse-label regime); 0 = skip."
+    )
+    sparse_repeats: int = Field(5, ge=1, description="Random draws of the sparse training cells per split, averaged.")
     top_k: int = Field(10, ge=1, description="Rows of the report's anomaly and label-next tables.")
     seed: int = Field(0, description="Seed of the block assignment.")
 

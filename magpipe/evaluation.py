@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score
 
+from magpipe.svm import fit_svm, predict_with_confidence
+
 
 @dataclass(frozen=True)
 class Split:
@@ -101,3 +103,36 @@ def score(rows, cols, y_true: np.ndarray, y_pred: np.ndarray, *, patch_px: int, 
         "n_pixels": int(y_true.size),
         "n_patches": int(pt.size),
     }
+
+
+METRICS = ("pixel_accuracy", "patch_accuracy", "balanced_accuracy")
+
+
+def sparse_label_scores(train: dict[str, np.ndarray], test: dict[str, np.ndarray], y: np.ndarray,
+                        groups: np.ndarray, test_cells: tuple[np.ndarray, np.ndarray, np.ndarray], *,
+                        per_class: int, repeats: int, patch_px: int, n_classes: int, svm_cfg, seed: int) -> dict:
+    """Score feature sets trained on only ``per_class`` labelled cells per class (the paper's regime).
+
+    Each of ``repeats`` draws picks the same training cells for every feature set
+    (so the comparison is paired) and is scored on the full test set; ``draws``
+    holds every draw's scores, for :func:`summarise`. One draw of a few dozen
+    cells moves accuracy by several points, which a single number would hide.
+    """
+    trow, tcol, ty = test_cells
+    runs: dict[str, list[dict]] = {name: [] for name in train}
+    for r in range(repeats):
+        pick = subsample_per_class(y, per_class, seed + r)
+        for name, X in train.items():
+            model, _ = fit_svm(X[pick], y[pick], groups[pick], svm_cfg)
+            pred, _ = predict_with_confidence(model, test[name])
+            runs[name].append(score(trow, tcol, ty, pred, patch_px=patch_px, n_classes=n_classes))
+    return {"per_class": per_class, "repeats": repeats, "draws": runs}
+
+
+def summarise(runs: dict[str, list[dict]]) -> dict:
+    """Mean and standard deviation of each headline metric over runs (splits or draws), per feature set."""
+    out: dict = {}
+    for m in METRICS:
+        out[m] = {name: float(np.mean([s[m] for s in r])) for name, r in runs.items()}
+        out[f"{m}_std"] = {name: float(np.std([s[m] for s in r])) for name, r in runs.items()}
+    return out

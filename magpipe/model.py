@@ -42,16 +42,17 @@ def dilations_for(patch_px: int, n_layers: int) -> list[int]:
 class PatchAutoencoder(nn.Module):
     """Encoder of valid dilated convs (patch -> 1x1 code) and an MLP decoder (code -> patch)."""
 
-    def __init__(self, patch_px: int, channels: Sequence[int] = (8, 16, 32, 32), hidden: int = 256):
+    def __init__(self, patch_px: int, channels: Sequence[int] = (8, 16, 32, 32), hidden: int = 256,
+                 in_channels: int = 1):
         super().__init__()
-        self.patch_px = patch_px
+        self.patch_px, self.in_channels = patch_px, in_channels
         self.dilations = dilations_for(patch_px, len(channels))
-        convs, c_in = [], 1
+        convs, c_in = [], in_channels
         for c, d in zip(channels, self.dilations):
             convs.append(nn.Conv2d(c_in, c, kernel_size=3, dilation=d))
             c_in = c
         self.encoder = nn.ModuleList(convs)
-        self.decoder = nn.Sequential(nn.Linear(c_in, hidden), nn.ReLU(), nn.Linear(hidden, patch_px * patch_px))
+        self.decoder = nn.Sequential(nn.Linear(c_in, hidden), nn.ReLU(), nn.Linear(hidden, in_channels * patch_px * patch_px))
         # cumulative radius of layer k: how far its outputs reach from the patch centre
         self.radii = [sum(self.dilations[: k + 1]) for k in range(len(channels))]
 
@@ -60,7 +61,7 @@ class PatchAutoencoder(nn.Module):
         return len(self.encoder)
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """All encoder activations for input (N, 1, H, W); layer k is (N, C_k, H - 2 r_k, W - 2 r_k)."""
+        """All encoder activations for input (N, in_channels, H, W); layer k is (N, C_k, H - 2 r_k, W - 2 r_k)."""
         acts = []
         for conv in self.encoder:
             x = F.relu(conv(x))
@@ -68,9 +69,9 @@ class PatchAutoencoder(nn.Module):
         return acts
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        """Reconstruct patches (N, 1, p, p)."""
+        """Reconstruct patches (N, in_channels, p, p)."""
         code = self.encode(patches)[-1].flatten(1)
-        return self.decoder(code).view(-1, 1, self.patch_px, self.patch_px)
+        return self.decoder(code).view(-1, self.in_channels, self.patch_px, self.patch_px)
 
     def feature_size(self, layers: Sequence[int]) -> int:
         return sum(2 * self.encoder[k].out_channels for k in layers)

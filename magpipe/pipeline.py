@@ -29,7 +29,8 @@ import zarr
 from magpipe.bundle import ModelBundle, load_bundle, read_bundle_meta, save_bundle
 from magpipe.config import RunConfig
 from magpipe.errors import DataValidationError, InputError
-from magpipe.evaluation import Split, score, spatial_split, subsample_per_class
+from magpipe.evaluation import (METRICS, Split, score, sparse_label_scores, spatial_split, subsample_per_class,
+                                summarise)
 from magpipe.io.grids import read_grid
 from magpipe.io.labels import read_labels
 from magpipe.io.stores import (
@@ -251,7 +252,7 @@ def cell_features(bundle_or_model, field, scaling: Scaling, rows, cols, layers, 
             np.concatenate(raw) if raw else np.zeros((0, p * p), "float32"))
 
 
-def _training_cells(split: Split, labels: np.ndarray, cfg: RunConfig) -> tuple[np.ndarray, ...]:
+def training_cells(split: Split, labels: np.ndarray, cfg: RunConfig) -> tuple[np.ndarray, ...]:
     y = labels[split.train_rows, split.train_cols]
     keep = subsample_per_class(y, cfg.svm.max_per_class, cfg.svm.seed)
     counts = np.bincount(y[keep])
@@ -259,6 +260,15 @@ def _training_cells(split: Split, labels: np.ndarray, cfg: RunConfig) -> tuple[n
     if small:  # (only after subsampling; labelled_split has checked the full counts)
         raise DataValidationError(f"classes {small} have fewer than 2 training cells after subsampling")
     return split.train_rows[keep], split.train_cols[keep], y[keep], split.train_blocks[keep]
+
+
+def test_cells(split: Split, labels: np.ndarray, cfg: RunConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The scored test cells (rows, cols, labels): a deterministic subsample of the held-out blocks."""
+    rng = np.random.default_rng(cfg.evaluate.seed)
+    n_test = split.test_rows.size
+    pick = np.sort(rng.choice(n_test, min(n_test, cfg.evaluate.max_test_pixels), replace=False))
+    trow, tcol = split.test_rows[pick], split.test_cols[pick]
+    return trow, tcol, labels[trow, tcol]
 
 
 @locks_output
@@ -285,7 +295,7 @@ def run_train(out: str | Path, cfg: RunConfig, *, progress=None) -> Path:
     train_s = time.perf_counter() - t0
     layers = resolve_layers(result.model, cfg.model.layers)
     split, labels, classes = labelled_split(lay, cfg)
-    rows, cols, y, blocks = _training_cells(split, labels, cfg)
+    rows, cols, y, blocks = training_cells(split, labels, cfg)
     X, _ = cell_features(result.model, field, scaling, rows, cols, layers)
     log.info("train: SVM on %d labelled cells, %d AE features", len(y), X.shape[1])
     svm, svm_info = fit_svm(X, y, blocks, cfg.svm)
@@ -321,44 +331,86 @@ def run_classify(out: str | Path, cfg: RunConfig, *, bundle: str | Path | None =
                            client=client, progress=progress)
 
 
+def _evaluate_split(lay: Layout, cfg: RunConfig, bundle: ModelBundle, field, scaling: Scaling, *,
+                    deployed: bool) -> dict:
+    """AE features against raw pixels on one spatial split (``cfg.evaluate.seed``).
+
+    The deployed split scores the bundle's own SVM; another split refits the AE
+    SVM on its training cells, with the same search, so both feature sets are
+    treated alike on every split.
+    """
+    split, labels, classes = labelled_split(lay, cfg, need_test=True)
+    rows, cols, y, blocks = training_cells(split, labels, cfg)
+    trow, tcol, ty = test_cells(split, labels, cfg)
+    p, K = bundle.patch_px, len(classes)
+    Xae_te, Xraw_te = cell_features(bundle, field, scaling, trow, tcol, bundle.layers)
+    Xae_tr, Xraw_tr = cell_features(bundle, field, scaling, rows, cols, bundle.layers)
+    log.info("evaluate: split seed %d, %d training, %d test cells", cfg.evaluate.seed, len(y), len(ty))
+    ae_svm, ae_info = (bundle.svm, bundle.meta.get("svm", {})) if deployed else fit_svm(Xae_tr, y, blocks, cfg.svm)
+    raw_svm, raw_info = fit_svm(Xraw_tr, y, blocks, cfg.svm)
+    scores = {name: score(trow, tcol, ty, predict_with_confidence(model, X)[0], patch_px=p, n_classes=K)
+              for name, model, X in (("ae", ae_svm, Xae_te), ("raw", raw_svm, Xraw_te))}
+    sparse = None
+    if cfg.evaluate.sparse_per_class:
+        sparse = sparse_label_scores({"ae": Xae_tr, "raw": Xraw_tr}, {"ae": Xae_te, "raw": Xraw_te}, y, blocks,
+                                     (trow, tcol, ty), per_class=cfg.evaluate.sparse_per_class,
+                                     repeats=cfg.evaluate.sparse_repeats, patch_px=p, n_classes=K,
+                                     svm_cfg=cfg.svm, seed=cfg.evaluate.seed)
+    return {"seed": cfg.evaluate.seed, "classes": classes, "scores": scores, "svm": {"ae": ae_info, "raw": raw_info},
+            "n_train": int(len(y)), "n_test": int(len(ty)), "n_test_available": int(split.test_rows.size),
+            "sparse": sparse, "test_features": Xae_te, "test_labels": ty}
+
+
+def _split_config(cfg: RunConfig, i: int) -> RunConfig:
+    return cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"seed": cfg.evaluate.seed + i})})
+
+
 @locks_output
 def run_evaluate(out: str | Path, cfg: RunConfig) -> dict:
-    """Score AE features against raw pixels on the spatial holdout; write report.json/.md and figures."""
+    """Score AE features against raw pixels on spatial holdouts; write report.json/.md and figures.
+
+    Headline metrics are means over ``evaluate.splits`` random spatial splits; per-class F1, the
+    confusion matrices and the embedding view come from the first (the deployed model's) split.
+    """
     from magpipe.report import write_report
 
     lay = Layout(Path(out))
     bundle = load_bundle(lay.model, patch_px=cfg.patches.patch_px)  # the split's blocks are in patch widths
     field, valid, scaling, _ = _survey_arrays(lay)
-    split, labels, classes = labelled_split(lay, cfg, need_test=True)
-    rows, cols, y, blocks = _training_cells(split, labels, cfg)
+    first = _evaluate_split(lay, cfg, bundle, field, scaling, deployed=True)
+    splits = [first]
+    for i in range(1, cfg.evaluate.splits):
+        try:
+            splits.append(_evaluate_split(lay, _split_config(cfg, i), bundle, field, scaling, deployed=False))
+        except DataValidationError as exc:  # a class may fall short on one side of another split
+            log.warning("evaluate: split seed %d skipped: %s", cfg.evaluate.seed + i, exc)
+    classes, p = first["classes"], bundle.patch_px
+    ae, raw = first["scores"]["ae"], first["scores"]["raw"]
+    headline = summarise({name: [sp["scores"][name] for sp in splits] for name in ("ae", "raw")})
+    sparse = None
+    if cfg.evaluate.sparse_per_class:
+        draws = {name: [d for sp in splits for d in sp["sparse"]["draws"][name]] for name in ("ae", "raw")}
+        sparse = {"per_class": cfg.evaluate.sparse_per_class, "repeats": len(draws["ae"]), **summarise(draws)}
     rng = np.random.default_rng(cfg.evaluate.seed)
-    n_test = split.test_rows.size
-    pick = np.sort(rng.choice(n_test, min(n_test, cfg.evaluate.max_test_pixels), replace=False))
-    trow, tcol = split.test_rows[pick], split.test_cols[pick]
-    ty = labels[trow, tcol]
-    p, K = bundle.patch_px, len(classes)
-    Xae_te, Xraw_te = cell_features(bundle, field, scaling, trow, tcol, bundle.layers)
-    _, Xraw_tr = cell_features(bundle, field, scaling, rows, cols, bundle.layers)
+    ty = first["test_labels"]
     view = rng.choice(len(ty), min(len(ty), 3000), replace=False)
-    emb, emb_method = embedding_2d(Xae_te[view])
-    log.info("evaluate: %d training, %d test cells; fitting the raw-pixel baseline SVM", len(y), len(ty))
-    raw_svm, raw_info = fit_svm(Xraw_tr, y, blocks, cfg.svm)
-    pred_ae, _ = predict_with_confidence(bundle.svm, Xae_te)
-    pred_raw, _ = predict_with_confidence(raw_svm, Xraw_te)
-    ae = score(trow, tcol, ty, pred_ae, patch_px=p, n_classes=K)
-    raw = score(trow, tcol, ty, pred_raw, patch_px=p, n_classes=K)
+    emb, emb_method = embedding_2d(first["test_features"][view])
     report = {
         "classes": classes,
-        "n_train": int(len(y)),
-        "n_test": int(len(ty)),
-        "n_test_available": int(n_test),
+        "n_train": first["n_train"],
+        "n_test": first["n_test"],
+        "n_test_available": first["n_test_available"],
         "patch_px": p,
         "layers": bundle.layers,
-        **{k: {"ae": ae[k], "raw": raw[k]} for k in ("pixel_accuracy", "patch_accuracy", "balanced_accuracy")},
+        **headline,
+        "n_splits": len(splits),
+        "splits": [{"seed": sp["seed"], "n_train": sp["n_train"], "n_test": sp["n_test"],
+                    **{m: {n: sp["scores"][n][m] for n in ("ae", "raw")} for m in METRICS}} for sp in splits],
         "f1": {"ae": dict(zip(classes, ae["f1"])), "raw": dict(zip(classes, raw["f1"]))},
         "confusion": {"ae": ae["confusion"], "raw": raw["confusion"]},
         "n_test_patches": ae["n_patches"],
-        "svm": {"ae": bundle.meta.get("svm", {}), "raw": raw_info},
+        "sparse": sparse,
+        "svm": first["svm"],
         "training": bundle.meta.get("training", {}),
         "split": {"block_px": cfg.evaluate.block_patches * p, "gap_px": p,
                   "test_fraction": cfg.evaluate.test_fraction, "seed": cfg.evaluate.seed},

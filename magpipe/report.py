@@ -12,13 +12,38 @@ from magpipe.io.stores import write_json
 MAX_FIGURE_PX = 1600  # maps larger than this are decimated for the figures only
 
 
-def accuracy_table(report: dict) -> str:
-    """Markdown table of the headline metrics, AE features against raw pixels."""
-    lines = ["| metric | AE features | raw pixels |", "|---|---|---|"]
-    for key, name in (("pixel_accuracy", "pixel-wise accuracy"), ("patch_accuracy", "patch-wise accuracy"),
-                      ("balanced_accuracy", "balanced accuracy")):
-        lines.append(f"| {name} | {report[key]['ae']:.1%} | {report[key]['raw']:.1%} |")
+METRIC_NAMES = (("pixel_accuracy", "pixel-wise accuracy"), ("patch_accuracy", "patch-wise accuracy"),
+                ("balanced_accuracy", "balanced accuracy"))
+
+
+def _table(scores: dict, header: str) -> str:
+    """AE against raw rows of the headline metrics, with '± std' where the scores carry one."""
+    def cell(key: str, name: str) -> str:
+        std = scores.get(f"{key}_std", {}).get(name)
+        return f"{scores[key][name]:.1%}" + ("" if std is None else f" ± {std:.1%}")
+
+    lines = [f"| {header} | AE features | raw pixels |", "|---|---|---|"]
+    lines += [f"| {label} | {cell(key, 'ae')} | {cell(key, 'raw')} |" for key, label in METRIC_NAMES]
     return "\n".join(lines)
+
+
+def accuracy_table(report: dict) -> str:
+    """Markdown table of the headline metrics, AE features against raw pixels (mean ± std over splits)."""
+    n = report.get("n_splits", 1)
+    return _table(report, f"metric (mean of {n} spatial splits)" if n > 1 else "metric")
+
+
+def accuracy_tables(report: dict) -> str:
+    """The headline table, then the sparse-label one when it was run: what a run prints."""
+    return "\n\n".join(t for t in (accuracy_table(report), sparse_table(report)) if t)
+
+
+def sparse_table(report: dict) -> str:
+    """Markdown table of the sparse-label scores (mean ± std over draws); '' when not run."""
+    sp = report.get("sparse")
+    if not sp:
+        return ""
+    return _table(sp, f"metric ({sp['per_class']} labelled cells per class, {sp['repeats']} draws)")
 
 
 def markdown(report: dict) -> str:
@@ -32,10 +57,15 @@ def markdown(report: dict) -> str:
         "",
         f"Spatial holdout: {report['n_train']} training cells, {report['n_test']} test cells "
         f"({report['n_test_patches']} test patches of {report['patch_px']} px); blocks of {sp['block_px']} px, "
-        f"a gap of {sp['gap_px']} px between training and test cells.",
+        f"a gap of {sp['gap_px']} px between training and test cells. Accuracy is the mean ± standard "
+        f"deviation over {report.get('n_splits', 1)} random spatial split(s) (seeds from {sp['seed']}); per-class "
+        "F1 and the confusion matrices are the first split's, the one the deployed model was trained on.",
         "",
         accuracy_table(report),
         "",
+        *(["## Sparse labels", "",
+           "The same test cells; each SVM trained on a random few labelled cells per class, as in the paper.",
+           "", sparse_table(report), ""] if report.get("sparse") else []),
         "## Per-class F1",
         "",
         *f1,

@@ -60,22 +60,25 @@ def train_autoencoder(
 
     Parameters
     ----------
-    inputs : float32 (n, p, p), standardised, no-data filled with 0.
-    mask : bool (n, p, p), True where the cell is valid.
+    inputs : float32 (n, p, p), or (n, C, p, p) for several input channels; standardised,
+        no-data filled with 0.
+    mask : bool, the shape of ``inputs``, True where the cell is valid.
     cfg : model section of the run config.
     checkpoint : file to resume from and write after each epoch.
     progress : optional callable(dict) told about each finished epoch.
     """
-    n, p, _ = inputs.shape
+    if inputs.ndim == 3:
+        inputs, mask = inputs[:, None], mask[:, None]
+    n, c_in, p, _ = inputs.shape
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    model = PatchAutoencoder(p, cfg.channels, cfg.hidden).to(device)
+    model = PatchAutoencoder(p, cfg.channels, cfg.hidden, in_channels=c_in).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
     split = np.random.default_rng(cfg.seed).permutation(n)
     n_val = max(1, int(round(n * cfg.val_fraction)))
     val_idx, train_idx = split[:n_val], split[n_val:]
-    x = torch.from_numpy(inputs).unsqueeze(1)
-    m = torch.from_numpy(mask).unsqueeze(1)
+    x = torch.from_numpy(np.ascontiguousarray(inputs))
+    m = torch.from_numpy(np.ascontiguousarray(mask))
     if device.type == "cuda":
         x, m = x.pin_memory(), m.pin_memory()
     amp = device.type == "cuda" and cfg.precision != "fp32" or cfg.precision == "bf16"

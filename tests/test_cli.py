@@ -1,6 +1,8 @@
 """The `magpipe` command end to end, and its answers to bad input, as a user runs it."""
 
 import json
+
+import numpy as np
 import os
 import subprocess
 import sys
@@ -55,6 +57,15 @@ def test_run_end_to_end_leaves_the_documented_layout(survey_files, config_file, 
         assert set(report[key]) == {"ae", "raw"}
         assert 0 <= report[key]["ae"] <= 1 and 0 <= report[key]["raw"] <= 1
     assert report["n_train"] > 0 and report["n_test"] > 0 and len(report["classes"]) == 3
+    assert report["n_splits"] == len(report["splits"]) == 2
+    assert report["splits"][0]["seed"] != report["splits"][1]["seed"]
+    assert report["pixel_accuracy"]["ae"] == pytest.approx(
+        np.mean([s["pixel_accuracy"]["ae"] for s in report["splits"]]))
+    sparse = report["sparse"]
+    assert sparse["per_class"] == 10 and sparse["repeats"] == 2 * 3
+    for key in ("pixel_accuracy", "patch_accuracy", "balanced_accuracy"):
+        assert 0 <= sparse[key]["ae"] <= 1 and sparse[f"{key}_std"]["raw"] >= 0
+    assert "## Sparse labels" in (out / "report.md").read_text()
     assert len(report["anomalies"]) == len(report["label_next"]) == 10
     assert report["anomalies"][0]["anomaly"] >= report["anomalies"][-1]["anomaly"]
     assert "## Strongest anomalies" in (out / "report.md").read_text()

@@ -57,3 +57,22 @@ def test_subsample_per_class_caps_and_is_deterministic():
     a = subsample_per_class(y, 10, seed=1)
     assert np.bincount(y[a]).tolist() == [0, 10, 5]
     np.testing.assert_array_equal(a, subsample_per_class(y, 10, seed=1))
+
+
+def test_sparse_label_scores_pair_draws_and_rank_informative_features():
+    from magpipe.config import SVMConfig
+    from magpipe.evaluation import sparse_label_scores, summarise
+
+    rng = np.random.default_rng(0)
+    n_tr, n_te = 400, 300
+    y, ty = rng.integers(1, 4, n_tr), rng.integers(1, 4, n_te)
+    good = lambda lab: np.eye(4)[lab][:, 1:] * 3 + rng.normal(size=(len(lab), 3))  # noqa: E731
+    noise = lambda lab: rng.normal(size=(len(lab), 3))  # noqa: E731
+    rows, cols = np.divmod(np.arange(n_te), 20)
+    out = sparse_label_scores({"ae": good(y), "raw": noise(y)}, {"ae": good(ty), "raw": noise(ty)}, y,
+                              np.arange(n_tr) % 6, (rows, cols, ty), per_class=8, repeats=4, patch_px=3,
+                              n_classes=3, svm_cfg=SVMConfig(C=(1.0,), gamma_scale=(1.0,)), seed=0)
+    assert out["per_class"] == 8 and out["repeats"] == 4 and len(out["draws"]["raw"]) == 4
+    out = summarise(out["draws"])
+    assert out["balanced_accuracy"]["ae"] > 0.8 > 0.5 > out["balanced_accuracy"]["raw"]
+    assert out["pixel_accuracy_std"]["ae"] >= 0 and set(out["patch_accuracy"]) == {"ae", "raw"}

@@ -45,3 +45,20 @@ def test_early_stopping_stops_when_validation_stalls():
     cfg = CFG.model_copy(update={"epochs": 30, "patience": 1, "learning_rate": 1e-9})
     result = train_autoencoder(x, m, cfg)
     assert len(result.history) < 30
+
+
+def test_several_input_channels_train_and_give_per_patch_features():
+    from magpipe.model import dense_features, patch_features
+
+    x, m = _patches()
+    x2, m2 = np.stack([x, -x], axis=1), np.stack([m, m], axis=1)
+    result = train_autoencoder(x2, m2, CFG)
+    model = result.model.cpu().eval()
+    assert model.in_channels == 2 and model(torch.from_numpy(x2[:5])).shape == (5, 2, 9, 9)
+    assert result.history[-1]["val_loss"] < result.history[0]["val_loss"]
+    # a tile's dense features equal the per-patch ones with several channels too
+    tile = torch.from_numpy(np.random.default_rng(1).normal(size=(1, 2, 14, 15)).astype("float32"))
+    dense = dense_features(model, tile, [0, 3])
+    pats = tile.unfold(2, 9, 1).unfold(3, 9, 1)[0].permute(1, 2, 0, 3, 4).reshape(-1, 2, 9, 9)
+    torch.testing.assert_close(dense.reshape(dense.shape[0], -1).T, patch_features(model, pats, [0, 3]),
+                               atol=1e-5, rtol=1e-4)

@@ -1,0 +1,247 @@
+"""Ablations of the autoencoder features on a labelled magpipe run, chosen on validation only.
+
+What it varies (each against raw pixels of the same patch size and input channels):
+- patch size (one autoencoder per size);
+- which encoder layers become features (the same autoencoder, no retraining);
+- multi-scale: the features of autoencoders of two or three patch sizes, concatenated;
+- derived magnetic channels as extra inputs (``magpipe.derived``: vertical derivative,
+  total horizontal derivative, tilt angle, analytic signal amplitude).
+
+Honesty: the run's own spatial split holds out the test blocks. The training
+region is split again, spatially, into inner-training and validation blocks;
+every variant is fitted on inner-training and ranked on validation balanced
+accuracy. Only then is every variant refitted on the whole training region and
+scored once on the test blocks, so the test table is reported, never used to choose.
+One split keeps every variant on the same cells: blocks are the run's, and the
+gap between sets is the largest patch size tried.
+
+Usage (after ``magpipe run ... --out RUN``)::
+
+    python benchmarks/ablate.py RUN [--patch-sizes 15 31 45] [--json results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+import zarr
+
+from magpipe.config import RunConfig
+from magpipe.derived import derived_channels
+from magpipe.evaluation import METRICS, score, spatial_split, subsample_per_class
+from magpipe.model import patch_features
+from magpipe.patches import patches_at, sample_centres
+from magpipe.pipeline import Layout, labelled_split, test_cells, training_cells
+from magpipe.svm import fit_svm, predict_with_confidence
+from magpipe.training import train_autoencoder
+
+log = logging.getLogger("magpipe.ablate")
+MAX_VAL_PIXELS = 10000
+DERIVED_SETS = ("field,tilt", "field,dz,thd,tilt,asa")
+
+
+@dataclass
+class Cells:
+    """One set of cells: coordinates, labels, block ids (for the SVM's blocked CV)."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    y: np.ndarray
+    blocks: np.ndarray | None = None
+
+    def take(self, idx: np.ndarray) -> "Cells":
+        return Cells(self.rows[idx], self.cols[idx], self.y[idx], None if self.blocks is None else self.blocks[idx])
+
+
+def standardised_stack(ds: xr.Dataset, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(C, H, W) standardised channels with NaN kept, and the all-channel valid mask."""
+    arrs = []
+    for n in names:
+        a = ds[n].values.astype("float64")
+        a = (a - np.nanmean(a)) / max(np.nanstd(a), 1e-12)
+        arrs.append(a.astype("float32"))
+    stack = np.stack(arrs)
+    return stack, np.isfinite(stack).all(0)
+
+
+def patches(stack: np.ndarray, rows: np.ndarray, cols: np.ndarray, p: int) -> np.ndarray:
+    """(n, C, p, p) patches with NaN outside the grid and in holes."""
+    return np.stack([patches_at(ch, rows, cols, p) for ch in stack], axis=1)
+
+
+def model_input(raw: np.ndarray) -> np.ndarray:
+    return np.nan_to_num(raw, nan=0.0).astype("float32")
+
+
+class Variant:
+    """Features of one (patch size, channels) input: the trained autoencoder and raw pixels."""
+
+    def __init__(self, stack: np.ndarray, valid: np.ndarray, p: int, cfg: RunConfig):
+        t0 = time.perf_counter()
+        rows, cols = sample_centres(valid, patch_px=p, n=cfg.patches.n_patches,
+                                    min_valid_fraction=cfg.patches.min_valid_fraction, seed=cfg.patches.seed)
+        raw = patches(stack, rows, cols, p)
+        self.result = train_autoencoder(model_input(raw), np.isfinite(raw), cfg.model)
+        self.model = self.result.model.cpu().eval()
+        self.stack, self.p = stack, p
+        self.train_s = time.perf_counter() - t0
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def features(self, cells: Cells, layers: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """AE features (selected layers) and raw pixels of cells."""
+        key = id(cells)
+        if key not in self._cache:
+            x = model_input(patches(self.stack, cells.rows, cells.cols, self.p))
+            ae = [patch_features(self.model, torch.from_numpy(x[b:b + 512]), range(self.model.n_layers)).numpy()
+                  for b in range(0, len(x), 512)]
+            self._cache[key] = (np.concatenate(ae), x.reshape(len(x), -1))
+        ae, raw = self._cache[key]
+        sizes = [2 * c.out_channels for c in self.model.encoder]
+        starts = np.cumsum([0] + sizes)
+        cols = np.concatenate([np.arange(starts[k], starts[k + 1]) for k in layers])
+        return ae[:, cols], raw
+
+
+def fit_score(Xtr, train: Cells, Xte, test: Cells, cfg: RunConfig, p: int, K: int) -> dict:
+    model, _ = fit_svm(Xtr, train.y, train.blocks, cfg.svm)
+    pred, _ = predict_with_confidence(model, Xte)
+    s = score(test.rows, test.cols, test.y, pred, patch_px=p, n_classes=K)
+    return {m: s[m] for m in METRICS}
+
+
+def splits(run: Path, cfg: RunConfig, gap_px: int) -> tuple[Cells, Cells, Cells, Cells, list[str]]:
+    """Outer training and test cells (as the report), and inner-training / validation cells inside training."""
+    lay = Layout(run)
+    _, labels, classes = labelled_split(lay, cfg, need_test=True)  # (drops classes as the report does)
+    valid = zarr.open_group(lay.survey, mode="r")["valid"][:].astype(bool)
+    block_px = max(cfg.evaluate.block_patches * cfg.patches.patch_px, gap_px)
+    # the report's blocks and seed, so the same test cells; the gap fits the largest patch tried
+    split = spatial_split(labels, valid, block_px=block_px, gap_px=gap_px,
+                          test_fraction=cfg.evaluate.test_fraction, seed=cfg.evaluate.seed)
+    train = Cells(*training_cells(split, labels, cfg))
+    test = Cells(*test_cells(split, labels, cfg))
+    inner_labels = np.zeros_like(labels)
+    inner_labels[split.train_rows, split.train_cols] = labels[split.train_rows, split.train_cols]
+    inner = spatial_split(inner_labels, valid, block_px=block_px, gap_px=gap_px,
+                          test_fraction=cfg.evaluate.test_fraction, seed=cfg.evaluate.seed + 1)
+    iy = inner_labels[inner.train_rows, inner.train_cols]
+    keep = subsample_per_class(iy, cfg.svm.max_per_class, cfg.svm.seed)
+    itrain = Cells(inner.train_rows[keep], inner.train_cols[keep], iy[keep], inner.train_blocks[keep])
+    vrng = np.random.default_rng(cfg.evaluate.seed + 1)
+    vpick = np.sort(vrng.choice(inner.test_rows.size, min(inner.test_rows.size, MAX_VAL_PIXELS), replace=False))
+    vr, vc = inner.test_rows[vpick], inner.test_cols[vpick]
+    val = Cells(vr, vc, inner_labels[vr, vc])
+    return itrain, val, train, test, classes
+
+
+def evaluate(variants: dict[str, tuple[list[tuple["Variant", list[int]]], str]], sets, cfg, K) -> list[dict]:
+    """Validation then test scores of every feature set; ``variants``: name -> ([(variant, layers)], kind)."""
+    itrain, val, train, test = sets
+    rows = []
+    for name, (parts, kind) in variants.items():
+        p = max(v.p for v, _ in parts)
+        row = {"name": name, "kind": kind}
+        for tag, (a, b) in (("val", (itrain, val)), ("test", (train, test))):
+            fa = [v.features(a, layers) for v, layers in parts]
+            fb = [v.features(b, layers) for v, layers in parts]
+            i = 0 if kind == "ae" else 1
+            Xa = np.concatenate([f[i] for f in fa], axis=1)
+            Xb = np.concatenate([f[i] for f in fb], axis=1)
+            row[tag] = fit_score(Xa, a, Xb, b, cfg, p, K)
+        row["n_features"] = int(Xa.shape[1])
+        log.info("%-32s val bal %.3f | test pix %.3f patch %.3f bal %.3f", name, row["val"]["balanced_accuracy"],
+                 row["test"]["pixel_accuracy"], row["test"]["patch_accuracy"], row["test"]["balanced_accuracy"])
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[dict], chosen: str) -> str:
+    lines = ["| features | kind | n features | val balanced | test pixel | test patch | test balanced |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        mark = " **(chosen)**" if r["name"] == chosen else ""
+        lines.append(f"| {r['name']}{mark} | {r['kind']} | {r['n_features']} | {r['val']['balanced_accuracy']:.1%} | "
+                     f"{r['test']['pixel_accuracy']:.1%} | {r['test']['patch_accuracy']:.1%} | "
+                     f"{r['test']['balanced_accuracy']:.1%} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run", type=Path, help="output directory of a `magpipe run` (survey.zarr with labels)")
+    ap.add_argument("--config", type=Path, help="run config (default: RUN/config.json)")
+    ap.add_argument("--patch-sizes", type=int, nargs="+", help="patch sizes (default: p/2, p, 3p/2 of the config)")
+    ap.add_argument("--derived", nargs="*", default=list(DERIVED_SETS),
+                    help="channel sets for derived inputs at the config's patch size, e.g. field,tilt")
+    ap.add_argument("--json", type=Path, help="write the results here")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    cfg = RunConfig.load(args.config or args.run / "config.json")
+    p0 = cfg.patches.patch_px
+    sizes = sorted(set(args.patch_sizes or [max(5, (p0 // 2) | 1), p0, (3 * p0 // 2) | 1]))
+    if p0 not in sizes:
+        raise SystemExit(f"--patch-sizes must include the config's patch size {p0}")
+    t0 = time.perf_counter()
+    itrain, val, train, test, classes = splits(args.run, cfg, gap_px=max(sizes))
+    K = len(classes)
+    log.info("cells: inner-train %d, validation %d, train %d, test %d", len(itrain.y), len(val.y), len(train.y),
+             len(test.y))
+    field = xr.open_zarr(Layout(args.run).survey, consolidated=False)["field"].load()
+    names = sorted({c for s in args.derived for c in s.split(",")} | {"field"})
+    derived = derived_channels(field, tuple(names))
+    stack1, valid1 = standardised_stack(derived, ["field"])
+
+    by_size = {p: Variant(stack1, valid1, p, cfg) for p in sizes}
+    base = by_size[p0]
+    n_layers = base.model.n_layers
+    allL = list(range(n_layers))
+    variants: dict = {}
+    for p, v in by_size.items():
+        variants[f"AE p{p}"] = ([(v, allL)], "ae")
+        variants[f"raw p{p}"] = ([(v, allL)], "raw")
+    for k in range(n_layers):
+        variants[f"AE p{p0} layer {k}"] = ([(base, [k])], "ae")
+    variants[f"AE p{p0} layers {n_layers - 2}-{n_layers - 1}"] = ([(base, allL[-2:])], "ae")
+    if len(sizes) > 1:
+        variants["AE multi-scale " + "+".join(map(str, sizes))] = ([(by_size[p], allL) for p in sizes], "ae")
+        variants[f"AE multi-scale {sizes[0]}+{p0}"] = ([(by_size[sizes[0]], allL), (base, allL)], "ae")
+    for s in args.derived:
+        chans = s.split(",")
+        stack, valid = standardised_stack(derived, chans)
+        v = Variant(stack, valid, p0, cfg)
+        variants[f"AE p{p0} [{s}]"] = ([(v, allL)], "ae")
+        variants[f"raw p{p0} [{s}]"] = ([(v, allL)], "raw")
+
+    rows = evaluate(variants, (itrain, val, train, test), cfg, K)
+    ae_rows = [r for r in rows if r["kind"] == "ae"]
+    chosen = max(ae_rows, key=lambda r: r["val"]["balanced_accuracy"])["name"]
+    chosen_raw = max((r for r in rows if r["kind"] == "raw"), key=lambda r: r["val"]["balanced_accuracy"])["name"]
+    print(table(rows, chosen))
+    print(f"\nchosen on validation: AE '{chosen}', raw '{chosen_raw}'")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "run": str(args.run), "survey": str(zarr.open_group(Layout(args.run).survey, mode="r").attrs.get("source")),
+            "classes": classes, "config": cfg.model_dump(mode="json"), "patch_sizes": sizes,
+            "cells": {"inner_train": len(itrain.y), "validation": len(val.y), "train": len(train.y),
+                      "test": len(test.y)},
+            "selection": "highest validation balanced accuracy; test scores reported, never used to choose",
+            "chosen": {"ae": chosen, "raw": chosen_raw}, "rows": rows,
+            "train_seconds": {f"p{p}": v.train_s for p, v in by_size.items()},
+            "seconds": time.perf_counter() - t0, "machine": platform.platform(), "python": sys.version.split()[0],
+        }, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
