@@ -12,8 +12,10 @@ region is split again, spatially, into inner-training and validation blocks;
 every variant is fitted on inner-training and ranked on validation balanced
 accuracy. Only then is every variant refitted on the whole training region and
 scored once on the test blocks, so the test table is reported, never used to choose.
-One split keeps every variant on the same cells: blocks are the run's, and the
-gap between sets is the largest patch size tried.
+Every variant sees the same cells: the report's blocks and split seeds
+(averaged over ``--splits`` of them), with the gap between sets widened to the
+largest patch size tried. The "sparse" columns retrain the test SVM on 30
+labelled cells per class (the paper's regime), over a few random draws.
 
 Usage (after ``magpipe run ... --out RUN``)::
 
@@ -47,6 +49,7 @@ from magpipe.training import train_autoencoder
 
 log = logging.getLogger("magpipe.ablate")
 MAX_VAL_PIXELS = 10000
+SPARSE_PER_CLASS = 30
 DERIVED_SETS = ("field,tilt", "field,dz,thd,tilt,asa")
 
 
@@ -119,60 +122,76 @@ def fit_score(Xtr, train: Cells, Xte, test: Cells, cfg: RunConfig, p: int, K: in
     return {m: s[m] for m in METRICS}
 
 
-def splits(run: Path, cfg: RunConfig, gap_px: int) -> tuple[Cells, Cells, Cells, Cells, list[str]]:
-    """Outer training and test cells (as the report), and inner-training / validation cells inside training."""
+def splits(run: Path, cfg: RunConfig, gap_px: int, seed: int) -> tuple[Cells, Cells, Cells, Cells, list[str]]:
+    """Outer training and test cells (as the report's split ``seed``), and inner-training / validation
+    cells inside the training region."""
     lay = Layout(run)
     _, labels, classes = labelled_split(lay, cfg, need_test=True)  # (drops classes as the report does)
     valid = zarr.open_group(lay.survey, mode="r")["valid"][:].astype(bool)
     block_px = max(cfg.evaluate.block_patches * cfg.patches.patch_px, gap_px)
     # the report's blocks and seed, so the same test cells; the gap fits the largest patch tried
     split = spatial_split(labels, valid, block_px=block_px, gap_px=gap_px,
-                          test_fraction=cfg.evaluate.test_fraction, seed=cfg.evaluate.seed)
+                          test_fraction=cfg.evaluate.test_fraction, seed=seed)
     train = Cells(*training_cells(split, labels, cfg))
     test = Cells(*test_cells(split, labels, cfg))
     inner_labels = np.zeros_like(labels)
     inner_labels[split.train_rows, split.train_cols] = labels[split.train_rows, split.train_cols]
     inner = spatial_split(inner_labels, valid, block_px=block_px, gap_px=gap_px,
-                          test_fraction=cfg.evaluate.test_fraction, seed=cfg.evaluate.seed + 1)
+                          test_fraction=cfg.evaluate.test_fraction, seed=seed + 1000)
     iy = inner_labels[inner.train_rows, inner.train_cols]
     keep = subsample_per_class(iy, cfg.svm.max_per_class, cfg.svm.seed)
     itrain = Cells(inner.train_rows[keep], inner.train_cols[keep], iy[keep], inner.train_blocks[keep])
-    vrng = np.random.default_rng(cfg.evaluate.seed + 1)
+    vrng = np.random.default_rng(seed + 1000)
     vpick = np.sort(vrng.choice(inner.test_rows.size, min(inner.test_rows.size, MAX_VAL_PIXELS), replace=False))
     vr, vc = inner.test_rows[vpick], inner.test_cols[vpick]
     val = Cells(vr, vc, inner_labels[vr, vc])
     return itrain, val, train, test, classes
 
 
-def evaluate(variants: dict[str, tuple[list[tuple["Variant", list[int]]], str]], sets, cfg, K) -> list[dict]:
-    """Validation then test scores of every feature set; ``variants``: name -> ([(variant, layers)], kind)."""
-    itrain, val, train, test = sets
+def _matrix(parts, cells: Cells, kind: str) -> np.ndarray:
+    feats = [v.features(cells, layers) for v, layers in parts]
+    return np.concatenate([f[0 if kind == "ae" else 1] for f in feats], axis=1)
+
+
+def evaluate(variants: dict, split_sets: list[tuple[Cells, Cells, Cells, Cells]], cfg: RunConfig, K: int,
+             sparse_draws: int) -> list[dict]:
+    """Validation, test and sparse-label test scores of every feature set, averaged over outer splits.
+
+    ``variants``: name -> ([(variant, layers)], kind); kind 'ae' or 'raw'.
+    """
     rows = []
     for name, (parts, kind) in variants.items():
         p = max(v.p for v, _ in parts)
-        row = {"name": name, "kind": kind}
-        for tag, (a, b) in (("val", (itrain, val)), ("test", (train, test))):
-            fa = [v.features(a, layers) for v, layers in parts]
-            fb = [v.features(b, layers) for v, layers in parts]
-            i = 0 if kind == "ae" else 1
-            Xa = np.concatenate([f[i] for f in fa], axis=1)
-            Xb = np.concatenate([f[i] for f in fb], axis=1)
-            row[tag] = fit_score(Xa, a, Xb, b, cfg, p, K)
-        row["n_features"] = int(Xa.shape[1])
-        log.info("%-32s val bal %.3f | test pix %.3f patch %.3f bal %.3f", name, row["val"]["balanced_accuracy"],
-                 row["test"]["pixel_accuracy"], row["test"]["patch_accuracy"], row["test"]["balanced_accuracy"])
+        acc: dict[str, list[dict]] = {"val": [], "test": [], "sparse": []}
+        for s, (itrain, val, train, test) in enumerate(split_sets):
+            acc["val"].append(fit_score(_matrix(parts, itrain, kind), itrain, _matrix(parts, val, kind), val,
+                                        cfg, p, K))
+            Xtr, Xte = _matrix(parts, train, kind), _matrix(parts, test, kind)
+            acc["test"].append(fit_score(Xtr, train, Xte, test, cfg, p, K))
+            for d in range(sparse_draws):
+                pick = subsample_per_class(train.y, SPARSE_PER_CLASS, 100 * s + d)
+                acc["sparse"].append(fit_score(Xtr[pick], train.take(pick), Xte, test, cfg, p, K))
+        row = {"name": name, "kind": kind, "n_features": int(Xtr.shape[1])}
+        for tag, scores in acc.items():
+            row[tag] = {m: float(np.mean([x[m] for x in scores])) for m in METRICS}
+            row[tag + "_std"] = {m: float(np.std([x[m] for x in scores])) for m in METRICS}
+        log.info("%-34s val bal %.3f | test pix %.3f patch %.3f bal %.3f | sparse pix %.3f patch %.3f", name,
+                 row["val"]["balanced_accuracy"], row["test"]["pixel_accuracy"], row["test"]["patch_accuracy"],
+                 row["test"]["balanced_accuracy"], row["sparse"]["pixel_accuracy"], row["sparse"]["patch_accuracy"])
         rows.append(row)
     return rows
 
 
 def table(rows: list[dict], chosen: str) -> str:
-    lines = ["| features | kind | n features | val balanced | test pixel | test patch | test balanced |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| features | n features | val balanced | test pixel | test patch | test balanced | "
+             f"sparse pixel | sparse patch | sparse balanced |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         mark = " **(chosen)**" if r["name"] == chosen else ""
-        lines.append(f"| {r['name']}{mark} | {r['kind']} | {r['n_features']} | {r['val']['balanced_accuracy']:.1%} | "
-                     f"{r['test']['pixel_accuracy']:.1%} | {r['test']['patch_accuracy']:.1%} | "
-                     f"{r['test']['balanced_accuracy']:.1%} |")
+        cells = [r[t][m] for t, m in (("val", "balanced_accuracy"), ("test", "pixel_accuracy"),
+                                      ("test", "patch_accuracy"), ("test", "balanced_accuracy"),
+                                      ("sparse", "pixel_accuracy"), ("sparse", "patch_accuracy"),
+                                      ("sparse", "balanced_accuracy"))]
+        lines.append(f"| {r['name']}{mark} | {r['n_features']} | " + " | ".join(f"{c:.1%}" for c in cells) + " |")
     return "\n".join(lines)
 
 
@@ -183,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--patch-sizes", type=int, nargs="+", help="patch sizes (default: p/2, p, 3p/2 of the config)")
     ap.add_argument("--derived", nargs="*", default=list(DERIVED_SETS),
                     help="channel sets for derived inputs at the config's patch size, e.g. field,tilt")
+    ap.add_argument("--splits", type=int, default=3, help="outer spatial splits averaged (default 3)")
+    ap.add_argument("--sparse-draws", type=int, default=3,
+                    help=f"draws of {SPARSE_PER_CLASS} training cells per class, per split (default 3)")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -192,10 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     if p0 not in sizes:
         raise SystemExit(f"--patch-sizes must include the config's patch size {p0}")
     t0 = time.perf_counter()
-    itrain, val, train, test, classes = splits(args.run, cfg, gap_px=max(sizes))
+    split_sets = []
+    for i in range(args.splits):
+        itrain, val, train, test, classes = splits(args.run, cfg, gap_px=max(sizes), seed=cfg.evaluate.seed + i)
+        log.info("split %d: inner-train %d, validation %d, train %d, test %d cells", i, len(itrain.y), len(val.y),
+                 len(train.y), len(test.y))
+        split_sets.append((itrain, val, train, test))
     K = len(classes)
-    log.info("cells: inner-train %d, validation %d, train %d, test %d", len(itrain.y), len(val.y), len(train.y),
-             len(test.y))
     field = xr.open_zarr(Layout(args.run).survey, consolidated=False)["field"].load()
     names = sorted({c for s in args.derived for c in s.split(",")} | {"field"})
     derived = derived_channels(field, tuple(names))
@@ -222,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         variants[f"AE p{p0} [{s}]"] = ([(v, allL)], "ae")
         variants[f"raw p{p0} [{s}]"] = ([(v, allL)], "raw")
 
-    rows = evaluate(variants, (itrain, val, train, test), cfg, K)
+    rows = evaluate(variants, split_sets, cfg, K, args.sparse_draws)
     ae_rows = [r for r in rows if r["kind"] == "ae"]
     chosen = max(ae_rows, key=lambda r: r["val"]["balanced_accuracy"])["name"]
     chosen_raw = max((r for r in rows if r["kind"] == "raw"), key=lambda r: r["val"]["balanced_accuracy"])["name"]
@@ -233,9 +258,11 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({
             "run": str(args.run), "survey": str(zarr.open_group(Layout(args.run).survey, mode="r").attrs.get("source")),
             "classes": classes, "config": cfg.model_dump(mode="json"), "patch_sizes": sizes,
-            "cells": {"inner_train": len(itrain.y), "validation": len(val.y), "train": len(train.y),
-                      "test": len(test.y)},
-            "selection": "highest validation balanced accuracy; test scores reported, never used to choose",
+            "cells": [{"inner_train": len(a.y), "validation": len(b.y), "train": len(c.y), "test": len(d.y)}
+                      for a, b, c, d in split_sets],
+            "splits": args.splits, "sparse_per_class": SPARSE_PER_CLASS, "sparse_draws": args.sparse_draws,
+            "selection": "highest validation balanced accuracy (mean over splits); test scores reported, "
+                         "never used to choose",
             "chosen": {"ae": chosen, "raw": chosen_raw}, "rows": rows,
             "train_seconds": {f"p{p}": v.train_s for p, v in by_size.items()},
             "seconds": time.perf_counter() - t0, "machine": platform.platform(), "python": sys.version.split()[0],
