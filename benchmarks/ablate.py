@@ -7,10 +7,10 @@ What it varies (each against raw pixels of the same patch size and input channel
 - derived magnetic channels as extra inputs (``magpipe.derived``: vertical derivative,
   total horizontal derivative, tilt angle, analytic signal amplitude).
 
-Honesty: the run's own spatial split holds out the test blocks. The training
-region is split again, spatially, into inner-training and validation blocks;
-every variant is fitted on inner-training and ranked on validation balanced
-accuracy. Only then is every variant refitted on the whole training region and
+Honesty: the run's own spatial split holds out the test blocks. Variants are
+ranked by validation balanced accuracy: 3-fold spatially blocked cross-validation
+of the training cells, each fold's blocks held out with the same gap as the test
+blocks. Only then is every variant refitted on the whole training region and
 scored once on the test blocks, so the test table is reported, never used to choose.
 Every variant sees the same cells: the report's blocks and split seeds
 (averaged over ``--splits`` of them), with the gap between sets widened to the
@@ -40,7 +40,7 @@ import zarr
 
 from magpipe.config import RunConfig
 from magpipe.derived import derived_channels
-from magpipe.evaluation import METRICS, score, spatial_split, subsample_per_class
+from magpipe.evaluation import METRICS, blocked_folds, score, spatial_split, subsample_per_class
 from magpipe.model import patch_features
 from magpipe.patches import patches_at, sample_centres
 from magpipe.pipeline import Layout, labelled_split, test_cells, training_cells
@@ -48,7 +48,7 @@ from magpipe.svm import fit_svm, predict_with_confidence
 from magpipe.training import train_autoencoder
 
 log = logging.getLogger("magpipe.ablate")
-MAX_VAL_PIXELS = 10000
+VAL_FOLDS = 3
 SPARSE_PER_CLASS = 30
 DERIVED_SETS = ("field,tilt", "field,dz,thd,tilt,asa")
 
@@ -63,6 +63,7 @@ class Cells:
     blocks: np.ndarray | None = None
 
     def take(self, idx: np.ndarray) -> "Cells":
+        """A subset (new object: the feature cache is per object)."""
         return Cells(self.rows[idx], self.cols[idx], self.y[idx], None if self.blocks is None else self.blocks[idx])
 
 
@@ -122,30 +123,23 @@ def fit_score(Xtr, train: Cells, Xte, test: Cells, cfg: RunConfig, p: int, K: in
     return {m: s[m] for m in METRICS}
 
 
-def splits(run: Path, cfg: RunConfig, gap_px: int, seed: int) -> tuple[Cells, Cells, Cells, Cells, list[str]]:
-    """Outer training and test cells (as the report's split ``seed``), and inner-training / validation
-    cells inside the training region."""
+def splits(run: Path, cfg: RunConfig, gap_px: int, seed: int) -> tuple[Cells, Cells, list, list[str]]:
+    """Training and test cells of the report's split ``seed`` (gap widened to ``gap_px``), and the
+    spatial validation folds of the training cells."""
     lay = Layout(run)
     _, labels, classes = labelled_split(lay, cfg, need_test=True)  # (drops classes as the report does)
     valid = zarr.open_group(lay.survey, mode="r")["valid"][:].astype(bool)
     block_px = max(cfg.evaluate.block_patches * cfg.patches.patch_px, gap_px)
-    # the report's blocks and seed, so the same test cells; the gap fits the largest patch tried
     split = spatial_split(labels, valid, block_px=block_px, gap_px=gap_px,
                           test_fraction=cfg.evaluate.test_fraction, seed=seed)
     train = Cells(*training_cells(split, labels, cfg))
     test = Cells(*test_cells(split, labels, cfg))
-    inner_labels = np.zeros_like(labels)
-    inner_labels[split.train_rows, split.train_cols] = labels[split.train_rows, split.train_cols]
-    inner = spatial_split(inner_labels, valid, block_px=block_px, gap_px=gap_px,
-                          test_fraction=cfg.evaluate.test_fraction, seed=seed + 1000)
-    iy = inner_labels[inner.train_rows, inner.train_cols]
-    keep = subsample_per_class(iy, cfg.svm.max_per_class, cfg.svm.seed)
-    itrain = Cells(inner.train_rows[keep], inner.train_cols[keep], iy[keep], inner.train_blocks[keep])
-    vrng = np.random.default_rng(seed + 1000)
-    vpick = np.sort(vrng.choice(inner.test_rows.size, min(inner.test_rows.size, MAX_VAL_PIXELS), replace=False))
-    vr, vc = inner.test_rows[vpick], inner.test_cols[vpick]
-    val = Cells(vr, vc, inner_labels[vr, vc])
-    return itrain, val, train, test, classes
+    folds = blocked_folds(train.rows, train.cols, block_px=block_px, gap_px=gap_px, k=VAL_FOLDS, seed=seed,
+                          nbx=labels.shape[1] // block_px + 1)
+    folds = [(f, v) for f, v in folds if np.unique(train.y[f]).size > 1]  # an SVM needs two classes
+    if not folds:
+        raise SystemExit(f"{run}: no validation fold leaves two classes to fit; label more, or use smaller blocks")
+    return train, test, folds, classes
 
 
 def _matrix(parts, cells: Cells, kind: str) -> np.ndarray:
@@ -163,10 +157,10 @@ def evaluate(variants: dict, split_sets: list[tuple[Cells, Cells, Cells, Cells]]
     for name, (parts, kind) in variants.items():
         p = max(v.p for v, _ in parts)
         acc: dict[str, list[dict]] = {"val": [], "test": [], "sparse": []}
-        for s, (itrain, val, train, test) in enumerate(split_sets):
-            acc["val"].append(fit_score(_matrix(parts, itrain, kind), itrain, _matrix(parts, val, kind), val,
-                                        cfg, p, K))
+        for s, (train, test, folds) in enumerate(split_sets):
             Xtr, Xte = _matrix(parts, train, kind), _matrix(parts, test, kind)
+            fold_scores = [fit_score(Xtr[f], train.take(f), Xtr[v], train.take(v), cfg, p, K) for f, v in folds]
+            acc["val"].append({m: float(np.mean([x[m] for x in fold_scores])) for m in METRICS})
             acc["test"].append(fit_score(Xtr, train, Xte, test, cfg, p, K))
             for d in range(sparse_draws):
                 pick = subsample_per_class(train.y, SPARSE_PER_CLASS, 100 * s + d)
@@ -216,10 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     split_sets = []
     for i in range(args.splits):
-        itrain, val, train, test, classes = splits(args.run, cfg, gap_px=max(sizes), seed=cfg.evaluate.seed + i)
-        log.info("split %d: inner-train %d, validation %d, train %d, test %d cells", i, len(itrain.y), len(val.y),
-                 len(train.y), len(test.y))
-        split_sets.append((itrain, val, train, test))
+        train, test, folds, classes = splits(args.run, cfg, gap_px=max(sizes), seed=cfg.evaluate.seed + i)
+        log.info("split %d: train %d, test %d cells; %d validation folds of the training cells", i, len(train.y),
+                 len(test.y), len(folds))
+        split_sets.append((train, test, folds))
     K = len(classes)
     field = xr.open_zarr(Layout(args.run).survey, consolidated=False)["field"].load()
     names = sorted({c for s in args.derived for c in s.split(",")} | {"field"})
@@ -258,11 +252,11 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({
             "run": str(args.run), "survey": str(zarr.open_group(Layout(args.run).survey, mode="r").attrs.get("source")),
             "classes": classes, "config": cfg.model_dump(mode="json"), "patch_sizes": sizes,
-            "cells": [{"inner_train": len(a.y), "validation": len(b.y), "train": len(c.y), "test": len(d.y)}
-                      for a, b, c, d in split_sets],
+            "cells": [{"train": len(a.y), "test": len(b.y), "validation_folds": len(c)} for a, b, c in split_sets],
             "splits": args.splits, "sparse_per_class": SPARSE_PER_CLASS, "sparse_draws": args.sparse_draws,
-            "selection": "highest validation balanced accuracy (mean over splits); test scores reported, "
-                         "never used to choose",
+            "selection": f"highest validation balanced accuracy: {VAL_FOLDS}-fold spatially blocked CV of the "
+                         "training cells (gap as between training and test), mean over splits; test scores "
+                         "reported, never used to choose",
             "chosen": {"ae": chosen, "raw": chosen_raw}, "rows": rows,
             "train_seconds": {f"p{p}": v.train_s for p, v in by_size.items()},
             "seconds": time.perf_counter() - t0, "machine": platform.platform(), "python": sys.version.split()[0],

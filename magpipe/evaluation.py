@@ -51,18 +51,47 @@ def spatial_split(
     n_test = min(blocks.size - 1, max(1, int(round(blocks.size * test_fraction))))
     test_blocks = set(rng.choice(blocks, size=n_test, replace=False).tolist())
     is_test = np.isin(block_id, list(test_blocks))
-    # a training cell must be >= gap_px (Chebyshev) from every test block
-    near_test = np.zeros(rows.shape, dtype=bool)
+    train = ~is_test & ~near_blocks(rows, cols, test_blocks, block_px=block_px, gap_px=gap_px, nbx=nbx)
+    if not train.any() or not is_test.any():
+        raise ValueError("the split left no training or no test cells; use smaller blocks or more labels")
+    return Split(rows[train], cols[train], rows[is_test], cols[is_test], block_id[train])
+
+
+def near_blocks(rows: np.ndarray, cols: np.ndarray, blocks, *, block_px: int, gap_px: int, nbx: int) -> np.ndarray:
+    """Cells closer than ``gap_px`` (Chebyshev) to any of ``blocks`` (ids by row-major ``nbx`` blocks a row).
+
+    Checking the 9 corners and edges of a cell's gap square finds every block it
+    touches, because a block is at least as wide as the gap.
+    """
+    blocks = list(blocks)
+    near = np.zeros(np.shape(rows), dtype=bool)
     for dy in (-gap_px, 0, gap_px):
         for dx in (-gap_px, 0, gap_px):
             ny, nx = (rows + dy) // block_px, (cols + dx) // block_px
             inside = (rows + dy >= 0) & (cols + dx >= 0) & (nx < nbx)
-            near_test |= inside & np.isin(ny * nbx + nx, list(test_blocks))
-    # corner checks above cover blocks touched by the gap square because block_px >= gap_px
-    train = ~is_test & ~near_test
-    if not train.any() or not is_test.any():
-        raise ValueError("the split left no training or no test cells; use smaller blocks or more labels")
-    return Split(rows[train], cols[train], rows[is_test], cols[is_test], block_id[train])
+            near |= inside & np.isin(ny * nbx + nx, blocks)
+    return near
+
+
+def blocked_folds(rows: np.ndarray, cols: np.ndarray, *, block_px: int, gap_px: int, k: int, seed: int,
+                  nbx: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``k`` spatial folds of cells: (fit, validation) index pairs, validation blocks held out with a gap.
+
+    For choosing between feature sets inside a training region: every training
+    cell validates once, so the choice does not hang on one small validation area.
+    """
+    block_id = (rows // block_px) * nbx + cols // block_px
+    blocks = np.unique(block_id)
+    fold_of = dict(zip(blocks.tolist(), np.random.default_rng(seed).permutation(blocks.size) % k))
+    fold = np.array([fold_of[b] for b in block_id.tolist()])
+    out = []
+    for f in range(k):
+        val = fold == f
+        held = blocks[[fold_of[b] == f for b in blocks.tolist()]]
+        fit = ~val & ~near_blocks(rows, cols, held, block_px=block_px, gap_px=gap_px, nbx=nbx)
+        if val.any() and fit.any():
+            out.append((np.flatnonzero(fit), np.flatnonzero(val)))
+    return out
 
 
 def subsample_per_class(y: np.ndarray, max_per_class: int, seed: int) -> np.ndarray:

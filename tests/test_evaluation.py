@@ -76,3 +76,17 @@ def test_sparse_label_scores_pair_draws_and_rank_informative_features():
     out = summarise(out["draws"])
     assert out["balanced_accuracy"]["ae"] > 0.8 > 0.5 > out["balanced_accuracy"]["raw"]
     assert out["pixel_accuracy_std"]["ae"] >= 0 and set(out["patch_accuracy"]) == {"ae", "raw"}
+
+
+def test_blocked_folds_validate_every_cell_once_and_keep_the_gap():
+    from magpipe.evaluation import blocked_folds
+
+    rows, cols = np.divmod(np.arange(60 * 80), 80)
+    folds = blocked_folds(rows, cols, block_px=10, gap_px=4, k=3, seed=0, nbx=8)
+    assert len(folds) == 3
+    seen = np.concatenate([v for _, v in folds])
+    assert np.array_equal(np.sort(seen), np.arange(rows.size))
+    for fit, val in folds:
+        assert not np.intersect1d(fit, val).size
+        d = np.maximum(np.abs(rows[fit][:, None] - rows[val][None]), np.abs(cols[fit][:, None] - cols[val][None]))
+        assert d.min() >= 4
