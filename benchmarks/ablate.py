@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", type=Path, help="output directory of a `magpipe run` (survey.zarr with labels)")
     ap.add_argument("--config", type=Path, help="run config (default: RUN/config.json)")
-    ap.add_argument("--patch-sizes", type=int, nargs="+", help="patch sizes (default: p/2, p, 3p/2 of the config)")
+    ap.add_argument("--patch-sizes", type=int, nargs="+", help="patch sizes (default: p/2, p, 3p/2 of the config's p)")
     ap.add_argument("--derived", nargs="*", default=list(DERIVED_SETS),
                     help="channel sets for derived inputs at the config's patch size, e.g. field,tilt")
     ap.add_argument("--splits", type=int, default=3, help="outer spatial splits averaged (default 3)")
@@ -204,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     cfg = RunConfig.load(args.config or args.run / "config.json")
     p0 = cfg.patches.patch_px
-    sizes = sorted(set(args.patch_sizes or [max(5, (p0 // 2) | 1), p0, (3 * p0 // 2) | 1]))
+    smallest = 2 * len(cfg.model.channels) + 1  # one 3x3 conv per layer must fit
+    sizes = sorted(set(args.patch_sizes or [max(smallest, (p0 // 2) | 1), p0, (3 * p0 // 2) | 1]))
     if p0 not in sizes:
         raise SystemExit(f"--patch-sizes must include the config's patch size {p0}")
     t0 = time.perf_counter()

@@ -350,6 +350,9 @@ def _evaluate_split(lay: Layout, cfg: RunConfig, bundle: ModelBundle, field, sca
     raw_svm, raw_info = fit_svm(Xraw_tr, y, blocks, cfg.svm)
     scores = {name: score(trow, tcol, ty, predict_with_confidence(model, X)[0], patch_px=p, n_classes=K)
               for name, model, X in (("ae", ae_svm, Xae_te), ("raw", raw_svm, Xraw_te))}
+    # the floor any classifier must clear: the most common class of the (unsubsampled) training region
+    majority = np.bincount(labels[split.train_rows, split.train_cols]).argmax()
+    scores["majority"] = score(trow, tcol, ty, np.full_like(ty, majority), patch_px=p, n_classes=K)
     sparse = None
     if cfg.evaluate.sparse_per_class:
         sparse = sparse_label_scores({"ae": Xae_tr, "raw": Xraw_tr}, {"ae": Xae_te, "raw": Xraw_te}, y, blocks,
@@ -378,15 +381,16 @@ def run_evaluate(out: str | Path, cfg: RunConfig) -> dict:
     bundle = load_bundle(lay.model, patch_px=cfg.patches.patch_px)  # the split's blocks are in patch widths
     field, valid, scaling, _ = _survey_arrays(lay)
     first = _evaluate_split(lay, cfg, bundle, field, scaling, deployed=True)
-    splits = [first]
+    splits, skipped = [first], []
     for i in range(1, cfg.evaluate.splits):
         try:
             splits.append(_evaluate_split(lay, _split_config(cfg, i), bundle, field, scaling, deployed=False))
         except DataValidationError as exc:  # a class may fall short on one side of another split
             log.warning("evaluate: split seed %d skipped: %s", cfg.evaluate.seed + i, exc)
+            skipped.append({"seed": cfg.evaluate.seed + i, "reason": str(exc)})
     classes, p = first["classes"], bundle.patch_px
     ae, raw = first["scores"]["ae"], first["scores"]["raw"]
-    headline = summarise({name: [sp["scores"][name] for sp in splits] for name in ("ae", "raw")})
+    headline = summarise({name: [sp["scores"][name] for sp in splits] for name in ("ae", "raw", "majority")})
     sparse = None
     if cfg.evaluate.sparse_per_class:
         draws = {name: [d for sp in splits for d in sp["sparse"]["draws"][name]] for name in ("ae", "raw")}
@@ -404,6 +408,7 @@ def run_evaluate(out: str | Path, cfg: RunConfig) -> dict:
         "layers": bundle.layers,
         **headline,
         "n_splits": len(splits),
+        "splits_skipped": skipped,
         "splits": [{"seed": sp["seed"], "n_train": sp["n_train"], "n_test": sp["n_test"],
                     **{m: {n: sp["scores"][n][m] for n in ("ae", "raw")} for m in METRICS}} for sp in splits],
         "f1": {"ae": dict(zip(classes, ae["f1"])), "raw": dict(zip(classes, raw["f1"]))},

@@ -17,13 +17,17 @@ METRIC_NAMES = (("pixel_accuracy", "pixel-wise accuracy"), ("patch_accuracy", "p
 
 
 def _table(scores: dict, header: str) -> str:
-    """AE against raw rows of the headline metrics, with '± std' where the scores carry one."""
+    """AE against raw rows of the headline metrics, with '± std' where the scores carry one, and the
+    majority-class floor where it was scored."""
     def cell(key: str, name: str) -> str:
         std = scores.get(f"{key}_std", {}).get(name)
         return f"{scores[key][name]:.1%}" + ("" if std is None else f" ± {std:.1%}")
 
-    lines = [f"| {header} | AE features | raw pixels |", "|---|---|---|"]
-    lines += [f"| {label} | {cell(key, 'ae')} | {cell(key, 'raw')} |" for key, label in METRIC_NAMES]
+    cols = [("ae", "AE features"), ("raw", "raw pixels")]
+    if "majority" in scores["pixel_accuracy"]:
+        cols.append(("majority", "majority class"))
+    lines = [f"| {header} | " + " | ".join(c for _, c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines += [f"| {label} | " + " | ".join(cell(key, n) for n, _ in cols) + " |" for key, label in METRIC_NAMES]
     return "\n".join(lines)
 
 
@@ -59,7 +63,8 @@ def markdown(report: dict) -> str:
         f"({report['n_test_patches']} test patches of {report['patch_px']} px); blocks of {sp['block_px']} px, "
         f"a gap of {sp['gap_px']} px between training and test cells. Accuracy is the mean ± standard "
         f"deviation over {report.get('n_splits', 1)} random spatial split(s) (seeds from {sp['seed']}); per-class "
-        "F1 and the confusion matrices are the first split's, the one the deployed model was trained on.",
+        "F1 and the confusion matrices are the first split's, the one the deployed model was trained on."
+        + "".join(f" Split seed {sk['seed']} was skipped: {sk['reason']}" for sk in report.get("splits_skipped", [])),
         "",
         accuracy_table(report),
         "",

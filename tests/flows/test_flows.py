@@ -48,7 +48,7 @@ def test_pipeline_flow_completes_publishes_artifacts_and_caches(harness, survey_
         run_tags = client.read_flow_run(state.state_details.flow_run_id).tags
     assert "survey" in run_tags and any(t.startswith("magpipe-") for t in run_tags)
     assert is_complete(tmp_path / "out" / "classified.zarr")
-    assert set(result["pixel_accuracy"]) == {"ae", "raw"}
+    assert set(result["pixel_accuracy"]) == {"ae", "raw", "majority"}
     arts = _artifacts("survey-")
     for key in ("survey-report", "survey-class-metrics", "survey-classify-progress", "survey-class-map",
                 "survey-confidence", "survey-anomaly"):
