@@ -42,7 +42,7 @@ from magpipe.config import RunConfig
 from magpipe.derived import derived_channels
 from magpipe.evaluation import METRICS, blocked_folds, score, spatial_split, subsample_per_class
 from magpipe.model import patch_features
-from magpipe.patches import patches_at, sample_centres
+from magpipe.patches import sample_centres, stack_patches
 from magpipe.pipeline import Layout, labelled_split, test_cells, training_cells
 from magpipe.svm import fit_svm, predict_with_confidence
 from magpipe.training import train_autoencoder
@@ -80,7 +80,7 @@ def standardised_stack(ds: xr.Dataset, names: list[str]) -> tuple[np.ndarray, np
 
 def patches(stack: np.ndarray, rows: np.ndarray, cols: np.ndarray, p: int) -> np.ndarray:
     """(n, C, p, p) patches with NaN outside the grid and in holes."""
-    return np.stack([patches_at(ch, rows, cols, p) for ch in stack], axis=1)
+    return stack_patches(list(stack), rows, cols, p)
 
 
 def model_input(raw: np.ndarray) -> np.ndarray:

@@ -145,9 +145,9 @@ def train(root: Path, survey_tif: Path, size: int, cfg: RunConfig) -> dict:
     rng = np.random.default_rng(0)
     pick = rng.choice(split.test_rows.size, min(split.test_rows.size, cfg.evaluate.max_test_pixels), replace=False)
     trow, tcol = split.test_rows[pick], split.test_cols[pick]
-    Xtr, _ = cell_features(bundle, field, bundle.scaling, split.train_rows[keep], split.train_cols[keep],
+    Xtr, _ = cell_features(bundle, [field], bundle.scaling, split.train_rows[keep], split.train_cols[keep],
                            bundle.layers)
-    Xte, _ = cell_features(bundle, field, bundle.scaling, trow, tcol, bundle.layers)
+    Xte, _ = cell_features(bundle, [field], bundle.scaling, trow, tcol, bundle.layers)
     for kernel in ("exact", "nystroem"):
         svm, info = fit_svm(Xtr, y[keep], split.train_blocks[keep], cfg.svm.model_copy(update={"kernel": kernel}))
         with threadpool_limits(1):
@@ -176,7 +176,7 @@ def stage_rates(survey: Path, bundle, tile_px: int, n_tiles: int = 2) -> dict:
                 window = read_window(field, y0, y1, x0, x1, h)
                 valid = np.isfinite(window)
                 inner = valid[h:-h, h:-h]
-                x = torch.from_numpy(bundle.scaling.apply(window))[None, None]
+                x = torch.from_numpy(bundle.scaling.apply(window[None], axis=0))[None]
                 t0 = time.perf_counter()
                 feats = dense_features(bundle.model, x, bundle.layers)
                 t1 = time.perf_counter()
@@ -243,8 +243,8 @@ def naive_classify(bundle, field: np.ndarray, batch: int = 4096) -> np.ndarray:
     out = np.full(field.shape, NODATA_CLASS, dtype="int16")
     for b0 in range(0, len(rows), batch):
         r, c = rows[b0 : b0 + batch], cols[b0 : b0 + batch]
-        x = bundle.scaling.apply(windows[r, c])  # the cut: a copy of every patch
-        feats = patch_features(bundle.model, torch.from_numpy(x)[:, None], bundle.layers).numpy()
+        x = bundle.scaling.apply(windows[r, c][:, None], axis=1)  # the cut: a copy of every patch
+        feats = patch_features(bundle.model, torch.from_numpy(x), bundle.layers).numpy()
         out[r, c], _ = predict_with_confidence(bundle.svm, feats)
     return out
 
@@ -255,8 +255,8 @@ def tie_margins(bundle, field: np.ndarray, rows: np.ndarray, cols: np.ndarray) -
         return np.zeros(0)
     h = bundle.patch_px // 2
     windows = np.lib.stride_tricks.sliding_window_view(np.pad(field, h, constant_values=np.nan), (2 * h + 1,) * 2)
-    x = bundle.scaling.apply(windows[rows, cols])
-    proba = bundle.svm.predict_proba(patch_features(bundle.model, torch.from_numpy(x)[:, None], bundle.layers).numpy())
+    x = bundle.scaling.apply(windows[rows, cols][:, None], axis=1)
+    proba = bundle.svm.predict_proba(patch_features(bundle.model, torch.from_numpy(x), bundle.layers).numpy())
     top = np.sort(proba, axis=1)
     return top[:, -1] - top[:, -2]
 

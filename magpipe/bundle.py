@@ -23,6 +23,7 @@ import torch
 from magpipe.errors import InputError
 from magpipe.io.stores import replace_dir, version, write_json
 from magpipe.model import PatchAutoencoder
+from magpipe.inputs import StackScaling
 from magpipe.patches import Scaling
 
 FORMAT = 1
@@ -40,10 +41,11 @@ class ModelBundle:
     model: PatchAutoencoder
     svm: object
     layers: list[int]
-    scaling: Scaling
+    scaling: StackScaling
     classes: list[str]
     anomaly_px: int
     meta: dict = field(default_factory=dict)
+    inputs: tuple[str, ...] = ("field",)
 
     @property
     def patch_px(self) -> int:
@@ -78,7 +80,8 @@ def save_bundle(bundle: ModelBundle, path: str | Path) -> Path:
         "hidden": bundle.model.decoder[0].out_features,
         "layers": bundle.layers,
         "anomaly_px": bundle.anomaly_px,
-        "scaling": {"mean": bundle.scaling.mean, "std": bundle.scaling.std},
+        "inputs": list(bundle.inputs),
+        "scalings": [{"mean": s.mean, "std": s.std} for s in bundle.scaling.channels],
         "classes": bundle.classes,
         "versions": library_versions(),
     }
@@ -112,7 +115,8 @@ def load_bundle(path: str | Path, *, patch_px: int | None = None) -> ModelBundle
     meta = read_bundle_meta(path)
     if patch_px is not None and meta["patch_px"] != patch_px:
         raise InputError(f"{path}: model was trained on {meta['patch_px']} px patches, not {patch_px}")
-    model = PatchAutoencoder(meta["patch_px"], meta["channels"], meta["hidden"])
+    inputs = tuple(meta.get("inputs", ["field"]))
+    model = PatchAutoencoder(meta["patch_px"], meta["channels"], meta["hidden"], in_channels=len(inputs))
     try:
         state = torch.load(path / "autoencoder.pt", map_location="cpu", weights_only=True)
         model.load_state_dict(state)
@@ -129,6 +133,6 @@ def load_bundle(path: str | Path, *, patch_px: int | None = None) -> ModelBundle
     svm = sio.load(svm_file, trusted=sorted(untrusted))
     return ModelBundle(
         model=model.eval(), svm=svm, layers=list(meta["layers"]),
-        scaling=Scaling(**meta["scaling"]), classes=list(meta["classes"]),
-        anomaly_px=int(meta["anomaly_px"]), meta=meta,
+        scaling=StackScaling(tuple(Scaling(**s) for s in meta.get("scalings") or [meta["scaling"]])), classes=list(meta["classes"]),
+        anomaly_px=int(meta["anomaly_px"]), meta=meta, inputs=inputs,
     )

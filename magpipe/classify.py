@@ -34,7 +34,8 @@ from magpipe.io.stores import (
     version,
 )
 from magpipe.model import dense_anomaly, dense_features
-from magpipe.patches import read_window, tiles
+from magpipe.inputs import input_arrays
+from magpipe.patches import read_stack, read_window, tiles
 from magpipe.svm import PREDICT_BATCH, predict_with_confidence
 
 log = logging.getLogger("magpipe.classify")
@@ -42,16 +43,21 @@ log = logging.getLogger("magpipe.classify")
 NODATA_CLASS = 0  # class code of cells with no data (classes are 1..K)
 
 
+def _channels(window: np.ndarray) -> np.ndarray:
+    """Windows are (C, H, W); a 2-D one is the single-input case."""
+    return window[None] if window.ndim == 2 else window
+
+
 def window_masks(bundle: ModelBundle, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Valid cells of a window carrying a halo of p // 2, and of its interior."""
+    """Valid cells (every input has data) of a window carrying a halo of p // 2, and of its interior."""
     h = bundle.patch_px // 2
-    valid = np.isfinite(window)
+    valid = np.isfinite(_channels(window)).all(0)
     return valid, (valid[h:-h, h:-h] if h else valid)
 
 
 def window_features(bundle: ModelBundle, window: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
-    """The standardised window as the model's input (1, 1, H, W) and its interior's dense features (F, h, w)."""
-    x = torch.from_numpy(bundle.scaling.apply(window))[None, None]
+    """The standardised window as the model's input (1, C, H, W) and its interior's dense features (F, h, w)."""
+    x = torch.from_numpy(bundle.scaling.apply(_channels(window), axis=0))[None]
     return x, dense_features(bundle.model, x, bundle.layers).numpy()
 
 
@@ -105,8 +111,7 @@ def classify_tile(survey: str, out: str, bundle_path: str, tile: tuple[int, int,
     """Classify one tile of ``survey``'s field into the partial store ``out``; returns its index."""
     bundle = _cached_bundle(bundle_path)
     y0, y1, x0, x1 = tile
-    field = zarr.open_array(Path(survey) / "field", mode="r")
-    window = read_window(field, y0, y1, x0, x1, bundle.patch_px // 2)
+    window = read_stack(input_arrays(survey, bundle.inputs), y0, y1, x0, x1, bundle.patch_px // 2)
     cls, conf, anom = classify_window(bundle, window)
     group = zarr.open_group(out, mode="r+")
     group["class"][y0:y1, x0:x1] = cls

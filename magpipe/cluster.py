@@ -34,8 +34,25 @@ def dask_client(scheduler: str | None = None, *, workers: int = 2) -> Iterator[o
         return
     logging.getLogger("distributed").setLevel(logging.WARNING)  # the in-process scheduler's chatter
     env = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_MALLOC_ENV}
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": env}), \
+    # the nanny lets the parent's environment override pre-spawn-environ, and every nanny writes
+    # its own values into the parent's environment: an earlier cluster in this process would win
+    with _environ(WORKER_MALLOC_ENV), dask.config.set({"distributed.nanny.pre-spawn-environ": env}), \
             LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
                          memory_limit="auto", silence_logs=logging.WARNING) as cluster, \
             Client(cluster, set_as_default=False) as client:
         yield client
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of a block, then restore them."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -14,6 +14,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from magpipe.derived import CHANNELS
 from magpipe.errors import ConfigError
 
 SCHEMA_VERSION = 1
@@ -45,6 +46,19 @@ class PatchConfig(_Section):
         0.8, ge=0.0, le=1.0, description="Minimum share of valid cells in a training patch."
     )
     seed: int = Field(0, description="Seed of the patch sampler.")
+    inputs: tuple[str, ...] = Field(
+        ("field",), description="Grids the autoencoder reads: 'field' and any derived channel of dz (vertical "
+        "derivative), thd (total horizontal derivative), tilt, asa (analytic signal amplitude); derived ones "
+        "need `pip install 'magpipe[derived]'`."
+    )
+
+    @field_validator("inputs")
+    @classmethod
+    def _known_inputs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [n for n in v if n not in CHANNELS]
+        if bad or not v or len(set(v)) != len(v):
+            raise ValueError(f"inputs must be distinct names from {list(CHANNELS)}, got {list(v)}")
+        return v
 
     @field_validator("patch_px")
     @classmethod

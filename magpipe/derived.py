@@ -35,8 +35,13 @@ def _regular(field: xr.DataArray) -> xr.DataArray:
     return grid.sortby(["northing", "easting"])
 
 
-def derived_channels(field: xr.DataArray, channels: tuple[str, ...] = CHANNELS) -> xr.Dataset:
-    """The requested channels of a 2-D grid (dims y, x), NaN where the field has no data."""
+def derived_channels(field: xr.DataArray, channels: tuple[str, ...] = CHANNELS, *, fill: float | None = None
+                     ) -> xr.Dataset:
+    """The requested channels of a 2-D grid (dims y, x), NaN where the field has no data.
+
+    ``fill`` replaces no-data before filtering (default: the grid's median); pass one value
+    for every piece of a grid computed piecewise, so the pieces agree.
+    """
     try:
         import harmonica as hm
         import xrft
@@ -48,15 +53,15 @@ def derived_channels(field: xr.DataArray, channels: tuple[str, ...] = CHANNELS) 
         raise ValueError(f"unknown derived channels {unknown}; choose from {list(CHANNELS)}")
     if field.ndim != 2:
         raise ValueError(f"derived channels need a 2-D grid, got dims {field.dims}")
-    with warnings.catch_warnings():  # xrft/harmonica deprecations, not ours to fix
-        warnings.simplefilter("ignore", FutureWarning)
-        return _derived(field, channels, hm, xrft)
+    # their deprecation notices, not ours to fix; a module filter, as catch_warnings is not thread-safe
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(xrft|harmonica)\b")
+    return _derived(field, channels, hm, xrft, fill)
 
 
-def _derived(field, channels, hm, xrft) -> xr.Dataset:
+def _derived(field, channels, hm, xrft, fill) -> xr.Dataset:
     grid = _regular(field.astype("float64"))
     holes = ~np.isfinite(grid)
-    filled = (grid - float(grid.median())).fillna(0.0)  # derivatives ignore the offset
+    filled = (grid - (float(grid.median()) if fill is None else fill)).fillna(0.0)  # derivatives ignore offsets
     pad = {d: max(1, int(round(filled.sizes[d] * PAD_FRACTION))) for d in filled.dims}
     padded = xrft.pad(filled, pad)  # zeros (the median) around the survey
     dz = xrft.unpad(hm.derivative_upward(padded), pad)

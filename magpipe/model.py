@@ -129,19 +129,22 @@ def dense_features(model: PatchAutoencoder, tile: torch.Tensor, layers: Sequence
     return torch.cat(out, dim=1)[0]
 
 
-def centre_window(patch_px: int, window_px: int) -> torch.Tensor:
-    """Flat indices of the central window_px x window_px cells of a patch."""
+def centre_window(patch_px: int, window_px: int, in_channels: int = 1) -> torch.Tensor:
+    """Flat indices of the central window_px x window_px cells of a patch, channel by channel."""
     lo = patch_px // 2 - window_px // 2
     idx = torch.arange(patch_px * patch_px).view(patch_px, patch_px)
-    return idx[lo : lo + window_px, lo : lo + window_px].reshape(-1)
+    one = idx[lo : lo + window_px, lo : lo + window_px].reshape(-1)
+    return torch.cat([c * patch_px * patch_px + one for c in range(in_channels)])
 
 
 @torch.no_grad()
 def patch_anomaly(model: PatchAutoencoder, patches: torch.Tensor, mask: torch.Tensor, window_px: int) -> torch.Tensor:
-    """Mean squared reconstruction error over the valid cells of each patch's central window: (N,)."""
-    idx = centre_window(model.patch_px, window_px)
+    """Mean squared reconstruction error over the valid cells of each patch's central window, all
+    input channels: (N,). ``mask`` is (N, 1, p, p): a cell is valid in every channel or none."""
+    idx = centre_window(model.patch_px, window_px, model.in_channels)
     recon = model(patches).flatten(1)[:, idx]
-    target, m = patches.flatten(1)[:, idx], mask.flatten(1)[:, idx].float()
+    m = mask.expand(-1, model.in_channels, -1, -1).flatten(1)[:, idx].float()
+    target = patches.flatten(1)[:, idx]
     return ((recon - target) ** 2 * m).sum(1) / m.sum(1).clamp(min=1)
 
 
@@ -151,23 +154,23 @@ def dense_anomaly(model: PatchAutoencoder, tile: torch.Tensor, mask: torch.Tenso
     """:func:`patch_anomaly` for every pixel of a tile (same layout as :func:`dense_features`): (H, W).
 
     Only the decoder rows of the central window are evaluated, so this costs
-    ``hidden * window_px**2`` per pixel, not a full patch decode.
+    ``hidden * window_px**2`` per pixel and channel, not a full patch decode.
     """
-    p, h, a = model.patch_px, model.patch_px // 2, window_px
-    code = model.encode(tile)[-1][0]  # (C, H, W)
-    C, H, W = code.shape
-    idx = centre_window(p, a)
+    p, h, a, C = model.patch_px, model.patch_px // 2, window_px, model.in_channels
+    code = model.encode(tile)[-1][0]  # (C_code, H, W)
+    Cc, H, W = code.shape
+    idx = centre_window(p, a, C)
     lin1, lin2 = model.decoder[0], model.decoder[2]
     w2, b2 = lin2.weight[idx], lin2.bias[idx]
     off = h - a // 2
     core = tile[:, :, off : off + H + a - 1, off : off + W + a - 1]
-    core_m = mask[:, :, off : off + H + a - 1, off : off + W + a - 1].float()
+    core_m = mask[:, :, off : off + H + a - 1, off : off + W + a - 1].float().expand(-1, C, -1, -1)
     out = torch.empty(H, W, dtype=tile.dtype)
     for r0 in range(0, H, rows_per_step):
         r1 = min(H, r0 + rows_per_step)
-        z = code[:, r0:r1].permute(1, 2, 0).reshape(-1, C)
-        recon = F.relu(lin1(z)) @ w2.T + b2  # (n, a*a)
-        target = F.unfold(core[:, :, r0 : r1 + a - 1], kernel_size=a)[0].T  # (n, a*a)
+        z = code[:, r0:r1].permute(1, 2, 0).reshape(-1, Cc)
+        recon = F.relu(lin1(z)) @ w2.T + b2  # (n, C*a*a), channel-major like unfold
+        target = F.unfold(core[:, :, r0 : r1 + a - 1], kernel_size=a)[0].T  # (n, C*a*a)
         m = F.unfold(core_m[:, :, r0 : r1 + a - 1], kernel_size=a)[0].T
         err = ((recon - target) ** 2 * m).sum(1) / m.sum(1).clamp(min=1)
         out[r0:r1] = err.view(r1 - r0, W)

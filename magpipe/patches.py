@@ -74,15 +74,27 @@ def tiles(shape: tuple[int, int], tile_px: int) -> list[tuple[int, int, int, int
 
 
 def patches_at(field, rows: np.ndarray, cols: np.ndarray, patch_px: int, *, tile_px: int = 1024) -> np.ndarray:
-    """Raw patches (n, p, p) centred on given cells, NaN outside the grid, reading tile by tile."""
+    """Raw patches (n, p, p) centred on given cells of one grid, NaN outside it, reading tile by tile."""
+    return stack_patches([field], rows, cols, patch_px, tile_px=tile_px)[:, 0]
+
+
+def read_stack(arrays: list, y0: int, y1: int, x0: int, x1: int, halo: int) -> np.ndarray:
+    """:func:`read_window` of every input channel: (C, H + 2 halo, W + 2 halo)."""
+    return np.stack([read_window(a, y0, y1, x0, x1, halo) for a in arrays])
+
+
+def stack_patches(arrays: list, rows: np.ndarray, cols: np.ndarray, patch_px: int, *, tile_px: int = 1024
+                  ) -> np.ndarray:
+    """Raw patches (n, C, p, p) of C same-shaped grids centred on given cells, NaN outside them."""
     rows, cols = np.asarray(rows), np.asarray(cols)
-    out = np.empty((len(rows), patch_px, patch_px), dtype="float32")
+    out = np.empty((len(rows), len(arrays), patch_px, patch_px), dtype="float32")
     h = patch_px // 2
-    for y0, y1, x0, x1 in tiles(field.shape, tile_px):
+    for y0, y1, x0, x1 in tiles(arrays[0].shape, tile_px):
         sel = np.flatnonzero((rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1))
         if sel.size:
-            win = read_window(field, y0, y1, x0, x1, h)
-            out[sel] = cut_patches(win, rows[sel] - y0, cols[sel] - x0, patch_px)
+            for c, a in enumerate(arrays):
+                win = read_window(a, y0, y1, x0, x1, h)
+                out[sel, c] = cut_patches(win, rows[sel] - y0, cols[sel] - x0, patch_px)
     return out
 
 

@@ -4,7 +4,8 @@ Layout of an output directory::
 
     OUT/config.json        the full config of the run
     OUT/survey.zarr        field (float32, y/x), valid (uint8), labels (int16, 0 = unlabelled), CRS
-    OUT/patches.zarr       patch (n, p, p) raw training patches, row/col/x/y of their centres
+    OUT/inputs.zarr        derived channels (dz, thd, tilt, asa) when patches.inputs names any
+    OUT/patches.zarr       patch (n, p, p), or (n, C, p, p) for C inputs: raw training patches, row/col/x/y
     OUT/model/             autoencoder.pt, svm.skops, metadata.json (see magpipe.bundle)
     OUT/classified.zarr    class (int16, 0 = no data), confidence, anomaly (float32)
     OUT/report.json, OUT/report.md, OUT/*.png
@@ -47,7 +48,8 @@ from magpipe.io.stores import (
 from magpipe.explore import PICK_SPACING_PATCHES, embedding_2d, label_next, top_anomalies, top_blocks
 from magpipe.locking import locks_output
 from magpipe.model import patch_features, resolve_layers
-from magpipe.patches import Scaling, fit_scaling, patches_at, sample_centres
+from magpipe.inputs import StackScaling, ensure_inputs, input_arrays
+from magpipe.patches import Scaling, fit_scaling, sample_centres, stack_patches
 from magpipe.svm import fit_svm, predict_with_confidence
 from magpipe.training import train_autoencoder
 
@@ -155,6 +157,15 @@ def _survey_arrays(lay: Layout) -> tuple[zarr.Array, np.ndarray, Scaling, dict]:
     return group["field"], group["valid"][:].astype(bool), Scaling(attrs["scaling_mean"], attrs["scaling_std"]), attrs
 
 
+def input_stack(lay: Layout, names: tuple[str, ...]) -> tuple[list, StackScaling]:
+    """The autoencoder's input grids of a run (derived ones written on first use) and their scalings."""
+    try:
+        scaling = ensure_inputs(lay.survey, tuple(names))
+    except ImportError as exc:
+        raise InputError(f"{lay.survey}: inputs {list(names)}: {exc}") from None
+    return input_arrays(lay.survey, tuple(names)), scaling
+
+
 @locks_output
 def run_patches(out: str | Path, cfg: RunConfig) -> Path:
     """Sample training patches from valid areas into OUT/patches.zarr."""
@@ -174,16 +185,20 @@ def run_patches(out: str | Path, cfg: RunConfig) -> Path:
                                     min_valid_fraction=c.min_valid_fraction, seed=c.seed)
     except ValueError as exc:
         raise DataValidationError(f"{lay.survey}: {exc}") from None
-    raw = patches_at(field, rows, cols, c.patch_px)
+    arrays, _ = input_stack(lay, c.inputs)
+    raw = stack_patches(arrays, rows, cols, c.patch_px)
+    dims = ("patch", "channel", "py", "px")
+    if len(arrays) == 1:  # one input: the layout of earlier versions
+        raw, dims = raw[:, 0], ("patch", "py", "px")
     survey = xr.open_zarr(lay.survey, consolidated=False)
     ds = xr.Dataset(
-        {"patch": (("patch", "py", "px"), raw, {"long_name": "raw field values, NaN = no data"}),
+        {"patch": (dims, raw, {"long_name": f"raw values of {', '.join(c.inputs)}, NaN = no data"}),
          "row": ("patch", rows.astype("int64")), "col": ("patch", cols.astype("int64")),
          "x": ("patch", survey.x.values[cols]), "y": ("patch", survey.y.values[rows])},
-        attrs={"patch_px": c.patch_px, "survey_hash": attrs[HASH]},
+        attrs={"patch_px": c.patch_px, "survey_hash": attrs[HASH], "inputs": list(c.inputs)},
     )
     log.info("patches: %d patches of %d px -> %s", len(rows), c.patch_px, lay.patches)
-    enc = {"patch": {"chunks": (min(len(rows), 4096), c.patch_px, c.patch_px)}}
+    enc = {"patch": {"chunks": (min(len(rows), 4096), *raw.shape[1:])}}
     return write_store(ds, lay.patches, stage_hash=h, encoding=enc)
 
 
@@ -237,19 +252,19 @@ def _short_classes(split: Split, labels: np.ndarray, K: int, *, need_test: bool)
     return [k for k in range(K) if n_train[k] + n_test[k] > 0 and (n_train[k] < 2 or (need_test and n_test[k] < 1))]
 
 
-def cell_features(bundle_or_model, field, scaling: Scaling, rows, cols, layers, *, batch: int = 512
+def cell_features(bundle_or_model, arrays: list, scaling: StackScaling, rows, cols, layers, *, batch: int = 512
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """AE features and raw-pixel features (the flattened patch) of given cells."""
+    """AE features and raw-pixel features (the flattened standardised patch, every input) of given cells."""
     model = bundle_or_model.model if isinstance(bundle_or_model, ModelBundle) else bundle_or_model
     p = model.patch_px
     ae, raw = [], []
     for b0 in range(0, len(rows), batch):
-        x = scaling.apply(patches_at(field, rows[b0 : b0 + batch], cols[b0 : b0 + batch], p))
-        ae.append(patch_features(model, torch.from_numpy(x)[:, None], layers).numpy())
+        x = scaling.apply(stack_patches(arrays, rows[b0 : b0 + batch], cols[b0 : b0 + batch], p), axis=1)
+        ae.append(patch_features(model, torch.from_numpy(x), layers).numpy())
         raw.append(x.reshape(len(x), -1))
     F = model.feature_size(layers)
     return (np.concatenate(ae) if ae else np.zeros((0, F), "float32"),
-            np.concatenate(raw) if raw else np.zeros((0, p * p), "float32"))
+            np.concatenate(raw) if raw else np.zeros((0, len(arrays) * p * p), "float32"))
 
 
 def training_cells(split: Split, labels: np.ndarray, cfg: RunConfig) -> tuple[np.ndarray, ...]:
@@ -275,8 +290,10 @@ def test_cells(split: Split, labels: np.ndarray, cfg: RunConfig) -> tuple[np.nda
 def run_train(out: str | Path, cfg: RunConfig, *, progress=None) -> Path:
     """Train the autoencoder on OUT/patches.zarr and the SVM on the training cells -> OUT/model/."""
     lay = Layout(Path(out))
-    field, valid, scaling, sattrs = _survey_arrays(lay)
+    _, _, _, sattrs = _survey_arrays(lay)
     pds = open_store(lay.patches)
+    inputs_names = tuple(pds.attrs.get("inputs", ["field"]))
+    arrays, scaling = input_stack(lay, inputs_names)
     # anomaly_px is stored in the bundle; the rest of the classify section (tiles, cluster) is not
     # the model's business and must not trigger retraining
     h = content_hash("train-v1", str(pds.attrs[HASH]), str(sattrs.get("labels_hash")), cfg.section_json("model"),
@@ -286,20 +303,23 @@ def run_train(out: str | Path, cfg: RunConfig, *, progress=None) -> Path:
         log.info("train: %s is up to date", lay.model)
         return lay.model
     raw = pds["patch"].values
-    inputs, mask = scaling.apply(raw), np.isfinite(raw)
+    raw = raw[:, None] if raw.ndim == 3 else raw
+    inputs, mask = scaling.apply(raw, axis=1), np.isfinite(raw)
     lay.model.mkdir(parents=True, exist_ok=True)
     ckpt = lay.root / f"train-{h[:12]}.ckpt"
     t0 = time.perf_counter()
-    log.info("train: autoencoder on %d patches of %d px", len(raw), raw.shape[1])
+    log.info("train: autoencoder on %d patches of %d px, inputs %s", len(raw), raw.shape[-1],
+             ", ".join(inputs_names))
     result = train_autoencoder(inputs, mask, cfg.model, checkpoint=ckpt, progress=progress)
     train_s = time.perf_counter() - t0
     layers = resolve_layers(result.model, cfg.model.layers)
     split, labels, classes = labelled_split(lay, cfg)
     rows, cols, y, blocks = training_cells(split, labels, cfg)
-    X, _ = cell_features(result.model, field, scaling, rows, cols, layers)
+    X, _ = cell_features(result.model, arrays, scaling, rows, cols, layers)
     log.info("train: SVM on %d labelled cells, %d AE features", len(y), X.shape[1])
     svm, svm_info = fit_svm(X, y, blocks, cfg.svm)
-    bundle = ModelBundle(result.model, svm, layers, scaling, classes, cfg.classify.anomaly_px, meta={
+    bundle = ModelBundle(result.model, svm, layers, scaling, classes, cfg.classify.anomaly_px, inputs=inputs_names,
+                         meta={
         "input_hash": h, "config": cfg.model_dump(mode="json"), "survey_source": sattrs.get("source"),
         "training": {"history": result.history, "best_epoch": result.best_epoch,
                      "best_val_loss": result.best_val_loss, "device": result.device, "seconds": train_s,
@@ -321,6 +341,7 @@ def run_classify(out: str | Path, cfg: RunConfig, *, bundle: str | Path | None =
     bundle_path = Path(bundle) if bundle else lay.model
     sattrs = store_attrs(lay.survey) or {}
     meta = read_bundle_meta(bundle_path)
+    input_stack(lay, tuple(meta.get("inputs", ["field"])))  # derived inputs of this survey, written once
     shape = zarr.open_array(lay.survey / "field", mode="r").shape
     if min(shape) < meta["patch_px"]:
         raise DataValidationError(f"{lay.survey}: survey of {shape[0]} x {shape[1]} cells is smaller than the "
@@ -331,8 +352,7 @@ def run_classify(out: str | Path, cfg: RunConfig, *, bundle: str | Path | None =
                            client=client, progress=progress)
 
 
-def _evaluate_split(lay: Layout, cfg: RunConfig, bundle: ModelBundle, field, scaling: Scaling, *,
-                    deployed: bool) -> dict:
+def _evaluate_split(lay: Layout, cfg: RunConfig, bundle: ModelBundle, arrays: list, *, deployed: bool) -> dict:
     """AE features against raw pixels on one spatial split (``cfg.evaluate.seed``).
 
     The deployed split scores the bundle's own SVM; another split refits the AE
@@ -343,8 +363,8 @@ def _evaluate_split(lay: Layout, cfg: RunConfig, bundle: ModelBundle, field, sca
     rows, cols, y, blocks = training_cells(split, labels, cfg)
     trow, tcol, ty = test_cells(split, labels, cfg)
     p, K = bundle.patch_px, len(classes)
-    Xae_te, Xraw_te = cell_features(bundle, field, scaling, trow, tcol, bundle.layers)
-    Xae_tr, Xraw_tr = cell_features(bundle, field, scaling, rows, cols, bundle.layers)
+    Xae_te, Xraw_te = cell_features(bundle, arrays, bundle.scaling, trow, tcol, bundle.layers)
+    Xae_tr, Xraw_tr = cell_features(bundle, arrays, bundle.scaling, rows, cols, bundle.layers)
     log.info("evaluate: split seed %d, %d training, %d test cells", cfg.evaluate.seed, len(y), len(ty))
     ae_svm, ae_info = (bundle.svm, bundle.meta.get("svm", {})) if deployed else fit_svm(Xae_tr, y, blocks, cfg.svm)
     raw_svm, raw_info = fit_svm(Xraw_tr, y, blocks, cfg.svm)
@@ -379,12 +399,12 @@ def run_evaluate(out: str | Path, cfg: RunConfig) -> dict:
 
     lay = Layout(Path(out))
     bundle = load_bundle(lay.model, patch_px=cfg.patches.patch_px)  # the split's blocks are in patch widths
-    field, valid, scaling, _ = _survey_arrays(lay)
-    first = _evaluate_split(lay, cfg, bundle, field, scaling, deployed=True)
+    arrays, _ = input_stack(lay, bundle.inputs)
+    first = _evaluate_split(lay, cfg, bundle, arrays, deployed=True)
     splits, skipped = [first], []
     for i in range(1, cfg.evaluate.splits):
         try:
-            splits.append(_evaluate_split(lay, _split_config(cfg, i), bundle, field, scaling, deployed=False))
+            splits.append(_evaluate_split(lay, _split_config(cfg, i), bundle, arrays, deployed=False))
         except DataValidationError as exc:  # a class may fall short on one side of another split
             log.warning("evaluate: split seed %d skipped: %s", cfg.evaluate.seed + i, exc)
             skipped.append({"seed": cfg.evaluate.seed + i, "reason": str(exc)})
@@ -455,8 +475,8 @@ def run_similar(out: str | Path, cfg: RunConfig, *, point: tuple[float, float] |
     bundle_path = Path(bundle) if bundle else lay.model
     model = load_bundle(bundle_path)
     rows, cols = query_cells(ds, point=point, polygons=polygons)
-    field = zarr.open_array(lay.survey / "field", mode="r")
-    q = query_embedding(model, field, rows, cols)
+    arrays, _ = input_stack(lay, model.inputs)
+    q = query_embedding(model, arrays, rows, cols)
     similarity_map(lay.survey, model, lay.similar, q, tile_px=cfg.classify.chunk_px)
     hits = top_blocks(lay.similar, "similarity", k, block=PICK_SPACING_PATCHES * model.patch_px,
                       exclude=(rows, cols))

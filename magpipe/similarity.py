@@ -22,7 +22,8 @@ from magpipe.bundle import ModelBundle
 from magpipe.classify import output_template, window_features, window_masks
 from magpipe.errors import InputError
 from magpipe.io.stores import check_output_path, grid_encoding, mark_complete, open_store, partial_path, replace_dir
-from magpipe.patches import patches_at, read_window, tiles
+from magpipe.inputs import input_arrays
+from magpipe.patches import read_stack, stack_patches, tiles
 from magpipe.svm import feature_scaler
 
 log = logging.getLogger("magpipe.similarity")
@@ -68,16 +69,16 @@ def query_cells(survey: xr.Dataset, *, point: tuple[float, float] | None = None,
     return rows, cols
 
 
-def query_embedding(bundle: ModelBundle, field, rows: np.ndarray, cols: np.ndarray, *, max_cells: int = 2000
-                    ) -> np.ndarray:
+def query_embedding(bundle: ModelBundle, arrays: list, rows: np.ndarray, cols: np.ndarray, *,
+                    max_cells: int = 2000) -> np.ndarray:
     """Unit vector of the mean standardised embedding of the query cells."""
     from magpipe.model import patch_features
 
     if rows.size > max_cells:
         pick = np.random.default_rng(0).choice(rows.size, max_cells, replace=False)
         rows, cols = rows[pick], cols[pick]
-    x = bundle.scaling.apply(patches_at(field, rows, cols, bundle.patch_px))
-    feats = patch_features(bundle.model, torch.from_numpy(x)[:, None], bundle.layers).numpy()
+    x = bundle.scaling.apply(stack_patches(arrays, rows, cols, bundle.patch_px), axis=1)
+    feats = patch_features(bundle.model, torch.from_numpy(x), bundle.layers).numpy()
     return _unit(_unit(feature_scaler(bundle.svm).transform(feats)).mean(axis=0))
 
 
@@ -104,12 +105,12 @@ def similarity_map(survey: str | Path, bundle: ModelBundle, out: str | Path, que
     enc = grid_encoding(tmpl, shard_px=tile_px)
     enc["tile_done"] = {"chunks": (1, 1)}
     tmpl.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, compute=False, encoding=enc)
-    field = zarr.open_array(survey / "field", mode="r")
+    arrays = input_arrays(survey, bundle.inputs)
     group = zarr.open_group(tmp, mode="r+")
-    grid = tiles(field.shape, tile_px)
+    grid = tiles(arrays[0].shape, tile_px)
     for i, (y0, y1, x0, x1) in enumerate(grid):
         group["similarity"][y0:y1, x0:x1] = similarity_window(
-            bundle, read_window(field, y0, y1, x0, x1, bundle.patch_px // 2), query)
+            bundle, read_stack(arrays, y0, y1, x0, x1, bundle.patch_px // 2), query)
         group["tile_done"][y0 // tile_px, x0 // tile_px] = 1
         if (i + 1) % max(1, len(grid) // 10) == 0:
             log.info("similarity: tiles %d/%d", i + 1, len(grid))

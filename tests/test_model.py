@@ -26,17 +26,18 @@ def test_too_small_patch_for_depth_is_refused():
         dilations_for(5, 4)
 
 
-@pytest.mark.parametrize("patch_px,layers", [(9, [0, 1, 2, 3]), (15, [1, 3]), (11, [2])])
-def test_dense_features_and_anomaly_equal_per_patch(patch_px, layers):
+@pytest.mark.parametrize("patch_px,layers,C", [(9, [0, 1, 2, 3], 1), (15, [1, 3], 1), (11, [2], 1), (9, [0, 3], 3)])
+def test_dense_features_and_anomaly_equal_per_patch(patch_px, layers, C):
     """The whole-tile path must give every pixel its own patch's features (the scaling trick)."""
     torch.manual_seed(0)
-    model = PatchAutoencoder(patch_px, (4, 8, 8, 8), 16).eval()
+    model = PatchAutoencoder(patch_px, (4, 8, 8, 8), 16, in_channels=C).eval()
     h = patch_px // 2
     H, W = 17, 23
     gen = torch.Generator().manual_seed(1)
     mask = torch.rand(1, 1, H + 2 * h, W + 2 * h, generator=gen) > 0.15
-    tile = torch.randn(1, 1, H + 2 * h, W + 2 * h, generator=gen) * mask
-    patches = tile[0, 0].unfold(0, patch_px, 1).unfold(1, patch_px, 1).reshape(-1, 1, patch_px, patch_px)
+    tile = torch.randn(1, C, H + 2 * h, W + 2 * h, generator=gen) * mask
+    patches = tile[0].unfold(1, patch_px, 1).unfold(2, patch_px, 1).permute(1, 2, 0, 3, 4).reshape(
+        -1, C, patch_px, patch_px)
     pmask = mask[0, 0].unfold(0, patch_px, 1).unfold(1, patch_px, 1).reshape(-1, 1, patch_px, patch_px)
 
     dense = dense_features(model, tile, layers)
