@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-PICK_SPACING_PATCHES = 2  # top-k places (anomalies, similar) are one per block of this many patch widths
+PICK_SPACING_PATCHES = 2  # top-k places (anomalies, similar) are at least this many patch widths apart
 
 
 def block_reduce(array, block: int, reducer: str, *, weights=None, tile_blocks: int = 16) -> tuple[np.ndarray, ...]:
@@ -58,22 +58,32 @@ def _coords(classified: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def top_blocks(store: str | Path, variable: str, k: int, *, block: int,
                exclude: tuple[np.ndarray, np.ndarray] | None = None) -> list[dict]:
-    """The k highest cells of ``variable``, at most one per block of ``block`` cells (k places, not
-    one place k times); blocks holding the ``exclude`` cells (rows, cols) are skipped."""
+    """The k highest cells of ``variable``, each at least ``block`` cells from a higher pick (k places,
+    not one place k times); blocks holding the ``exclude`` cells (rows, cols) are skipped.
+
+    Candidates are the block maxima; a greedy pass drops any within ``block`` cells (Chebyshev) of
+    an accepted one, so two maxima either side of a block edge count once.
+    """
     store = Path(store)
     g = zarr.open_group(store, mode="r")
     value, rows, cols = block_reduce(g[variable], block, "max")
     if exclude is not None:
         value[exclude[0] // block, exclude[1] // block] = np.nan
     ys, xs = _coords(store)
-    order = np.argsort(np.where(np.isfinite(value), value, -np.inf), axis=None)[::-1][:k]
-    picks = [np.unravel_index(i, value.shape) for i in order if np.isfinite(value.flat[i])]
+    order = np.argsort(np.where(np.isfinite(value), value, -np.inf), axis=None)[::-1]
+    picks: list[tuple] = []
+    for i in order:
+        if len(picks) == k or not np.isfinite(value.flat[i]):
+            break
+        b = np.unravel_index(i, value.shape)
+        if all(max(abs(rows[b] - rows[q]), abs(cols[b] - cols[q])) >= block for q in picks):
+            picks.append(b)
     return [{"rank": n + 1, "x": float(xs[cols[b]]), "y": float(ys[rows[b]]), "row": int(rows[b]),
              "col": int(cols[b]), variable: float(value[b])} for n, b in enumerate(picks)]
 
 
 def top_anomalies(classified: str | Path, k: int = 10, *, patch_px: int) -> list[dict]:
-    """The k highest reconstruction errors, one per block of PICK_SPACING_PATCHES patch widths."""
+    """The k highest reconstruction errors, at least PICK_SPACING_PATCHES patch widths apart."""
     return top_blocks(classified, "anomaly", k, block=PICK_SPACING_PATCHES * patch_px)
 
 

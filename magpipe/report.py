@@ -91,7 +91,7 @@ def markdown(report: dict) -> str:
         "## Strongest anomalies",
         "",
         "Highest autoencoder reconstruction error (the survey looks unlike what the model learned), "
-        "one per block of two patch widths; circled on anomaly.png.",
+        "each at least two patch widths from a stronger one; circled on anomaly.png.",
         "",
         markdown_table(report.get("anomalies", []), ["rank", "x", "y", "anomaly"]),
         "",

@@ -42,6 +42,11 @@ def test_top_anomalies_are_distinct_places_in_order_with_coordinates(tmp_path):
     hits = top_blocks(_store(tmp_path, "anomaly", a), "anomaly", 3, block=10)
     assert [(h["row"], h["col"], h["anomaly"]) for h in hits] == [(10, 12, 9.0), (40, 70, 7.0), (55, 5, 5.0)]
     assert (hits[0]["x"], hits[0]["y"]) == (500.0 + 12 * 10, 1000.0 - 10 * 10)
+    # two peaks a cell apart across a block edge are one place: the next pick is elsewhere
+    a[10, 12] = a[11, 13] = 0.0
+    a[29, 29], a[30, 28] = 9.0, 8.9
+    hits = top_blocks(_store(tmp_path, "anomaly", a), "anomaly", 3, block=10)
+    assert [(h["row"], h["col"]) for h in hits] == [(29, 29), (40, 70), (55, 5)]
 
 
 def test_label_next_points_at_the_least_certain_block_with_enough_data(tmp_path):
