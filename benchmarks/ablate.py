@@ -43,7 +43,7 @@ from magpipe.derived import derived_channels
 from magpipe.evaluation import METRICS, blocked_folds, score, spatial_split, subsample_per_class
 from magpipe.model import patch_features
 from magpipe.patches import sample_centres, stack_patches
-from magpipe.pipeline import Layout, labelled_split, test_cells, training_cells
+from magpipe.pipeline import Layout, label_grids, labelled_split, test_cells, training_cells
 from magpipe.svm import fit_svm, predict_with_confidence
 from magpipe.training import train_autoencoder
 
@@ -123,12 +123,12 @@ def fit_score(Xtr, train: Cells, Xte, test: Cells, cfg: RunConfig, p: int, K: in
     return {m: s[m] for m in METRICS}
 
 
-def splits(run: Path, cfg: RunConfig, gap_px: int, seed: int) -> tuple[Cells, Cells, list, list[str]]:
+def splits(run: Path, cfg: RunConfig, gap_px: int, seed: int, grids: tuple) -> tuple[Cells, Cells, list, list[str]]:
     """Training and test cells of the report's split ``seed`` (gap widened to ``gap_px``), and the
     spatial validation folds of the training cells."""
     lay = Layout(run)
-    _, labels, classes = labelled_split(lay, cfg, need_test=True)  # (drops classes as the report does)
-    valid = zarr.open_group(lay.survey, mode="r")["valid"][:].astype(bool)
+    _, labels, classes = labelled_split(lay, cfg, need_test=True, grids=grids)  # drops classes like the report
+    valid = grids[1]
     block_px = max(cfg.evaluate.block_patches * cfg.patches.patch_px, gap_px)
     split = spatial_split(labels, valid, block_px=block_px, gap_px=gap_px,
                           test_fraction=cfg.evaluate.test_fraction, seed=seed)
@@ -209,9 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     if p0 not in sizes:
         raise SystemExit(f"--patch-sizes must include the config's patch size {p0}")
     t0 = time.perf_counter()
-    split_sets = []
+    split_sets, grids = [], label_grids(Layout(args.run))
     for i in range(args.splits):
-        train, test, folds, classes = splits(args.run, cfg, gap_px=max(sizes), seed=cfg.evaluate.seed + i)
+        train, test, folds, classes = splits(args.run, cfg, gap_px=max(sizes), seed=cfg.evaluate.seed + i,
+                                             grids=grids)
         log.info("split %d: train %d, test %d cells; %d validation folds of the training cells", i, len(train.y),
                  len(test.y), len(folds))
         split_sets.append((train, test, folds))

@@ -12,13 +12,15 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import dask
+import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
 
 from magpipe.derived import derived_channels
 from magpipe.io.stores import HASH, content_hash, is_complete, open_store, write_store
-from magpipe.patches import Scaling, fit_scaling
+from magpipe.patches import Scaling, fit_scaling, tiles
 
 log = logging.getLogger("magpipe")
 
@@ -47,12 +49,34 @@ def inputs_store(survey_store: str | Path) -> Path:
     return Path(survey_store).with_name("inputs.zarr")
 
 
-def _derived_block(block: np.ndarray, channel: str, dy: float, dx: float, fill: float) -> np.ndarray:
+def _derived_chunk(field_path: str, tile: tuple[int, int, int, int], names: tuple[str, ...], dy: float, dx: float,
+                   fill: float) -> np.ndarray:
+    """All derived channels of one chunk, (C, h, w), filtered with up to DEPTH_PX cells around it.
+
+    The window is clipped at the survey's edges (never padded), so edge chunks filter what the whole
+    grid would; one filter pass serves every channel (tilt and asa reuse dz and the gradients).
+    """
+    y0, y1, x0, x1 = tile
+    field = zarr.open_array(field_path, mode="r")
+    ny, nx = field.shape
+    ry0, ry1, rx0, rx1 = max(0, y0 - DEPTH_PX), min(ny, y1 + DEPTH_PX), max(0, x0 - DEPTH_PX), min(nx, x1 + DEPTH_PX)
+    block = np.asarray(field[ry0:ry1, rx0:rx1], dtype="float64")
     if not np.isfinite(block).any():
-        return np.full(block.shape, np.nan, dtype="float32")
-    ny, nx = block.shape
-    grid = xr.DataArray(block, dims=("y", "x"), coords={"y": np.arange(ny) * dy, "x": np.arange(nx) * dx})
-    return derived_channels(grid, (channel,), fill=fill)[channel].values
+        return np.full((len(names), y1 - y0, x1 - x0), np.nan, dtype="float32")
+    h, w = block.shape
+    grid = xr.DataArray(block, dims=("y", "x"), coords={"y": np.arange(h) * dy, "x": np.arange(w) * dx})
+    ds = derived_channels(grid, names, fill=fill)
+    return np.stack([ds[n].values for n in names])[:, y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0]
+
+
+def _scalings(store: Path, names: list[str]) -> dict:
+    """Mean and std of each written channel, read back from the store (no second filter pass)."""
+    ds = xr.open_zarr(store, consolidated=False)
+    out = {}
+    for n in names:
+        s = fit_scaling(ds[n])
+        out[n] = [s.mean, max(s.std, 1e-12)]
+    return {"scalings": out}
 
 
 def ensure_inputs(survey_store: str | Path, names: tuple[str, ...]) -> StackScaling:
@@ -67,26 +91,24 @@ def ensure_inputs(survey_store: str | Path, names: tuple[str, ...]) -> StackScal
     store = inputs_store(survey_store)
     h = content_hash("inputs-v1", str(attrs[HASH]), ",".join(derived), str(DEPTH_PX))
     if not is_complete(store, h):
-        survey = xr.open_zarr(survey_store, consolidated=False)
-        field = survey["field"]
+        field = xr.open_zarr(survey_store, consolidated=False)["field"]
         chunk = int(attrs.get("chunk_px", 1024))
-        data = field.data.rechunk(chunk)
         dy = float(abs(field.y[1] - field.y[0])) if field.sizes["y"] > 1 else 1.0
         dx = float(abs(field.x[1] - field.x[0])) if field.sizes["x"] > 1 else 1.0
+        # one task per chunk of the survey's fixed grid computes every channel; each channel's array
+        # takes its slice of that task's result, so the filters run once per chunk
+        stacks = {t: dask.delayed(_derived_chunk)(str(survey_store / FIELD), t, tuple(derived), dy, dx,
+                                                  field_scaling.mean)
+                  for t in tiles(field.shape, chunk)}
+        y_edges = sorted({t[0] for t in stacks})
         ds = xr.Dataset(coords={k: v for k, v in field.coords.items()})
-        scalings = {}
-        for name in derived:
-            # no padding beyond the survey's edges: edge chunks filter what the whole grid would
-            arr = data.map_overlap(_derived_block, depth=DEPTH_PX, boundary="none", trim=True, dtype="float32",
-                                   meta=np.array((), dtype="float32"), channel=name, dy=dy, dx=dx,
-                                   fill=field_scaling.mean)
-            da = xr.DataArray(arr, dims=field.dims, coords=field.coords, name=name)
-            s = fit_scaling(da)
-            scalings[name] = [s.mean, max(s.std, 1e-12)]
-            ds[name] = da
-        ds.attrs.update({"channels": derived, "scalings": scalings, "depth_px": DEPTH_PX})
+        for c, name in enumerate(derived):
+            rows = [[da.from_delayed(stacks[t][c], shape=(t[1] - t[0], t[3] - t[2]), dtype="float32")
+                     for t in stacks if t[0] == y0] for y0 in y_edges]
+            ds[name] = xr.DataArray(da.block(rows), dims=field.dims, coords=field.coords, name=name)
+        ds.attrs.update({"channels": derived, "depth_px": DEPTH_PX})
         log.info("inputs: derived channels %s -> %s", ", ".join(derived), store)
-        write_store(ds, store, stage_hash=h, shard_px=chunk)
+        write_store(ds, store, stage_hash=h, shard_px=chunk, summary=lambda tmp: _scalings(tmp, derived))
     saved = dict(zarr.open_group(store, mode="r").attrs)["scalings"]
     return StackScaling(tuple(field_scaling if n == FIELD else Scaling(*saved[n]) for n in names))
 

@@ -202,18 +202,24 @@ def run_patches(out: str | Path, cfg: RunConfig) -> Path:
     return write_store(ds, lay.patches, stage_hash=h, encoding=enc)
 
 
-def labelled_split(lay: Layout, cfg: RunConfig, *, need_test: bool = False) -> tuple[Split, np.ndarray, list[str]]:
-    """The spatial train/test split of the labelled cells (deterministic from the config).
-
-    Every labelled class needs 2 training cells, and with ``need_test`` (evaluation) a test cell.
-    """
+def label_grids(lay: Layout) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The survey's label grid, valid mask and class names, read once for any number of splits."""
     group = zarr.open_group(lay.survey, mode="r")
     if "labels" not in group:
         raise InputError(f"{lay.survey}: has no labels; run `magpipe labels` first")
-    labels = group["labels"][:]
-    valid = group["valid"][:].astype(bool)
+    return group["labels"][:], group["valid"][:].astype(bool), list(group.attrs["classes"])
+
+
+def labelled_split(lay: Layout, cfg: RunConfig, *, need_test: bool = False,
+                   grids: tuple[np.ndarray, np.ndarray, list[str]] | None = None
+                   ) -> tuple[Split, np.ndarray, list[str]]:
+    """The spatial train/test split of the labelled cells (deterministic from the config).
+
+    Every labelled class needs 2 training cells, and with ``need_test`` (evaluation) a test cell.
+    ``grids`` are :func:`label_grids`, when the caller already holds them.
+    """
+    labels, valid, classes = grids or label_grids(lay)
     p = cfg.patches.patch_px
-    classes = list(group.attrs["classes"])
     block_px = cfg.evaluate.block_patches * p
     split = _split(lay, labels, valid, cfg)
     short = _short_classes(split, labels, len(classes), need_test=need_test)
@@ -290,10 +296,10 @@ def test_cells(split: Split, labels: np.ndarray, cfg: RunConfig) -> tuple[np.nda
 def run_train(out: str | Path, cfg: RunConfig, *, progress=None) -> Path:
     """Train the autoencoder on OUT/patches.zarr and the SVM on the training cells -> OUT/model/."""
     lay = Layout(Path(out))
-    _, _, _, sattrs = _survey_arrays(lay)
+    open_store(lay.survey)  # refuses an incomplete store
+    sattrs = store_attrs(lay.survey)
     pds = open_store(lay.patches)
     inputs_names = tuple(pds.attrs.get("inputs", ["field"]))
-    arrays, scaling = input_stack(lay, inputs_names)
     # anomaly_px is stored in the bundle; the rest of the classify section (tiles, cluster) is not
     # the model's business and must not trigger retraining
     h = content_hash("train-v1", str(pds.attrs[HASH]), str(sattrs.get("labels_hash")), cfg.section_json("model"),
@@ -302,6 +308,7 @@ def run_train(out: str | Path, cfg: RunConfig, *, progress=None) -> Path:
     if meta_file.exists() and read_bundle_meta(lay.model).get("input_hash") == h:
         log.info("train: %s is up to date", lay.model)
         return lay.model
+    arrays, scaling = input_stack(lay, inputs_names)
     raw = pds["patch"].values
     raw = raw[:, None] if raw.ndim == 3 else raw
     inputs, mask = scaling.apply(raw, axis=1), np.isfinite(raw)
@@ -352,14 +359,15 @@ def run_classify(out: str | Path, cfg: RunConfig, *, bundle: str | Path | None =
                            client=client, progress=progress)
 
 
-def _evaluate_split(lay: Layout, cfg: RunConfig, bundle: ModelBundle, arrays: list, *, deployed: bool) -> dict:
+def _evaluate_split(lay: Layout, cfg: RunConfig, bundle: ModelBundle, arrays: list, grids: tuple, *,
+                    deployed: bool) -> dict:
     """AE features against raw pixels on one spatial split (``cfg.evaluate.seed``).
 
     The deployed split scores the bundle's own SVM; another split refits the AE
     SVM on its training cells, with the same search, so both feature sets are
     treated alike on every split.
     """
-    split, labels, classes = labelled_split(lay, cfg, need_test=True)
+    split, labels, classes = labelled_split(lay, cfg, need_test=True, grids=grids)
     rows, cols, y, blocks = training_cells(split, labels, cfg)
     trow, tcol, ty = test_cells(split, labels, cfg)
     p, K = bundle.patch_px, len(classes)
@@ -400,11 +408,12 @@ def run_evaluate(out: str | Path, cfg: RunConfig) -> dict:
     lay = Layout(Path(out))
     bundle = load_bundle(lay.model, patch_px=cfg.patches.patch_px)  # the split's blocks are in patch widths
     arrays, _ = input_stack(lay, bundle.inputs)
-    first = _evaluate_split(lay, cfg, bundle, arrays, deployed=True)
+    grids = label_grids(lay)
+    first = _evaluate_split(lay, cfg, bundle, arrays, grids, deployed=True)
     splits, skipped = [first], []
     for i in range(1, cfg.evaluate.splits):
         try:
-            splits.append(_evaluate_split(lay, _split_config(cfg, i), bundle, arrays, deployed=False))
+            splits.append(_evaluate_split(lay, _split_config(cfg, i), bundle, arrays, grids, deployed=False))
         except DataValidationError as exc:  # a class may fall short on one side of another split
             log.warning("evaluate: split seed %d skipped: %s", cfg.evaluate.seed + i, exc)
             skipped.append({"seed": cfg.evaluate.seed + i, "reason": str(exc)})

@@ -101,8 +101,12 @@ def grid_encoding(ds: xr.Dataset, *, shard_px: int) -> dict[str, dict]:
 
 
 def write_store(ds: xr.Dataset, path: str | Path, *, stage_hash: str, shard_px: int | None = None,
-                encoding: dict | None = None) -> Path:
-    """Write ``ds`` as a complete Zarr v3 store at ``path``, replacing a previous magpipe store."""
+                encoding: dict | None = None, summary=None) -> Path:
+    """Write ``ds`` as a complete Zarr v3 store at ``path``, replacing a previous magpipe store.
+
+    ``summary(written_path) -> dict`` adds attributes computed from the written data (statistics
+    of a lazily computed ``ds``, say) before the store is marked complete, without computing it twice.
+    """
     path = Path(path)
     check_output_path(path)
     tmp = partial_path(path)
@@ -118,7 +122,7 @@ def write_store(ds: xr.Dataset, path: str | Path, *, stage_hash: str, shard_px: 
         ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, encoding=enc)
     except OSError as exc:
         raise StorageError(f"{path}: cannot write store ({exc})") from exc
-    mark_complete(tmp)
+    mark_complete(tmp, summary(tmp) if summary else None)
     replace_dir(tmp, path)
     return path
 
