@@ -7,7 +7,8 @@ What it varies (each against raw pixels of the same patch size and input channel
 - derived magnetic channels as extra inputs (``magpipe.derived``: vertical derivative,
   total horizontal derivative, tilt angle, analytic signal amplitude).
 
-Honesty: the run's own spatial split holds out the test blocks. Variants are
+Preprocessing is the pipeline's own (inputs.zarr, its scalings, its patch sampler and
+training). Honesty: the run's own spatial split holds out the test blocks. Variants are
 ranked by validation balanced accuracy: 3-fold spatially blocked cross-validation
 of the training cells, each fold's blocks held out with the same gap as the test
 blocks. Only then is every variant refitted on the whole training region and
@@ -30,22 +31,21 @@ import logging
 import platform
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-import xarray as xr
-import zarr
 
 from magpipe.config import RunConfig
-from magpipe.derived import derived_channels
-from magpipe.evaluation import METRICS, blocked_folds, score, spatial_split, subsample_per_class
-from magpipe.model import patch_features
-from magpipe.patches import sample_centres, stack_patches
-from magpipe.pipeline import Layout, label_grids, labelled_split, test_cells, training_cells
+from magpipe.evaluation import METRICS, score
+from magpipe.features import AEFeatures, RawFeatures, cell_features
+from magpipe.io.schema import Layout
+from magpipe.io.survey import read_label_grids, survey_attrs
+from magpipe.splits import Cells, blocked_folds, holdout_cells, labelled_split, spatial_split, subsample_per_class, \
+    training_cells
+from magpipe.stages.inputs import input_stack
+from magpipe.stages.patches import training_patches
+from magpipe.stages.train import fit_autoencoder
 from magpipe.svm import fit_svm, predict_with_confidence
-from magpipe.training import train_autoencoder
 
 log = logging.getLogger("magpipe.ablate")
 VAL_FOLDS = 3
@@ -53,63 +53,31 @@ SPARSE_PER_CLASS = 30
 DERIVED_SETS = ("field,tilt", "field,dz,thd,tilt,asa")
 
 
-@dataclass
-class Cells:
-    """One set of cells: coordinates, labels, block ids (for the SVM's blocked CV)."""
-
-    rows: np.ndarray
-    cols: np.ndarray
-    y: np.ndarray
-    blocks: np.ndarray | None = None
-
-    def take(self, idx: np.ndarray) -> "Cells":
-        """A subset (new object: the feature cache is per object)."""
-        return Cells(self.rows[idx], self.cols[idx], self.y[idx], None if self.blocks is None else self.blocks[idx])
-
-
-def standardised_stack(ds: xr.Dataset, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(C, H, W) standardised channels with NaN kept, and the all-channel valid mask."""
-    arrs = []
-    for n in names:
-        a = ds[n].values.astype("float64")
-        a = (a - np.nanmean(a)) / max(np.nanstd(a), 1e-12)
-        arrs.append(a.astype("float32"))
-    stack = np.stack(arrs)
-    return stack, np.isfinite(stack).all(0)
-
-
-def patches(stack: np.ndarray, rows: np.ndarray, cols: np.ndarray, p: int) -> np.ndarray:
-    """(n, C, p, p) patches with NaN outside the grid and in holes."""
-    return stack_patches(list(stack), rows, cols, p)
-
-
-def model_input(raw: np.ndarray) -> np.ndarray:
-    return np.nan_to_num(raw, nan=0.0).astype("float32")
-
-
 class Variant:
-    """Features of one (patch size, channels) input: the trained autoencoder and raw pixels."""
+    """Features of one (patch size, input channels) choice: its trained autoencoder and raw pixels.
 
-    def __init__(self, stack: np.ndarray, valid: np.ndarray, p: int, cfg: RunConfig):
+    Everything goes through the pipeline's own code: the run's inputs.zarr and scalings
+    (``input_stack``), its patch sampler (``training_patches``), its training (``fit_autoencoder``)
+    and its feature sets (``cell_features``), so a choice made here is a choice for ``magpipe run``.
+    """
+
+    def __init__(self, lay: Layout, names: list[str], p: int, cfg: RunConfig):
         t0 = time.perf_counter()
-        rows, cols = sample_centres(valid, patch_px=p, n=cfg.patches.n_patches,
-                                    min_valid_fraction=cfg.patches.min_valid_fraction, seed=cfg.patches.seed)
-        raw = patches(stack, rows, cols, p)
-        self.result = train_autoencoder(model_input(raw), np.isfinite(raw), cfg.model)
-        self.model = self.result.model.cpu().eval()
-        self.stack, self.p = stack, p
+        cfg = cfg.model_copy(update={"patches": cfg.patches.model_copy(update={"patch_px": p, "inputs": tuple(names)})})
+        self.arrays, self.scaling = input_stack(lay, tuple(names))
+        _, _, raw = training_patches(lay, cfg.patches)
+        self.model = fit_autoencoder(raw, self.scaling, cfg).model.cpu().eval()
+        self.sets = {"ae": AEFeatures(self.model, range(self.model.n_layers)), "raw": RawFeatures(p, len(names))}
+        self.p = p
         self.train_s = time.perf_counter() - t0
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._cache: dict[int, dict[str, np.ndarray]] = {}
 
     def features(self, cells: Cells, layers: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """AE features (selected layers) and raw pixels of cells."""
         key = id(cells)
         if key not in self._cache:
-            x = model_input(patches(self.stack, cells.rows, cells.cols, self.p))
-            ae = [patch_features(self.model, torch.from_numpy(x[b:b + 512]), range(self.model.n_layers)).numpy()
-                  for b in range(0, len(x), 512)]
-            self._cache[key] = (np.concatenate(ae), x.reshape(len(x), -1))
-        ae, raw = self._cache[key]
+            self._cache[key] = cell_features(self.sets, self.arrays, self.scaling, cells.rows, cells.cols)
+        ae, raw = self._cache[key]["ae"], self._cache[key]["raw"]
         sizes = [2 * c.out_channels for c in self.model.encoder]
         starts = np.cumsum([0] + sizes)
         cols = np.concatenate([np.arange(starts[k], starts[k + 1]) for k in layers])
@@ -123,17 +91,16 @@ def fit_score(Xtr, train: Cells, Xte, test: Cells, cfg: RunConfig, p: int, K: in
     return {m: s[m] for m in METRICS}
 
 
-def splits(run: Path, cfg: RunConfig, gap_px: int, seed: int, grids: tuple) -> tuple[Cells, Cells, list, list[str]]:
+def splits(run: Path, cfg: RunConfig, gap_px: int, seed: int, grids) -> tuple[Cells, Cells, list, list[str]]:
     """Training and test cells of the report's split ``seed`` (gap widened to ``gap_px``), and the
     spatial validation folds of the training cells."""
-    lay = Layout(run)
-    _, labels, classes = labelled_split(lay, cfg, need_test=True, grids=grids)  # drops classes like the report
-    valid = grids[1]
+    _, grids = labelled_split(grids, cfg, need_test=True)  # drops classes like the report
+    labels, classes = grids.labels, grids.classes
     block_px = max(cfg.evaluate.block_patches * cfg.patches.patch_px, gap_px)
-    split = spatial_split(labels, valid, block_px=block_px, gap_px=gap_px,
+    split = spatial_split(labels, grids.valid, block_px=block_px, gap_px=gap_px,
                           test_fraction=cfg.evaluate.test_fraction, seed=seed)
-    train = Cells(*training_cells(split, labels, cfg))
-    test = Cells(*test_cells(split, labels, cfg))
+    train = training_cells(split, labels, cfg)
+    test = holdout_cells(split, labels, cfg)
     folds = blocked_folds(train.rows, train.cols, block_px=block_px, gap_px=gap_px, k=VAL_FOLDS, seed=seed,
                           nbx=labels.shape[1] // block_px + 1)
     folds = [(f, v) for f, v in folds if np.unique(train.y[f]).size > 1]  # an SVM needs two classes
@@ -209,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     if p0 not in sizes:
         raise SystemExit(f"--patch-sizes must include the config's patch size {p0}")
     t0 = time.perf_counter()
-    split_sets, grids = [], label_grids(Layout(args.run))
+    lay = Layout(args.run)
+    split_sets, grids = [], read_label_grids(lay.survey)
     for i in range(args.splits):
         train, test, folds, classes = splits(args.run, cfg, gap_px=max(sizes), seed=cfg.evaluate.seed + i,
                                              grids=grids)
@@ -217,12 +185,10 @@ def main(argv: list[str] | None = None) -> int:
                  len(test.y), len(folds))
         split_sets.append((train, test, folds))
     K = len(classes)
-    field = xr.open_zarr(Layout(args.run).survey, consolidated=False)["field"].load()
     names = sorted({c for s in args.derived for c in s.split(",")} | {"field"})
-    derived = derived_channels(field, tuple(names))
-    stack1, valid1 = standardised_stack(derived, ["field"])
+    input_stack(lay, tuple(names))  # every derived channel written once, into the run's inputs.zarr
 
-    by_size = {p: Variant(stack1, valid1, p, cfg) for p in sizes}
+    by_size = {p: Variant(lay, ["field"], p, cfg) for p in sizes}
     base = by_size[p0]
     n_layers = base.model.n_layers
     allL = list(range(n_layers))
@@ -237,9 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         variants["AE multi-scale " + "+".join(map(str, sizes))] = ([(by_size[p], allL) for p in sizes], "ae")
         variants[f"AE multi-scale {sizes[0]}+{p0}"] = ([(by_size[sizes[0]], allL), (base, allL)], "ae")
     for s in args.derived:
-        chans = s.split(",")
-        stack, valid = standardised_stack(derived, chans)
-        v = Variant(stack, valid, p0, cfg)
+        v = Variant(lay, s.split(","), p0, cfg)
         variants[f"AE p{p0} [{s}]"] = ([(v, allL)], "ae")
         variants[f"raw p{p0} [{s}]"] = ([(v, allL)], "raw")
 
@@ -252,10 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
-            "run": str(args.run), "survey": str(zarr.open_group(Layout(args.run).survey, mode="r").attrs.get("source")),
+            "run": str(args.run), "survey": str(survey_attrs(lay.survey).get("source")),
             "classes": classes, "config": cfg.model_dump(mode="json"), "patch_sizes": sizes,
             "cells": [{"train": len(a.y), "test": len(b.y), "validation_folds": len(c)} for a, b, c in split_sets],
             "splits": args.splits, "sparse_per_class": SPARSE_PER_CLASS, "sparse_draws": args.sparse_draws,
+            "preprocessing": "the pipeline's: inputs.zarr (chunked derived channels) and its scalings",
             "selection": f"highest validation balanced accuracy: {VAL_FOLDS}-fold spatially blocked CV of the "
                          "training cells (gap as between training and test), mean over splits; test scores "
                          "reported, never used to choose",

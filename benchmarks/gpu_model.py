@@ -68,12 +68,13 @@ def bench_training(device: torch.device, n: int, batch_sizes: list[int], epochs:
     rows = []
     for bs in batch_sizes:
         for amp in ([False, True] if device.type == "cuda" else [False]):
-            cfg = ModelConfig(epochs=epochs, batch_size=bs, patience=epochs + 1, device=str(device),
+            cfg = ModelConfig(epochs=epochs, batch_size=bs, patience=epochs + 1,
                               precision="bf16" if amp else "fp32")
-            train_autoencoder(x[: bs * 4], mask[: bs * 4], cfg.model_copy(update={"epochs": 1}))  # warm-up
+            train_autoencoder(x[: bs * 4], mask[: bs * 4], cfg.model_copy(update={"epochs": 1}),
+                              device=str(device))  # warm-up
             sync(device)
             t0 = time.perf_counter()
-            res = train_autoencoder(x, mask, cfg)
+            res = train_autoencoder(x, mask, cfg, device=str(device))
             sync(device)
             dt = time.perf_counter() - t0
             seen = len(res.history) * int(n * (1 - cfg.val_fraction))

@@ -45,12 +45,18 @@ from threadpoolctl import threadpool_limits
 from magpipe.bundle import load_bundle
 from magpipe.classify import NODATA_CLASS
 from magpipe.config import RunConfig
-from magpipe.evaluation import score, subsample_per_class
-from magpipe.model import dense_anomaly, dense_features, patch_features
-from magpipe.patches import read_window, tiles
-from magpipe.pipeline import Layout, cell_features, labelled_split, run_labels, run_patches, run_train
+from magpipe.evaluation import score
+from magpipe.features import cell_features, window_input
+from magpipe.io.schema import Layout
+from magpipe.io.stores import open_array
+from magpipe.io.survey import open_inputs, read_label_grids
+from magpipe.model import dense_anomaly
+from magpipe.patches import read_window
+from magpipe.pipeline import run_labels, run_patches, run_train
+from magpipe.splits import holdout_cells, labelled_split, training_cells
 from magpipe.svm import fit_svm, predict_with_confidence
 from magpipe.synthetic import synthetic_block, synthetic_large
+from magpipe.tiling import tiles
 
 GIB = 2**30
 TARGETS = {"ratio_vs_naive": 30.0, "peak_rss_gib_16k": 3.0, "parallel_efficiency": 0.8}
@@ -128,41 +134,39 @@ def train(root: Path, survey_tif: Path, size: int, cfg: RunConfig) -> dict:
     """Ingest, label, cut patches and train on the smallest survey; compare exact and Nystroem SVMs."""
     labels_tif = root / "labels.tif"
     write_labels(size, labels_tif, survey_tif)
-    run_labels(labels_tif, root)
+    cfg = cfg.with_inputs(survey=survey_tif, labels=labels_tif)
+    run_labels(root, cfg)
     run_patches(root, cfg)
     run_train(root, cfg)
-    bundle = load_bundle(Layout(root).model)
+    lay = Layout(root)
+    bundle = load_bundle(lay.model)
     tmeta = bundle.meta["training"]
     epochs = len(tmeta["history"])
     out = {"n_patches": tmeta["n_patches"], "epochs": epochs, "seconds": tmeta["seconds"],
            "patches_per_s": tmeta["n_patches"] * (1 - cfg.model.val_fraction) * epochs / tmeta["seconds"],
            "device": tmeta["device"], "svm": {}}
     # exact RBF SVC against its Nystroem approximation, same features, same spatial holdout
-    split, labels, _ = labelled_split(Layout(root), cfg)
-    field = zarr.open_array(Layout(root).survey / "field", mode="r")
-    y = labels[split.train_rows, split.train_cols]
-    keep = subsample_per_class(y, cfg.svm.max_per_class, cfg.svm.seed)
-    rng = np.random.default_rng(0)
-    pick = rng.choice(split.test_rows.size, min(split.test_rows.size, cfg.evaluate.max_test_pixels), replace=False)
-    trow, tcol = split.test_rows[pick], split.test_cols[pick]
-    Xtr, _ = cell_features(bundle, [field], bundle.scaling, split.train_rows[keep], split.train_cols[keep],
-                           bundle.layers)
-    Xte, _ = cell_features(bundle, [field], bundle.scaling, trow, tcol, bundle.layers)
+    split, grids = labelled_split(read_label_grids(lay.survey), cfg)
+    train, test = training_cells(split, grids.labels, cfg), holdout_cells(split, grids.labels, cfg)
+    arrays = open_inputs(lay, bundle.inputs)
+    Xtr = cell_features({"ae": bundle.features}, arrays, bundle.scaling, train.rows, train.cols)["ae"]
+    Xte = cell_features({"ae": bundle.features}, arrays, bundle.scaling, test.rows, test.cols)["ae"]
     for kernel in ("exact", "nystroem"):
-        svm, info = fit_svm(Xtr, y[keep], split.train_blocks[keep], cfg.svm.model_copy(update={"kernel": kernel}))
+        svm, info = fit_svm(Xtr, train.y, train.blocks, cfg.svm.model_copy(update={"kernel": kernel}))
         with threadpool_limits(1):
             t0 = time.perf_counter()
             pred, _ = predict_with_confidence(svm, Xte)
             rate = len(Xte) / (time.perf_counter() - t0)
-        s = score(trow, tcol, labels[trow, tcol], pred, patch_px=bundle.patch_px, n_classes=len(bundle.classes))
+        s = score(test.rows, test.cols, test.y, pred, patch_px=bundle.patch_px, n_classes=len(bundle.classes))
         out["svm"][kernel] = {"pixel_accuracy": s["pixel_accuracy"], "balanced_accuracy": s["balanced_accuracy"],
                               "pixels_per_s_one_thread": rate, "n_support": info["n_support"]}
     return out
 
 
 def stage_rates(survey: Path, bundle, tile_px: int, n_tiles: int = 2) -> dict:
-    """Single-thread rates of each per-tile stage, on the n most complete tiles of the survey."""
-    field = zarr.open_array(survey / "field", mode="r")
+    """Single-thread rates of each per-tile stage (the steps of ``magpipe.classify.classify_window``,
+    timed apart), on n tiles of the survey."""
+    field = open_array(survey, "field")
     grid = tiles(field.shape, tile_px)
     picks = grid[len(grid) // 2 : len(grid) // 2 + n_tiles]
     t = {"features": 0.0, "svm": 0.0, "anomaly": 0.0}
@@ -176,11 +180,11 @@ def stage_rates(survey: Path, bundle, tile_px: int, n_tiles: int = 2) -> dict:
                 window = read_window(field, y0, y1, x0, x1, h)
                 valid = np.isfinite(window)
                 inner = valid[h:-h, h:-h]
-                x = torch.from_numpy(bundle.scaling.apply(window[None], axis=0))[None]
+                x = window_input(bundle.scaling, window[None])
                 t0 = time.perf_counter()
-                feats = dense_features(bundle.model, x, bundle.layers)
+                feats = bundle.features.dense(x)
                 t1 = time.perf_counter()
-                X = feats.numpy()[:, inner].T
+                X = feats[:, inner].T
                 predict_with_confidence(bundle.svm, X)
                 t2 = time.perf_counter()
                 dense_anomaly(bundle.model, x, torch.from_numpy(valid)[None, None], bundle.anomaly_px)
@@ -200,20 +204,27 @@ _INGEST = """
 import json, sys, time
 from magpipe.config import RunConfig
 from magpipe.pipeline import run_ingest
+from magpipe.process import configure_process
+configure_process()  # as the CLI does
 t0 = time.perf_counter()
-run_ingest(sys.argv[1], sys.argv[2], RunConfig())
+run_ingest(sys.argv[2], RunConfig().with_inputs(survey=sys.argv[1]))
 print(json.dumps({"seconds": time.perf_counter() - t0}))
 """
 
 _CLASSIFY = """
 import json, sys, time
-from magpipe.classify import _cached_bundle, classify_survey
+from pathlib import Path
+from magpipe.classify import cached_bundle
 from magpipe.cluster import dask_client
-survey, bundle, out, workers, tile_px = sys.argv[1:6]
+from magpipe.io.schema import Layout
+from magpipe.process import configure_process
+from magpipe.stages.classify import classify_into
+configure_process()  # as the CLI does
+run, bundle, out, workers, tile_px = sys.argv[1:6]
 with dask_client(None, workers=int(workers)) as client:
-    client.run(_cached_bundle, bundle)  # warm workers, as in a long backfill
+    client.run(cached_bundle, bundle)  # warm workers, as in a long backfill
     t0 = time.perf_counter()
-    classify_survey(survey, bundle, out, stage_hash="bench-" + workers, tile_px=int(tile_px), client=client)
+    classify_into(Layout(run), Path(bundle), Path(out), tile_px=int(tile_px), client=client)
     print(json.dumps({"seconds": time.perf_counter() - t0}))
 """
 
@@ -228,10 +239,11 @@ def timed_process(script: str, *args) -> tuple[float, float]:
     return json.loads(r.stdout.strip().splitlines()[-1])["seconds"], mem.gib
 
 
-def classify_timed(survey: Path, bundle_path: Path, out: Path, workers: int, tile_px: int) -> tuple[float, float]:
-    """Seconds and peak tree RSS (GiB) of classifying every cell on a fresh LocalCluster of ``workers``."""
+def classify_timed(run: Path, bundle_path: Path, out: Path, workers: int, tile_px: int) -> tuple[float, float]:
+    """Seconds and peak tree RSS (GiB) of classifying every cell of the run in ``run`` on a fresh
+    LocalCluster of ``workers``."""
     shutil.rmtree(out, ignore_errors=True)
-    return timed_process(_CLASSIFY, survey, bundle_path, out, workers, tile_px)
+    return timed_process(_CLASSIFY, run, bundle_path, out, workers, tile_px)
 
 
 def naive_classify(bundle, field: np.ndarray, batch: int = 4096) -> np.ndarray:
@@ -244,7 +256,7 @@ def naive_classify(bundle, field: np.ndarray, batch: int = 4096) -> np.ndarray:
     for b0 in range(0, len(rows), batch):
         r, c = rows[b0 : b0 + batch], cols[b0 : b0 + batch]
         x = bundle.scaling.apply(windows[r, c][:, None], axis=1)  # the cut: a copy of every patch
-        feats = patch_features(bundle.model, torch.from_numpy(x), bundle.layers).numpy()
+        feats = bundle.features.patches(x)
         out[r, c], _ = predict_with_confidence(bundle.svm, feats)
     return out
 
@@ -256,7 +268,7 @@ def tie_margins(bundle, field: np.ndarray, rows: np.ndarray, cols: np.ndarray) -
     h = bundle.patch_px // 2
     windows = np.lib.stride_tricks.sliding_window_view(np.pad(field, h, constant_values=np.nan), (2 * h + 1,) * 2)
     x = bundle.scaling.apply(windows[rows, cols][:, None], axis=1)
-    proba = bundle.svm.predict_proba(patch_features(bundle.model, torch.from_numpy(x), bundle.layers).numpy())
+    proba = bundle.svm.predict_proba(bundle.features.patches(x))
     top = np.sort(proba, axis=1)
     return top[:, -1] - top[:, -2]
 
@@ -347,11 +359,11 @@ def main(argv: list[str] | None = None) -> dict:
                                   for k, v in tr["svm"].items()), flush=True)
             bundle = load_bundle(bundle_path)
             survey = Layout(root).survey
-            valid = zarr.open_array(survey / "valid", mode="r")
+            valid = open_array(survey, "valid")
             row["valid_fraction"] = float(np.mean([valid[t[0]:t[1], t[2]:t[3]].mean()
                                                    for t in tiles(valid.shape, 2048)]))
             row.update(stage_rates(survey, bundle, tile_px))
-            seconds, peak = classify_timed(survey, bundle_path, root / "classified.zarr", args.workers, tile_px)
+            seconds, peak = classify_timed(root, bundle_path, root / "classified.zarr", args.workers, tile_px)
             row.update({"classify_s": seconds, "magpipe_pixels_per_s": size * size / seconds, "peak_rss_gib":
                         max(peak, row["ingest_peak_rss_gib"]), "classify_peak_rss_gib": peak})
             print(f"classify: {seconds:.0f} s, {row['magpipe_pixels_per_s']:.0f} px/s with {args.workers} workers, "
@@ -359,21 +371,21 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{row['svm_pixels_per_s']:.0f}, anomaly {row['anomaly_pixels_per_s']:.0f} px/s per thread",
                   flush=True)
             if size == eff_size and args.workers > 1:
-                s1, _ = classify_timed(survey, bundle_path, root / "classified-1.zarr", 1, tile_px)
+                s1, _ = classify_timed(root, bundle_path, root / "classified-1.zarr", 1, tile_px)
                 shutil.rmtree(root / "classified-1.zarr", ignore_errors=True)
                 eff = s1 / (args.workers * seconds)
                 result["parallel_efficiency"] = {"size": size, "one_worker_pixels_per_s": size * size / s1,
                                                  "workers": args.workers, "pixels_per_s": size * size / seconds,
                                                  "efficiency": eff}
                 print(f"1 worker: {size * size / s1:.0f} px/s -> parallel efficiency {eff:.0%}", flush=True)
-                result["zarr_study"] = zarr_study(zarr.open_array(survey / "field", mode="r")[:2048, :2048], root)
+                result["zarr_study"] = zarr_study(open_array(survey, "field")[:2048, :2048], root)
             row["naive_pixels_per_s"] = None
             if size <= args.naive_max:
-                field = zarr.open_array(survey / "field", mode="r")[:]
+                field = open_array(survey, "field")[:]
                 t0 = time.perf_counter()
                 naive = naive_classify(bundle, field)
                 naive_s = time.perf_counter() - t0
-                ours = zarr.open_array(root / "classified.zarr" / "class", mode="r")[:]
+                ours = open_array(root / "classified.zarr", "class")[:]
                 diff_r, diff_c = np.nonzero(naive != ours)
                 row["max_tie_margin_of_mismatches"] = float(tie_margins(bundle, field, diff_r, diff_c).max(initial=0))
                 row.update({"naive_s": naive_s, "naive_pixels_per_s": size * size / naive_s,

@@ -1,4 +1,9 @@
-"""What every flow shares: config handling, cache keys, retry rules, run names."""
+"""What every flow shares: process setup, config handling, retry rules, run names.
+
+Flows keep no cache of their own: every stage skips itself when its output carries the
+content hash of the same inputs and options (the library's one cache), so a task that finds
+its stage up to date completes at once without recomputing.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +14,20 @@ from typing import Any
 
 from magpipe.config import RunConfig
 from magpipe.errors import ConfigError, InputError
-from magpipe.io.stores import content_hash, file_hash
+from magpipe.process import configure_process
+from prefect.cache_policies import NO_CACHE
+
+# Prefect tasks of the stages: no Prefect cache (the library's content hashes decide), results in memory
+STAGE_TASK = {"cache_policy": NO_CACHE, "persist_result": False}
 
 
 def load_config(config: dict[str, Any] | str | None) -> RunConfig:
-    """A flow's one config parameter: a dict of sections, a YAML/JSON path, or None for defaults."""
+    """A flow's one config parameter: a dict of sections, a YAML/JSON path, or None for defaults.
+
+    Also makes the process-wide settings (:func:`magpipe.process.configure_process`): every flow
+    starts here.
+    """
+    configure_process()
     if config is None:
         return RunConfig()
     if isinstance(config, dict):  # (a config path is checked by the flow against the data root)
@@ -85,20 +99,3 @@ def retry_unless_bad_input(task, task_run, state) -> bool:
     except Exception:
         return True
     return False
-
-
-def stage_key(stage: str, *inputs: str | Path | None, config: str = "") -> str:
-    """Cache key of a stage: its name, the contents of its input files and its config."""
-    parts = [stage, config]
-    for p in inputs:
-        parts.append(file_hash(p) if p is not None and Path(p).exists() else str(p))
-    return content_hash(*parts)
-
-
-def cached(task, output_ready: bool):
-    """The task with its cache refreshed when its output is gone or incomplete.
-
-    Keys depend on inputs and config only, so a finished stage is a cache hit on every
-    later run; but a cached result that points at a deleted output is never reused.
-    """
-    return task.with_options(refresh_cache=not output_ready)

@@ -18,8 +18,10 @@ from prefect.futures import wait
 
 from flows._common import data_path, load_config, retry_unless_bad_input, run_name, survey_name, tag_this_run
 from flows.classify import classify_survey
+from magpipe.errors import InputError
+from magpipe.io.schema import Layout
 from magpipe.io.stores import is_complete, version
-from magpipe.pipeline import Layout, run_ingest
+from magpipe.pipeline import run_ingest
 
 
 def expand_surveys(surveys: list[str] | str) -> list[str]:
@@ -37,9 +39,9 @@ def backfill_survey(survey: str, model: str, out: str, config: dict[str, Any] | 
                     scheduler: str | None = None) -> str:
     """Ingest one survey and classify it with ``model``."""
     survey, model, out = data_path(survey, "survey"), data_path(model, "model"), data_path(out, "out")
-    cfg = load_config(config)
+    cfg = load_config(config).with_inputs(survey=survey)
     tag_this_run(survey_name(survey), f"model-{Path(model).parent.name or Path(model).name}", f"magpipe-{version()}")
-    run_ingest(survey, out, cfg)
+    run_ingest(out, cfg)
     return classify_survey(out, cfg.model_dump(mode="json"), model=model, scheduler=scheduler,
                            name=survey_name(survey))
 
@@ -63,7 +65,7 @@ def backfill(surveys: list[str] | str, model: str, out_root: str = "runs/backfil
     patterns = [surveys] if isinstance(surveys, str) else list(surveys)
     paths = [data_path(p, "surveys") for p in expand_surveys([data_path(p, "surveys") for p in patterns])]
     if not paths:
-        raise ValueError(f"no survey matches {surveys!r}")
+        raise InputError(f"no survey matches {surveys!r}")
     done, results = {}, {}
     with tags("backfill", f"model-{Path(model).name}", f"magpipe-{version()}"):
         todo = []

@@ -23,7 +23,7 @@ def classify_survey(out: str, config: dict[str, Any] | str | None = None, model:
     out, model = data_path(out, "out"), data_path(model, "model")
     cfg = load_config(data_path(config, "config") if isinstance(config, str) else config)
     progress = TileProgress(name or survey_name(out))
-    with dask_client(scheduler or cfg.classify.scheduler, workers=cfg.classify.workers) as client:
+    with dask_client(scheduler or cfg.runtime.scheduler, workers=cfg.runtime.workers) as client:
         get_run_logger().info("Dask cluster: %s", client.dashboard_link or client.scheduler.address)
         return str(run_classify(out, cfg, bundle=model, client=client, progress=progress))
 

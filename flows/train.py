@@ -7,8 +7,11 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows._common import load_config, out_run_name as _out_run_name
-from magpipe.pipeline import Layout, run_train
+from flows._common import load_config, out_run_name as _out_run_name, survey_name, tag_this_run
+from magpipe.errors import OrchestrationError
+from magpipe.io.schema import Layout
+from magpipe.io.stores import version
+from magpipe.pipeline import run_train
 
 DEPLOYMENT = "train-autoencoder/train-autoencoder"
 
@@ -18,30 +21,40 @@ def train_autoencoder(out: str, config: dict[str, Any] | str | None = None) -> s
     """Train the autoencoder and SVM of the run in ``out`` (patches and labels already there)."""
     log = get_run_logger()
     cfg = load_config(config)
+    if cfg.inputs.survey:
+        tag_this_run(survey_name(cfg.inputs.survey), f"magpipe-{version()}")
 
     def epoch(row: dict) -> None:
         log.info("epoch %d: train %.4f, val %.4f", row["epoch"], row["train_loss"], row["val_loss"])
 
-    model = run_train(out, cfg, progress=epoch)
-    return str(model)
+    return str(run_train(out, cfg, progress=epoch))
 
 
-def train_remote_or_local(out: str, config: dict[str, Any] | str | None) -> str:
-    """Run training through its deployment (the GPU pool) when one exists, else in this process."""
+def train_remote_or_local(out: str, config: dict[str, Any]) -> tuple[str, str]:
+    """Train through the deployment (the GPU pool) when it exists, else in this process.
+
+    Returns the model path and where it was trained ("on the <deployment> deployment" or
+    "locally: ..."). Only a missing deployment falls back to local training, and says so in
+    the log; any other failure to reach the API fails the run rather than silently becoming
+    hours of CPU work.
+    """
+    from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
 
     try:
-        from prefect.client.orchestration import get_client
-
         with get_client(sync_client=True) as client:
             client.read_deployment_by_name(DEPLOYMENT)
-    except Exception:
-        return train_autoencoder(out, config)
+    except ObjectNotFound:
+        where = f"locally: no deployment {DEPLOYMENT} (the GPU pool's) on this Prefect API"
+        get_run_logger().warning("training %s", where)
+        return train_autoencoder(out, config), where
     run = run_deployment(DEPLOYMENT, parameters={"out": out, "config": config}, timeout=None)
     if not run.state or not run.state.is_completed():
-        raise RuntimeError(f"training deployment run {run.name} ended {run.state.name if run.state else 'unknown'}: "
-                           f"{run.state.message if run.state else ''}")
-    return str(Layout(Path(out)).model)  # the run wrote it there; its result need not be persisted
+        raise OrchestrationError(f"training deployment run {run.name} ended "
+                                 f"{run.state.name if run.state else 'unknown'}: "
+                                 f"{run.state.message if run.state else ''}")
+    return str(Layout(Path(out)).model), f"on the {DEPLOYMENT} deployment"  # the run wrote it there
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ from prefect import flow, get_run_logger
 from flows._common import data_path, survey_name
 from flows.backfill import backfill
 from flows.pipeline import survey_pipeline
+from magpipe.errors import InputError
+from magpipe.io.schema import Layout
 from magpipe.io.stores import is_complete
-from magpipe.pipeline import Layout
 
 LABEL_SUFFIXES = (".labels.gpkg", ".labels.geojson", ".labels.tif")
 
@@ -51,7 +52,7 @@ def watch_landing(landing: str, out_root: str = "runs/landing", model: str | Non
             unlabelled.append(str(s))
     if unlabelled:
         if model is None:
-            raise ValueError(f"{len(unlabelled)} survey(s) have no labels and no model was given: {unlabelled}")
+            raise InputError(f"{len(unlabelled)} survey(s) have no labels and no model was given: {unlabelled}")
         backfill(unlabelled, model, out_root, config=config)
     return [str(s) for s in todo]
 

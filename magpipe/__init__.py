@@ -1,7 +1,7 @@
 """magpipe: classify magnetic survey grids with autoencoder features and an SVM.
 
-The stages are plain functions of (inputs, output directory, config); see
-:mod:`magpipe.pipeline`. Nothing here imports Prefect: flows live in ``flows/``.
+The stages are plain functions of (output directory, config); see
+:mod:`magpipe.stages`, composed by :func:`magpipe.pipeline.run_all`. Nothing here imports Prefect: flows live in ``flows/``.
 Names are imported on first use, so ``import magpipe.model`` stays light (torch only).
 """
 
@@ -20,7 +20,7 @@ _EXPORTS = {
     "InputError": "magpipe.errors",
     "DataValidationError": "magpipe.errors",
     "StorageError": "magpipe.errors",
-    "Layout": "magpipe.pipeline",
+    "Layout": "magpipe.io.schema",
     "run_all": "magpipe.pipeline",
     "run_ingest": "magpipe.pipeline",
     "run_labels": "magpipe.pipeline",
@@ -28,6 +28,7 @@ _EXPORTS = {
     "run_train": "magpipe.pipeline",
     "run_classify": "magpipe.pipeline",
     "run_evaluate": "magpipe.pipeline",
+    "run_similar": "magpipe.pipeline",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 
 from magpipe.errors import InputError
+from magpipe.features import AEFeatures, Scaling, StackScaling
 from magpipe.io.stores import replace_dir, version, write_json
 from magpipe.model import PatchAutoencoder
-from magpipe.inputs import StackScaling
-from magpipe.patches import Scaling
 
 FORMAT = 1
+REQUIRED_META = ("patch_px", "channels", "hidden", "layers", "anomaly_px", "inputs", "scalings", "classes")
 # Types skops does not trust by default but magpipe's own SVM is made of; all else is refused.
 TRUSTED_SKOPS_TYPES = [
     "sklearn.calibration._CalibratedClassifier",
@@ -51,15 +51,17 @@ class ModelBundle:
     def patch_px(self) -> int:
         return self.model.patch_px
 
+    @property
+    def features(self) -> AEFeatures:
+        """The feature set the SVM was trained on."""
+        return AEFeatures(self.model, self.layers)
+
 
 def library_versions() -> dict[str, str]:
-    import dask
-    import sklearn
-    import xarray
-    import zarr
+    from importlib.metadata import version as installed
 
-    return {"magpipe": version(), "torch": torch.__version__, "scikit-learn": sklearn.__version__,
-            "dask": dask.__version__, "xarray": xarray.__version__, "zarr": zarr.__version__,
+    return {"magpipe": version(), "torch": torch.__version__,
+            **{name: installed(name) for name in ("scikit-learn", "dask", "xarray", "zarr")},
             "python": platform.python_version()}
 
 
@@ -102,8 +104,12 @@ def read_bundle_meta(path: str | Path) -> dict:
         meta = json.loads(meta_file.read_text())
     except json.JSONDecodeError as exc:
         raise InputError(f"{meta_file}: corrupt metadata ({exc})") from None
-    if meta.get("format") != FORMAT:
-        raise InputError(f"{path}: bundle format {meta.get('format')!r}, this magpipe reads format {FORMAT}")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise InputError(f"{path}: bundle format {found!r}, this magpipe reads format {FORMAT}")
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise InputError(f"{meta_file}: incomplete metadata, missing {missing}")
     return meta
 
 
@@ -115,7 +121,7 @@ def load_bundle(path: str | Path, *, patch_px: int | None = None) -> ModelBundle
     meta = read_bundle_meta(path)
     if patch_px is not None and meta["patch_px"] != patch_px:
         raise InputError(f"{path}: model was trained on {meta['patch_px']} px patches, not {patch_px}")
-    inputs = tuple(meta.get("inputs", ["field"]))
+    inputs = tuple(meta["inputs"])
     model = PatchAutoencoder(meta["patch_px"], meta["channels"], meta["hidden"], in_channels=len(inputs))
     try:
         state = torch.load(path / "autoencoder.pt", map_location="cpu", weights_only=True)
@@ -133,6 +139,6 @@ def load_bundle(path: str | Path, *, patch_px: int | None = None) -> ModelBundle
     svm = sio.load(svm_file, trusted=sorted(untrusted))
     return ModelBundle(
         model=model.eval(), svm=svm, layers=list(meta["layers"]),
-        scaling=StackScaling(tuple(Scaling(**s) for s in meta.get("scalings") or [meta["scaling"]])), classes=list(meta["classes"]),
+        scaling=StackScaling(tuple(Scaling(**s) for s in meta["scalings"])), classes=list(meta["classes"]),
         anomaly_px=int(meta["anomaly_px"]), meta=meta, inputs=inputs,
     )

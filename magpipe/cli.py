@@ -1,5 +1,9 @@
 """`magpipe` command line: one command per stage, plus `run` (all stages) and `demo`.
 
+Configuration: ``run`` and ``demo`` start from ``--config`` (or the defaults); a stage command
+continues a run, so it starts from ``--config``, else the run's own ``OUT/config.json``, else
+the defaults. Flags override either. Every command records the result as ``OUT/config.json``.
+
 Errors in the input print one line naming the file and the problem and exit
 with status 2; ``--debug`` shows the traceback instead.
 """
@@ -43,6 +47,9 @@ ClassesOpt = Annotated[Optional[Path], typer.Option("--classes", help="CSV namin
 @app.callback()
 def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
          quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False) -> None:
+    from magpipe.process import configure_process
+
+    configure_process()
     _state["debug"] = debug
     log = logging.getLogger("magpipe")
     if not log.handlers:
@@ -52,15 +59,23 @@ def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")
     log.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
-def _config(config: Path | None, *, patch_size=None, epochs=None, n_patches=None, nodata=None, band=None,
-            variable=None, spacing=None, crs=None, scheduler=None, workers=None) -> RunConfig:
-    return RunConfig.load(
-        config,
+def _config(config: Path | None, *, run: Path | None = None, patch_size=None, epochs=None, n_patches=None,
+            nodata=None, band=None, variable=None, spacing=None, crs=None, scheduler=None, workers=None,
+            **inputs) -> RunConfig:
+    """``config`` (else the run's saved config.json when ``run`` is given, else defaults) with the flags applied."""
+    if config is None and run is not None:
+        from magpipe.io.schema import Layout
+
+        saved = Layout(run).config
+        config = saved if saved.exists() else None
+    cfg = _guard(
+        RunConfig.load, config,
         ingest={"nodata": nodata, "band": band, "variable": variable, "spacing": spacing, "crs": crs},
         patches={"patch_px": patch_size, "n_patches": n_patches},
         model={"epochs": epochs},
-        classify={"scheduler": scheduler, "workers": workers},
+        runtime={"scheduler": scheduler, "workers": workers},
     )
+    return cfg.with_inputs(**inputs)
 
 
 def _guard(fn, *args, **kwargs):
@@ -81,7 +96,7 @@ def _client(cfg: RunConfig, serial: bool):
 
     if serial:
         return contextlib.nullcontext(None)
-    return dask_client(cfg.classify.scheduler, workers=cfg.classify.workers)
+    return dask_client(cfg.runtime.scheduler, workers=cfg.runtime.workers)
 
 
 @app.command()
@@ -90,16 +105,19 @@ def ingest(survey: Path, out: OutOpt, config: ConfigOpt = None, nodata: NodataOp
     """Read a survey (GeoTIFF, NetCDF, Zarr, CSV/XYZ lines) into OUT/survey.zarr."""
     from magpipe.pipeline import run_ingest
 
-    cfg = _config(config, nodata=nodata, band=band, variable=variable, spacing=spacing, crs=crs)
-    typer.echo(_guard(run_ingest, survey, out, cfg))
+    cfg = _config(config, run=out, nodata=nodata, band=band, variable=variable, spacing=spacing, crs=crs,
+                  survey=survey)
+    typer.echo(_guard(run_ingest, out, cfg))
 
 
 @app.command()
-def labels(labels: Path, out: OutOpt, label_field: FieldOpt = None, classes: ClassesOpt = None) -> None:
+def labels(labels: Path, out: OutOpt, label_field: FieldOpt = None, classes: ClassesOpt = None,
+           config: ConfigOpt = None) -> None:
     """Put labels (raster, polygons or points) onto OUT/survey.zarr's grid."""
     from magpipe.pipeline import run_labels
 
-    typer.echo(_guard(run_labels, labels, out, label_field=label_field, classes=classes))
+    cfg = _config(config, run=out, labels=labels, label_field=label_field, classes=classes)
+    typer.echo(_guard(run_labels, out, cfg))
 
 
 @app.command()
@@ -108,7 +126,7 @@ def train(out: OutOpt, config: ConfigOpt = None, patch_size: PatchOpt = None, ep
     """Sample patches, train the autoencoder and the SVM -> OUT/patches.zarr, OUT/model/."""
     from magpipe.pipeline import run_patches, run_train
 
-    cfg = _config(config, patch_size=patch_size, epochs=epochs, n_patches=n_patches)
+    cfg = _config(config, run=out, patch_size=patch_size, epochs=epochs, n_patches=n_patches)
     _guard(run_patches, out, cfg)
     typer.echo(_guard(run_train, out, cfg))
 
@@ -120,7 +138,7 @@ def classify(out: OutOpt, config: ConfigOpt = None, model: Annotated[Optional[Pa
     """Classify every valid cell of OUT/survey.zarr into OUT/classified.zarr."""
     from magpipe.pipeline import run_classify
 
-    cfg = _config(config, scheduler=scheduler, workers=workers)
+    cfg = _config(config, run=out, scheduler=scheduler, workers=workers)
     with _client(cfg, serial) as client:
         typer.echo(_guard(run_classify, out, cfg, bundle=model, client=client))
 
@@ -131,7 +149,7 @@ def evaluate(out: OutOpt, config: ConfigOpt = None, patch_size: PatchOpt = None)
     from magpipe.pipeline import run_evaluate
     from magpipe.report import accuracy_tables
 
-    cfg = _config(config, patch_size=patch_size)
+    cfg = _config(config, run=out, patch_size=patch_size)
     typer.echo(accuracy_tables(_guard(run_evaluate, out, cfg)))
 
 
@@ -140,8 +158,8 @@ def export(out: OutOpt, variable: Annotated[str, typer.Option(help="class, confi
            dest: Annotated[Optional[Path], typer.Option(help="GeoTIFF path (default OUT/<variable>.tif)")] = None
            ) -> None:
     """Export a layer of OUT/classified.zarr as a GeoTIFF."""
-    from magpipe.pipeline import Layout
-    from magpipe.report import export_geotiff
+    from magpipe.io.export import export_geotiff
+    from magpipe.io.schema import Layout
 
     lay = Layout(out)
     typer.echo(_guard(export_geotiff, lay.classified, variable, dest or out / f"{variable}.tif"))
@@ -154,7 +172,7 @@ TopOpt = Annotated[int, typer.Option("--top", "-k", help="How many places to lis
 def anomalies(out: OutOpt, top: TopOpt = 10) -> None:
     """The strongest anomalies (reconstruction error) of OUT/classified.zarr, with coordinates."""
     from magpipe.explore import markdown_table, top_anomalies
-    from magpipe.pipeline import Layout
+    from magpipe.io.schema import Layout
 
     meta = _guard(_bundle_meta, out)
     rows = _guard(top_anomalies, Layout(out).classified, top, patch_px=meta["patch_px"])
@@ -165,9 +183,9 @@ def anomalies(out: OutOpt, top: TopOpt = 10) -> None:
 def label_next_cmd(out: OutOpt, top: TopOpt = 10, config: ConfigOpt = None) -> None:
     """Where to label next: the blocks where the classifier is least certain."""
     from magpipe.explore import label_next, markdown_table
-    from magpipe.pipeline import Layout
+    from magpipe.io.schema import Layout
 
-    cfg = _config(config)
+    cfg = _config(config, run=out)
     meta = _guard(_bundle_meta, out)
     rows = _guard(label_next, Layout(out).classified, top, block=cfg.evaluate.block_patches * meta["patch_px"])
     typer.echo(markdown_table(rows, ["rank", "x", "y", "mean_confidence"]))
@@ -183,7 +201,7 @@ def similar(out: OutOpt, point: Annotated[Optional[tuple[float, float]], typer.O
     from magpipe.explore import markdown_table
     from magpipe.pipeline import run_similar
 
-    cfg = _config(config)
+    cfg = _config(config, run=out)
     hits = _guard(run_similar, out, cfg, point=point, polygons=polygon, bundle=model, k=top)
     typer.echo(markdown_table(hits, ["rank", "x", "y", "similarity"]))
     typer.echo(f"map: {out / 'similar.zarr'}, {out / 'similar.png'}")
@@ -192,7 +210,7 @@ def similar(out: OutOpt, point: Annotated[Optional[tuple[float, float]], typer.O
 def _bundle_meta(out: Path) -> dict:
     from magpipe.bundle import read_bundle_meta
     from magpipe.errors import InputError
-    from magpipe.pipeline import Layout
+    from magpipe.io.schema import Layout
 
     lay = Layout(out)
     if not (lay.classified / "zarr.json").exists():
@@ -200,13 +218,17 @@ def _bundle_meta(out: Path) -> dict:
     return read_bundle_meta(lay.model)
 
 
-def _run(survey, labels, out, cfg, *, label_field, classes, serial) -> None:
+def _run(out: Path, cfg: RunConfig, *, serial: bool) -> None:
     from magpipe.pipeline import run_all
     from magpipe.report import accuracy_tables
 
+    missing = [f"inputs.{k}" for k in ("survey", "labels") if getattr(cfg.inputs, k) is None]
+    if missing:
+        _guard(_fail, f"no {' and no '.join(missing)}: give SURVEY and --labels, or a --config that names them "
+               "(a run's config.json does)")
     t0 = time.perf_counter()
     with _client(cfg, serial) as client:
-        report = _guard(run_all, survey, labels, out, cfg, label_field=label_field, classes=classes, client=client)
+        report = _guard(run_all, out, cfg, client=client)
     typer.echo("")
     typer.echo(accuracy_tables(report))
     typer.echo(f"\n{report['n_train']} training / {report['n_test']} test cells, spatial holdout; "
@@ -214,16 +236,28 @@ def _run(survey, labels, out, cfg, *, label_field, classes, serial) -> None:
     typer.echo(f"results in {out}/: survey.zarr patches.zarr model/ classified.zarr report.json report.md *.png")
 
 
+def _fail(message: str):
+    from magpipe.errors import InputError
+
+    raise InputError(message)
+
+
 @app.command()
-def run(survey: Path, labels: Annotated[Path, typer.Option("--labels", "-l", help="Label raster or vector file.")],
-        out: OutOpt, label_field: FieldOpt = None, classes: ClassesOpt = None, config: ConfigOpt = None,
+def run(survey: Annotated[Optional[Path], typer.Argument(help="Survey file (default: the config's inputs.survey).")] = None,
+        labels: Annotated[Optional[Path], typer.Option("--labels", "-l", help="Label raster or vector file "
+                                                       "(default: the config's inputs.labels).")] = None,
+        out: OutOpt = ..., label_field: FieldOpt = None, classes: ClassesOpt = None, config: ConfigOpt = None,
         nodata: NodataOpt = None, band: BandOpt = None, variable: VarOpt = None, spacing: SpacingOpt = None,
         crs: CrsOpt = None, patch_size: PatchOpt = None, epochs: EpochsOpt = None, n_patches: NPatchOpt = None,
         scheduler: SchedOpt = None, workers: WorkersOpt = None, serial: SerialOpt = False) -> None:
-    """Run every stage: ingest, labels, patches, train, classify, evaluate."""
+    """Run every stage: ingest, labels, patches, train, classify, evaluate.
+
+    ``magpipe run --config OLD/config.json --out NEW`` repeats the run OLD (inputs and options).
+    """
     cfg = _config(config, patch_size=patch_size, epochs=epochs, n_patches=n_patches, nodata=nodata, band=band,
-                  variable=variable, spacing=spacing, crs=crs, scheduler=scheduler, workers=workers)
-    _run(survey, labels, out, cfg, label_field=label_field, classes=classes, serial=serial)
+                  variable=variable, spacing=spacing, crs=crs, scheduler=scheduler, workers=workers,
+                  survey=survey, labels=labels, label_field=label_field, classes=classes)
+    _run(out, cfg, serial=serial)
 
 
 @app.command()
@@ -234,10 +268,10 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Output directory
 
     sample = britain_sample()
     typer.echo(f"Demo on {sample.survey.name} ({sample.attribution})")
-    cfg = demo_config()
+    cfg = demo_config().with_inputs(survey=sample.survey, labels=sample.labels, classes=sample.classes)
     if epochs:
         cfg.model.epochs = epochs
     if workers:
-        cfg.classify.workers = workers
-    _run(sample.survey, sample.labels, out, cfg, label_field=None, classes=sample.classes, serial=serial)
+        cfg.runtime.workers = workers
+    _run(out, cfg, serial=serial)
 

@@ -19,7 +19,7 @@ def dask_client(scheduler: str | None = None, *, workers: int = 2) -> Iterator[o
 
     The LocalCluster uses processes with one thread each: torch and libsvm are
     then never oversubscribed, and a crashing tile cannot take the driver down.
-    The client is never made dask's default: work is submitted to it explicitly, so
+    Every worker runs :class:`magpipe.process.WorkerSetup` first. The client is never made dask's default: work is submitted to it explicitly, so
     clients opened by concurrent flows (threads) cannot leak a global scheduler setting.
     """
     import logging
@@ -27,9 +27,12 @@ def dask_client(scheduler: str | None = None, *, workers: int = 2) -> Iterator[o
     import dask
     from distributed import Client, LocalCluster
 
+    from magpipe.process import WorkerSetup
+
     address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if address:
         with Client(address, set_as_default=False) as client:
+            client.register_plugin(WorkerSetup())
             yield client
         return
     logging.getLogger("distributed").setLevel(logging.WARNING)  # the in-process scheduler's chatter
@@ -40,6 +43,7 @@ def dask_client(scheduler: str | None = None, *, workers: int = 2) -> Iterator[o
             LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
                          memory_limit="auto", silence_logs=logging.WARNING) as cluster, \
             Client(cluster, set_as_default=False) as client:
+        client.register_plugin(WorkerSetup())
         yield client
 
 

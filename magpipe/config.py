@@ -1,8 +1,12 @@
 """The one typed configuration tree of a magpipe run.
 
-Every stage reads its own section; the whole tree is saved as ``config.json``
-next to the outputs, and a section's JSON is part of that stage's content hash,
-so a changed option recomputes exactly the stages it affects.
+Every stage reads its own section, and a section's JSON is part of that stage's content
+hash, so a changed option recomputes exactly the stages it affects. Every stage also
+records the tree (inputs included, runtime excluded) as ``OUT/config.json``, a valid
+config file: ``magpipe run --config OUT/config.json --out NEW`` repeats the run.
+
+``runtime`` (Dask scheduler, workers, torch device) says where work runs, not what it
+computes: it never enters a content hash and is not saved with the run.
 """
 
 from __future__ import annotations
@@ -17,11 +21,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from magpipe.derived import CHANNELS
 from magpipe.errors import ConfigError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class InputsConfig(_Section):
+    survey: str | None = Field(None, description="Survey file: GeoTIFF (any GDAL raster), NetCDF, Zarr or CSV/XYZ "
+                               "line data.")
+    labels: str | None = Field(None, description="Label raster, or polygons/points (GeoPackage, GeoJSON, Shapefile).")
+    label_field: str | None = Field(None, description="Attribute holding the class of vector labels.")
+    classes: str | None = Field(None, description="CSV naming label raster codes (code,name).")
 
 
 class IngestConfig(_Section):
@@ -81,11 +93,11 @@ class ModelConfig(_Section):
     learning_rate: float = Field(2e-3, gt=0, description="Adam learning rate.")
     patience: int = Field(3, ge=1, description="Epochs without validation improvement before stopping.")
     val_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of patches held out for validation loss.")
-    device: str = Field("auto", description="'auto' (cuda, then mps, then cpu), or a torch device string.")
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="'auto' = bf16 mixed precision on CUDA, fp32 elsewhere."
     )
     seed: int = Field(0, description="Seed of weight initialisation and batch order.")
+    anomaly_px: int = Field(7, ge=1, description="Side of the central window scored for reconstruction error.")
 
 
 class SVMConfig(_Section):
@@ -127,22 +139,28 @@ class EvalConfig(_Section):
 
 
 class ClassifyConfig(_Section):
-    chunk_px: int = Field(512, ge=32, description="Side of a classification tile, in pixels.")
-    anomaly_px: int = Field(7, ge=1, description="Side of the central window scored for reconstruction error.")
+    chunk_px: int = Field(512, ge=32, description="Side of a classification tile (= one Zarr shard), in pixels.")
+
+
+class RuntimeConfig(_Section):
     scheduler: str | None = Field(
         None, description="Address of an existing Dask scheduler; None starts a LocalCluster."
     )
     workers: int = Field(2, ge=1, description="Workers of the LocalCluster (one thread each).")
+    device: str = Field("auto", description="Torch device of training: 'auto' (cuda, then mps, then cpu), or a "
+                        "torch device string.")
 
 
 class RunConfig(_Section):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[2] = SCHEMA_VERSION
+    inputs: InputsConfig = Field(default_factory=InputsConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     patches: PatchConfig = Field(default_factory=PatchConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     svm: SVMConfig = Field(default_factory=SVMConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides: dict) -> "RunConfig":
@@ -169,5 +187,26 @@ class RunConfig(_Section):
         """Canonical JSON of one section: the part of a stage's content hash that is config."""
         return json.dumps(getattr(self, name).model_dump(mode="json"), sort_keys=True)
 
+    def with_inputs(self, **inputs: str | Path | None) -> "RunConfig":
+        """A copy with the given inputs set (paths made absolute, so the saved config works from anywhere)."""
+        new = {k: (str(Path(v).resolve()) if k != "label_field" else str(v)) for k, v in inputs.items()
+               if v is not None}
+        return self.model_copy(update={"inputs": self.inputs.model_copy(update=new)})
+
+    def saved(self) -> dict:
+        """What ``config.json`` holds: every section but ``runtime``."""
+        return self.model_dump(mode="json", exclude={"runtime"})
+
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.model_dump_json(indent=2))
+        """Write the config (without ``runtime``) atomically; inputs it lacks are kept from the file
+        already there, so the stage commands of one run, each naming only its own input, add up."""
+        from magpipe.io.stores import write_json
+
+        path = Path(path)
+        data = self.saved()
+        try:
+            before = json.loads(path.read_text()).get("inputs", {}) if path.exists() else {}
+        except (OSError, ValueError, AttributeError):
+            before = {}
+        data["inputs"] = {k: v if v is not None else before.get(k) for k, v in data["inputs"].items()}
+        write_json(data, path)

@@ -13,8 +13,6 @@ holes are put back as NaN in every output.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import xarray as xr
 
@@ -53,8 +51,6 @@ def derived_channels(field: xr.DataArray, channels: tuple[str, ...] = CHANNELS, 
         raise ValueError(f"unknown derived channels {unknown}; choose from {list(CHANNELS)}")
     if field.ndim != 2:
         raise ValueError(f"derived channels need a 2-D grid, got dims {field.dims}")
-    # their deprecation notices, not ours to fix; a module filter, as catch_warnings is not thread-safe
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(xrft|harmonica)\b")
     return _derived(field, channels, hm, xrft, fill)
 
 

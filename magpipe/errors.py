@@ -31,5 +31,6 @@ class StorageError(MagpipeError, OSError):
     """An output store cannot be written or is locked by another run."""
 
 
-class NoDataWarning(UserWarning):
-    """Some of the data is no-data and was masked."""
+
+class OrchestrationError(MagpipeError, RuntimeError):
+    """A remote stage (a deployment run, a cluster) did not finish."""

@@ -11,12 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import zarr
+
+from magpipe.io.stores import open_array
 
 PICK_SPACING_PATCHES = 2  # top-k places (anomalies, similar) are at least this many patch widths apart
 
 
-def block_reduce(array, block: int, reducer: str, *, weights=None, tile_blocks: int = 16) -> tuple[np.ndarray, ...]:
+def block_reduce(array, block: int, reducer: str, *, tile_blocks: int = 16) -> tuple[np.ndarray, ...]:
     """Per block of ``block`` x ``block`` cells: (value, row, col) of its max (``"max"``), or
     (mean, valid fraction) (``"mean"``), reading ``array`` (zarr or numpy) tile by tile."""
     ny, nx = array.shape
@@ -51,9 +52,8 @@ def block_reduce(array, block: int, reducer: str, *, weights=None, tile_blocks: 
     return (value, *extra)
 
 
-def _coords(classified: Path) -> tuple[np.ndarray, np.ndarray]:
-    g = zarr.open_group(classified, mode="r")
-    return g["y"][:], g["x"][:]
+def _coords(store: Path) -> tuple[np.ndarray, np.ndarray]:
+    return open_array(store, "y")[:], open_array(store, "x")[:]
 
 
 def top_blocks(store: str | Path, variable: str, k: int, *, block: int,
@@ -65,8 +65,7 @@ def top_blocks(store: str | Path, variable: str, k: int, *, block: int,
     an accepted one, so two maxima either side of a block edge count once.
     """
     store = Path(store)
-    g = zarr.open_group(store, mode="r")
-    value, rows, cols = block_reduce(g[variable], block, "max")
+    value, rows, cols = block_reduce(open_array(store, variable), block, "max")
     if exclude is not None:
         value[exclude[0] // block, exclude[1] // block] = np.nan
     ys, xs = _coords(store)
@@ -90,8 +89,7 @@ def top_anomalies(classified: str | Path, k: int = 10, *, patch_px: int) -> list
 def label_next(classified: str | Path, k: int = 10, *, block: int, min_valid: float = 0.5) -> list[dict]:
     """The k blocks of ``block`` cells where the SVM is least sure: where a new label helps most."""
     classified = Path(classified)
-    g = zarr.open_group(classified, mode="r")
-    conf, frac = block_reduce(g["confidence"], block, "mean")
+    conf, frac = block_reduce(open_array(classified, "confidence"), block, "mean")
     ys, xs = _coords(classified)
     key = np.where(np.isfinite(conf) & (frac >= min_valid), conf, np.inf)
     order = np.argsort(key, axis=None)[:k]

@@ -1,4 +1,4 @@
-"""Patch geometry, standardisation and sampling, planned before any data is read.
+"""Patch geometry and sampling: windows with a halo, patches cut from them, training centres.
 
 The model sees standardised values with no-data (and everything beyond the
 survey edge) set to 0, the mean; that filling is the same whether a patch is cut
@@ -7,40 +7,10 @@ alone or a whole tile is processed, which is what keeps the two paths equal.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import dask.array as da
 import numpy as np
-import xarray as xr
 from scipy.ndimage import uniform_filter
 
-
-@dataclass(frozen=True)
-class Scaling:
-    """Standardisation of the survey, fitted once on its valid cells (units of the field)."""
-
-    mean: float
-    std: float
-
-    def apply(self, values: np.ndarray) -> np.ndarray:
-        """Standardise and fill no-data with 0: model input, float32."""
-        out = (np.asarray(values, dtype="float64") - self.mean) / self.std
-        return np.nan_to_num(out, nan=0.0).astype("float32")
-
-
-def fit_scaling(field: xr.DataArray) -> Scaling:
-    """Mean and standard deviation of the valid cells, computed out of core."""
-    x = field.data
-    valid = ~da.isnan(x)
-    n = valid.sum()
-    s1 = da.nansum(x.astype("float64"))
-    s2 = da.nansum(x.astype("float64") ** 2)
-    n, s1, s2 = (float(v) for v in da.compute(n, s1, s2))
-    if n == 0:
-        raise ValueError("no valid cells")
-    mean = s1 / n
-    std = max(np.sqrt(max(s2 / n - mean**2, 0.0)), 1e-12)
-    return Scaling(mean=mean, std=std)
+from magpipe.tiling import tiles
 
 
 def read_window(array, y0: int, y1: int, x0: int, x1: int, halo: int) -> np.ndarray:
@@ -61,21 +31,6 @@ def cut_patches(window: np.ndarray, rows: np.ndarray, cols: np.ndarray, patch_px
     view = np.lib.stride_tricks.sliding_window_view(window, (patch_px, patch_px))
     # interior cell (r, c) is window cell (r + h, c + h), whose patch starts at (r, c)
     return np.ascontiguousarray(view[rows, cols])
-
-
-def tiles(shape: tuple[int, int], tile_px: int) -> list[tuple[int, int, int, int]]:
-    """Row-major (y0, y1, x0, x1) tiles covering a grid; the last row/column may be smaller."""
-    ny, nx = shape
-    return [
-        (y0, min(ny, y0 + tile_px), x0, min(nx, x0 + tile_px))
-        for y0 in range(0, ny, tile_px)
-        for x0 in range(0, nx, tile_px)
-    ]
-
-
-def patches_at(field, rows: np.ndarray, cols: np.ndarray, patch_px: int, *, tile_px: int = 1024) -> np.ndarray:
-    """Raw patches (n, p, p) centred on given cells of one grid, NaN outside it, reading tile by tile."""
-    return stack_patches([field], rows, cols, patch_px, tile_px=tile_px)[:, 0]
 
 
 def read_stack(arrays: list, y0: int, y1: int, x0: int, x1: int, halo: int) -> np.ndarray:

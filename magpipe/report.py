@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from magpipe.explore import markdown_table
-from magpipe.io.stores import write_json
+from magpipe.io.schema import Layout
+from magpipe.io.stores import open_array, write_json, write_text
 
 MAX_FIGURE_PX = 1600  # maps larger than this are decimated for the figures only
 
@@ -110,11 +111,11 @@ def markdown(report: dict) -> str:
     ])
 
 
-def write_report(report: dict, layout, *, embedding: tuple[np.ndarray, np.ndarray] | None = None) -> None:
-    root = Path(layout.root)
+def write_report(report: dict, layout: Layout, *, embedding: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """report.json, report.md and the figures of a run (the figures first: the JSON marks the report done)."""
     write_figures(report, layout, embedding=embedding)
-    write_json(report, root / "report.json")
-    (root / "report.md").write_text(markdown(report))
+    write_json(report, layout.report)
+    write_text(markdown(report), layout.report_md)
 
 
 def _decimated(arr) -> np.ndarray:
@@ -122,55 +123,81 @@ def _decimated(arr) -> np.ndarray:
     return np.asarray(arr[::step, ::step])
 
 
-def write_figures(report: dict, layout, *, embedding: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+def _figure(**kw):
+    """A matplotlib figure drawn with the Agg canvas: no pyplot, no process-wide backend choice."""
+    from matplotlib.figure import Figure
+
+    return Figure(**kw)
+
+
+def _class_colours(K: int):
+    from matplotlib import colormaps
+    from matplotlib.colors import ListedColormap
+
+    return ListedColormap(colormaps["tab10" if K <= 10 else "tab20"].colors[:K])
+
+
+def write_figures(report: dict, layout: Layout, *, embedding: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     """class_map.png, confidence.png, anomaly.png, confusion.png (north up), embedding.png."""
-    import matplotlib
+    class_map_figure(report, layout)
+    for name in ("confidence", "anomaly"):
+        layer_figure(report, layout, name)
+    confusion_figure(report, layout)
+    if embedding is not None:
+        embedding_figure(report, layout, *embedding)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import zarr
-    from matplotlib.colors import BoundaryNorm, ListedColormap
 
-    root = Path(layout.root)
-    group = zarr.open_group(layout.classified, mode="r")
+def class_map_figure(report: dict, layout: Layout) -> None:
+    from matplotlib.colors import BoundaryNorm
+
     classes = report["classes"]
     K = len(classes)
-    cls = _decimated(group["class"]).astype(float)
+    cls = _decimated(open_array(layout.classified, "class")).astype(float)
     cls[cls == 0] = np.nan
-    cmap = ListedColormap(plt.get_cmap("tab10" if K <= 10 else "tab20").colors[:K])
-    fig, ax = plt.subplots(figsize=(7, 7))
-    im = ax.imshow(cls, cmap=cmap, norm=BoundaryNorm(np.arange(0.5, K + 1), K), interpolation="nearest")
+    fig = _figure(figsize=(7, 7))
+    ax = fig.subplots()
+    im = ax.imshow(cls, cmap=_class_colours(K), norm=BoundaryNorm(np.arange(0.5, K + 1), K), interpolation="nearest")
     cb = fig.colorbar(im, ax=ax, ticks=range(1, K + 1), shrink=0.7)
     cb.ax.set_yticklabels(classes, fontsize=7)
     ax.set_title(f"class map (AE features + SVM); holdout pixel acc {report['pixel_accuracy']['ae']:.0%}")
     ax.set_axis_off()
-    fig.savefig(root / "class_map.png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    step = max(1, int(np.ceil(max(group["class"].shape) / MAX_FIGURE_PX)))
-    for name, title, cm in (("confidence", "confidence (probability of the class); boxes: label next", "viridis"),
-                            ("anomaly", "anomaly (reconstruction error); circles: strongest", "magma")):
-        data = _decimated(group[name])
-        fig, ax = plt.subplots(figsize=(7, 7))
+    fig.savefig(layout.figure("class_map"), dpi=110, bbox_inches="tight")
+
+
+def layer_figure(report: dict, layout: Layout, name: str) -> None:
+    """confidence.png with the label-next boxes, or anomaly.png with the strongest anomalies circled."""
+    from matplotlib.patches import Rectangle
+
+    arr = open_array(layout.classified, name)
+    step = max(1, int(np.ceil(max(arr.shape) / MAX_FIGURE_PX)))
+    data = _decimated(arr)
+    fig = _figure(figsize=(7, 7))
+    ax = fig.subplots()
+    if name == "anomaly":
         vmax = np.nanpercentile(data, 99) if np.isfinite(data).any() else 1
-        im = ax.imshow(data, cmap=cm, vmin=0 if name == "anomaly" else None,
-                       vmax=vmax if name == "anomaly" else None, interpolation="nearest")
-        fig.colorbar(im, ax=ax, shrink=0.7)
-        if name == "anomaly":
-            for a in report.get("anomalies", []):
-                ax.plot(a["col"] / step, a["row"] / step, "o", mfc="none", mec="cyan", ms=12, mew=1.5)
-                ax.annotate(str(a["rank"]), (a["col"] / step, a["row"] / step), color="cyan", fontsize=7,
-                            xytext=(6, 6), textcoords="offset points")
-        else:
-            for b in report.get("label_next", []):
-                half = b["block_px"] / 2 / step
-                ax.add_patch(plt.Rectangle((b["col"] / step - half, b["row"] / step - half), 2 * half, 2 * half,
-                                           fill=False, ec="red", lw=1.2))
-        ax.set_title(title)
-        ax.set_axis_off()
-        fig.savefig(root / f"{name}.png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 5))
-    for ax, kind in zip(axes, ("ae", "raw")):
+        im = ax.imshow(data, cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
+        for a in report.get("anomalies", []):
+            ax.plot(a["col"] / step, a["row"] / step, "o", mfc="none", mec="cyan", ms=12, mew=1.5)
+            ax.annotate(str(a["rank"]), (a["col"] / step, a["row"] / step), color="cyan", fontsize=7,
+                        xytext=(6, 6), textcoords="offset points")
+        ax.set_title("anomaly (reconstruction error); circles: strongest")
+    else:
+        im = ax.imshow(data, cmap="viridis", interpolation="nearest")
+        for b in report.get("label_next", []):
+            half = b["block_px"] / 2 / step
+            ax.add_patch(Rectangle((b["col"] / step - half, b["row"] / step - half), 2 * half, 2 * half,
+                                   fill=False, ec="red", lw=1.2))
+        ax.set_title("confidence (probability of the class); boxes: label next")
+    fig.colorbar(im, ax=ax, shrink=0.7)
+    ax.set_axis_off()
+    fig.savefig(layout.figure(name), dpi=110, bbox_inches="tight")
+
+
+def confusion_figure(report: dict, layout: Layout) -> None:
+    classes = report["classes"]
+    K = len(classes)
+    fig = _figure(figsize=(11, 5))
+    for ax, kind in zip(fig.subplots(1, 2), ("ae", "raw")):
         cm = np.asarray(report["confusion"][kind], dtype=float)
         norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
         ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
@@ -185,34 +212,31 @@ def write_figures(report: dict, layout, *, embedding: tuple[np.ndarray, np.ndarr
         ax.set_title(f"{'AE features' if kind == 'ae' else 'raw pixels'}: "
                      f"pixel acc {report['pixel_accuracy'][kind]:.0%}")
     fig.tight_layout()
-    fig.savefig(root / "confusion.png", dpi=110)
-    plt.close(fig)
-    if embedding is not None:
-        xy, labels = embedding
-        fig, ax = plt.subplots(figsize=(6.5, 5.5))
-        for k, name in enumerate(classes, start=1):
-            sel = labels == k
-            ax.scatter(xy[sel, 0], xy[sel, 1], s=4, alpha=0.6, color=cmap.colors[k - 1], label=name)
-        ax.legend(markerscale=3, fontsize=7, loc="best")
-        method = report.get("embedding", {}).get("method", "PCA")
-        ax.set_title(f"AE embeddings of held-out cells ({method}), coloured by true class")
-        ax.set_xlabel(f"{method} 1")
-        ax.set_ylabel(f"{method} 2")
-        fig.savefig(root / "embedding.png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
+    fig.savefig(layout.figure("confusion"), dpi=110)
+
+
+def embedding_figure(report: dict, layout: Layout, xy: np.ndarray, labels: np.ndarray) -> None:
+    classes = report["classes"]
+    colours = _class_colours(len(classes)).colors
+    fig = _figure(figsize=(6.5, 5.5))
+    ax = fig.subplots()
+    for k, name in enumerate(classes, start=1):
+        sel = labels == k
+        ax.scatter(xy[sel, 0], xy[sel, 1], s=4, alpha=0.6, color=colours[k - 1], label=name)
+    ax.legend(markerscale=3, fontsize=7, loc="best")
+    method = report.get("embedding", {}).get("method", "PCA")
+    ax.set_title(f"AE embeddings of held-out cells ({method}), coloured by true class")
+    ax.set_xlabel(f"{method} 1")
+    ax.set_ylabel(f"{method} 2")
+    fig.savefig(layout.figure("embedding"), dpi=110, bbox_inches="tight")
 
 
 def similarity_figure(store: str | Path, hits: list[dict], query: tuple[np.ndarray, np.ndarray], path: Path) -> Path:
     """The similarity map with the query (white) and the most similar places (numbered circles)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import zarr
-
-    arr = zarr.open_group(store, mode="r")["similarity"]
+    arr = open_array(store, "similarity")
     step = max(1, int(np.ceil(max(arr.shape) / MAX_FIGURE_PX)))
-    fig, ax = plt.subplots(figsize=(7, 7))
+    fig = _figure(figsize=(7, 7))
+    ax = fig.subplots()
     im = ax.imshow(_decimated(arr), cmap="RdYlBu_r", vmin=-1, vmax=1, interpolation="nearest")
     fig.colorbar(im, ax=ax, shrink=0.7, label="cosine similarity")
     ax.plot(query[1] / step, query[0] / step, "s", color="white", ms=3, mec="black", mew=0.3)
@@ -223,23 +247,4 @@ def similarity_figure(store: str | Path, hits: list[dict], query: tuple[np.ndarr
     ax.set_title("where else looks like the query (white)")
     ax.set_axis_off()
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
-def export_geotiff(classified: str | Path, variable: str, path: str | Path) -> Path:
-    """Write one variable of classified.zarr as a tiled, compressed GeoTIFF (opens in QGIS in place)."""
-    from magpipe.io.stores import open_store
-
-    ds = open_store(classified)
-    da = ds[variable]
-    if variable == "class":
-        da = da.rio.write_nodata(0, encoded=False)
-    else:
-        da = da.rio.write_nodata(np.nan, encoded=False)
-    da = da.rio.write_crs(ds.rio.crs) if ds.rio.crs is not None else da
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    da.rio.to_raster(tmp, driver="GTiff", tiled=True, compress="DEFLATE")
-    tmp.replace(path)
     return path

@@ -55,6 +55,7 @@ def train_autoencoder(
     *,
     checkpoint: str | Path | None = None,
     progress=None,
+    device: str = "auto",
 ) -> TrainResult:
     """Fit a :class:`PatchAutoencoder` on standardised patches.
 
@@ -66,11 +67,12 @@ def train_autoencoder(
     cfg : model section of the run config.
     checkpoint : file to resume from and write after each epoch.
     progress : optional callable(dict) told about each finished epoch.
+    device : torch device, or 'auto' (cuda, then mps, then cpu); a runtime choice, not the model's.
     """
     if inputs.ndim == 3:
         inputs, mask = inputs[:, None], mask[:, None]
     n, c_in, p, _ = inputs.shape
-    device = resolve_device(cfg.device)
+    device = resolve_device(device)
     torch.manual_seed(cfg.seed)
     model = PatchAutoencoder(p, cfg.channels, cfg.hidden, in_channels=c_in).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)

@@ -2,30 +2,34 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import os
-
-import numpy as np
 import pytest
-import xarray as xr
+import yaml
 
-from magpipe.testing import tiny_config
 from magpipe.synthetic import synthetic_survey
+from magpipe.testing import tiny_config, write_labels_raster
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def write_labels_raster(truth: np.ndarray, like: xr.DataArray, path: Path, *, x_max: int | None = None) -> Path:
-    """Labels on the survey grid, optionally only left of column ``x_max`` (a small mapped area)."""
-    lab = truth.copy()
-    if x_max is not None:
-        lab[:, x_max:] = 0
-    da = xr.DataArray(lab.astype("int16"), dims=("y", "x"), coords={"y": like.y, "x": like.x})
-    da.rio.write_crs(like.rio.crs).rio.write_nodata(0).rio.to_raster(path)
-    return path
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` beside the checkout (real surveys); tests that need it skip without it."""
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} not found (real survey data is not shipped)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def config_file(tmp_path_factory) -> Path:
+    """The tiny config as a YAML file, for CLI runs."""
+    p = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    p.write_text(yaml.safe_dump(tiny_config().model_dump(mode="json")))
+    return p
 
 
 @pytest.fixture(scope="session")
@@ -44,9 +48,9 @@ def trained_run(survey_files, tmp_path_factory) -> dict:
     from magpipe.pipeline import run_ingest, run_labels, run_patches, run_train
 
     out = tmp_path_factory.mktemp("run")
-    cfg = tiny_config()
-    run_ingest(survey_files["survey"], out, cfg)
-    run_labels(survey_files["labels"], out)
+    cfg = tiny_config().with_inputs(survey=survey_files["survey"], labels=survey_files["labels"])
+    run_ingest(out, cfg)
+    run_labels(out, cfg)
     run_patches(out, cfg)
     run_train(out, cfg)
     return {"out": out, "cfg": cfg, **survey_files}

@@ -16,8 +16,8 @@ import xarray as xr
 import yaml
 
 from magpipe.io.stores import is_complete
-from magpipe.testing import tiny_config
-from test_cli import assert_one_line_error, magpipe
+from magpipe.testing import tiny_config, write_labels_raster
+from magpipe.testing import assert_one_line_error, run_cli as magpipe
 
 
 def _tif(da: xr.DataArray, path: Path, **kw) -> Path:
@@ -29,13 +29,6 @@ def _assert_nothing_complete(out: Path) -> None:
     for name in ("survey.zarr", "patches.zarr", "classified.zarr"):
         assert not is_complete(out / name), name
     assert not (out / "model" / "metadata.json").exists()
-
-
-@pytest.fixture(scope="module")
-def config_file(tmp_path_factory) -> Path:
-    p = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
-    p.write_text(yaml.safe_dump(tiny_config().model_dump(mode="json")))
-    return p
 
 
 def _ingest_cases(d: Path, field: xr.DataArray) -> dict[str, tuple[Path, list[str], list[str]]]:
@@ -102,8 +95,6 @@ def test_integer_survey_with_file_nodata_is_read_as_float(survey_files, tmp_path
 
 
 def _labelled_run(survey_files, tmp_path, labels: np.ndarray, *, field=None) -> Path:
-    from conftest import write_labels_raster
-
     field = survey_files["field"] if field is None else field
     out = tmp_path / "out"
     lab = write_labels_raster(labels, field, tmp_path / "labels.tif")
@@ -135,8 +126,6 @@ def test_class_with_too_few_cells_names_the_class(survey_files, tmp_path, config
 
 
 def test_label_codes_missing_from_the_class_table(survey_files, tmp_path):
-    from conftest import write_labels_raster
-
     out = tmp_path / "out"
     assert magpipe("ingest", survey_files["survey"], "--out", out).returncode == 0
     table = tmp_path / "classes.csv"

@@ -7,7 +7,9 @@ import zarr
 from distributed import Client, LocalCluster
 
 from magpipe.bundle import load_bundle
-from magpipe.classify import NODATA_CLASS, classify_array, classify_survey
+from magpipe.classify import NODATA_CLASS, classify_array
+from magpipe.io.schema import Layout
+from magpipe.stages.classify import classify_into
 from magpipe.io.stores import is_complete, partial_path
 
 
@@ -26,7 +28,7 @@ def _arrays(path):
 def test_dask_tiles_equal_single_process_run(trained_run, client, tmp_path):
     out = tmp_path / "classified.zarr"
     survey = trained_run["out"] / "survey.zarr"
-    classify_survey(survey, trained_run["out"] / "model", out, stage_hash="x", tile_px=32, client=client)
+    classify_into(Layout(trained_run["out"]), trained_run["out"] / "model", out, tile_px=32, client=client)
     cls, conf, anom = _arrays(out)
     bundle = load_bundle(trained_run["out"] / "model")
     field = zarr.open_array(survey / "field", mode="r")[:]
@@ -42,7 +44,7 @@ def test_dask_tiles_equal_single_process_run(trained_run, client, tmp_path):
 def test_interrupted_classification_resumes_to_the_same_result(trained_run, tmp_path):
     survey, model = trained_run["out"] / "survey.zarr", trained_run["out"] / "model"
     whole = tmp_path / "whole.zarr"
-    classify_survey(survey, model, whole, stage_hash="h", tile_px=32)
+    classify_into(Layout(trained_run["out"]), model, whole, tile_px=32)
 
     out = tmp_path / "resumed.zarr"
     calls = []
@@ -53,25 +55,24 @@ def test_interrupted_classification_resumes_to_the_same_result(trained_run, tmp_
             raise KeyboardInterrupt("simulated crash")
 
     with pytest.raises(KeyboardInterrupt):
-        classify_survey(survey, model, out, stage_hash="h", tile_px=32, progress=crash_after_two)
+        classify_into(Layout(trained_run["out"]), model, out, tile_px=32, progress=crash_after_two)
     assert not out.exists() and partial_path(out).exists()  # nothing that looks finished
     assert zarr.open_array(partial_path(out) / "tile_done", mode="r")[:].sum() == 2
 
     seen = []
-    classify_survey(survey, model, out, stage_hash="h", tile_px=32, progress=lambda d, t: seen.append((d, t)))
+    classify_into(Layout(trained_run["out"]), model, out, tile_px=32, progress=lambda d, t: seen.append((d, t)))
     n_tiles = seen[-1][1]
     assert len(seen) == n_tiles - 2  # only the unfinished tiles ran
-    assert is_complete(out, "h")
+    assert is_complete(out)
     for a, b in zip(_arrays(whole), _arrays(out)):
         np.testing.assert_array_equal(a, b)
 
 
 def test_classified_store_is_georeferenced_like_the_survey(trained_run, tmp_path):
-    from magpipe.report import export_geotiff
+    from magpipe.io.export import export_geotiff
 
     out = tmp_path / "c.zarr"
-    classify_survey(trained_run["out"] / "survey.zarr", trained_run["out"] / "model", out, stage_hash="g",
-                    tile_px=64)
+    classify_into(Layout(trained_run["out"]), trained_run["out"] / "model", out, tile_px=64)
     ds = xr.open_zarr(out, consolidated=False, decode_coords="all")
     field = trained_run["field"]
     assert ds["class"].rio.crs == field.rio.crs

@@ -1,27 +1,16 @@
 """The `magpipe` command end to end, and its answers to bad input, as a user runs it."""
 
 import json
-
-import numpy as np
-import os
-import subprocess
-import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
-import yaml
 
 from magpipe.io.stores import is_complete
-
-from magpipe.testing import tiny_config
+from magpipe.testing import assert_one_line_error, run_cli as magpipe
 
 LAYOUT = ["survey.zarr", "patches.zarr", "model", "classified.zarr", "report.json", "report.md",
           "class_map.png", "confidence.png", "anomaly.png", "confusion.png", "embedding.png"]
-
-
-def magpipe(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "magpipe", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=600, env=None if env is None else {**os.environ, **env})
 
 
 SECRETS = {"AWS_SECRET_ACCESS_KEY": "s3cr3t-aws-value-0451", "PREFECT_API_KEY": "pnu_s3cr3t-prefect-0451"}
@@ -35,13 +24,6 @@ def assert_no_secrets(*texts: str, root: Path | None = None) -> None:
     for text in [*texts, *(f.read_text(errors="replace") for f in files)]:
         for value in SECRETS.values():
             assert value not in text
-
-
-@pytest.fixture(scope="module")
-def config_file(tmp_path_factory) -> Path:
-    p = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
-    p.write_text(yaml.safe_dump(tiny_config().model_dump(mode="json")))
-    return p
 
 
 def test_run_end_to_end_leaves_the_documented_layout(survey_files, config_file, tmp_path):
@@ -90,15 +72,6 @@ def test_every_command_has_help():
                 "label-next", "similar"):
         r = magpipe(cmd, "--help")
         assert r.returncode == 0 and "Usage" in r.stdout, cmd
-
-
-def assert_one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:
-    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
-    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, r.stderr
-    assert "Traceback" not in r.stderr
-    for n in needles:
-        assert n in errors[0], errors[0]
 
 
 def test_missing_survey_file(tmp_path, survey_files):

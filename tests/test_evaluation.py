@@ -3,7 +3,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from magpipe.evaluation import patch_majorities, score, spatial_split, subsample_per_class
+from magpipe.evaluation import patch_majorities, score
+from magpipe.splits import spatial_split, subsample_per_class
 
 
 @settings(max_examples=40, deadline=None, derandomize=True)
@@ -79,7 +80,7 @@ def test_sparse_label_scores_pair_draws_and_rank_informative_features():
 
 
 def test_blocked_folds_validate_every_cell_once_and_keep_the_gap():
-    from magpipe.evaluation import blocked_folds
+    from magpipe.splits import blocked_folds
 
     rows, cols = np.divmod(np.arange(60 * 80), 80)
     folds = blocked_folds(rows, cols, block_px=10, gap_px=4, k=3, seed=0, nbx=8)

@@ -8,18 +8,15 @@ from magpipe.errors import DataValidationError
 from magpipe.pipeline import run_all, run_evaluate
 from magpipe.testing import tiny_config
 
-from conftest import SHARED
 
-RONDONIA = SHARED / "rondonia-cprm"
-
-
-@pytest.mark.skipif(not RONDONIA.exists(), reason="../shared/data/rondonia-cprm not present")
-def test_rondonia_vector_labels_in_another_crs_run_end_to_end(tmp_path):
+def test_rondonia_vector_labels_in_another_crs_run_end_to_end(shared_data, tmp_path):
     """Survey in EPSG:4674 degrees, 8 lithology units as polygons with field SIGLA_UNID."""
+    rondonia = shared_data / "rondonia-cprm"
     # two small units fall wholly inside test blocks: dropped explicitly, never silently
     cfg = tiny_config(evaluate={"block_patches": 3, "drop_small_classes": True}, classify={"chunk_px": 64})
-    report = run_all(RONDONIA / "features_tif" / "Rondonia_Geof_GT.tif", RONDONIA / "target" / "Litologia.gpkg",
-                     tmp_path, cfg, label_field="SIGLA_UNID")
+    cfg = cfg.with_inputs(survey=rondonia / "features_tif" / "Rondonia_Geof_GT.tif",
+                          labels=rondonia / "target" / "Litologia.gpkg", label_field="SIGLA_UNID")
+    report = run_all(tmp_path, cfg)
     assert len(report["classes"]) == 8 and "PP4jaar" in report["classes"]
     assert report["n_train"] > 100 and report["n_test"] > 100
     with pytest.raises(DataValidationError, match="too few labelled cells for class 'MP1_gamma_prc4'"):

@@ -12,14 +12,17 @@ import numpy as np
 import pytest
 import zarr
 from hypothesis import given, settings, strategies as st
-from test_cli import assert_one_line_error, magpipe
+from magpipe.testing import assert_one_line_error, run_cli as magpipe
 
 from magpipe.bundle import load_bundle
-from magpipe.classify import classify_array, classify_survey
+from magpipe.classify import classify_array
+from magpipe.io.schema import Layout
+from magpipe.stages.classify import classify_into
 from magpipe.cluster import dask_client
 from magpipe.io.stores import is_complete
 from magpipe.locking import LOCK_NAME
-from magpipe.patches import read_window, tiles
+from magpipe.patches import read_window
+from magpipe.tiling import tiles
 
 
 def test_second_writer_is_refused_and_a_killed_holder_frees_the_output(survey_files, tmp_path):
@@ -58,7 +61,7 @@ def test_a_worker_killed_mid_run_is_replaced_and_the_result_is_identical(trained
                     return
                 time.sleep(0.01)
 
-        out = classify_survey(survey, model, tmp_path / "classified.zarr", stage_hash="k", tile_px=16,
+        out = classify_into(Layout(trained_run["out"]), model, tmp_path / "classified.zarr", tile_px=16,
                               client=client, progress=kill_a_busy_worker)
         assert killed, "no worker was busy to kill"
         deadline = time.time() + 60
@@ -99,7 +102,7 @@ def test_window_halo_is_the_grid_padded_with_no_data(data, ny, nx, halo):
 @pytest.mark.parametrize("tile_px", [7, 50])
 def test_every_valid_cell_is_classified_once_whatever_the_tile_size(trained_run, tmp_path, tile_px):
     survey, model = trained_run["out"] / "survey.zarr", trained_run["out"] / "model"
-    out = classify_survey(survey, model, tmp_path / "c.zarr", stage_hash=str(tile_px), tile_px=tile_px)
+    out = classify_into(Layout(trained_run["out"]), model, tmp_path / "c.zarr", tile_px=tile_px)
     field = zarr.open_array(survey / "field", mode="r")[:]
     ref_cls, ref_conf, _ = classify_array(load_bundle(model), field)
     g = zarr.open_group(out, mode="r")

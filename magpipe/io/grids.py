@@ -8,18 +8,11 @@ needs to know where a grid came from.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
-
-# GDAL's block cache defaults to 5 % of RAM and fills up during one sequential pass over a large
-# GeoTIFF, where it never serves a second read: ingest of a 16k x 16k survey peaked at 1.56 GiB
-# with it (benchmarks/run.py). Set before GDAL first allocates its cache; a user's value wins.
-os.environ.setdefault("GDAL_CACHEMAX", "128")
-
-import rioxarray  # noqa: E402, F401  (registers the .rio accessor)
-import xarray as xr  # noqa: E402
+import rioxarray  # noqa: F401  (registers the .rio accessor)
+import xarray as xr
 
 from magpipe.errors import DataValidationError, InputError
 

@@ -19,9 +19,8 @@ import xarray as xr
 import zarr
 
 from magpipe.errors import StorageError
+from magpipe.io.schema import COMPLETE, HASH, TILE_DONE, VERSION
 
-COMPLETE = "magpipe_complete"
-HASH = "magpipe_hash"
 INNER_CHUNK_PX = 256
 
 
@@ -117,7 +116,7 @@ def write_store(ds: xr.Dataset, path: str | Path, *, stage_hash: str, shard_px: 
         for k, v in grid_encoding(ds, shard_px=shard_px).items():
             enc.setdefault(k, v)
     ds = ds.copy()
-    ds.attrs.update({HASH: stage_hash, "magpipe_version": version()})
+    ds.attrs.update({HASH: stage_hash, VERSION: version()})
     try:
         ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, encoding=enc)
     except OSError as exc:
@@ -128,8 +127,12 @@ def write_store(ds: xr.Dataset, path: str | Path, *, stage_hash: str, shard_px: 
 
 
 def mark_complete(path: str | Path, extra: dict | None = None) -> None:
-    group = zarr.open_group(path, mode="r+")
-    group.attrs.update({**(extra or {}), COMPLETE: True})
+    update_attrs(path, {**(extra or {}), COMPLETE: True})
+
+
+def update_attrs(path: str | Path, attrs: dict[str, Any]) -> None:
+    """Add or change attributes of the group at ``path`` (its variables are untouched)."""
+    zarr.open_group(path, mode="r+").attrs.update(attrs)
 
 
 def replace_dir(src: Path, dst: Path) -> None:
@@ -142,14 +145,66 @@ def replace_dir(src: Path, dst: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def open_store(path: str | Path) -> xr.Dataset:
-    """Open a complete magpipe store lazily; refuse partial or foreign ones."""
+def require_complete(path: str | Path) -> Path:
+    """``path`` if it is a complete magpipe store; a clear error for a missing or partial one."""
     path = Path(path)
     if not path.exists():
         raise StorageError(f"{path}: store not found (run the stage that makes it first)")
     if not is_complete(path):
         raise StorageError(f"{path}: store is incomplete (an interrupted run?); re-run its stage")
+    return path
+
+
+def open_store(path: str | Path, *, partial: bool = False) -> xr.Dataset:
+    """Open a complete magpipe store lazily; refuse partial or foreign ones (unless ``partial``:
+    a store still being written, read back by its own writer)."""
+    path = Path(path) if partial else require_complete(path)
     return xr.open_zarr(path, consolidated=False, decode_coords="all")
+
+
+def open_array(store: str | Path, name: str, *, mode: str = "r") -> zarr.Array:
+    """One variable of a store as a Zarr array: sliced windows are read (or written) on demand."""
+    return zarr.open_array(Path(store) / name, mode=mode)
+
+
+def has_variable(store: str | Path, name: str) -> bool:
+    return (Path(store) / name / "zarr.json").exists()
+
+
+def add_variable(store: str | Path, name: str, values, *, like: str, attrs: dict[str, Any]) -> None:
+    """Write (or replace) a 2-D variable chunked and sharded like ``like``, leaving the store's
+    attributes (and so its completeness) untouched, which xarray's append mode does not promise."""
+    group = zarr.open_group(store, mode="r+")
+    ref = group[like]
+    if name in group:
+        del group[name]
+    grid = {"grid_mapping": ref.attrs["grid_mapping"]} if "grid_mapping" in ref.attrs else {}
+    arr = group.create_array(name, shape=values.shape, dtype=values.dtype, chunks=ref.chunks, shards=ref.shards,
+                             fill_value=0, dimension_names=("y", "x"), attributes={**attrs, **grid})
+    arr[:] = values
+
+
+# --- tiled outputs: a template written lazily, then filled tile by tile (see magpipe.tiling) ------
+
+def create_tiled_store(path: str | Path, template: xr.Dataset, *, tile_px: int) -> None:
+    """Write a template's metadata and coordinates; its (lazy) data variables are filled later by tiles."""
+    enc = grid_encoding(template, shard_px=tile_px)
+    enc[TILE_DONE] = {"chunks": (1, 1)}
+    template.to_zarr(path, mode="w", zarr_format=3, consolidated=False, compute=False, encoding=enc)
+
+
+def write_tile(path: str | Path, tile: tuple[int, int, int, int], values: dict[str, Any], *, tile_px: int) -> None:
+    """Write one tile's region of every variable, then mark the tile done (last, so a crash redoes it)."""
+    y0, y1, x0, x1 = tile
+    group = zarr.open_group(path, mode="r+")
+    for name, v in values.items():
+        group[name][y0:y1, x0:x1] = v
+    group[TILE_DONE][y0 // tile_px, x0 // tile_px] = 1
+
+
+def tiles_done(path: str | Path):
+    """The ``tile_done`` grid of a tiled store being filled."""
+    return zarr.open_array(Path(path) / TILE_DONE, mode="r")[:]
 
 
 def write_json(obj: Any, path: str | Path) -> None:
@@ -157,6 +212,14 @@ def write_json(obj: Any, path: str | Path) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default))
+    os.replace(tmp, path)
+
+
+def write_text(text: str, path: str | Path) -> None:
+    """Write a text file atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 

@@ -1,5 +1,6 @@
 """Flows under prefect_test_harness: states, caching, artifacts, backfill resumption."""
 
+import json
 import os
 import signal
 import subprocess
@@ -34,14 +35,24 @@ def _task_states(flow_run_id) -> dict:
     return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
 
 
-def test_pipeline_flow_completes_publishes_artifacts_and_caches(harness, survey_files, tmp_path):
+def _written(out: Path) -> dict[str, int]:
+    """Modification times of the files that mark each stage's output as written."""
+    files = ["survey.zarr/zarr.json", "survey.zarr/labels/zarr.json", "patches.zarr/zarr.json",
+             "model/metadata.json", "classified.zarr/zarr.json"]
+    return {f: (out / f).stat().st_mtime_ns for f in files}
+
+
+def test_pipeline_flow_completes_publishes_artifacts_and_reruns_nothing(harness, survey_files, tmp_path):
     from flows.pipeline import survey_pipeline
 
     conf = tiny_config().model_dump(mode="json")
     args = (str(survey_files["survey"]), str(survey_files["labels"]), str(tmp_path / "out"))
     state = survey_pipeline(*args, config=conf, return_state=True)
     assert state.is_completed(), state.message
+    # no GPU-pool deployment on this API: trained here, and the run says so
+    assert "training ran locally" in state.message and "train-autoencoder/train-autoencoder" in state.message
     result = state.result()
+    assert result["training"].startswith("locally")
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
@@ -56,10 +67,14 @@ def test_pipeline_flow_completes_publishes_artifacts_and_caches(harness, survey_
     assert arts["survey-classify-progress"].data == 100.0
     assert "AE features" in arts["survey-report"].data and "data:image/png;base64," in arts["survey-report"].data
 
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert saved["inputs"]["survey"] == str(Path(args[0]).resolve()) and "runtime" not in saved
+
+    before = _written(tmp_path / "out")
     again = survey_pipeline(*args, config=conf, return_state=True)
     assert again.is_completed()
-    states = _task_states(again.state_details.flow_run_id)
-    assert states["ingest"] == "Cached" and states["labels"] == "Cached" and states["patches"] == "Cached"
+    assert set(_task_states(again.state_details.flow_run_id).values()) == {"Completed"}
+    assert _written(tmp_path / "out") == before  # the library's content hashes skipped every stage
 
 
 def test_bad_input_fails_the_run_with_a_one_line_reason(harness, survey_files, tmp_path):

@@ -1,0 +1,69 @@
+"""Typed access to a run's ``survey.zarr``: its scaling, label grids and labels variable.
+
+Stages read the survey through these functions rather than by attribute name, so the
+schema (:mod:`magpipe.io.schema`) has one reader and one writer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from magpipe.errors import InputError
+from magpipe.io import schema as S
+from magpipe.io.schema import Layout
+from magpipe.io.stores import add_variable, open_array, require_complete, store_attrs, update_attrs
+
+
+@dataclass(frozen=True)
+class LabelGrids:
+    """The survey's labels (int16, 0 = unlabelled), valid mask and class names, read once for any
+    number of splits."""
+
+    labels: np.ndarray
+    valid: np.ndarray
+    classes: list[str]
+    source: Path  # the survey store, named in errors
+
+    def replace_labels(self, labels: np.ndarray) -> "LabelGrids":
+        return LabelGrids(labels, self.valid, self.classes, self.source)
+
+
+def survey_attrs(path: str | Path) -> dict:
+    """Attributes of a complete survey store."""
+    return store_attrs(require_complete(path)) or {}
+
+
+def survey_shape(path: str | Path) -> tuple[int, int]:
+    return tuple(open_array(path, S.FIELD).shape)
+
+
+def read_valid(path: str | Path) -> np.ndarray:
+    """The survey's valid mask (bool, y/x), read whole."""
+    return open_array(require_complete(path), S.VALID)[:].astype(bool)
+
+
+def read_label_grids(path: str | Path) -> LabelGrids:
+    path = require_complete(path)
+    attrs = store_attrs(path) or {}
+    if S.LABELS_HASH not in attrs:
+        raise InputError(f"{path}: has no labels; run `magpipe labels` first")
+    return LabelGrids(open_array(path, S.LABELS)[:], open_array(path, S.VALID)[:].astype(bool),
+                      list(attrs[S.CLASSES]), Path(path))
+
+
+def write_labels(path: str | Path, codes: np.ndarray, classes: list[str], *, source: str, labels_hash: str) -> None:
+    """Put the label grid (int16 codes, 0 = unlabelled) into the survey store with its class names."""
+    add_variable(path, S.LABELS, codes.astype("int16"), like=S.FIELD,
+                 attrs={"long_name": "class code, 0 = unlabelled"})
+    update_attrs(path, {S.CLASSES: classes, S.LABELS_SOURCE: source, S.LABELS_HASH: labels_hash})
+
+
+def open_inputs(layout: Layout, names: tuple[str, ...]) -> list:
+    """The 2-D arrays of the model's input grids, in order: ``field`` from survey.zarr, derived
+    channels from inputs.zarr (which must be complete: see :mod:`magpipe.stages.inputs`)."""
+    if any(n != S.FIELD for n in names):
+        require_complete(layout.inputs)
+    return [open_array(layout.survey, n) if n == S.FIELD else open_array(layout.inputs, n) for n in names]

@@ -1,0 +1,195 @@
+"""Honest holdouts: which labelled cells train, which test, and which validate a choice.
+
+Labelled cells are grouped into square blocks; a random share of blocks is held out
+for testing, and training cells closer than one patch width to any test block are
+dropped. No training patch then overlaps a test patch, so a score cannot come from
+the test cell's own neighbourhood leaking into training. Everything here is a pure,
+seeded function of the label grid and the config: the same split on every call.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from magpipe.config import RunConfig
+from magpipe.errors import DataValidationError
+from magpipe.io.survey import LabelGrids
+
+log = logging.getLogger("magpipe")
+
+
+@dataclass(frozen=True)
+class Split:
+    """Cell coordinates of the training and test sets, plus each cell's block id (for blocked CV)."""
+
+    train_rows: np.ndarray
+    train_cols: np.ndarray
+    test_rows: np.ndarray
+    test_cols: np.ndarray
+    train_blocks: np.ndarray
+
+
+def spatial_split(
+    labels: np.ndarray, valid: np.ndarray, *, block_px: int, gap_px: int, test_fraction: float, seed: int
+) -> Split:
+    """Split labelled valid cells by blocks of ``block_px``, with a gap of ``gap_px`` between sets.
+
+    Raises ValueError when the labelled area is too small to hold both sets.
+    """
+    if block_px < gap_px:
+        raise ValueError(f"block of {block_px} px must be at least the gap of {gap_px} px")
+    rows, cols = np.nonzero((labels > 0) & valid)
+    if rows.size == 0:
+        raise ValueError("no labelled valid cells")
+    by, bx = rows // block_px, cols // block_px
+    nbx = int(bx.max()) + 1
+    block_id = by * nbx + bx
+    blocks = np.unique(block_id)
+    if blocks.size < 2:
+        raise ValueError(
+            f"labelled area spans one {block_px} px block; it needs at least two to hold out a test region"
+        )
+    rng = np.random.default_rng(seed)
+    n_test = min(blocks.size - 1, max(1, int(round(blocks.size * test_fraction))))
+    test_blocks = set(rng.choice(blocks, size=n_test, replace=False).tolist())
+    is_test = np.isin(block_id, list(test_blocks))
+    train = ~is_test & ~near_blocks(rows, cols, test_blocks, block_px=block_px, gap_px=gap_px, nbx=nbx)
+    if not train.any() or not is_test.any():
+        raise ValueError("the split left no training or no test cells; use smaller blocks or more labels")
+    return Split(rows[train], cols[train], rows[is_test], cols[is_test], block_id[train])
+
+
+def near_blocks(rows: np.ndarray, cols: np.ndarray, blocks, *, block_px: int, gap_px: int, nbx: int) -> np.ndarray:
+    """Cells closer than ``gap_px`` (Chebyshev) to any of ``blocks`` (ids by row-major ``nbx`` blocks a row).
+
+    Checking the 9 corners and edges of a cell's gap square finds every block it
+    touches, because a block is at least as wide as the gap.
+    """
+    blocks = list(blocks)
+    near = np.zeros(np.shape(rows), dtype=bool)
+    for dy in (-gap_px, 0, gap_px):
+        for dx in (-gap_px, 0, gap_px):
+            ny, nx = (rows + dy) // block_px, (cols + dx) // block_px
+            inside = (rows + dy >= 0) & (cols + dx >= 0) & (nx < nbx)
+            near |= inside & np.isin(ny * nbx + nx, blocks)
+    return near
+
+
+def blocked_folds(rows: np.ndarray, cols: np.ndarray, *, block_px: int, gap_px: int, k: int, seed: int,
+                  nbx: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``k`` spatial folds of cells: (fit, validation) index pairs, validation blocks held out with a gap.
+
+    For choosing between feature sets inside a training region: every training
+    cell validates once, so the choice does not hang on one small validation area.
+    """
+    block_id = (rows // block_px) * nbx + cols // block_px
+    blocks = np.unique(block_id)
+    fold_of = dict(zip(blocks.tolist(), np.random.default_rng(seed).permutation(blocks.size) % k))
+    fold = np.array([fold_of[b] for b in block_id.tolist()])
+    out = []
+    for f in range(k):
+        val = fold == f
+        held = blocks[[fold_of[b] == f for b in blocks.tolist()]]
+        fit = ~val & ~near_blocks(rows, cols, held, block_px=block_px, gap_px=gap_px, nbx=nbx)
+        if val.any() and fit.any():
+            out.append((np.flatnonzero(fit), np.flatnonzero(val)))
+    return out
+
+
+def subsample_per_class(y: np.ndarray, max_per_class: int, seed: int) -> np.ndarray:
+    """Indices keeping at most ``max_per_class`` of each class, sorted, deterministic."""
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        keep.append(idx if idx.size <= max_per_class else rng.choice(idx, max_per_class, replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+def labelled_split(grids: LabelGrids, cfg: RunConfig, *, need_test: bool = False) -> tuple[Split, LabelGrids]:
+    """The spatial train/test split of the labelled cells (deterministic from the config).
+
+    Every labelled class needs 2 training cells, and with ``need_test`` (evaluation) a test cell;
+    with ``evaluate.drop_small_classes`` a class short of that is dropped (with a warning) and the
+    returned grids have it unlabelled, else the split is refused with a message naming the class.
+    """
+    classes, p = grids.classes, cfg.patches.patch_px
+    split = _split(grids, cfg)
+    short = short_classes(split, grids.labels, len(classes), need_test=need_test)
+    if short and cfg.evaluate.drop_small_classes:
+        log.warning("dropping classes %s: too few labelled cells on one side of the spatial split",
+                    ", ".join(classes[k] for k in short))
+        grids = grids.replace_labels(
+            np.where(np.isin(grids.labels, [k + 1 for k in short]), 0, grids.labels).astype(grids.labels.dtype))
+        split = _split(grids, cfg)
+        short = short_classes(split, grids.labels, len(classes), need_test=need_test)
+    if short:
+        n_train, n_test = class_counts(split, grids.labels, len(classes))
+        raise DataValidationError(
+            f"{grids.source}: after the spatial split (blocks of {cfg.evaluate.block_patches * p} px) too few "
+            "labelled cells for class "
+            + ", ".join(f"'{classes[k]}' ({n_train[k]} training, {n_test[k]} test cells)" for k in short)
+            + "; label more of it, lower evaluate.block_patches, or set evaluate.drop_small_classes")
+    return split, grids
+
+
+def _split(grids: LabelGrids, cfg: RunConfig) -> Split:
+    p = cfg.patches.patch_px
+    try:
+        return spatial_split(grids.labels, grids.valid, block_px=cfg.evaluate.block_patches * p, gap_px=p,
+                             test_fraction=cfg.evaluate.test_fraction, seed=cfg.evaluate.seed)
+    except ValueError as exc:
+        raise DataValidationError(f"{grids.source}: labels cannot be split spatially: {exc}") from None
+
+
+def class_counts(split: Split, labels: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray]:
+    """Training and test cells of each class (0-based), before subsampling."""
+    return (np.bincount(labels[split.train_rows, split.train_cols], minlength=K + 1)[1:],
+            np.bincount(labels[split.test_rows, split.test_cols], minlength=K + 1)[1:])
+
+
+def short_classes(split: Split, labels: np.ndarray, K: int, *, need_test: bool) -> list[int]:
+    """Labelled classes (0-based) that cannot be learnt (< 2 training cells) or, with ``need_test``, scored."""
+    n_train, n_test = class_counts(split, labels, K)
+    return [k for k in range(K) if n_train[k] + n_test[k] > 0 and (n_train[k] < 2 or (need_test and n_test[k] < 1))]
+
+
+@dataclass(frozen=True)
+class Cells:
+    """Cells of one role (training or test): coordinates, labels (1..K) and, for training, block ids."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    y: np.ndarray
+    blocks: np.ndarray | None = None
+
+    def take(self, idx: np.ndarray) -> "Cells":
+        return Cells(self.rows[idx], self.cols[idx], self.y[idx], None if self.blocks is None else self.blocks[idx])
+
+
+def training_cells(split: Split, labels: np.ndarray, cfg: RunConfig) -> Cells:
+    """The SVM's training cells: at most ``svm.max_per_class`` of each class, deterministic."""
+    y = labels[split.train_rows, split.train_cols]
+    keep = subsample_per_class(y, cfg.svm.max_per_class, cfg.svm.seed)
+    counts = np.bincount(y[keep])
+    small = [int(c) for c in np.unique(y) if counts[c] < 2]
+    if small:  # (only after subsampling; labelled_split has checked the full counts)
+        raise DataValidationError(f"classes {small} have fewer than 2 training cells after subsampling")
+    return Cells(split.train_rows[keep], split.train_cols[keep], y[keep], split.train_blocks[keep])
+
+
+def holdout_cells(split: Split, labels: np.ndarray, cfg: RunConfig) -> Cells:
+    """The scored test cells: a deterministic subsample of the held-out blocks."""
+    rng = np.random.default_rng(cfg.evaluate.seed)
+    n_test = split.test_rows.size
+    pick = np.sort(rng.choice(n_test, min(n_test, cfg.evaluate.max_test_pixels), replace=False))
+    trow, tcol = split.test_rows[pick], split.test_cols[pick]
+    return Cells(trow, tcol, labels[trow, tcol])
+
+
+def split_config(cfg: RunConfig, i: int) -> RunConfig:
+    """The config of the i-th evaluation split: the same, with the split seed advanced by i."""
+    return cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"seed": cfg.evaluate.seed + i})})

@@ -1,0 +1,134 @@
+"""Stage ``evaluate``: AE features against raw pixels on spatial holdouts -> ``OUT/report.*`` and figures.
+
+Headline metrics are means over ``evaluate.splits`` random spatial splits; per-class F1, the
+confusion matrices and the embedding view come from the first (the deployed model's) split.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from magpipe.bundle import ModelBundle, load_bundle
+from magpipe.config import RunConfig
+from magpipe.errors import DataValidationError
+from magpipe.evaluation import METRICS, score, sparse_label_scores, summarise
+from magpipe.explore import embedding_2d, label_next, top_anomalies
+from magpipe.features import RawFeatures, cell_features
+from magpipe.io.schema import Layout
+from magpipe.io.survey import LabelGrids, read_label_grids
+from magpipe.locking import locks_output
+from magpipe.splits import holdout_cells, labelled_split, split_config, training_cells
+from magpipe.stages.inputs import input_stack
+from magpipe.svm import fit_svm, predict_with_confidence
+
+log = logging.getLogger("magpipe")
+
+FEATURE_SETS = ("ae", "raw")  # the learned features and the paper's baseline
+
+
+def evaluate_split(cfg: RunConfig, bundle: ModelBundle, arrays: list, grids: LabelGrids, *, deployed: bool) -> dict:
+    """AE features against raw pixels on one spatial split (``cfg.evaluate.seed``).
+
+    The deployed split scores the bundle's own SVM; another split refits the AE SVM on its
+    training cells, with the same search, so both feature sets are treated alike on every split.
+    """
+    split, grids = labelled_split(grids, cfg, need_test=True)
+    train, test = training_cells(split, grids.labels, cfg), holdout_cells(split, grids.labels, cfg)
+    p, K = bundle.patch_px, len(grids.classes)
+    sets = {"ae": bundle.features, "raw": RawFeatures(p, len(bundle.inputs))}
+    X_te = cell_features(sets, arrays, bundle.scaling, test.rows, test.cols)
+    X_tr = cell_features(sets, arrays, bundle.scaling, train.rows, train.cols)
+    log.info("evaluate: split seed %d, %d training, %d test cells", cfg.evaluate.seed, len(train.y), len(test.y))
+    models, infos = {}, {}
+    for name in FEATURE_SETS:
+        if name == "ae" and deployed:
+            models[name], infos[name] = bundle.svm, bundle.meta.get("svm", {})
+        else:
+            models[name], infos[name] = fit_svm(X_tr[name], train.y, train.blocks, cfg.svm)
+    scores = {name: score(test.rows, test.cols, test.y, predict_with_confidence(models[name], X_te[name])[0],
+                          patch_px=p, n_classes=K) for name in FEATURE_SETS}
+    # the floor any classifier must clear: the most common class of the (unsubsampled) training region
+    majority = np.bincount(grids.labels[split.train_rows, split.train_cols]).argmax()
+    scores["majority"] = score(test.rows, test.cols, test.y, np.full_like(test.y, majority), patch_px=p, n_classes=K)
+    sparse = None
+    if cfg.evaluate.sparse_per_class:
+        sparse = sparse_label_scores(X_tr, X_te, train.y, train.blocks, (test.rows, test.cols, test.y),
+                                     per_class=cfg.evaluate.sparse_per_class, repeats=cfg.evaluate.sparse_repeats,
+                                     patch_px=p, n_classes=K, svm_cfg=cfg.svm, seed=cfg.evaluate.seed)
+    return {"seed": cfg.evaluate.seed, "classes": grids.classes, "scores": scores, "svm": infos,
+            "n_train": int(len(train.y)), "n_test": int(len(test.y)), "n_test_available": int(split.test_rows.size),
+            "sparse": sparse, "test_features": X_te["ae"], "test_labels": test.y}
+
+
+def score_splits(cfg: RunConfig, bundle: ModelBundle, arrays: list, grids: LabelGrids) -> tuple[list[dict], list]:
+    """Every evaluation split (the first is the deployed model's); a later split where a class falls
+    short on one side is skipped with a warning and listed."""
+    splits, skipped = [evaluate_split(cfg, bundle, arrays, grids, deployed=True)], []
+    for i in range(1, cfg.evaluate.splits):
+        try:
+            splits.append(evaluate_split(split_config(cfg, i), bundle, arrays, grids, deployed=False))
+        except DataValidationError as exc:
+            log.warning("evaluate: split seed %d skipped: %s", cfg.evaluate.seed + i, exc)
+            skipped.append({"seed": cfg.evaluate.seed + i, "reason": str(exc)})
+    return splits, skipped
+
+
+def build_report(cfg: RunConfig, bundle: ModelBundle, splits: list[dict], skipped: list, lay: Layout) -> dict:
+    """report.json's content: headline means, per-split scores, the first split's details, and what to look at."""
+    first, p = splits[0], bundle.patch_px
+    classes = first["classes"]
+    ae, raw = first["scores"]["ae"], first["scores"]["raw"]
+    headline = summarise({name: [sp["scores"][name] for sp in splits] for name in (*FEATURE_SETS, "majority")})
+    sparse = None
+    if cfg.evaluate.sparse_per_class:
+        draws = {name: [d for sp in splits for d in sp["sparse"]["draws"][name]] for name in FEATURE_SETS}
+        sparse = {"per_class": cfg.evaluate.sparse_per_class, "repeats": len(draws["ae"]), **summarise(draws)}
+    return {
+        "classes": classes, "n_train": first["n_train"], "n_test": first["n_test"],
+        "n_test_available": first["n_test_available"], "patch_px": p, "layers": bundle.layers,
+        **headline,
+        "n_splits": len(splits),
+        "splits_skipped": skipped,
+        "splits": [{"seed": sp["seed"], "n_train": sp["n_train"], "n_test": sp["n_test"],
+                    **{m: {n: sp["scores"][n][m] for n in FEATURE_SETS} for m in METRICS}} for sp in splits],
+        "f1": {"ae": dict(zip(classes, ae["f1"])), "raw": dict(zip(classes, raw["f1"]))},
+        "confusion": {"ae": ae["confusion"], "raw": raw["confusion"]},
+        "n_test_patches": ae["n_patches"],
+        "sparse": sparse,
+        "svm": first["svm"],
+        "training": bundle.meta.get("training", {}),
+        "split": {"block_px": cfg.evaluate.block_patches * p, "gap_px": p,
+                  "test_fraction": cfg.evaluate.test_fraction, "seed": cfg.evaluate.seed},
+        "anomalies": top_anomalies(lay.classified, cfg.evaluate.top_k, patch_px=p),
+        "label_next": label_next(lay.classified, cfg.evaluate.top_k, block=cfg.evaluate.block_patches * p),
+    }
+
+
+@locks_output
+def run_evaluate(out: str | Path, cfg: RunConfig) -> dict:
+    """Score the run's model on spatial holdouts; write report.json, report.md and the figures.
+
+    Returns
+    -------
+    The report (see ``OUT/report.json``): ``pixel_accuracy``, ``patch_accuracy`` and
+    ``balanced_accuracy`` map ``ae``, ``raw`` and ``majority`` to their mean over splits.
+    """
+    from magpipe.report import write_report
+
+    lay = Layout(out)
+    cfg.save(lay.config)
+    bundle = load_bundle(lay.model, patch_px=cfg.patches.patch_px)  # the split's blocks are in patch widths
+    arrays, _ = input_stack(lay, bundle.inputs)
+    splits, skipped = score_splits(cfg, bundle, arrays, read_label_grids(lay.survey))
+    report = build_report(cfg, bundle, splits, skipped, lay)
+    first = splits[0]
+    ty = first["test_labels"]
+    view = np.random.default_rng(cfg.evaluate.seed).choice(len(ty), min(len(ty), 3000), replace=False)
+    emb, emb_method = embedding_2d(first["test_features"][view])
+    report["embedding"] = {"method": emb_method, "n_cells": len(view)}
+    write_report(report, lay, embedding=(emb, ty[view]))
+    return report
+

@@ -1,0 +1,47 @@
+"""Stage ``labels``: a label raster or vector file -> ``OUT/survey.zarr:labels`` on the survey's grid."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from magpipe.config import RunConfig
+from magpipe.errors import InputError
+from magpipe.io import schema as S
+from magpipe.io.labels import read_labels
+from magpipe.io.schema import Layout
+from magpipe.io.stores import content_hash, file_hash, open_store
+from magpipe.io.survey import survey_attrs, write_labels
+from magpipe.locking import locks_output
+
+log = logging.getLogger("magpipe")
+
+
+@locks_output
+def run_labels(out: str | Path, cfg: RunConfig) -> Path:
+    """Rasterise ``cfg.inputs.labels`` onto the survey's cells; skipped when labels and survey are unchanged.
+
+    Returns
+    -------
+    The survey store, now with ``labels`` (y, x) int16 (0 = unlabelled, k = ``classes[k - 1]``).
+    """
+    lay, c = Layout(out), cfg.inputs
+    if c.labels is None:
+        raise InputError("no labels given (inputs.labels)")
+    labels = Path(c.labels)
+    cfg.save(lay.config)
+    if not labels.exists():
+        raise InputError(f"{labels}: file not found")
+    attrs = survey_attrs(lay.survey)
+    h = content_hash("labels-v1", attrs.get(S.HASH, ""), file_hash(labels), str(c.label_field), str(c.classes))
+    if attrs.get(S.LABELS_HASH) == h:
+        log.info("labels: up to date")
+        return lay.survey
+    codes, names = read_labels(labels, open_store(lay.survey)[S.FIELD], label_field=c.label_field, classes=c.classes)
+    write_labels(lay.survey, codes, names, source=labels.name, labels_hash=h)
+    counts = np.bincount(codes.ravel(), minlength=len(names) + 1)[1:]
+    log.info("labels: %s -> %d classes, %s", labels, len(names),
+             ", ".join(f"{n}: {c}" for n, c in zip(names, counts)))
+    return lay.survey

@@ -1,0 +1,148 @@
+"""Tiles of a survey, and the one resumable, Dask-parallel writer of tiled outputs.
+
+A tiled output (``classified.zarr``, ``similar.zarr``) is made by one function of a tile,
+``tile_fn((y0, y1, x0, x1)) -> {variable: (y1 - y0, x1 - x0) array}``, run on every tile:
+
+- the store is written under ``<name>.partial`` from a lazy template on the survey's
+  grid and CRS; one tile is one Zarr shard, so no two tasks write the same object;
+- each finished tile sets its cell of ``tile_done`` (last), so a re-run of an interrupted
+  output with the same stage hash redoes only unfinished tiles and ends identical;
+- the store is marked complete and moved into place only after its last tile.
+
+With a ``distributed.Client`` tiles run on its workers (``tile_fn`` must pickle: a
+``functools.partial`` of a module-level function of paths); without one, in this process.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from magpipe.io.schema import HASH, TILE_DONE, VERSION
+from magpipe.io.stores import (
+    check_output_path,
+    create_tiled_store,
+    is_complete,
+    mark_complete,
+    partial_path,
+    replace_dir,
+    store_attrs,
+    tiles_done,
+    version,
+    write_tile,
+)
+
+log = logging.getLogger("magpipe.tiling")
+
+Tile = tuple[int, int, int, int]  # y0, y1, x0, x1
+TileFn = Callable[[Tile], dict[str, np.ndarray]]
+
+
+def tiles(shape: tuple[int, int], tile_px: int) -> list[Tile]:
+    """Row-major (y0, y1, x0, x1) tiles covering a grid; the last row/column may be smaller."""
+    ny, nx = shape
+    return [
+        (y0, min(ny, y0 + tile_px), x0, min(nx, x0 + tile_px))
+        for y0 in range(0, ny, tile_px)
+        for x0 in range(0, nx, tile_px)
+    ]
+
+
+def output_template(grid: xr.Dataset, variables: dict[str, tuple[str, float, dict]], tile_px: int) -> xr.Dataset:
+    """A lazy dataset on ``grid``'s y/x coordinates and CRS, plus ``tile_done``.
+
+    Parameters
+    ----------
+    grid : any dataset on the survey's grid (its ``y``, ``x`` and ``spatial_ref`` are kept).
+    variables : name -> (dtype, fill value, attrs) of each output variable.
+    tile_px : tile (= shard) side in cells.
+    """
+    import dask.array as da
+
+    ny, nx = grid.sizes["y"], grid.sizes["x"]
+    chunks = (tile_px, tile_px)
+    coords = {k: grid.coords[k] for k in ("y", "x", "spatial_ref") if k in grid.coords}
+    gm = {"grid_mapping": "spatial_ref"} if "spatial_ref" in coords else {}
+    ds = xr.Dataset({name: (("y", "x"), da.full((ny, nx), fill, dtype=dtype, chunks=chunks), {**attrs, **gm})
+                     for name, (dtype, fill, attrs) in variables.items()}, coords=coords)
+    nty, ntx = -(-ny // tile_px), -(-nx // tile_px)
+    ds[TILE_DONE] = (("tile_y", "tile_x"), da.zeros((nty, ntx), dtype="uint8", chunks=(1, 1)))
+    return ds
+
+
+def run_tile(tile_fn: TileFn, store: str, tile: Tile, tile_px: int) -> Tile:
+    """Compute one tile and write it into the partial ``store`` (the task each worker runs)."""
+    write_tile(store, tile, tile_fn(tile), tile_px=tile_px)
+    return tile
+
+
+def write_tiles(out: str | Path, template: xr.Dataset, tile_fn: TileFn, *, stage_hash: str, tile_px: int,
+                attrs: dict | None = None, client=None, progress: Callable[[int, int], None] | None = None,
+                name: str = "tiles") -> Path:
+    """Fill the tiled output ``out`` with ``tile_fn`` of every tile; skip it when complete with
+    ``stage_hash``, resume its partial store when that was made with the same hash.
+
+    Parameters
+    ----------
+    out : the output store (e.g. ``OUT/classified.zarr``).
+    template : :func:`output_template` of the output variables.
+    tile_fn : tile -> {variable: values}, the values of the tile's cells.
+    stage_hash : content hash of everything the output depends on.
+    tile_px : tile side in cells (the template's chunk).
+    attrs : extra attributes of the store.
+    client : a ``distributed.Client``, or None to run in this process.
+    progress : called with (tiles done, tiles in all) after every tile.
+    name : prefix of the Dask task keys and of log lines.
+
+    Returns
+    -------
+    ``out``, complete.
+    """
+    out = Path(out)
+    check_output_path(out)
+    if is_complete(out, stage_hash):
+        log.info("%s is up to date; nothing to do", out)
+        return out
+    tmp = partial_path(out)
+    prev = store_attrs(tmp)
+    if prev is None or prev.get(HASH) != stage_hash:
+        template = template.copy()
+        template.attrs.update({**(attrs or {}), HASH: stage_hash, VERSION: version(), "tile_px": tile_px})
+        create_tiled_store(tmp, template, tile_px=tile_px)
+        done = np.zeros(template[TILE_DONE].shape, dtype="uint8")
+    else:
+        done = tiles_done(tmp)
+    grid = tiles((template.sizes["y"], template.sizes["x"]), tile_px)
+    todo = [(i, t) for i, t in enumerate(grid) if not done[t[0] // tile_px, t[2] // tile_px]]
+    log.info("%s: %d of %d tiles (%d px) into %s", name, len(todo), len(grid), tile_px, out)
+    finished = len(grid) - len(todo)
+    for _ in _run(tile_fn, str(tmp), todo, tile_px, client, key=f"{name}-{stage_hash}"):
+        finished += 1
+        _report(progress, finished, len(grid), name)
+    mark_complete(tmp)
+    replace_dir(tmp, out)
+    return out
+
+
+def _run(tile_fn: TileFn, store: str, todo: list[tuple[int, Tile]], tile_px: int, client, *, key: str):
+    """Yield once per finished tile, in completion order."""
+    if client is None:
+        for _, t in todo:
+            yield run_tile(tile_fn, store, t, tile_px)
+        return
+    from distributed import as_completed
+
+    futures = [client.submit(run_tile, tile_fn, store, t, tile_px, key=f"{key}-{i}", pure=False) for i, t in todo]
+    for fut in as_completed(futures, loop=client.loop):
+        yield fut.result()
+
+
+def _report(progress, done: int, total: int, name: str) -> None:
+    if progress is not None:
+        progress(done, total)
+    if done == total or done % max(1, total // 10) == 0:
+        log.info("%s %d/%d", name, done, total)
