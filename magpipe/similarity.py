@@ -19,6 +19,7 @@ from magpipe.bundle import ModelBundle
 from magpipe.classify import window_masks
 from magpipe.errors import InputError
 from magpipe.features import cell_features, window_input
+from magpipe.io.labels import polygon_cells
 from magpipe.io.schema import Layout
 from magpipe.io.survey import open_inputs
 from magpipe.patches import read_stack
@@ -40,21 +41,9 @@ def query_cells(survey: xr.Dataset, *, point: tuple[float, float] | None = None,
         raise InputError("give exactly one query: a point (x y) or a polygon file")
     if point is not None:
         return _point_cell(survey, valid, point)
-    import geopandas as gpd
-    from rasterio.features import geometry_mask
-
-    path = Path(polygons)
-    try:
-        gdf = gpd.read_file(path)
-    except Exception as exc:
-        raise InputError(f"{path}: not a readable vector file ({str(exc).splitlines()[0][:200]})") from None
-    crs = survey.rio.crs
-    if gdf.crs is not None and crs is not None:
-        gdf = gdf.to_crs(crs)
-    inside = ~geometry_mask(list(gdf.geometry), out_shape=valid.shape, transform=survey.rio.transform())
-    rows, cols = np.nonzero(inside & valid)
+    rows, cols = np.nonzero(polygon_cells(polygons, survey) & valid)
     if rows.size == 0:
-        raise InputError(f"{path}: the polygons cover no valid cell of the survey")
+        raise InputError(f"{polygons}: the polygons cover no valid cell of the survey")
     return rows, cols
 
 

@@ -101,20 +101,9 @@ def train_autoencoder(
         model.train()
         gen = torch.Generator().manual_seed(cfg.seed + epoch)
         order = torch.from_numpy(train_idx)[torch.randperm(len(train_idx), generator=gen)]
-        total, count = 0.0, 0
-        for b0 in range(0, len(order), cfg.batch_size):
-            idx = order[b0 : b0 + cfg.batch_size]
-            xb = x[idx].to(device, non_blocking=True)
-            mb = m[idx].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss = masked_mse(model(xb), xb, mb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            count += len(idx)
+        train_loss = _train_epoch(model, opt, x, m, order, cfg.batch_size, device, amp)
         val = evaluate_loss(model, x[val_idx], m[val_idx], device, cfg.batch_size * 4, amp)
-        row = {"epoch": epoch + 1, "train_loss": total / max(count, 1), "val_loss": val}
+        row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val}
         history.append(row)
         if val < best - 1e-6:
             best, bad = val, 0
@@ -132,6 +121,24 @@ def train_autoencoder(
         model.load_state_dict(best_state)
     best_epoch = min(history, key=lambda r: r["val_loss"])["epoch"] if history else 0
     return TrainResult(model.cpu().eval(), history, best_epoch, best, str(device))
+
+
+def _train_epoch(model, opt, x: torch.Tensor, m: torch.Tensor, order: torch.Tensor, batch_size: int,
+                 device: torch.device, amp: bool) -> float:
+    """One pass over the training patches in ``order``; the mean training loss."""
+    total, count = 0.0, 0
+    for b0 in range(0, len(order), batch_size):
+        idx = order[b0 : b0 + batch_size]
+        xb = x[idx].to(device, non_blocking=True)
+        mb = m[idx].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = masked_mse(model(xb), xb, mb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += float(loss.detach()) * len(idx)
+        count += len(idx)
+    return total / max(count, 1)
 
 
 @torch.no_grad()

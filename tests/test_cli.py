@@ -129,3 +129,34 @@ def test_changing_only_the_tile_size_does_not_retrain(trained_run):
     cfg.classify.chunk_px = 128
     run_train(trained_run["out"], cfg)
     assert load_bundle(trained_run["out"] / "model").meta["input_hash"] == before
+
+
+@pytest.mark.slow
+def test_stage_commands_save_a_config_that_reproduces_the_run(survey_files, config_file, tmp_path):
+    """Each stage command records OUT/config.json; `run --config OUT/config.json` repeats the run elsewhere."""
+    import zarr
+
+    d, e = tmp_path / "d", tmp_path / "e"
+    assert magpipe("ingest", survey_files["survey"], "--out", d, "--config", config_file).returncode == 0
+    saved = json.loads((d / "config.json").read_text())
+    assert saved["inputs"]["survey"] == str(Path(survey_files["survey"]).resolve())
+    assert saved["patches"]["patch_px"] == 9 and "runtime" not in saved  # the tiny config, no runtime settings
+    # later stage commands continue the run from its saved config (no --config needed)
+    for args in (["labels", survey_files["labels"]], ["train"], ["classify", "--serial"], ["evaluate"]):
+        r = magpipe(*args, "--out", d)
+        assert r.returncode == 0, (args, r.stderr[-2000:])
+    saved = json.loads((d / "config.json").read_text())
+    assert saved["inputs"]["labels"] == str(Path(survey_files["labels"]).resolve())
+    r = magpipe("run", "--config", d / "config.json", "--out", e, "--serial")
+    assert r.returncode == 0, r.stderr[-2000:]
+    for name in ("class", "confidence", "anomaly"):
+        np.testing.assert_array_equal(zarr.open_array(d / "classified.zarr" / name)[:],
+                                      zarr.open_array(e / "classified.zarr" / name)[:])
+    rd, re_ = (json.loads((x / "report.json").read_text()) for x in (d, e))
+    for key in ("pixel_accuracy", "patch_accuracy", "balanced_accuracy", "sparse", "splits", "f1", "confusion"):
+        assert rd[key] == re_[key], key
+
+
+def test_run_without_inputs_says_what_is_missing(tmp_path):
+    r = magpipe("run", "--out", tmp_path / "o")
+    assert_one_line_error(r, "no inputs.survey and no inputs.labels")

@@ -106,6 +106,24 @@ def read_labels(
     return values, names
 
 
+def polygon_cells(path: str | Path, survey: xr.Dataset | xr.DataArray) -> np.ndarray:
+    """Cells (bool, y/x) of the survey grid whose centre lies inside the polygons of a vector file,
+    reprojected to the survey's CRS (a file without a CRS is taken to be in the survey's)."""
+    import geopandas as gpd
+    from rasterio.features import geometry_mask
+
+    path = Path(path)
+    try:
+        gdf = gpd.read_file(path)
+    except Exception as exc:  # pyogrio raises several types for unreadable files
+        raise InputError(f"{path}: not a readable vector file ({str(exc).splitlines()[0][:200]})") from None
+    crs = survey.rio.crs
+    if gdf.crs is not None and crs is not None:
+        gdf = gdf.to_crs(crs)
+    return ~geometry_mask(list(gdf.geometry), out_shape=(survey.sizes["y"], survey.sizes["x"]),
+                          transform=survey.rio.transform())
+
+
 def _survey_crs(survey: xr.DataArray, path: Path):
     crs = survey.rio.crs
     if crs is None:

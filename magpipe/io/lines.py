@@ -255,36 +255,12 @@ def grid_line_data(
     DataValidationError
         If ``df`` lacks the columns or has fewer than three finite points.
     """
-    import pyproj
     import rioxarray  # noqa: F401  (registers the .rio accessor)
     import verde as vd
     from affine import Affine
 
-    if not (spacing > 0 and math.isfinite(spacing)):
-        raise ConfigError(f"spacing must be a positive number, got {spacing!r}")
-    maxdist = 2.5 * spacing if maxdist is None else maxdist
-    if not maxdist > 0:
-        raise ConfigError(f"maxdist must be positive, got {maxdist!r}")
-    out_crs = pyproj.CRS.from_user_input(crs)
-    if out_crs.is_geographic:
-        raise ConfigError(f"crs must be projected so spacing is a distance, got {out_crs}")
-    missing = {"x", "y", "value"} - set(df.columns)
-    if missing:
-        raise DataValidationError(f"line data lacks columns {sorted(missing)}")
-
-    values = df[["x", "y", "value"]].to_numpy(dtype="float64")
-    values = values[np.isfinite(values).all(axis=1)]
-    if len(values) < 3:
-        raise DataValidationError(f"line data has {len(values)} finite points; need at least 3")
-    if input_crs is None:
-        input_crs = "EPSG:4326" if df.attrs.get("geographic") else out_crs
-    in_crs = pyproj.CRS.from_user_input(input_crs)
-    x, y, data = values.T
-    if in_crs != out_crs:
-        transformer = pyproj.Transformer.from_crs(in_crs, out_crs, always_xy=True)
-        x, y = transformer.transform(x, y)
-        x, y = np.asarray(x), np.asarray(y)
-
+    x, y, data, out_crs, maxdist = _projected_points(df, spacing=spacing, crs=crs, input_crs=input_crs,
+                                                    maxdist=maxdist)
     west = math.floor(x.min() / spacing) * spacing
     south = math.floor(y.min() / spacing) * spacing
     east = (math.floor(x.max() / spacing) + 1) * spacing
@@ -302,13 +278,38 @@ def grid_line_data(
     far = ~vd.distance_mask((x, y), maxdist=maxdist, coordinates=(grid_x, grid_y))
     field[far] = np.nan
 
-    grid = xr.DataArray(
-        field.astype("float32"),
-        coords={"y": yc, "x": xc},
-        dims=("y", "x"),
-        name="field",
-        attrs={"units": "nT"},
-    )
+    grid = xr.DataArray(field.astype("float32"), coords={"y": yc, "x": xc}, dims=("y", "x"), name="field",
+                        attrs={"units": "nT"})
     grid = grid.rio.write_crs(out_crs)
     grid = grid.rio.write_transform(Affine(spacing, 0.0, west, 0.0, -spacing, north))
     return grid.rio.write_nodata(np.nan, encoded=False)
+
+
+def _projected_points(df: pd.DataFrame, *, spacing: float, crs, input_crs, maxdist: float | None):
+    """The finite x, y, value points of ``df`` in the output CRS, checked, with the default ``maxdist``."""
+    import pyproj
+
+    if not (spacing > 0 and math.isfinite(spacing)):
+        raise ConfigError(f"spacing must be a positive number, got {spacing!r}")
+    maxdist = 2.5 * spacing if maxdist is None else maxdist
+    if not maxdist > 0:
+        raise ConfigError(f"maxdist must be positive, got {maxdist!r}")
+    out_crs = pyproj.CRS.from_user_input(crs)
+    if out_crs.is_geographic:
+        raise ConfigError(f"crs must be projected so spacing is a distance, got {out_crs}")
+    missing = {"x", "y", "value"} - set(df.columns)
+    if missing:
+        raise DataValidationError(f"line data lacks columns {sorted(missing)}")
+    values = df[["x", "y", "value"]].to_numpy(dtype="float64")
+    values = values[np.isfinite(values).all(axis=1)]
+    if len(values) < 3:
+        raise DataValidationError(f"line data has {len(values)} finite points; need at least 3")
+    if input_crs is None:
+        input_crs = "EPSG:4326" if df.attrs.get("geographic") else out_crs
+    in_crs = pyproj.CRS.from_user_input(input_crs)
+    x, y, data = values.T
+    if in_crs != out_crs:
+        transformer = pyproj.Transformer.from_crs(in_crs, out_crs, always_xy=True)
+        x, y = transformer.transform(x, y)
+        x, y = np.asarray(x), np.asarray(y)
+    return x, y, data, out_crs, maxdist

@@ -1,0 +1,74 @@
+"""The layout rules of the code base, checked: store access only in magpipe/io, short functions,
+no test module importing another, no global side effects on import."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CODE = [f for d in ("magpipe", "flows") for f in sorted((ROOT / d).rglob("*.py"))]
+MAX_FUNCTION_LINES = 80
+
+
+def _store_access(tree: ast.AST) -> list[tuple[int, str]]:
+    """Lines that open or write a Zarr store, a dataset or a raster directly."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            found += [(node.lineno, f"import {n}") for n in names if n.split(".")[0] in ("zarr", "rasterio")]
+        elif isinstance(node, ast.Attribute):
+            base = node.value.id if isinstance(node.value, ast.Name) else "..."
+            if base == "zarr" or (base == "xr" and node.attr.startswith("open_")) or node.attr == "to_zarr" \
+                    or (base == "rasterio" and node.attr == "open"):
+                found.append((node.lineno, ast.unparse(node)))
+    return found
+
+
+def test_store_access_lives_in_magpipe_io():
+    outside = [(f.relative_to(ROOT), line, what) for f in CODE if "magpipe/io/" not in f.as_posix()
+               for line, what in _store_access(ast.parse(f.read_text()))]
+    assert not outside, outside
+
+
+def test_the_store_check_sees_store_access():  # the rule above can fail
+    assert {w for _, w in _store_access(ast.parse("import zarr\nzarr.open_group(p)\nds.to_zarr(p)\n"
+                                                  "xr.open_zarr(p)\nrasterio.open(p)"))} == \
+        {"import zarr", "zarr.open_group", "ds.to_zarr", "xr.open_zarr", "rasterio.open"}
+
+
+def test_no_function_is_longer_than_80_lines():
+    long = [(f.relative_to(ROOT), node.name, node.end_lineno - node.lineno + 1) for f in CODE
+            for node in ast.walk(ast.parse(f.read_text()))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+    assert not long, long
+
+
+def test_no_test_module_imports_another():
+    tests = {f.stem for f in (ROOT / "tests").rglob("*.py")}
+    bad = [(f.relative_to(ROOT), n) for f in (ROOT / "tests").rglob("*.py")
+           for node in ast.walk(ast.parse(f.read_text())) if isinstance(node, (ast.Import, ast.ImportFrom))
+           for n in ([a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""])
+           if n.split(".")[0] in tests]
+    assert not bad, bad
+
+
+def test_importing_magpipe_changes_no_process_state():
+    """GDAL's cache, warning filters, torch threads and matplotlib's backend are the entry points' to set."""
+    # the libraries magpipe uses first: their own import-time filters are not magpipe's
+    code = ("import os, warnings, torch, numpy, scipy.ndimage, sklearn.svm, xarray, zarr, dask.array, distributed\n"
+            "import rioxarray, geopandas, skops.io, pydantic\n"
+            "n = torch.get_num_threads(); f = list(warnings.filters)\n"
+            "import magpipe.pipeline, magpipe.report, magpipe.io.grids, magpipe.cluster, magpipe.classify\n"
+            "import sys\n"
+            "assert 'GDAL_CACHEMAX' not in os.environ, 'GDAL_CACHEMAX'\n"
+            "assert torch.get_num_threads() == n, 'torch threads'\n"
+            "assert warnings.filters == f, [w for w in warnings.filters if w not in f]\n"
+            "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot'\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "GDAL_CACHEMAX"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
