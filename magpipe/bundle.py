@@ -38,6 +38,20 @@ TRUSTED_SKOPS_TYPES = [
 
 @dataclass
 class ModelBundle:
+    """Everything needed to classify a survey, as saved in a bundle directory.
+
+    Attributes
+    ----------
+    model : the trained autoencoder (eval mode).
+    svm : the calibrated SVM on its features (see :func:`magpipe.svm.fit_svm`).
+    layers : encoder layers the features are taken from.
+    scaling : standardisation of each input grid, in its units (nT for the field).
+    classes : the K class names; code k is ``classes[k - 1]``.
+    anomaly_px : side (cells) of the central window the anomaly is scored on.
+    meta : the rest of ``metadata.json`` (input hash, config, training history, SVM search).
+    inputs : names of the C input grids, in channel order.
+    """
+
     model: PatchAutoencoder
     svm: object
     layers: list[int]
@@ -49,6 +63,7 @@ class ModelBundle:
 
     @property
     def patch_px(self) -> int:
+        """Patch side p in cells."""
         return self.model.patch_px
 
     @property
@@ -58,6 +73,8 @@ class ModelBundle:
 
 
 def library_versions() -> dict[str, str]:
+    """Versions of magpipe, Python and the libraries a bundle's files depend on, recorded in it so a
+    bundle that misbehaves after an upgrade can be traced."""
     from importlib.metadata import version as installed
 
     return {"magpipe": version(), "torch": torch.__version__,
@@ -66,7 +83,11 @@ def library_versions() -> dict[str, str]:
 
 
 def save_bundle(bundle: ModelBundle, path: str | Path) -> Path:
-    """Write a bundle directory atomically (written aside, then moved into place)."""
+    """Write a bundle directory atomically (written aside, then moved into place).
+
+    A reader never finds half a bundle, and an interrupted save leaves the previous one intact.
+    Returns ``path``.
+    """
     import skops.io as sio
 
     path = Path(path)
@@ -93,7 +114,11 @@ def save_bundle(bundle: ModelBundle, path: str | Path) -> Path:
 
 
 def read_bundle_meta(path: str | Path) -> dict:
-    """A bundle's metadata alone, checked for format: cheap, loads no weights."""
+    """A bundle's metadata alone, checked for format: cheap, loads no weights.
+
+    Raises InputError when ``path`` is not a bundle, holds pickle files, or its metadata is corrupt,
+    of another format or incomplete.
+    """
     path = Path(path)
     meta_file = path / "metadata.json"
     if not meta_file.exists():
@@ -114,7 +139,12 @@ def read_bundle_meta(path: str | Path) -> dict:
 
 
 def load_bundle(path: str | Path, *, patch_px: int | None = None) -> ModelBundle:
-    """Load a bundle, checking it is complete, of a known format, and for ``patch_px`` if given."""
+    """Load a bundle, checking it is complete, of a known format, and for ``patch_px`` if given.
+
+    Weights are loaded with ``weights_only=True`` and the SVM only when skops finds no type outside
+    :data:`TRUSTED_SKOPS_TYPES`, so a bundle from elsewhere cannot run code. Raises InputError for
+    anything that fails those checks, a patch size other than ``patch_px``, or unreadable files.
+    """
     import skops.io as sio
 
     path = Path(path)

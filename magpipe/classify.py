@@ -27,7 +27,11 @@ __all__ = ["NODATA_CLASS", "classify_window", "classify_array", "classify_tile",
 
 def window_masks(patch_px: int, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Valid cells (every input has data) of a (C, H, W) window carrying a halo of p // 2, and of its
-    interior."""
+    interior.
+
+    Returns two bool masks: (H, W) over the whole window and (H - 2h, W - 2h) over its interior. A cell
+    missing any input counts as no data, since the model sees every channel of it.
+    """
     h = patch_px // 2
     valid = np.isfinite(window).all(0)
     return valid, (valid[h:-h, h:-h] if h else valid)
@@ -35,6 +39,9 @@ def window_masks(patch_px: int, window: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 def classify_window(bundle: ModelBundle, window: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Classify the interior of a raw (C, H + 2h, W + 2h) window (NaN = no data).
+
+    ``window`` holds the bundle's input grids in their own units (the field in nT), in the order of
+    ``bundle.inputs``; cells with no data, or beyond the survey's edge, are NaN.
 
     Returns
     -------
@@ -66,7 +73,12 @@ def classify_window(bundle: ModelBundle, window: np.ndarray) -> tuple[np.ndarray
 
 def classify_array(bundle: ModelBundle, grids: np.ndarray | list[np.ndarray]
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Single-process reference: the whole grid (one 2-D input, or a list of C) as one window."""
+    """Single-process reference: the whole grid (one 2-D input, or a list of C) as one window.
+
+    ``grids`` are (ny, nx) raw values (NaN = no data) in the order of ``bundle.inputs``; the result is
+    :func:`classify_window`'s for every cell, each (ny, nx). Holds the whole grid's features in memory:
+    for tests and small grids.
+    """
     arrays = [grids] if isinstance(grids, np.ndarray) and grids.ndim == 2 else list(grids)
     ny, nx = arrays[0].shape
     return classify_window(bundle, read_stack(arrays, 0, ny, 0, nx, bundle.patch_px // 2))
@@ -79,7 +91,11 @@ def cached_bundle(path: str) -> ModelBundle:
 
 
 def classify_tile(run: str, bundle_path: str, tile: Tile) -> dict[str, np.ndarray]:
-    """The class, confidence and anomaly of one tile of the run in ``run`` (what a Dask task computes)."""
+    """The class, confidence and anomaly of one tile of the run in ``run`` (what a Dask task computes).
+
+    Takes paths, not objects, so the task pickles cheaply; ``tile`` is (y0, y1, x0, x1) in cells and
+    each returned array is (y1 - y0, x1 - x0), as :func:`classify_window` describes.
+    """
     bundle = cached_bundle(bundle_path)
     y0, y1, x0, x1 = tile
     window = read_stack(open_inputs(Layout(run), bundle.inputs), y0, y1, x0, x1, bundle.patch_px // 2)

@@ -19,8 +19,18 @@ def dask_client(scheduler: str | None = None, *, workers: int = 2) -> Iterator[o
 
     The LocalCluster uses processes with one thread each: torch and libsvm are
     then never oversubscribed, and a crashing tile cannot take the driver down.
-    Every worker runs :class:`magpipe.process.WorkerSetup` first. The client is never made dask's default: work is submitted to it explicitly, so
-    clients opened by concurrent flows (threads) cannot leak a global scheduler setting.
+    Every worker runs :class:`magpipe.process.WorkerSetup` first. The client is never made
+    dask's default: work is submitted to it explicitly, so clients opened by concurrent flows
+    (threads) cannot leak a global scheduler setting.
+
+    Parameters
+    ----------
+    scheduler : address of a running scheduler (``tcp://host:port``); its workers are used as they are.
+    workers : worker processes of the LocalCluster when there is no scheduler.
+
+    Yields
+    ------
+    A ``distributed.Client``, closed (and its LocalCluster shut down) on leaving the block.
     """
     import logging
 

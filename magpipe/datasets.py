@@ -35,7 +35,8 @@ class BritainSample:
     Attributes
     ----------
     survey
-        GeoTIFF of the total-field magnetic anomaly (nT, float32, NaN = no data).
+        GeoTIFF of the total-field magnetic anomaly (nT, float32, NaN = no data) on the
+        British National Grid (EPSG:27700, metres), 2 km cells.
     labels
         GeoTIFF of uint8 rock classes on the same grid (0 = unlabelled).
     classes

@@ -39,6 +39,25 @@ def derived_channels(field: xr.DataArray, channels: tuple[str, ...] = CHANNELS, 
 
     ``fill`` replaces no-data before filtering (default: the grid's median); pass one value
     for every piece of a grid computed piecewise, so the pieces agree.
+
+    Parameters
+    ----------
+    field : 2-D grid in nT, regular coordinates in the survey's CRS units (metres when projected).
+    channels : names from :data:`CHANNELS`.
+    fill : no-data fill, in nT.
+
+    Returns
+    -------
+    One float32 variable per channel on ``field``'s dims and coordinates, NaN where ``field`` is:
+    ``field`` in nT; ``dz``, ``thd`` and ``asa`` in nT per CRS unit (nT/m); ``tilt`` in radians,
+    -pi/2..pi/2.
+
+    Raises
+    ------
+    ImportError
+        If Harmonica (or xrft) is not installed.
+    ValueError
+        For an unknown channel or a grid that is not 2-D.
     """
     try:
         import harmonica as hm

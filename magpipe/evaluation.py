@@ -16,6 +16,16 @@ def patch_majorities(rows, cols, y_true, y_pred, patch_px: int) -> tuple[np.ndar
     """Per non-overlapping p x p grid patch: majority true label and majority prediction.
 
     Ties go to the smaller class code, so the result is deterministic.
+
+    Parameters
+    ----------
+    rows, cols : (n,) cell indices of the scored cells.
+    y_true, y_pred : (n,) non-negative int class codes.
+    patch_px : patch side p in cells; patches are the p x p squares of a grid anchored at cell (0, 0).
+
+    Returns
+    -------
+    truth, pred : (P,) majority codes of the P patches that hold at least one scored cell.
     """
     pid = (np.asarray(rows) // patch_px) * (int(np.max(cols)) // patch_px + 1) + np.asarray(cols) // patch_px
     truth, pred = [], []
@@ -27,7 +37,20 @@ def patch_majorities(rows, cols, y_true, y_pred, patch_px: int) -> tuple[np.ndar
 
 
 def score(rows, cols, y_true: np.ndarray, y_pred: np.ndarray, *, patch_px: int, n_classes: int) -> dict:
-    """Pixel-wise, patch-wise and balanced accuracy, per-class F1 and the confusion matrix."""
+    """Pixel-wise, patch-wise and balanced accuracy, per-class F1 and the confusion matrix.
+
+    Parameters
+    ----------
+    rows, cols : (n,) cell indices of the scored cells (for the patch-wise accuracy).
+    y_true, y_pred : (n,) int class codes 1..K.
+    patch_px : patch side p in cells (see :func:`patch_majorities`).
+    n_classes : K; F1 and the confusion matrix cover classes 1..K even when some are absent.
+
+    Returns
+    -------
+    ``pixel_accuracy``, ``patch_accuracy``, ``balanced_accuracy`` (0..1), ``f1`` (K floats, class
+    1 first), ``confusion`` (K x K counts, rows true, columns predicted), ``n_pixels``, ``n_patches``.
+    """
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     labels = np.arange(1, n_classes + 1)
     pt, pp = patch_majorities(rows, cols, y_true, y_pred, patch_px)
@@ -54,6 +77,19 @@ def sparse_label_scores(train: dict[str, np.ndarray], test: dict[str, np.ndarray
     (so the comparison is paired) and is scored on the full test set; ``draws``
     holds every draw's scores, for :func:`summarise`. One draw of a few dozen
     cells moves accuracy by several points, which a single number would hide.
+
+    Parameters
+    ----------
+    train, test : feature set name -> (n_train, F) and (n_test, F) float32 features of the cells.
+    y, groups : (n_train,) class codes 1..K and spatial block ids of the training cells.
+    test_cells : (rows, cols, y) of the test cells, (n_test,) each.
+    per_class, repeats : labelled cells per class in a draw, and the number of draws.
+    patch_px, n_classes, svm_cfg, seed : as for :func:`score` and :func:`magpipe.svm.fit_svm`; draw r
+        uses ``seed + r``.
+
+    Returns
+    -------
+    ``{"per_class", "repeats", "draws": {name: [score dict per draw]}}``.
     """
     trow, tcol, ty = test_cells
     runs: dict[str, list[dict]] = {name: [] for name in train}
@@ -67,7 +103,11 @@ def sparse_label_scores(train: dict[str, np.ndarray], test: dict[str, np.ndarray
 
 
 def summarise(runs: dict[str, list[dict]]) -> dict:
-    """Mean and standard deviation of each headline metric over runs (splits or draws), per feature set."""
+    """Mean and standard deviation of each headline metric over runs (splits or draws), per feature set.
+
+    ``runs`` maps a feature set name to its :func:`score` dicts. Returns ``{metric: {name: mean}}`` and
+    ``{metric + "_std": {name: std}}`` for each metric of ``METRICS``.
+    """
     out: dict = {}
     for m in METRICS:
         out[m] = {name: float(np.mean([s[m] for s in r])) for name, r in runs.items()}

@@ -19,7 +19,22 @@ PICK_SPACING_PATCHES = 2  # top-k places (anomalies, similar) are at least this 
 
 def block_reduce(array, block: int, reducer: str, *, tile_blocks: int = 16) -> tuple[np.ndarray, ...]:
     """Per block of ``block`` x ``block`` cells: (value, row, col) of its max (``"max"``), or
-    (mean, valid fraction) (``"mean"``), reading ``array`` (zarr or numpy) tile by tile."""
+    (mean, valid fraction) (``"mean"``), reading ``array`` (zarr or numpy) tile by tile.
+
+    Parameters
+    ----------
+    array : 2-D (y, x) grid, NaN = no data.
+    block : block side in cells; blocks are anchored at cell (0, 0), the last row/column may be cut.
+    reducer : ``"max"`` or ``"mean"``.
+    tile_blocks : blocks per tile side read at once (bounds memory).
+
+    Returns
+    -------
+    Arrays of (ceil(ny / block), ceil(nx / block)): ``value`` float64 (NaN for a block without data)
+    in the grid's units; for ``"max"`` the int64 row and column of the maximum in the whole grid, for
+    ``"mean"`` the float64 share of the block's ``block**2`` cells with data (cells beyond the edge count
+    as no data).
+    """
     ny, nx = array.shape
     by, bx = -(-ny // block), -(-nx // block)
     value = np.full((by, bx), np.nan)
@@ -63,6 +78,19 @@ def top_blocks(store: str | Path, variable: str, k: int, *, block: int,
 
     Candidates are the block maxima; a greedy pass drops any within ``block`` cells (Chebyshev) of
     an accepted one, so two maxima either side of a block edge count once.
+
+    Parameters
+    ----------
+    store : a complete store on the survey grid (``classified.zarr``, ``similar.zarr``).
+    variable : its 2-D variable to rank, NaN = no data.
+    k : number of picks wanted; fewer when fewer blocks hold data.
+    block : block side and least pick spacing, in cells.
+    exclude : (rows, cols) cell indices whose blocks are not picked (e.g. the query's own cells).
+
+    Returns
+    -------
+    Highest first: ``rank`` (from 1), ``x``, ``y`` (cell centre, survey CRS units), ``row``, ``col``
+    and ``variable``'s value there.
     """
     store = Path(store)
     value, rows, cols = block_reduce(open_array(store, variable), block, "max")
@@ -82,12 +110,30 @@ def top_blocks(store: str | Path, variable: str, k: int, *, block: int,
 
 
 def top_anomalies(classified: str | Path, k: int = 10, *, patch_px: int) -> list[dict]:
-    """The k highest reconstruction errors, at least PICK_SPACING_PATCHES patch widths apart."""
+    """The k highest reconstruction errors, at least PICK_SPACING_PATCHES patch widths apart.
+
+    ``classified`` is a complete ``classified.zarr``; ``patch_px`` the model's patch side in cells.
+    Rows as :func:`top_blocks`, ``anomaly`` in squared standardised units.
+    """
     return top_blocks(classified, "anomaly", k, block=PICK_SPACING_PATCHES * patch_px)
 
 
 def label_next(classified: str | Path, k: int = 10, *, block: int, min_valid: float = 0.5) -> list[dict]:
-    """The k blocks of ``block`` cells where the SVM is least sure: where a new label helps most."""
+    """The k blocks of ``block`` cells where the SVM is least sure: where a new label helps most.
+
+    Parameters
+    ----------
+    classified : a complete ``classified.zarr``.
+    k : number of blocks wanted.
+    block : block side in cells.
+    min_valid : least share of a block's cells with data; emptier blocks (survey edges, gaps) would
+        rank on a handful of cells.
+
+    Returns
+    -------
+    Least confident first: ``rank``, ``x``, ``y`` (block centre, survey CRS units), ``row``, ``col``,
+    ``block_px`` and ``mean_confidence`` (mean probability of the predicted class, 0..1).
+    """
     classified = Path(classified)
     conf, frac = block_reduce(open_array(classified, "confidence"), block, "mean")
     ys, xs = _coords(classified)
@@ -105,6 +151,7 @@ def label_next(classified: str | Path, k: int = 10, *, block: int, min_valid: fl
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    """A Markdown table of ``columns`` of ``rows`` (x, y to 0.1 CRS units), or ``"(none)"`` without rows."""
     if not rows:
         return "(none)"
     fmt = {"x": "{:.1f}", "y": "{:.1f}", "anomaly": "{:.3g}", "mean_confidence": "{:.2f}", "similarity": "{:.3f}"}
@@ -114,7 +161,11 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
 
 
 def embedding_2d(X: np.ndarray) -> tuple[np.ndarray, str]:
-    """2-D view of embeddings: UMAP when installed, else PCA of the standardised features."""
+    """2-D view of embeddings: UMAP when installed, else PCA of the standardised features.
+
+    ``X`` is (n, F) features; returns the (n, 2) coordinates and the method's name (``"UMAP"`` or
+    ``"PCA"``), for the axis labels. Seeded, so a report's view is reproducible.
+    """
     from sklearn.preprocessing import StandardScaler
 
     Z = StandardScaler().fit_transform(X)

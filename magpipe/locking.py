@@ -36,7 +36,11 @@ _guard = threading.Lock()
 
 @contextlib.contextmanager
 def output_lock(out: str | Path) -> Iterator[Path]:
-    """Hold OUT's writer lock; re-entrant within one thread (run_all calls the stages)."""
+    """Hold OUT's writer lock; re-entrant within one thread (run_all calls the stages).
+
+    Creates ``out`` if needed and yields it. Raises OutputLockedError at once (never waits) when
+    another process or thread holds the lock, StorageError when ``out`` cannot be created.
+    """
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -81,6 +85,7 @@ def locks_output(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        """``fn`` under the lock of the ``out`` it is called with."""
         out = sig.bind(*args, **kwargs).arguments["out"]
         with output_lock(out):
             return fn(*args, **kwargs)

@@ -26,6 +26,20 @@ def dilations_for(patch_px: int, n_layers: int) -> list[int]:
 
     Geometric growth (1, 2, 4, 8 for 31 px) keeps early layers local and lets the
     last layers see the whole patch.
+
+    Parameters
+    ----------
+    patch_px : odd patch side p in cells.
+    n_layers : number of encoder layers.
+
+    Returns
+    -------
+    ``n_layers`` dilations (cells) summing to p // 2, so the stack's receptive field is p x p.
+
+    Raises
+    ------
+    ValueError
+        If p // 2 < ``n_layers`` (each layer needs a dilation of at least 1).
     """
     half = patch_px // 2
     if half < n_layers:
@@ -40,7 +54,24 @@ def dilations_for(patch_px: int, n_layers: int) -> list[int]:
 
 
 class PatchAutoencoder(nn.Module):
-    """Encoder of valid dilated convs (patch -> 1x1 code) and an MLP decoder (code -> patch)."""
+    """Encoder of valid dilated convs (patch -> 1x1 code) and an MLP decoder (code -> patch).
+
+    The encoder has no padding, so a layer's output at a cell depends only on cells of that
+    cell's patch: what lets :func:`dense_features` run it once over a whole window.
+
+    Parameters
+    ----------
+    patch_px : odd patch side p in cells.
+    channels : output channels C_k of each encoder layer; its length is the number of layers.
+    hidden : width of the decoder's hidden layer.
+    in_channels : number C of input grids stacked as channels (``patches.inputs``, in that order).
+
+    Attributes
+    ----------
+    dilations : dilation of each layer (cells), from :func:`dilations_for`.
+    radii : cumulative radius r_k (cells) of layer k: its map of a p x p patch is
+        (p - 2 r_k) x (p - 2 r_k), and the last layer's is 1 x 1.
+    """
 
     def __init__(self, patch_px: int, channels: Sequence[int] = (8, 16, 32, 32), hidden: int = 256,
                  in_channels: int = 1):
@@ -58,10 +89,14 @@ class PatchAutoencoder(nn.Module):
 
     @property
     def n_layers(self) -> int:
+        """Number of encoder layers (the layers features can be taken from)."""
         return len(self.encoder)
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """All encoder activations for input (N, in_channels, H, W); layer k is (N, C_k, H - 2 r_k, W - 2 r_k)."""
+        """All encoder activations for input (N, in_channels, H, W); layer k is (N, C_k, H - 2 r_k, W - 2 r_k).
+
+        ``x`` is standardised (float32, no-data filled with 0); activations are post-ReLU, same dtype.
+        """
         acts = []
         for conv in self.encoder:
             x = F.relu(conv(x))
@@ -69,16 +104,23 @@ class PatchAutoencoder(nn.Module):
         return acts
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        """Reconstruct patches (N, in_channels, p, p)."""
+        """Reconstruct standardised patches (N, in_channels, p, p) from their codes: the same shape and
+        units (the training target is the input itself)."""
         code = self.encode(patches)[-1].flatten(1)
         return self.decoder(code).view(-1, self.in_channels, self.patch_px, self.patch_px)
 
     def feature_size(self, layers: Sequence[int]) -> int:
+        """Number of features F of the selected ``layers``: 2 C_k per layer (patch mean and centre value)."""
         return sum(2 * self.encoder[k].out_channels for k in layers)
 
 
 def resolve_layers(model: PatchAutoencoder, layers: Sequence[int] | None) -> list[int]:
-    """Validate a layer selection; None means every encoder layer."""
+    """Validate a layer selection; None means every encoder layer.
+
+    Returns the selected layer indices sorted and without repeats, so the feature order (and the SVM
+    trained on it) does not depend on how the selection was written. Raises ValueError for an empty
+    selection or an index outside 0..n_layers - 1.
+    """
     if layers is None:
         return list(range(model.n_layers))
     bad = [k for k in layers if not 0 <= k < model.n_layers]
@@ -89,7 +131,18 @@ def resolve_layers(model: PatchAutoencoder, layers: Sequence[int] | None) -> lis
 
 @torch.no_grad()
 def patch_features(model: PatchAutoencoder, patches: torch.Tensor, layers: Sequence[int]) -> torch.Tensor:
-    """Reference per-patch features: (N, 1, p, p) -> (N, F). Slow, used for labelled pixels and tests."""
+    """Reference per-patch features: (N, C, p, p) -> (N, F). Slow, used for labelled pixels and tests.
+
+    Parameters
+    ----------
+    patches : standardised patches (float32, no-data filled with 0), C = ``model.in_channels``.
+    layers : encoder layers to take features from (see :func:`resolve_layers`).
+
+    Returns
+    -------
+    (N, F) float32, F = ``model.feature_size(layers)``: for each layer in order, its C_k channel
+    means over the patch's layer map, then its C_k values at the patch centre.
+    """
     acts = model.encode(patches)
     out = []
     for k in layers:
@@ -100,7 +153,8 @@ def patch_features(model: PatchAutoencoder, patches: torch.Tensor, layers: Seque
 
 
 def box_mean(a: torch.Tensor, size: int) -> torch.Tensor:
-    """Mean over every size x size window of (N, C, H, W), valid positions only.
+    """Mean over every size x size window of (N, C, H, W), valid positions only:
+    (N, C, H - size + 1, W - size + 1), same dtype and device.
 
     Two depthwise 1-D convolutions (size + size operations per value instead of
     size**2): the pooling, not the encoder, was 90% of the cost of dense features
@@ -115,7 +169,12 @@ def box_mean(a: torch.Tensor, size: int) -> torch.Tensor:
 
 @torch.no_grad()
 def dense_features(model: PatchAutoencoder, tile: torch.Tensor, layers: Sequence[int]) -> torch.Tensor:
-    """Features of every pixel of a tile: (1, 1, H + 2h, W + 2h) with halo h = p // 2 -> (F, H, W)."""
+    """Features of every pixel of a tile: (1, C, H + 2h, W + 2h) with halo h = p // 2 -> (F, H, W).
+
+    ``tile`` is standardised (float32, no-data and the area beyond the survey filled with 0). Feature
+    ``[:, i, j]`` equals :func:`patch_features` of the patch centred on interior cell (i, j), in the
+    same order, at the cost of one encoder pass over the tile instead of one per cell.
+    """
     p, h = model.patch_px, model.patch_px // 2
     acts = model.encode(tile)
     out = []
@@ -130,7 +189,12 @@ def dense_features(model: PatchAutoencoder, tile: torch.Tensor, layers: Sequence
 
 
 def centre_window(patch_px: int, window_px: int, in_channels: int = 1) -> torch.Tensor:
-    """Flat indices of the central window_px x window_px cells of a patch, channel by channel."""
+    """Flat indices of the central window_px x window_px cells of a patch, channel by channel.
+
+    Returns a (in_channels * window_px**2,) int64 tensor indexing a flattened (in_channels, p, p) patch.
+    The anomaly is scored on this window only, so it describes the cell's own neighbourhood rather
+    than the whole patch, whose edges belong to its neighbours as much as to it.
+    """
     lo = patch_px // 2 - window_px // 2
     idx = torch.arange(patch_px * patch_px).view(patch_px, patch_px)
     one = idx[lo : lo + window_px, lo : lo + window_px].reshape(-1)
@@ -140,7 +204,18 @@ def centre_window(patch_px: int, window_px: int, in_channels: int = 1) -> torch.
 @torch.no_grad()
 def patch_anomaly(model: PatchAutoencoder, patches: torch.Tensor, mask: torch.Tensor, window_px: int) -> torch.Tensor:
     """Mean squared reconstruction error over the valid cells of each patch's central window, all
-    input channels: (N,). ``mask`` is (N, 1, p, p): a cell is valid in every channel or none."""
+    input channels: (N,). ``mask`` is (N, 1, p, p): a cell is valid in every channel or none.
+
+    Parameters
+    ----------
+    patches : (N, C, p, p) standardised patches (float32, no-data filled with 0).
+    mask : (N, 1, p, p) bool, True where the cell has data.
+    window_px : side of the central window scored (the config's ``anomaly_px``), in cells.
+
+    Returns
+    -------
+    (N,) float32 in squared standardised units; 0 for a patch with no valid cell in the window.
+    """
     idx = centre_window(model.patch_px, window_px, model.in_channels)
     recon = model(patches).flatten(1)[:, idx]
     m = mask.expand(-1, model.in_channels, -1, -1).flatten(1)[:, idx].float()
@@ -152,6 +227,10 @@ def patch_anomaly(model: PatchAutoencoder, patches: torch.Tensor, mask: torch.Te
 def dense_anomaly(model: PatchAutoencoder, tile: torch.Tensor, mask: torch.Tensor, window_px: int,
                   rows_per_step: int = 32) -> torch.Tensor:
     """:func:`patch_anomaly` for every pixel of a tile (same layout as :func:`dense_features`): (H, W).
+
+    ``tile`` is (1, C, H + 2h, W + 2h) standardised float32, ``mask`` (1, 1, H + 2h, W + 2h) bool
+    (True = data); the result is in squared standardised units, the tile's dtype. ``rows_per_step``
+    output rows are decoded at a time, which bounds the memory of the reconstructions.
 
     Only the decoder rows of the central window are evaluated, so this costs
     ``hidden * window_px**2`` per pixel and channel, not a full patch decode.

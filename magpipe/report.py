@@ -21,6 +21,7 @@ def _table(scores: dict, header: str) -> str:
     """AE against raw rows of the headline metrics, with '± std' where the scores carry one, and the
     majority-class floor where it was scored."""
     def cell(key: str, name: str) -> str:
+        """One metric of one feature set as a percentage, with its std when there is one."""
         std = scores.get(f"{key}_std", {}).get(name)
         return f"{scores[key][name]:.1%}" + ("" if std is None else f" ± {std:.1%}")
 
@@ -52,6 +53,7 @@ def sparse_table(report: dict) -> str:
 
 
 def markdown(report: dict) -> str:
+    """report.md's text from a report (see :func:`magpipe.stages.evaluate.build_report`)."""
     classes = report["classes"]
     f1 = ["| class | F1 (AE) | F1 (raw) |", "|---|---|---|"]
     f1 += [f"| {c} | {report['f1']['ae'][c]:.2f} | {report['f1']['raw'][c]:.2f} |" for c in classes]
@@ -112,7 +114,11 @@ def markdown(report: dict) -> str:
 
 
 def write_report(report: dict, layout: Layout, *, embedding: tuple[np.ndarray, np.ndarray] | None = None) -> None:
-    """report.json, report.md and the figures of a run (the figures first: the JSON marks the report done)."""
+    """report.json, report.md and the figures of a run (the figures first: the JSON marks the report done).
+
+    ``embedding`` is ((n, 2) coordinates, (n,) true class codes 1..K) of held-out cells, from
+    :func:`magpipe.explore.embedding_2d`; without it no embedding.png is drawn.
+    """
     write_figures(report, layout, embedding=embedding)
     write_json(report, layout.report)
     write_text(markdown(report), layout.report_md)
@@ -138,7 +144,10 @@ def _class_colours(K: int):
 
 
 def write_figures(report: dict, layout: Layout, *, embedding: tuple[np.ndarray, np.ndarray] | None = None) -> None:
-    """class_map.png, confidence.png, anomaly.png, confusion.png (north up), embedding.png."""
+    """class_map.png, confidence.png, anomaly.png, confusion.png (north up), embedding.png.
+
+    Maps are read from ``OUT/classified.zarr`` and decimated to at most ``MAX_FIGURE_PX`` cells a side.
+    """
     class_map_figure(report, layout)
     for name in ("confidence", "anomaly"):
         layer_figure(report, layout, name)
@@ -148,6 +157,7 @@ def write_figures(report: dict, layout: Layout, *, embedding: tuple[np.ndarray, 
 
 
 def class_map_figure(report: dict, layout: Layout) -> None:
+    """class_map.png: the class of every cell (no data blank), one colour per class, north up."""
     from matplotlib.colors import BoundaryNorm
 
     classes = report["classes"]
@@ -165,7 +175,11 @@ def class_map_figure(report: dict, layout: Layout) -> None:
 
 
 def layer_figure(report: dict, layout: Layout, name: str) -> None:
-    """confidence.png with the label-next boxes, or anomaly.png with the strongest anomalies circled."""
+    """confidence.png with the label-next boxes, or anomaly.png with the strongest anomalies circled.
+
+    ``name`` is ``"confidence"`` (0..1) or ``"anomaly"`` (squared standardised units, colours capped
+    at the 99th percentile so a few extreme cells do not wash out the rest).
+    """
     from matplotlib.patches import Rectangle
 
     arr = open_array(layout.classified, name)
@@ -194,6 +208,7 @@ def layer_figure(report: dict, layout: Layout, name: str) -> None:
 
 
 def confusion_figure(report: dict, layout: Layout) -> None:
+    """confusion.png: AE and raw confusion matrices side by side, coloured by row share, labelled by count."""
     classes = report["classes"]
     K = len(classes)
     fig = _figure(figsize=(11, 5))
@@ -216,6 +231,7 @@ def confusion_figure(report: dict, layout: Layout) -> None:
 
 
 def embedding_figure(report: dict, layout: Layout, xy: np.ndarray, labels: np.ndarray) -> None:
+    """embedding.png: ``xy`` (n, 2) embedding coordinates coloured by ``labels`` (n,), class codes 1..K."""
     classes = report["classes"]
     colours = _class_colours(len(classes)).colors
     fig = _figure(figsize=(6.5, 5.5))
@@ -232,7 +248,15 @@ def embedding_figure(report: dict, layout: Layout, xy: np.ndarray, labels: np.nd
 
 
 def similarity_figure(store: str | Path, hits: list[dict], query: tuple[np.ndarray, np.ndarray], path: Path) -> Path:
-    """The similarity map with the query (white) and the most similar places (numbered circles)."""
+    """The similarity map with the query (white) and the most similar places (numbered circles).
+
+    Parameters
+    ----------
+    store : a complete ``similar.zarr``; its ``similarity`` (cosine, -1..1) is drawn north up.
+    hits : the places of :func:`magpipe.explore.top_blocks` (``rank``, ``row``, ``col``).
+    query : (rows, cols) cell indices of the query.
+    path : the PNG to write; returned.
+    """
     arr = open_array(store, "similarity")
     step = max(1, int(np.ceil(max(arr.shape) / MAX_FIGURE_PX)))
     fig = _figure(figsize=(7, 7))

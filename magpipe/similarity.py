@@ -35,7 +35,12 @@ def _unit(X: np.ndarray) -> np.ndarray:
 def query_cells(survey: xr.Dataset, *, point: tuple[float, float] | None = None,
                 polygons: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Valid cells (rows, cols) of the query: the cell holding ``point`` (x, y, survey CRS), or the
-    cells inside ``polygons`` (a vector file, reprojected to the survey's CRS)."""
+    cells inside ``polygons`` (a vector file, reprojected to the survey's CRS).
+
+    ``survey`` is the run's survey dataset (its ``valid`` mask, coordinates and CRS). Returns (m,)
+    int64 cell indices, m = 1 for a point. Raises InputError unless exactly one query is given, or
+    when it falls outside the survey or on no valid cell.
+    """
     valid = survey["valid"].values.astype(bool)
     if (point is None) == (polygons is None):
         raise InputError("give exactly one query: a point (x y) or a polygon file")
@@ -63,7 +68,12 @@ def _point_cell(survey: xr.Dataset, valid: np.ndarray, point: tuple[float, float
 def query_embedding(bundle: ModelBundle, arrays: list, rows: np.ndarray, cols: np.ndarray, *,
                     max_cells: int = 2000) -> np.ndarray:
     """Unit vector (F,) of the mean standardised embedding of the query cells (at most ``max_cells``
-    of them, drawn with a fixed seed)."""
+    of them, drawn with a fixed seed).
+
+    ``arrays`` are the bundle's C input grids (2-D, y/x), ``rows``, ``cols`` (m,) cell indices. Each
+    cell's embedding is scaled to unit length before the mean, so every cell of a polygon counts
+    alike. Returns float32.
+    """
     if rows.size > max_cells:
         pick = np.random.default_rng(0).choice(rows.size, max_cells, replace=False)
         rows, cols = rows[pick], cols[pick]
@@ -72,7 +82,11 @@ def query_embedding(bundle: ModelBundle, arrays: list, rows: np.ndarray, cols: n
 
 
 def similarity_window(bundle: ModelBundle, window: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """Cosine similarity to ``query`` of every cell of a window's interior (NaN where no data)."""
+    """Cosine similarity to ``query`` of every cell of a window's interior (NaN where no data).
+
+    ``window`` is a raw (C, H + 2h, W + 2h) stack (NaN = no data), ``query`` the (F,) unit vector of
+    :func:`query_embedding`. Returns (H, W) float32 in -1..1.
+    """
     _, inner = window_masks(bundle.patch_px, window)
     out = np.full(inner.shape, np.nan, dtype="float32")
     if inner.any():
@@ -83,7 +97,11 @@ def similarity_window(bundle: ModelBundle, window: np.ndarray, query: np.ndarray
 
 
 def similarity_tile(run: str, bundle: ModelBundle, query: np.ndarray, tile: Tile) -> dict[str, np.ndarray]:
-    """The similarity of one tile of the run in ``run`` to ``query``."""
+    """The similarity of one tile of the run in ``run`` to ``query``.
+
+    ``tile`` is (y0, y1, x0, x1) in cells; returns ``{"similarity": (y1 - y0, x1 - x0) float32}``, the
+    values a task of :func:`magpipe.tiling.write_tiles` writes.
+    """
     y0, y1, x0, x1 = tile
     window = read_stack(open_inputs(Layout(run), bundle.inputs), y0, y1, x0, x1, bundle.patch_px // 2)
     return {"similarity": similarity_window(bundle, window, query)}

@@ -23,7 +23,11 @@ log = logging.getLogger("magpipe")
 
 @dataclass(frozen=True)
 class Split:
-    """Cell coordinates of the training and test sets, plus each cell's block id (for blocked CV)."""
+    """Cell coordinates of the training and test sets, plus each cell's block id (for blocked CV).
+
+    Rows and columns are int64 cell indices of the survey grid, (n_train,) and (n_test,) arrays;
+    ``train_blocks`` is (n_train,), ids numbered row-major over the grid of blocks.
+    """
 
     train_rows: np.ndarray
     train_cols: np.ndarray
@@ -38,6 +42,16 @@ def spatial_split(
     """Split labelled valid cells by blocks of ``block_px``, with a gap of ``gap_px`` between sets.
 
     Raises ValueError when the labelled area is too small to hold both sets.
+
+    Parameters
+    ----------
+    labels : (y, x) int class codes, 0 = unlabelled.
+    valid : (y, x) bool, True where the survey has data.
+    block_px : block side in cells; at least ``gap_px``.
+    gap_px : least Chebyshev distance (cells) between a training cell and a test block: one patch
+        width, so no training patch overlaps a test cell.
+    test_fraction : share of the labelled blocks held out (at least one block, never all).
+    seed : seed of the draw of test blocks.
     """
     if block_px < gap_px:
         raise ValueError(f"block of {block_px} px must be at least the gap of {gap_px} px")
@@ -67,6 +81,8 @@ def near_blocks(rows: np.ndarray, cols: np.ndarray, blocks, *, block_px: int, ga
 
     Checking the 9 corners and edges of a cell's gap square finds every block it
     touches, because a block is at least as wide as the gap.
+
+    ``rows``, ``cols`` are cell indices (any shape); returns a bool mask of their shape.
     """
     blocks = list(blocks)
     near = np.zeros(np.shape(rows), dtype=bool)
@@ -84,6 +100,10 @@ def blocked_folds(rows: np.ndarray, cols: np.ndarray, *, block_px: int, gap_px: 
 
     For choosing between feature sets inside a training region: every training
     cell validates once, so the choice does not hang on one small validation area.
+
+    ``rows``, ``cols`` are (n,) cell indices, ``block_px`` and ``gap_px`` in cells as for
+    :func:`spatial_split`, ``nbx`` blocks per block row. Returns up to ``k`` pairs of int64 index
+    arrays into the n cells; a fold left with no fit or no validation cell is omitted.
     """
     block_id = (rows // block_px) * nbx + cols // block_px
     blocks = np.unique(block_id)
@@ -100,7 +120,10 @@ def blocked_folds(rows: np.ndarray, cols: np.ndarray, *, block_px: int, gap_px: 
 
 
 def subsample_per_class(y: np.ndarray, max_per_class: int, seed: int) -> np.ndarray:
-    """Indices keeping at most ``max_per_class`` of each class, sorted, deterministic."""
+    """Indices keeping at most ``max_per_class`` of each class, sorted, deterministic.
+
+    ``y`` is (n,) class codes; returns int64 indices into it, drawn with ``seed``.
+    """
     rng = np.random.default_rng(seed)
     keep = []
     for c in np.unique(y):
@@ -115,6 +138,16 @@ def labelled_split(grids: LabelGrids, cfg: RunConfig, *, need_test: bool = False
     Every labelled class needs 2 training cells, and with ``need_test`` (evaluation) a test cell;
     with ``evaluate.drop_small_classes`` a class short of that is dropped (with a warning) and the
     returned grids have it unlabelled, else the split is refused with a message naming the class.
+
+    Returns
+    -------
+    The :class:`Split` (blocks of ``evaluate.block_patches`` patch widths, a gap of one patch width)
+    and the label grids it was made from.
+
+    Raises
+    ------
+    DataValidationError
+        If the labels cannot be split spatially, or a class is short and not dropped.
     """
     classes, p = grids.classes, cfg.patches.patch_px
     split = _split(grids, cfg)
@@ -146,7 +179,10 @@ def _split(grids: LabelGrids, cfg: RunConfig) -> Split:
 
 
 def class_counts(split: Split, labels: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray]:
-    """Training and test cells of each class (0-based), before subsampling."""
+    """Training and test cells of each class (0-based), before subsampling: two (K,) int64 arrays.
+
+    ``labels`` is the (y, x) grid of class codes 1..K the split was made from.
+    """
     return (np.bincount(labels[split.train_rows, split.train_cols], minlength=K + 1)[1:],
             np.bincount(labels[split.test_rows, split.test_cols], minlength=K + 1)[1:])
 
@@ -167,11 +203,16 @@ class Cells:
     blocks: np.ndarray | None = None
 
     def take(self, idx: np.ndarray) -> "Cells":
+        """The cells at ``idx`` (an index array or a bool mask over the cells)."""
         return Cells(self.rows[idx], self.cols[idx], self.y[idx], None if self.blocks is None else self.blocks[idx])
 
 
 def training_cells(split: Split, labels: np.ndarray, cfg: RunConfig) -> Cells:
-    """The SVM's training cells: at most ``svm.max_per_class`` of each class, deterministic."""
+    """The SVM's training cells: at most ``svm.max_per_class`` of each class, deterministic.
+
+    ``labels`` is the (y, x) grid of class codes the split was made from. Raises DataValidationError
+    when subsampling leaves a class with fewer than 2 cells.
+    """
     y = labels[split.train_rows, split.train_cols]
     keep = subsample_per_class(y, cfg.svm.max_per_class, cfg.svm.seed)
     counts = np.bincount(y[keep])
@@ -182,7 +223,11 @@ def training_cells(split: Split, labels: np.ndarray, cfg: RunConfig) -> Cells:
 
 
 def holdout_cells(split: Split, labels: np.ndarray, cfg: RunConfig) -> Cells:
-    """The scored test cells: a deterministic subsample of the held-out blocks."""
+    """The scored test cells: a deterministic subsample of the held-out blocks.
+
+    At most ``evaluate.max_test_pixels`` cells, drawn uniformly (not per class) with ``evaluate.seed``,
+    so the scores reflect the classes' share of the test area. ``blocks`` is None.
+    """
     rng = np.random.default_rng(cfg.evaluate.seed)
     n_test = split.test_rows.size
     pick = np.sort(rng.choice(n_test, min(n_test, cfg.evaluate.max_test_pixels), replace=False))

@@ -40,6 +40,12 @@ class RBFFeatures(TransformerMixin, BaseEstimator):
     K(X, X_train), the input of ``SVC(kernel="precomputed")``. An integer m: m random
     landmarks and the Nystroem map K(X, L) K(L, L)^-1/2, whose inner products
     approximate the kernel, for a linear model.
+
+    Parameters
+    ----------
+    gamma : RBF width, exp(-gamma |x - x'|^2), in 1 / squared units of the (standardised) features.
+    n_components : Nystroem landmarks m, or None for the exact kernel against every training cell.
+    random_state : seed of the landmark draw.
     """
 
     def __init__(self, gamma: float = 1.0, n_components: int | None = None, random_state: int = 0):
@@ -48,6 +54,7 @@ class RBFFeatures(TransformerMixin, BaseEstimator):
         self.random_state = random_state
 
     def fit(self, X, y=None):
+        """Keep the landmarks from training features X (n, F), and for Nystroem K(L, L)^-1/2 (m, m) float32."""
         X = np.asarray(X, dtype=np.float32)
         if self.n_components is None or self.n_components >= len(X):
             self.landmarks_ = X.copy()
@@ -75,13 +82,31 @@ class RBFFeatures(TransformerMixin, BaseEstimator):
         return np.exp(k, out=k)
 
     def transform(self, X):
+        """Features X (n, F) -> (n, m) float32: K(X, landmarks), or the Nystroem map of it."""
         k = self._kernel(X)
         return k if self.normalization_ is None else k @ self.normalization_
 
 
 def make_svm(*, C: float = 1.0, gamma: float = 1.0, kernel: str = "exact", n_components: int = 300,
              seed: int = 0) -> Pipeline:
-    """Scaling, then an exact RBF SVC or its Nystroem approximation (same hyperparameter names)."""
+    """Scaling, then an exact RBF SVC or its Nystroem approximation (same hyperparameter names).
+
+    Classes are weighted inversely to their frequency (``class_weight="balanced"``): labelled areas
+    of rock units are rarely of one size, and a rare unit should not be outvoted by a common one.
+
+    Parameters
+    ----------
+    C : SVM regularisation.
+    gamma : RBF width in 1 / squared standardised feature units (see :class:`RBFFeatures`).
+    kernel : ``"exact"`` (precomputed RBF kernel, ``SVC``) or ``"nystroem"`` (``LinearSVC``).
+    n_components : Nystroem landmarks; ignored for ``"exact"``.
+    seed : seed of the landmark draw and of ``LinearSVC``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``kernel``.
+    """
     if kernel == "exact":
         feats, svc = RBFFeatures(gamma), SVC(kernel="precomputed", C=C, class_weight="balanced")
     elif kernel == "nystroem":
@@ -93,7 +118,12 @@ def make_svm(*, C: float = 1.0, gamma: float = 1.0, kernel: str = "exact", n_com
 
 
 def calibrated(svm: Pipeline, n_min_class: int) -> CalibratedClassifierCV | Pipeline:
-    """Platt-scaled probabilities from internal CV, then one SVM refit on all cells (ensemble=False)."""
+    """Platt-scaled probabilities from internal CV, then one SVM refit on all cells (ensemble=False).
+
+    One deployed SVM, not one per fold, keeps prediction cost that of a single SVM. Folds are
+    min(3, ``n_min_class``), the training cells of the smallest class; below 2 there is nothing to
+    calibrate on and ``svm`` is returned unchanged.
+    """
     folds = min(3, n_min_class)
     if folds < 2:
         return svm
@@ -103,7 +133,19 @@ def calibrated(svm: Pipeline, n_min_class: int) -> CalibratedClassifierCV | Pipe
 def fit_svm(X: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: SVMConfig) -> tuple[Pipeline, dict]:
     """Search C and gamma by blocked CV (balanced accuracy), then refit with calibrated probabilities.
 
-    Returns the fitted pipeline and a summary of the search.
+    Parameters
+    ----------
+    X : (n, F) float32 features of the training cells.
+    y : (n,) int class codes 1..K.
+    groups : (n,) spatial block id of each cell; CV folds never split a block.
+    cfg : the SVM section of the run config; gammas searched are ``cfg.gamma_scale / F``, scaled to the
+        number of features so one grid suits any feature set.
+
+    Returns
+    -------
+    model : fitted classifier with ``predict_proba``.
+    info : ``kernel``, ``C``, ``gamma``, ``cv_balanced_accuracy`` (NaN when fewer than 2 blocks left
+        nothing to search: then the middle C and gamma = 1 / F are used), ``cv_folds``, ``n_support``.
     """
     n_features = X.shape[1]
     grid = {"svc__C": list(cfg.C), "kernel__gamma": [g / n_features for g in cfg.gamma_scale]}
@@ -142,7 +184,7 @@ def feature_scaler(model) -> StandardScaler:
 
 
 def fold_nystroem(model) -> None:
-    """Fold the Nystroem map's K_mm^-1/2 into the fitted linear SVM: (K N) w = K (N w).
+    """Fold the Nystroem map's K_mm^-1/2 into the fitted linear SVM: (K N) w = K (N w), in place.
 
     The same decision function with one matrix product per cell fewer (m x m of the
     m x (F + m) multiply-adds), which halves prediction cost at 300 landmarks.
@@ -161,7 +203,18 @@ def n_support(model) -> int | None:
 
 
 def predict_with_confidence(model: Pipeline, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Class = most probable class, confidence = its probability, so the two always agree."""
+    """Class = most probable class, confidence = its probability, so the two always agree.
+
+    Parameters
+    ----------
+    model : fitted classifier with ``predict_proba`` (from :func:`fit_svm`).
+    X : (n, F) float32 features; predicted ``PREDICT_BATCH`` rows at a time to bound the kernel's memory.
+
+    Returns
+    -------
+    cls : (n,) int16 class codes 1..K.
+    conf : (n,) float32 probability of ``cls``, 0..1.
+    """
     if len(X) == 0:
         return np.zeros(0, dtype="int16"), np.zeros(0, dtype="float32")
     cls, conf = np.empty(len(X), dtype="int16"), np.empty(len(X), dtype="float32")

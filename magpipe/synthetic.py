@@ -26,6 +26,15 @@ def synthetic_survey(
 ) -> tuple[xr.DataArray, np.ndarray]:
     """A (field, truth) pair.
 
+    Parameters
+    ----------
+    shape : (ny, nx) cells.
+    n_units : number of geological units (classes).
+    cells_per_unit : Voronoi cells per unit, so each unit is several separate areas, as on a map.
+    spacing_m : cell size in metres.
+    hole_fraction : approximate share of cells set to no data, in contiguous blobs.
+    seed : everything is drawn from it.
+
     Returns
     -------
     field : float32 DataArray (y, x) in nT, y descending, CRS EPSG:32633, NaN holes.
@@ -91,7 +100,23 @@ def _value_noise(yy: np.ndarray, xx: np.ndarray, wavelength: float, salt: int) -
 
 def synthetic_block(y0: int, y1: int, x0: int, x1: int, *, n_units: int = 4, unit_px: int = 160,
                     hole_fraction: float = 0.03, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(field float32 with NaN holes, truth int16) of rows y0:y1, cols x0:x1 of an unbounded survey."""
+    """(field float32 with NaN holes, truth int16) of rows y0:y1, cols x0:x1 of an unbounded survey.
+
+    A pure function of the cell indices and the options, so blocks made apart join seamlessly.
+
+    Parameters
+    ----------
+    y0, y1, x0, x1 : cell index bounds (any integers, negative too).
+    n_units : number of units; ``truth`` codes are 1..n_units.
+    unit_px : spacing in cells of the Voronoi seed lattice, about the width of one Voronoi cell.
+    hole_fraction : approximate share of cells set to NaN, in blobs about 40 cells across.
+    seed : seed of the hashes.
+
+    Returns
+    -------
+    field : (y1 - y0, x1 - x0) float32 in nT.
+    truth : (y1 - y0, x1 - x0) int16 unit codes.
+    """
     yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
     cy, cx = np.floor(yy / unit_px).astype(np.int64), np.floor(xx / unit_px).astype(np.int64)
     best = np.full(yy.shape, np.inf)
@@ -120,10 +145,16 @@ def synthetic_block(y0: int, y1: int, x0: int, x1: int, *, n_units: int = 4, uni
 
 def synthetic_large(shape: tuple[int, int], *, chunk_px: int = 1024, spacing_m: float = 100.0,
                     seed: int = 0, **kw) -> xr.DataArray:
-    """A dask-backed survey of any size (same georeferencing as :func:`synthetic_survey`), made block by block."""
+    """A dask-backed survey of any size (same georeferencing as :func:`synthetic_survey`), made block by block.
+
+    ``shape`` is (ny, nx) cells, ``chunk_px`` the dask chunk side, ``spacing_m`` the cell size in metres;
+    ``kw`` goes to :func:`synthetic_block`. Returns a lazy float32 ``field`` (y, x) in nT, y descending,
+    NaN holes; the truth is :func:`synthetic_block`'s for the same window.
+    """
     import dask.array as da
 
     def block(block_info=None):
+        """The field of the dask block at ``block_info``'s location."""
         (y0, y1), (x0, x1) = block_info[None]["array-location"]
         return synthetic_block(y0, y1, x0, x1, seed=seed, **kw)[0]
 

@@ -43,7 +43,10 @@ TileFn = Callable[[Tile], dict[str, np.ndarray]]
 
 
 def tiles(shape: tuple[int, int], tile_px: int) -> list[Tile]:
-    """Row-major (y0, y1, x0, x1) tiles covering a grid; the last row/column may be smaller."""
+    """Row-major (y0, y1, x0, x1) tiles covering a grid; the last row/column may be smaller.
+
+    ``shape`` is (ny, nx) and ``tile_px`` the tile side, both in cells; bounds are end-exclusive.
+    """
     ny, nx = shape
     return [
         (y0, min(ny, y0 + tile_px), x0, min(nx, x0 + tile_px))
@@ -60,6 +63,11 @@ def output_template(grid: xr.Dataset, variables: dict[str, tuple[str, float, dic
     grid : any dataset on the survey's grid (its ``y``, ``x`` and ``spatial_ref`` are kept).
     variables : name -> (dtype, fill value, attrs) of each output variable.
     tile_px : tile (= shard) side in cells.
+
+    Returns
+    -------
+    Dask-backed (y, x) variables filled with their fill value, chunked ``tile_px``, referring to
+    ``spatial_ref`` when present, and ``tile_done`` (tile_y, tile_x) uint8 zeros.
     """
     import dask.array as da
 
@@ -101,6 +109,11 @@ def write_tiles(out: str | Path, template: xr.Dataset, tile_fn: TileFn, *, stage
     Returns
     -------
     ``out``, complete.
+
+    Raises
+    ------
+    StorageError
+        If ``out`` exists and is not a magpipe store.
     """
     out = Path(out)
     check_output_path(out)

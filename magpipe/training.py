@@ -24,7 +24,7 @@ log = logging.getLogger("magpipe.train")
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """'auto' picks cuda, then mps, then cpu."""
+    """The torch device named by ``device``; 'auto' picks cuda, then mps, then cpu."""
     if device != "auto":
         return torch.device(device)
     if torch.cuda.is_available():
@@ -36,6 +36,17 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 @dataclass
 class TrainResult:
+    """A trained autoencoder and how its training went.
+
+    Attributes
+    ----------
+    model : the weights of the epoch with the lowest validation loss, on the CPU, in eval mode.
+    history : one ``{"epoch", "train_loss", "val_loss"}`` row per epoch (epochs count from 1).
+    best_epoch : epoch of ``model``'s weights (0 when no epoch ran).
+    best_val_loss : its masked MSE on the validation patches, in squared standardised units.
+    device : the device it was trained on.
+    """
+
     model: PatchAutoencoder
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
@@ -44,6 +55,11 @@ class TrainResult:
 
 
 def masked_mse(recon: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over valid cells only, so the 0s filled into no-data are never a target.
+
+    ``recon`` and ``target`` are (N, C, p, p) standardised values, ``mask`` bool of the same shape
+    (True = data). Returns a float32 scalar (computed in float32 under bf16 autocast too).
+    """
     m = mask.to(recon.dtype)
     return ((recon.float() - target) ** 2 * m).sum() / m.sum().clamp(min=1)
 
@@ -68,6 +84,10 @@ def train_autoencoder(
     checkpoint : file to resume from and write after each epoch.
     progress : optional callable(dict) told about each finished epoch.
     device : torch device, or 'auto' (cuda, then mps, then cpu); a runtime choice, not the model's.
+
+    Returns
+    -------
+    :class:`TrainResult`, its model the best validation epoch's (``cfg.val_fraction`` of patches held out).
     """
     if inputs.ndim == 3:
         inputs, mask = inputs[:, None], mask[:, None]
@@ -143,6 +163,11 @@ def _train_epoch(model, opt, x: torch.Tensor, m: torch.Tensor, order: torch.Tens
 
 @torch.no_grad()
 def evaluate_loss(model, x, m, device, batch_size: int, amp: bool) -> float:
+    """:func:`masked_mse` of ``model`` on patches x (n, C, p, p) with mask m (bool, same shape).
+
+    The early-stopping criterion, in squared standardised units: the mean over batches of
+    ``batch_size``, weighted by their size; no gradients, and the model is left in eval mode.
+    """
     model.eval()
     total, count = 0.0, 0
     for b0 in range(0, len(x), batch_size):

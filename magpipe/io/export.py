@@ -10,7 +10,18 @@ from magpipe.io.stores import open_store
 
 
 def export_geotiff(classified: str | Path, variable: str, path: str | Path) -> Path:
-    """Write one variable of classified.zarr as a tiled, compressed GeoTIFF (opens in QGIS in place)."""
+    """Write one variable of classified.zarr as a tiled, compressed GeoTIFF (opens in QGIS in place).
+
+    Parameters
+    ----------
+    classified : a complete ``classified.zarr``.
+    variable : ``"class"`` (int16, nodata 0), ``"confidence"`` or ``"anomaly"`` (float32, nodata NaN).
+    path : the GeoTIFF; written aside and moved into place, so it is never half written.
+
+    Returns
+    -------
+    ``path``, in the survey's CRS with its transform.
+    """
     ds = open_store(classified)
     da = ds[variable]
     if variable == "class":

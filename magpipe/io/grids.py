@@ -26,7 +26,11 @@ Y_NAMES = ("y", "northing", "north", "lat", "latitude")
 
 
 def grid_format(path: Path) -> str:
-    """Name the reader for ``path`` from its suffix: raster, netcdf, zarr or lines."""
+    """Name the reader for ``path`` from its suffix: raster, netcdf, zarr or lines.
+
+    A trailing ``.gz``/``.bz2``/``.xz`` is looked through; a directory holding Zarr metadata is zarr
+    whatever its name. Raises InputError for any other suffix.
+    """
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] in COMPRESSED:
         suffixes = suffixes[:-1]
@@ -71,6 +75,14 @@ def read_grid(
     Returns
     -------
     DataArray ``field`` (y, x), float32, NaN = no data, with ``rio.crs`` set when known.
+    Values keep the file's units (nT for a magnetic survey); y is descending (north up).
+
+    Raises
+    ------
+    InputError
+        If the file is missing, unreadable or ambiguous (several bands or variables and none chosen).
+    DataValidationError
+        If its values are not real numbers or it is not a 2-D grid of at least 2 x 2 cells.
     """
     path = Path(path)
     if not path.exists():

@@ -91,6 +91,15 @@ def read_labels(
     -------
     codes : int16 array (y, x) on the survey grid, 0 = unlabelled, 1..K = class.
     names : the K class names; ``names[k - 1]`` is the name of code ``k``.
+
+    Raises
+    ------
+    InputError
+        If the file is missing or unreadable, the label field is missing or unknown, a raster has
+        several bands, non-integer values or values not in ``classes``, or no label falls on a
+        valid survey cell.
+    CRSMismatchError
+        If the labels or the survey lack the CRS needed to place one on the other.
     """
     path = Path(path)
     if not path.exists():
@@ -108,7 +117,10 @@ def read_labels(
 
 def polygon_cells(path: str | Path, survey: xr.Dataset | xr.DataArray) -> np.ndarray:
     """Cells (bool, y/x) of the survey grid whose centre lies inside the polygons of a vector file,
-    reprojected to the survey's CRS (a file without a CRS is taken to be in the survey's)."""
+    reprojected to the survey's CRS (a file without a CRS is taken to be in the survey's).
+
+    Returns a (y, x) bool mask the survey grid's shape; raises InputError for an unreadable file.
+    """
     import geopandas as gpd
     from rasterio.features import geometry_mask
 

@@ -25,6 +25,7 @@ INNER_CHUNK_PX = 256
 
 
 def version() -> str:
+    """The installed magpipe version (``"0+unknown"`` when not installed), recorded in every store."""
     from importlib.metadata import PackageNotFoundError
     from importlib.metadata import version as _v
 
@@ -35,7 +36,10 @@ def version() -> str:
 
 
 def content_hash(*parts: str) -> str:
-    """SHA-256 over strings, order-sensitive: a stage's inputs plus its config."""
+    """SHA-256 over strings, order-sensitive: a stage's inputs plus its config.
+
+    Returns the first 32 hex digits (128 bits); a stage whose output carries it is skipped.
+    """
     h = hashlib.sha256()
     for p in parts:
         h.update(p.encode())
@@ -44,7 +48,10 @@ def content_hash(*parts: str) -> str:
 
 
 def file_hash(path: str | Path) -> str:
-    """SHA-256 of a file's bytes, or of every file (and its relative name) in a directory."""
+    """SHA-256 of a file's bytes, or of every file (and its relative name) in a directory.
+
+    Read in 1 MiB blocks, so any size hashes in flat memory. Returns the first 32 hex digits.
+    """
     path = Path(path)
     h = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
@@ -83,13 +90,18 @@ def check_output_path(path: str | Path) -> None:
 
 
 def partial_path(path: str | Path) -> Path:
+    """``<path>.partial``: where a store is written before it is moved to ``path``."""
     path = Path(path)
     return path.with_name(path.name + ".partial")
 
 
 def grid_encoding(ds: xr.Dataset, *, shard_px: int) -> dict[str, dict]:
     """Shards of ``shard_px`` (one dask chunk = one shard, so parallel writes never share
-    a shard) holding inner chunks of at most 256 px, which keeps reads of small windows cheap."""
+    a shard) holding inner chunks of at most 256 px, which keeps reads of small windows cheap.
+
+    Returns the Zarr encoding of every variable whose last two dims are (y, x): name -> ``chunks``
+    and ``shards``, with 1 along any leading dims.
+    """
     inner = min(INNER_CHUNK_PX, shard_px)
     enc: dict[str, dict] = {}
     for name, var in ds.data_vars.items():
@@ -105,6 +117,24 @@ def write_store(ds: xr.Dataset, path: str | Path, *, stage_hash: str, shard_px: 
 
     ``summary(written_path) -> dict`` adds attributes computed from the written data (statistics
     of a lazily computed ``ds``, say) before the store is marked complete, without computing it twice.
+
+    Parameters
+    ----------
+    ds : the dataset, numpy- or dask-backed.
+    path : the store; written at ``<path>.partial`` and moved into place once complete.
+    stage_hash : content hash of what ``ds`` was made from (see :func:`content_hash`).
+    shard_px : when given, rechunk y/x to it and shard every (y, x) variable (see :func:`grid_encoding`).
+    encoding : per-variable Zarr encoding, taking precedence over the sharding.
+    summary : optional callable, as above.
+
+    Returns
+    -------
+    ``path``.
+
+    Raises
+    ------
+    StorageError
+        If ``path`` holds something magpipe did not write, or the store cannot be written.
     """
     path = Path(path)
     check_output_path(path)
@@ -127,6 +157,7 @@ def write_store(ds: xr.Dataset, path: str | Path, *, stage_hash: str, shard_px: 
 
 
 def mark_complete(path: str | Path, extra: dict | None = None) -> None:
+    """Set ``magpipe_complete`` (and ``extra`` attributes) on a fully written store: its last write."""
     update_attrs(path, {**(extra or {}), COMPLETE: True})
 
 
@@ -157,7 +188,11 @@ def require_complete(path: str | Path) -> Path:
 
 def open_store(path: str | Path, *, partial: bool = False) -> xr.Dataset:
     """Open a complete magpipe store lazily; refuse partial or foreign ones (unless ``partial``:
-    a store still being written, read back by its own writer)."""
+    a store still being written, read back by its own writer).
+
+    Returns a dask-backed dataset with its CRS decoded; raises StorageError for a missing or
+    incomplete store.
+    """
     path = Path(path) if partial else require_complete(path)
     return xr.open_zarr(path, consolidated=False, decode_coords="all")
 
@@ -168,12 +203,17 @@ def open_array(store: str | Path, name: str, *, mode: str = "r") -> zarr.Array:
 
 
 def has_variable(store: str | Path, name: str) -> bool:
+    """True when the store holds a variable ``name`` (checked without opening the store)."""
     return (Path(store) / name / "zarr.json").exists()
 
 
 def add_variable(store: str | Path, name: str, values, *, like: str, attrs: dict[str, Any]) -> None:
     """Write (or replace) a 2-D variable chunked and sharded like ``like``, leaving the store's
-    attributes (and so its completeness) untouched, which xarray's append mode does not promise."""
+    attributes (and so its completeness) untouched, which xarray's append mode does not promise.
+
+    ``values`` is a 2-D (y, x) array of ``like``'s shape, stored in its own dtype with dims y, x and
+    fill value 0; ``like``'s grid mapping is copied, so the CRS applies to it too.
+    """
     group = zarr.open_group(store, mode="r+")
     ref = group[like]
     if name in group:
@@ -194,7 +234,11 @@ def create_tiled_store(path: str | Path, template: xr.Dataset, *, tile_px: int) 
 
 
 def write_tile(path: str | Path, tile: tuple[int, int, int, int], values: dict[str, Any], *, tile_px: int) -> None:
-    """Write one tile's region of every variable, then mark the tile done (last, so a crash redoes it)."""
+    """Write one tile's region of every variable, then mark the tile done (last, so a crash redoes it).
+
+    ``tile`` is (y0, y1, x0, x1) in cells, on the grid of ``tile_px`` tiles; ``values`` maps each
+    variable to its (y1 - y0, x1 - x0) array.
+    """
     y0, y1, x0, x1 = tile
     group = zarr.open_group(path, mode="r+")
     for name, v in values.items():
@@ -203,7 +247,7 @@ def write_tile(path: str | Path, tile: tuple[int, int, int, int], values: dict[s
 
 
 def tiles_done(path: str | Path):
-    """The ``tile_done`` grid of a tiled store being filled."""
+    """The ``tile_done`` grid of a tiled store being filled: (tile_y, tile_x) uint8, 1 = written."""
     return zarr.open_array(Path(path) / TILE_DONE, mode="r")[:]
 
 

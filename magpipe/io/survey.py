@@ -20,7 +20,11 @@ from magpipe.io.stores import add_variable, open_array, require_complete, store_
 @dataclass(frozen=True)
 class LabelGrids:
     """The survey's labels (int16, 0 = unlabelled), valid mask and class names, read once for any
-    number of splits."""
+    number of splits.
+
+    ``labels`` is (y, x) int16, codes 1..K, code k named ``classes[k - 1]``; ``valid`` (y, x) bool,
+    True where the survey has data.
+    """
 
     labels: np.ndarray
     valid: np.ndarray
@@ -28,6 +32,7 @@ class LabelGrids:
     source: Path  # the survey store, named in errors
 
     def replace_labels(self, labels: np.ndarray) -> "LabelGrids":
+        """The same grids with ``labels`` ((y, x) codes) in place of these, e.g. with a class dropped."""
         return LabelGrids(labels, self.valid, self.classes, self.source)
 
 
@@ -37,6 +42,7 @@ def survey_attrs(path: str | Path) -> dict:
 
 
 def survey_shape(path: str | Path) -> tuple[int, int]:
+    """(ny, nx) cells of the survey's grid, from its metadata (no data is read)."""
     return tuple(open_array(path, S.FIELD).shape)
 
 
@@ -46,6 +52,10 @@ def read_valid(path: str | Path) -> np.ndarray:
 
 
 def read_label_grids(path: str | Path) -> LabelGrids:
+    """The survey's labels, valid mask and class names, read whole.
+
+    Raises StorageError for a missing or incomplete store, InputError when no labels were added.
+    """
     path = require_complete(path)
     attrs = store_attrs(path) or {}
     if S.LABELS_HASH not in attrs:
@@ -55,7 +65,11 @@ def read_label_grids(path: str | Path) -> LabelGrids:
 
 
 def write_labels(path: str | Path, codes: np.ndarray, classes: list[str], *, source: str, labels_hash: str) -> None:
-    """Put the label grid (int16 codes, 0 = unlabelled) into the survey store with its class names."""
+    """Put the label grid (int16 codes, 0 = unlabelled) into the survey store with its class names.
+
+    ``codes`` is (y, x) on the survey's grid, code k named ``classes[k - 1]``; ``source`` (the label
+    file's name) and ``labels_hash`` are recorded so the labels stage can tell when they are current.
+    """
     add_variable(path, S.LABELS, codes.astype("int16"), like=S.FIELD,
                  attrs={"long_name": "class code, 0 = unlabelled"})
     update_attrs(path, {S.CLASSES: classes, S.LABELS_SOURCE: source, S.LABELS_HASH: labels_hash})
@@ -63,7 +77,10 @@ def write_labels(path: str | Path, codes: np.ndarray, classes: list[str], *, sou
 
 def open_inputs(layout: Layout, names: tuple[str, ...]) -> list:
     """The 2-D arrays of the model's input grids, in order: ``field`` from survey.zarr, derived
-    channels from inputs.zarr (which must be complete: see :mod:`magpipe.stages.inputs`)."""
+    channels from inputs.zarr (which must be complete: see :mod:`magpipe.stages.inputs`).
+
+    Each is a (y, x) float32 Zarr array in its own units (NaN = no data), read only where sliced.
+    """
     if any(n != S.FIELD for n in names):
         require_complete(layout.inputs)
     return [open_array(layout.survey, n) if n == S.FIELD else open_array(layout.inputs, n) for n in names]

@@ -26,7 +26,12 @@ from magpipe.tiling import output_template, write_tiles
 
 
 def classified_variables(classes: list[str]) -> dict[str, tuple[str, float, dict]]:
-    """The variables of classified.zarr: name -> (dtype, fill value, attrs)."""
+    """The variables of classified.zarr: name -> (dtype, fill value, attrs).
+
+    ``class`` int16 (0 = no data, code k named ``classes[k - 1]``, also as CF flag attributes so GIS
+    tools can label it), ``confidence`` float32 probability of the class (0..1, NaN = no data),
+    ``anomaly`` float32 reconstruction error in squared standardised units (NaN = no data).
+    """
     return {
         "class": ("int16", S.NODATA_CLASS, {"long_name": "class code (see flag_values / flag_meanings)",
                                             "nodata": S.NODATA_CLASS,
@@ -44,8 +49,16 @@ def run_classify(out: str | Path, cfg: RunConfig, *, bundle: str | Path | None =
 
     Parameters
     ----------
+    out : the run directory.
+    cfg : the run config; ``classify.chunk_px`` is the tile side in cells.
+    bundle : a model bundle directory other than the run's own.
     client : a ``distributed.Client`` whose workers run the tiles, or None for this process.
     progress : called with (tiles done, tiles in all) as tiles finish.
+
+    Returns
+    -------
+    ``OUT/classified.zarr``: ``class``, ``confidence`` and ``anomaly`` (y, x) on the survey's grid
+    (see :func:`classified_variables`).
     """
     lay = Layout(out)
     cfg.save(lay.config)
@@ -56,7 +69,11 @@ def run_classify(out: str | Path, cfg: RunConfig, *, bundle: str | Path | None =
 def classify_into(lay: Layout, bundle_path: Path, dest: Path, *, tile_px: int, client=None,
                   progress: Callable[[int, int], None] | None = None) -> Path:
     """Classify the run ``lay``'s survey with the bundle at ``bundle_path`` into the store ``dest``
-    (``OUT/classified.zarr`` for the stage; any path for a comparison), resuming a partial one."""
+    (``OUT/classified.zarr`` for the stage; any path for a comparison), resuming a partial one.
+
+    ``tile_px`` is the tile side in cells. Returns ``dest``; raises DataValidationError when the
+    survey is smaller than one patch.
+    """
     survey = open_store(lay.survey)
     meta = read_bundle_meta(bundle_path)  # weights load in the workers (2 s of a 9 s 1k-survey run, in the driver)
     input_stack(lay, tuple(meta["inputs"]))  # derived inputs of this survey, written once

@@ -34,6 +34,12 @@ def evaluate_split(cfg: RunConfig, bundle: ModelBundle, arrays: list, grids: Lab
 
     The deployed split scores the bundle's own SVM; another split refits the AE SVM on its
     training cells, with the same search, so both feature sets are treated alike on every split.
+
+    ``arrays`` are the C input grids (2-D, y/x) in ``bundle.inputs`` order. Returns the split's
+    ``seed``, ``classes``, ``scores`` (``ae``, ``raw``, ``majority``: :func:`magpipe.evaluation.score`
+    dicts), ``svm`` search summaries, cell counts, ``sparse`` scores (or None), and the AE
+    ``test_features`` (n, F) float32 with their ``test_labels`` (n,) for the embedding view.
+    Raises DataValidationError when a class falls short on one side of the split.
     """
     split, grids = labelled_split(grids, cfg, need_test=True)
     train, test = training_cells(split, grids.labels, cfg), holdout_cells(split, grids.labels, cfg)
@@ -65,7 +71,10 @@ def evaluate_split(cfg: RunConfig, bundle: ModelBundle, arrays: list, grids: Lab
 
 def score_splits(cfg: RunConfig, bundle: ModelBundle, arrays: list, grids: LabelGrids) -> tuple[list[dict], list]:
     """Every evaluation split (the first is the deployed model's); a later split where a class falls
-    short on one side is skipped with a warning and listed."""
+    short on one side is skipped with a warning and listed.
+
+    Returns the :func:`evaluate_split` results and the skipped splits' ``{"seed", "reason"}``.
+    """
     splits, skipped = [evaluate_split(cfg, bundle, arrays, grids, deployed=True)], []
     for i in range(1, cfg.evaluate.splits):
         try:

@@ -25,6 +25,14 @@ def run_ingest(out: str | Path, cfg: RunConfig) -> Path:
     -------
     The survey store: ``field`` (y, x) float32 in the survey's units (NaN = no data), ``valid``
     (y, x) uint8, the CRS, and the field's standardisation in its attributes.
+
+    Raises
+    ------
+    InputError
+        If no survey is given or it cannot be read.
+    DataValidationError
+        If it is not a usable grid (see :func:`magpipe.io.grids.read_grid`), has no valid cell, or
+        all its valid cells hold one value.
     """
     lay = Layout(out)
     if cfg.inputs.survey is None:

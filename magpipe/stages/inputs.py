@@ -45,7 +45,11 @@ def input_stack(lay: Layout, names: tuple[str, ...]) -> tuple[list, StackScaling
 
 
 def ensure_inputs(lay: Layout, names: tuple[str, ...]) -> StackScaling:
-    """Write the derived channels among ``names`` into inputs.zarr (if not up to date); their scalings."""
+    """Write the derived channels among ``names`` into inputs.zarr (if not up to date); their scalings.
+
+    Returns one :class:`~magpipe.features.Scaling` per name, in order, each in its channel's units;
+    the field's is the one fitted at ingest.
+    """
     attrs = survey_attrs(lay.survey)
     field_scaling = Scaling(attrs[S.SCALING_MEAN], attrs[S.SCALING_STD])
     derived = sorted(n for n in names if n != S.FIELD)

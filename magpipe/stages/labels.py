@@ -26,6 +26,11 @@ def run_labels(out: str | Path, cfg: RunConfig) -> Path:
     Returns
     -------
     The survey store, now with ``labels`` (y, x) int16 (0 = unlabelled, k = ``classes[k - 1]``).
+
+    Raises
+    ------
+    InputError
+        If no label file is given, or it cannot be read or placed (see :func:`magpipe.io.labels.read_labels`).
     """
     lay, c = Layout(out), cfg.inputs
     if c.labels is None:

@@ -29,6 +29,11 @@ def run_patches(out: str | Path, cfg: RunConfig) -> Path:
     -------
     The patches store: ``patch`` (n, C, p, p) float32 raw values of the C inputs (NaN = no data),
     and each patch's centre as ``row``, ``col`` (cells) and ``x``, ``y`` (survey CRS).
+
+    Raises
+    ------
+    DataValidationError
+        If the survey is smaller than one patch, or no cell's patch is valid enough.
     """
     lay, c = Layout(out), cfg.patches
     cfg.save(lay.config)
@@ -53,7 +58,11 @@ def run_patches(out: str | Path, cfg: RunConfig) -> Path:
 
 def training_patches(lay: Layout, c: PatchConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Centres (rows, cols) and raw patches (n, C, p, p) of the run's inputs ``c.inputs``, sampled from
-    cells whose patch is at least ``c.min_valid_fraction`` valid; deterministic for ``c.seed``."""
+    cells whose patch is at least ``c.min_valid_fraction`` valid; deterministic for ``c.seed``.
+
+    Rows and columns are (n,) int64, the patches float32 in each input's units, NaN = no data.
+    Raises DataValidationError when the survey is smaller than a patch or no centre qualifies.
+    """
     ny, nx = survey_shape(lay.survey)
     if min(ny, nx) < c.patch_px:
         raise DataValidationError(

@@ -27,6 +27,10 @@ def run_similar(out: str | Path, cfg: RunConfig, *, point: tuple[float, float] |
                 client=None) -> list[dict]:
     """Map the similarity of every cell to the query (a point x, y or polygons, survey CRS).
 
+    Writes ``OUT/similar.zarr`` (``similarity`` (y, x) float32, cosine -1..1, NaN = no data),
+    ``similar.png`` and ``similar.json``. ``bundle`` defaults to ``OUT/model``; ``client`` runs the
+    tiles as in :func:`magpipe.stages.classify.run_classify`. Raises InputError for a bad query.
+
     Returns
     -------
     The ``k`` most similar places outside the query, each at least two patch widths from a

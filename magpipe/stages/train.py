@@ -27,7 +27,10 @@ log = logging.getLogger("magpipe")
 
 def train_hash(patches_hash: str, labels_hash: str, cfg: RunConfig) -> str:
     """What a model depends on: its patches, the labels and the model, SVM and split options
-    (tile size, cluster and device are not the model's business)."""
+    (tile size, cluster and device are not the model's business).
+
+    Returns a 32-hex-digit content hash, stored as the bundle's ``input_hash``.
+    """
     return content_hash("train-v1", patches_hash, labels_hash, cfg.section_json("model"), cfg.section_json("svm"),
                         cfg.section_json("evaluate"))
 
@@ -44,6 +47,9 @@ def run_train(out: str | Path, cfg: RunConfig, *, progress=None) -> Path:
     """Train the autoencoder and the SVM; skipped when the bundle was made from the same inputs and options.
 
     ``progress`` is called with each epoch's row of the training history. Returns the bundle directory.
+
+    Training resumes from ``OUT/train-<hash>.ckpt`` after an interruption. Raises DataValidationError
+    when the labels cannot be split spatially for the SVM.
     """
     lay = Layout(out)
     cfg.save(lay.config)
