@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "run": str(args.run), "survey": str(survey_attrs(lay.survey).get("source")),
-            "classes": classes, "config": cfg.model_dump(mode="json"), "patch_sizes": sizes,
+            "classes": classes, "config": cfg.model_dump(mode="json", exclude={"inputs", "runtime"}), "patch_sizes": sizes,
             "cells": [{"train": len(a.y), "test": len(b.y), "validation_folds": len(c)} for a, b, c in split_sets],
             "splits": args.splits, "sparse_per_class": SPARSE_PER_CLASS, "sparse_draws": args.sparse_draws,
             "preprocessing": "the pipeline's: inputs.zarr (chunked derived channels) and its scalings",

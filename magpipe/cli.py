@@ -252,7 +252,7 @@ def run(survey: Annotated[Optional[Path], typer.Argument(help="Survey file (defa
         scheduler: SchedOpt = None, workers: WorkersOpt = None, serial: SerialOpt = False) -> None:
     """Run every stage: ingest, labels, patches, train, classify, evaluate.
 
-    ``magpipe run --config OLD/config.json --out NEW`` repeats the run OLD (inputs and options).
+    To repeat a run: magpipe run --config OLD/config.json --out NEW (same inputs, same options).
     """
     cfg = _config(config, patch_size=patch_size, epochs=epochs, n_patches=n_patches, nodata=nodata, band=band,
                   variable=variable, spacing=spacing, crs=crs, scheduler=scheduler, workers=workers,
