@@ -9,9 +9,12 @@ import json
 import runpy
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_benchmark_runs_and_matches_the_naive_method(tmp_path):
     main = runpy.run_path(str(ROOT / "benchmarks" / "run.py"))["main"]
     out = tmp_path / "bench.json"

@@ -26,6 +26,7 @@ def assert_no_secrets(*texts: str, root: Path | None = None) -> None:
             assert value not in text
 
 
+@pytest.mark.slow
 def test_run_end_to_end_leaves_the_documented_layout(survey_files, config_file, tmp_path):
     out = tmp_path / "out"
     r = magpipe("run", survey_files["survey"], "--labels", survey_files["labels"], "--out", out,

@@ -42,6 +42,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.slow
 def test_local_stack_runs_the_pipeline_deployment(survey_files, tmp_path):
     port = _free_port()
     home = tmp_path / "prefect-home"

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import zarr
 
 from magpipe.io.stores import is_complete
@@ -42,6 +43,7 @@ def _written(out: Path) -> dict[str, int]:
     return {f: (out / f).stat().st_mtime_ns for f in files}
 
 
+@pytest.mark.slow
 def test_pipeline_flow_completes_publishes_artifacts_and_reruns_nothing(harness, survey_files, tmp_path):
     from flows.pipeline import survey_pipeline
 
@@ -96,10 +98,10 @@ def test_flow_refuses_paths_outside_the_data_root(harness, trained_run, tmp_path
     assert not (trained_run["out"] / "classified.zarr.partial").exists()
 
 
-def _surveys(tmp_path, n=2):
+def _surveys(tmp_path, n=2, shape=(160, 192)):
     paths = []
     for i in range(n):
-        field, _ = synthetic_survey((160, 192), seed=10 + i)
+        field, _ = synthetic_survey(shape, seed=10 + i)
         p = tmp_path / f"area{i}.tif"
         field.rio.to_raster(p)
         paths.append(p)
@@ -110,6 +112,7 @@ def _maps(root: Path, names) -> list:
     return [zarr.open_group(root / n / "classified.zarr", mode="r")["class"][:] for n in names]
 
 
+@pytest.mark.slow
 def test_backfill_killed_midway_resumes_to_the_uninterrupted_result(harness, trained_run, tmp_path):
     from flows.backfill import backfill
 
@@ -120,14 +123,16 @@ def test_backfill_killed_midway_resumes_to_the_uninterrupted_result(harness, tra
     assert len(reference["classified"]) == 2
 
     out_root = tmp_path / "killed"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": ""}
+    # the subprocess starts its own temporary Prefect server: allow it more than the default 20 s on a busy machine
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": "",
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
     code = ("import json, sys; from flows.backfill import backfill; "
             "backfill(sys.argv[3:], sys.argv[1], sys.argv[2], config=json.loads(sys.argv[0]))")
     import json
 
     proc = subprocess.Popen([sys.executable, "-c", code.replace("sys.argv[0]", repr(json.dumps(conf))), model,
                              str(out_root), *map(str, surveys)], cwd=REPO, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=(tmp_path / "killed.log").open("w"))
     deadline = time.time() + 300
     killed = False
     while time.time() < deadline and proc.poll() is None:
@@ -136,9 +141,10 @@ def test_backfill_killed_midway_resumes_to_the_uninterrupted_result(harness, tra
             os.killpg(proc.pid, signal.SIGKILL)  # the whole tree: flow process, Dask workers, its server
             killed = True
             break
-        time.sleep(0.05)
+        time.sleep(0.01)
     proc.wait(timeout=60)
-    assert killed, "the backfill finished before it could be killed"
+    assert killed, f"the backfill ended ({proc.returncode}) before it could be killed: " + \
+        (tmp_path / "killed.log").read_text()[-3000:]
     assert not all(is_complete(out_root / p.stem / "classified.zarr") for p in surveys)
 
     resumed = backfill([str(p) for p in surveys], model, str(out_root), config=conf)
