@@ -7,9 +7,17 @@ A feature set maps standardised patches to one vector per cell, two ways that mu
 - :meth:`FeatureSet.dense`: a (1, C, H + 2h, W + 2h) window with a halo h = p // 2 ->
   (F, H, W), every interior cell at once; the fast path of classification and similarity.
 
-Feature sets today: :class:`AEFeatures` (the autoencoder's layer-wise activations, the
-paper's method) and :class:`RawFeatures` (the standardised patch itself, the paper's
-baseline). A new one implements these two methods and ``n_features``.
+Feature sets:
+
+- :class:`AEFeatures`: the autoencoder's layer-wise activations (the paper's method); with the
+  same architecture untrained (:func:`untrained_encoder`) it is the control that says whether
+  training helped;
+- :class:`RawFeatures`: the standardised patch itself (the paper's baseline);
+- :class:`StatsFeatures`: local statistics of each input over nested windows, the strong
+  classical baseline;
+- :class:`ConcatFeatures`: several sets side by side (``ae+stats``).
+
+A new one implements ``patches``, ``dense`` and ``n_features``.
 """
 
 from __future__ import annotations
@@ -22,8 +30,9 @@ import dask.array as da
 import numpy as np
 import torch
 import xarray as xr
+from torch.nn import functional as F
 
-from magpipe.model import PatchAutoencoder, dense_features, patch_features
+from magpipe.model import PatchAutoencoder, box_mean, dense_features, patch_features
 from magpipe.patches import stack_patches
 
 CELL_BATCH = 512  # patches cut and encoded at a time: bounds memory for any number of cells
@@ -142,6 +151,106 @@ class RawFeatures:
         view = np.lib.stride_tricks.sliding_window_view(x[0].numpy(), (p, p), axis=(1, 2))  # (C, H, W, p, p)
         C, H, W = view.shape[:3]
         return np.ascontiguousarray(view.transpose(0, 3, 4, 1, 2)).reshape(C * p * p, H, W)
+
+
+STAT_WINDOWS = (3, 5, 7, 11)  # nested window sides (cells), capped by the patch size
+STATS = ("mean", "std", "max", "min", "gradient")  # per window; plus the centre value, once
+
+
+def stat_windows(patch_px: int) -> tuple[int, ...]:
+    """The window sides used at a patch size: odd, at most p - 2 (the gradient needs a neighbour)."""
+    cap = patch_px - 2 if patch_px % 2 else patch_px - 3
+    return tuple(sorted({min(w, cap) for w in STAT_WINDOWS if cap >= 3}))
+
+
+@dataclass(frozen=True)
+class StatsFeatures:
+    """Per input channel: the centre value, then mean, standard deviation, max, min and mean gradient
+    magnitude over each window of :func:`stat_windows` centred on the cell (standardised units;
+    no-data counts as 0, the mean, as it does for the model).
+
+    Cheap and strong: the classical control any learned feature set must beat.
+    """
+
+    patch_px: int
+    in_channels: int
+
+    @property
+    def windows(self) -> tuple[int, ...]:
+        return stat_windows(self.patch_px)
+
+    @property
+    def n_features(self) -> int:
+        return self.in_channels * (1 + len(STATS) * len(self.windows))
+
+    def patches(self, x: np.ndarray) -> np.ndarray:
+        """(n, C, p, p) standardised patches -> (n, F) float32: the reference, window by window in numpy."""
+        x = np.asarray(x, dtype="float32")
+        n, C, p, _ = x.shape
+        h = p // 2
+        g = np.zeros_like(x)  # central-difference gradient magnitude, defined inside the patch's rim
+        g[:, :, 1:-1, 1:-1] = np.hypot((x[:, :, 2:, 1:-1] - x[:, :, :-2, 1:-1]) / 2,
+                                       (x[:, :, 1:-1, 2:] - x[:, :, 1:-1, :-2]) / 2)
+        cols = []
+        for c in range(C):
+            cols.append(x[:, c, h, h])
+            for w in self.windows:
+                r = w // 2
+                win = x[:, c, h - r : h + r + 1, h - r : h + r + 1].reshape(n, -1)
+                gw = g[:, c, h - r : h + r + 1, h - r : h + r + 1].reshape(n, -1)
+                cols += [win.mean(1), win.std(1), win.max(1), win.min(1), gw.mean(1)]
+        return np.stack(cols, axis=1).astype("float32")
+
+    @torch.no_grad()
+    def dense(self, x: torch.Tensor) -> np.ndarray:
+        """(1, C, H + 2h, W + 2h) standardised window -> (F, H, W) float32, by box filters and pooling."""
+        h = self.patch_px // 2
+        H, W = x.shape[-2] - 2 * h, x.shape[-1] - 2 * h
+        x = x.float()
+        grad = torch.hypot((x[..., 2:, 1:-1] - x[..., :-2, 1:-1]) / 2, (x[..., 1:-1, 2:] - x[..., 1:-1, :-2]) / 2)
+        maps = []
+        for c in range(x.shape[1]):
+            xc, gc = x[:, c : c + 1], grad[:, c : c + 1]
+            maps.append(xc[..., h : h + H, h : h + W])
+            for w in self.windows:
+                o = h - w // 2  # where a w-window map's first cell sits in the halo'd window
+                crop = (..., slice(o, o + H), slice(o, o + W))
+                mean = box_mean(xc, w)[crop]
+                var = (box_mean(xc * xc, w)[crop] - mean * mean).clamp(min=0)
+                gmean = box_mean(gc, w)[..., o - 1 : o - 1 + H, o - 1 : o - 1 + W]
+                maps += [mean, var.sqrt(), F.max_pool2d(xc, w, stride=1)[crop],
+                         -F.max_pool2d(-xc, w, stride=1)[crop], gmean]
+        return torch.cat(maps, dim=1)[0].numpy()
+
+
+@dataclass(frozen=True)
+class ConcatFeatures:
+    """Several feature sets of one patch size side by side (e.g. ``ae+stats``)."""
+
+    parts: tuple
+
+    @property
+    def patch_px(self) -> int:
+        return self.parts[0].patch_px
+
+    @property
+    def n_features(self) -> int:
+        return sum(p.n_features for p in self.parts)
+
+    def patches(self, x: np.ndarray) -> np.ndarray:
+        return np.concatenate([p.patches(x) for p in self.parts], axis=1)
+
+    def dense(self, x: torch.Tensor) -> np.ndarray:
+        return np.concatenate([p.dense(x) for p in self.parts], axis=0)
+
+
+def untrained_encoder(model: PatchAutoencoder, seed: int) -> PatchAutoencoder:
+    """The same architecture with the weights training started from (``torch.manual_seed(seed)``, as in
+    :func:`magpipe.training.train_autoencoder`): the control that isolates what training added."""
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+        torch.manual_seed(seed)
+        return PatchAutoencoder(model.patch_px, [c.out_channels for c in model.encoder],
+                                model.decoder[0].out_features, in_channels=model.in_channels).eval()
 
 
 def cell_features(sets: Mapping[str, FeatureSet], arrays: list, scaling: StackScaling, rows: np.ndarray,

@@ -4,7 +4,18 @@ import numpy as np
 import pytest
 
 from magpipe.bundle import load_bundle
-from magpipe.features import RawFeatures, StackScaling, Scaling, cell_features, window_input
+from magpipe.features import (
+    ConcatFeatures,
+    RawFeatures,
+    Scaling,
+    StackScaling,
+    StatsFeatures,
+    cell_features,
+    stat_windows,
+    untrained_encoder,
+    window_input,
+)
+from magpipe.features import AEFeatures
 from magpipe.io.schema import Layout
 from magpipe.io.survey import open_inputs
 from magpipe.patches import read_stack
@@ -18,7 +29,10 @@ def bundle(trained_run):
 def test_dense_features_equal_per_cell_features_for_every_set(trained_run, bundle):
     arrays = open_inputs(Layout(trained_run["out"]), bundle.inputs)
     p = bundle.patch_px
-    sets = {"ae": bundle.features, "raw": RawFeatures(p, len(bundle.inputs))}
+    C = len(bundle.inputs)
+    sets = {"ae": bundle.features, "raw": RawFeatures(p, C), "stats": StatsFeatures(p, C),
+            "random": AEFeatures(untrained_encoder(bundle.model, 0), bundle.layers),
+            "ae+stats": ConcatFeatures((bundle.features, StatsFeatures(p, C)))}
     y0, y1, x0, x1 = 10, 40, 70, 110  # a window crossing the survey's labelled edge and holes
     x = window_input(bundle.scaling, read_stack(arrays, y0, y1, x0, x1, p // 2))
     rng = np.random.default_rng(1)
@@ -42,3 +56,36 @@ def test_stack_scaling_standardises_each_channel_and_fills_no_data_with_zero():
     s = StackScaling((Scaling(10.0, 2.0), Scaling(-1.0, 0.5)))
     v = np.array([[[12.0, np.nan]], [[-1.0, 0.0]]])  # (C=2, 1, 2)
     np.testing.assert_array_equal(s.apply(v, axis=0), np.array([[[1.0, 0.0]], [[0.0, 2.0]]], dtype="float32"))
+
+
+def test_stats_windows_fit_the_patch_and_count_21_features_for_one_channel():
+    assert stat_windows(31) == (3, 5, 7, 11) and stat_windows(9) == (3, 5, 7) and stat_windows(5) == (3,)
+    assert StatsFeatures(31, 1).n_features == 21 and StatsFeatures(31, 2).n_features == 42
+
+
+def test_stats_of_a_known_patch():
+    x = np.zeros((1, 1, 9, 9), dtype="float32")
+    x[0, 0] = np.arange(9)[None, :]  # a ramp along x: gradient magnitude 1 everywhere inside
+    f = StatsFeatures(9, 1).patches(x)[0]
+    assert f[0] == 4  # centre value
+    mean, std, mx, mn, grad = f[1:6]  # the 3 x 3 window: columns 3, 4, 5
+    assert (mean, mx, mn, grad) == (4, 5, 3, 1) and std == pytest.approx(np.sqrt(2 / 3))
+
+
+def test_the_untrained_control_is_the_encoder_training_started_from(trained_run):
+    import torch
+
+    from magpipe.training import train_autoencoder
+
+    cfg = trained_run["cfg"].model.model_copy(update={"epochs": 1})
+    trained = load_bundle(Layout(trained_run["out"]).model).model
+    state = torch.random.get_rng_state()
+    a, b = untrained_encoder(trained, cfg.seed), untrained_encoder(trained, cfg.seed)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random state is kept
+    assert all(torch.equal(pa, pb) for pa, pb in zip(a.parameters(), b.parameters()))
+    # one epoch of training from seed cfg.seed starts at exactly these weights and moves them
+    x = np.random.default_rng(0).normal(size=(64, 1, 9, 9)).astype("float32")
+    zero = train_autoencoder(x, np.ones_like(x, dtype=bool), cfg.model_copy(update={"learning_rate": 1e-12}),
+                             device="cpu").model
+    assert all(torch.allclose(pa, pz, atol=1e-6) for pa, pz in zip(a.parameters(), zero.parameters()))
+    assert any(not torch.allclose(pa, pt) for pa, pt in zip(a.parameters(), trained.parameters()))
