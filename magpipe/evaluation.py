@@ -113,3 +113,24 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
         out[m] = {name: float(np.mean([s[m] for s in r])) for name, r in runs.items()}
         out[f"{m}_std"] = {name: float(np.std([s[m] for s in r])) for name, r in runs.items()}
     return out
+
+
+def paired(a: str, b: str, metric: str, runs: list[dict]) -> dict:
+    """Paired difference a - b of one metric over runs scored on the same cells (splits or draws).
+
+    ``runs`` are per-run dicts name -> score dict. Returns ``a``, ``b``, ``metric``, ``mean_diff``
+    and ``sd`` (fractions, not points), ``wins`` (runs where a scored higher) and ``n``.
+    """
+    d = np.array([r[a][metric] - r[b][metric] for r in runs])
+    return {"a": a, "b": b, "metric": metric, "mean_diff": float(d.mean()), "sd": float(d.std()),
+            "wins": int((d > 0).sum()), "n": int(d.size)}
+
+
+def verdict(p: dict, *, margin: float = 0.01) -> str:
+    """'beat', 'lost to' or 'did not clearly beat': a win needs a mean lead of ``margin`` (1 point)
+    and at least 80 % of the paired runs, so a tie in the noise is called one."""
+    if p["mean_diff"] >= margin and p["wins"] >= 0.8 * p["n"]:
+        return "beat"
+    if p["mean_diff"] <= -margin and p["wins"] <= 0.2 * p["n"]:
+        return "lost to"
+    return "did not clearly beat"

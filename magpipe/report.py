@@ -17,31 +17,61 @@ METRIC_NAMES = (("pixel_accuracy", "pixel-wise accuracy"), ("patch_accuracy", "p
                 ("balanced_accuracy", "balanced accuracy"))
 
 
+COLUMNS = (("ae", "AE features"), ("random", "AE untrained"), ("stats", "window stats"), ("ae+stats", "AE + stats"),
+           ("raw", "raw pixels"), ("majority", "majority class"))
+
+
 def _table(scores: dict, header: str) -> str:
-    """AE against raw rows of the headline metrics, with '± std' where the scores carry one, and the
-    majority-class floor where it was scored."""
+    """Metric rows, one column per feature set the scores hold (in :data:`COLUMNS` order), with '± std'
+    where the scores carry one."""
     def cell(key: str, name: str) -> str:
         """One metric of one feature set as a percentage, with its std when there is one."""
         std = scores.get(f"{key}_std", {}).get(name)
         return f"{scores[key][name]:.1%}" + ("" if std is None else f" ± {std:.1%}")
 
-    cols = [("ae", "AE features"), ("raw", "raw pixels")]
-    if "majority" in scores["pixel_accuracy"]:
-        cols.append(("majority", "majority class"))
+    cols = [(n, label) for n, label in COLUMNS if n in scores["pixel_accuracy"]]
     lines = [f"| {header} | " + " | ".join(c for _, c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     lines += [f"| {label} | " + " | ".join(cell(key, n) for n, _ in cols) + " |" for key, label in METRIC_NAMES]
     return "\n".join(lines)
 
 
+def _all_sets(report: dict) -> dict:
+    """The report's ``feature_sets`` in the layout of :func:`magpipe.evaluation.summarise` (or the headline
+    keys alone, for a report without controls)."""
+    sets = report.get("feature_sets")
+    if not sets:
+        return report
+    out: dict = {}
+    for key, _ in METRIC_NAMES:
+        out[key] = {n: v[key]["mean"] for n, v in sets.items()}
+        out[f"{key}_std"] = {n: v[key]["std"] for n, v in sets.items()}
+    return out
+
+
 def accuracy_table(report: dict) -> str:
-    """Markdown table of the headline metrics, AE features against raw pixels (mean ± std over splits)."""
+    """Markdown table of the headline metrics of every feature set and the majority floor (mean ± std over
+    splits)."""
     n = report.get("n_splits", 1)
-    return _table(report, f"metric (mean of {n} spatial splits)" if n > 1 else "metric")
+    return _table(_all_sets(report), f"metric (mean of {n} spatial splits)" if n > 1 else "metric")
+
+
+def paired_table(report: dict) -> str:
+    """Markdown table of the paired differences (points), or '' for a report without them."""
+    rows = report.get("paired")
+    if not rows:
+        return ""
+    label = dict(COLUMNS)
+    lines = ["| paired over the same splits | metric | difference (points) | ahead on |", "|---|---|---|---|"]
+    lines += [f"| {label.get(d['a'], d['a'])} - {label.get(d['b'], d['b'])} | {d['metric'].replace('_', ' ')} | "
+              f"{100 * d['mean_diff']:+.1f} ± {100 * d['sd']:.1f} | {d['wins']} of {d['n']} |" for d in rows]
+    return "\n".join(lines)
 
 
 def accuracy_tables(report: dict) -> str:
-    """The headline table, then the sparse-label one when it was run: what a run prints."""
-    return "\n\n".join(t for t in (accuracy_table(report), sparse_table(report)) if t)
+    """What a run prints: the comparison in words, the table of every feature set, the sparse-label table
+    when it was run, and the paired differences."""
+    parts = (report.get("headline", ""), accuracy_table(report), sparse_table(report), paired_table(report))
+    return "\n\n".join(t for t in parts if t)
 
 
 def sparse_table(report: dict) -> str:
@@ -69,8 +99,14 @@ def markdown(report: dict) -> str:
         "F1 and the confusion matrices are the first split's, the one the deployed model was trained on."
         + "".join(f" Split seed {sk['seed']} was skipped: {sk['reason']}" for sk in report.get("splits_skipped", [])),
         "",
+        *([report["headline"], ""] if report.get("headline") else []),
         accuracy_table(report),
         "",
+        "Controls: *AE untrained* is the same encoder with the weights training started from (what training "
+        "added); *window stats* are the centre value and the mean, std, max, min and mean gradient magnitude "
+        "over nested windows of each input (the classical baseline); *raw pixels* is the paper's baseline.",
+        "",
+        *([paired_table(report), ""] if report.get("paired") else []),
         *(["## Sparse labels", "",
            "The same test cells; each SVM trained on a random few labelled cells per class, as in the paper.",
            "", sparse_table(report), ""] if report.get("sparse") else []),

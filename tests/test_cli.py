@@ -52,6 +52,15 @@ def test_run_end_to_end_leaves_the_documented_layout(survey_files, config_file, 
     for key in ("pixel_accuracy", "patch_accuracy", "balanced_accuracy"):
         assert 0 <= sparse[key]["ae"] <= 1 and sparse[f"{key}_std"]["raw"] >= 0
     assert "## Sparse labels" in (out / "report.md").read_text()
+    # every control on the same splits, paired, and said in words
+    assert set(report["feature_sets"]) == {"ae", "raw", "stats", "random", "ae+stats", "majority"}
+    assert report["feature_sets"]["ae"]["pixel_accuracy"]["mean"] == pytest.approx(report["pixel_accuracy"]["ae"])
+    pairs = {(d["a"], d["b"]) for d in report["paired"]}
+    assert {("ae", "random"), ("ae+stats", "stats")} <= pairs
+    assert all(0 <= d["wins"] <= d["n"] == report["n_splits"] for d in report["paired"])
+    assert "untrained copy" in report["headline"] and report["headline"] in r.stdout
+    assert set(sparse["balanced_accuracy"]) == {"ae", "raw", "stats", "random", "ae+stats"}
+    assert report["deployed"]["features"] == "ae"
     assert len(report["anomalies"]) == len(report["label_next"]) == 10
     assert report["anomalies"][0]["anomaly"] >= report["anomalies"][-1]["anomaly"]
     assert "## Strongest anomalies" in (out / "report.md").read_text()

@@ -91,3 +91,17 @@ def test_blocked_folds_validate_every_cell_once_and_keep_the_gap():
         assert not np.intersect1d(fit, val).size
         d = np.maximum(np.abs(rows[fit][:, None] - rows[val][None]), np.abs(cols[fit][:, None] - cols[val][None]))
         assert d.min() >= 4
+
+
+def test_paired_differences_and_their_verdict():
+    from magpipe.evaluation import paired, verdict
+
+    runs = [{"a": {"m": 0.60}, "b": {"m": 0.50}}, {"a": {"m": 0.55}, "b": {"m": 0.50}},
+            {"a": {"m": 0.50}, "b": {"m": 0.52}}]
+    d = paired("a", "b", "m", runs)
+    assert d["wins"] == 2 and d["n"] == 3
+    assert d["mean_diff"] == pytest.approx((0.10 + 0.05 - 0.02) / 3)
+    assert verdict(d) == "did not clearly beat"  # 2 of 3 is not 80 %
+    assert verdict(paired("a", "b", "m", runs[:2])) == "beat"
+    assert verdict(paired("b", "a", "m", runs[:2])) == "lost to"
+    assert verdict({"mean_diff": 0.005, "wins": 5, "n": 5}) == "did not clearly beat"  # under a point

@@ -1,7 +1,11 @@
-"""Stage ``evaluate``: AE features against raw pixels on spatial holdouts -> ``OUT/report.*`` and figures.
+"""Stage ``evaluate``: the learned features against their controls on spatial holdouts -> ``OUT/report.*``.
 
-Headline metrics are means over ``evaluate.splits`` random spatial splits; per-class F1, the
-confusion matrices and the embedding view come from the first (the deployed model's) split.
+Every feature set is scored on the same splits and the same cells: ``ae`` (the deployed,
+trained encoder), ``raw`` (the paper's baseline), ``stats`` (window statistics, the strong
+classical control), ``random`` (the same encoder untrained: what training added) and
+``ae+stats``. Metrics are means over ``evaluate.splits`` random spatial splits, with paired
+differences; per-class F1, the confusion matrices and the embedding view come from the first
+(the deployed model's) split.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ import numpy as np
 from magpipe.bundle import ModelBundle, load_bundle
 from magpipe.config import RunConfig
 from magpipe.errors import DataValidationError
-from magpipe.evaluation import METRICS, score, sparse_label_scores, summarise
+from magpipe.evaluation import METRICS, paired, score, sparse_label_scores, summarise, verdict
 from magpipe.explore import embedding_2d, label_next, top_anomalies
-from magpipe.features import RawFeatures, cell_features
+from magpipe.features import (AEFeatures, ConcatFeatures, FeatureSet, RawFeatures, StatsFeatures, cell_features,
+                              untrained_encoder)
 from magpipe.io.schema import Layout
 from magpipe.io.survey import LabelGrids, read_label_grids
 from magpipe.locking import locks_output
@@ -26,7 +31,19 @@ from magpipe.svm import fit_svm, predict_with_confidence
 
 log = logging.getLogger("magpipe")
 
-FEATURE_SETS = ("ae", "raw")  # the learned features and the paper's baseline
+FEATURE_SETS = ("ae", "raw")  # the learned features and the paper's baseline: the report's headline keys
+CONTROLS = ("stats", "random", "ae+stats")
+CLASSICAL = ("raw", "stats")
+
+
+def evaluation_sets(bundle: ModelBundle) -> dict[str, FeatureSet]:
+    """Every feature set scored: the deployed ``ae`` and its controls, all of the bundle's patch size and inputs."""
+    p, C = bundle.patch_px, len(bundle.inputs)
+    seed = int(bundle.meta.get("config", {}).get("model", {}).get("seed", 0))  # the seed training started from
+    stats = StatsFeatures(p, C)
+    return {"ae": bundle.features, "raw": RawFeatures(p, C), "stats": stats,
+            "random": AEFeatures(untrained_encoder(bundle.model, seed), bundle.layers),
+            "ae+stats": ConcatFeatures((bundle.features, stats))}
 
 
 def evaluate_split(cfg: RunConfig, bundle: ModelBundle, arrays: list, grids: LabelGrids, *, deployed: bool) -> dict:
@@ -44,18 +61,18 @@ def evaluate_split(cfg: RunConfig, bundle: ModelBundle, arrays: list, grids: Lab
     split, grids = labelled_split(grids, cfg, need_test=True)
     train, test = training_cells(split, grids.labels, cfg), holdout_cells(split, grids.labels, cfg)
     p, K = bundle.patch_px, len(grids.classes)
-    sets = {"ae": bundle.features, "raw": RawFeatures(p, len(bundle.inputs))}
+    sets = evaluation_sets(bundle)
     X_te = cell_features(sets, arrays, bundle.scaling, test.rows, test.cols)
     X_tr = cell_features(sets, arrays, bundle.scaling, train.rows, train.cols)
     log.info("evaluate: split seed %d, %d training, %d test cells", cfg.evaluate.seed, len(train.y), len(test.y))
     models, infos = {}, {}
-    for name in FEATURE_SETS:
+    for name in sets:
         if name == "ae" and deployed:
             models[name], infos[name] = bundle.svm, bundle.meta.get("svm", {})
         else:
             models[name], infos[name] = fit_svm(X_tr[name], train.y, train.blocks, cfg.svm)
     scores = {name: score(test.rows, test.cols, test.y, predict_with_confidence(models[name], X_te[name])[0],
-                          patch_px=p, n_classes=K) for name in FEATURE_SETS}
+                          patch_px=p, n_classes=K) for name in sets}
     # the floor any classifier must clear: the most common class of the (unsubsampled) training region
     majority = np.bincount(grids.labels[split.train_rows, split.train_cols]).argmax()
     scores["majority"] = score(test.rows, test.cols, test.y, np.full_like(test.y, majority), patch_px=p, n_classes=K)
@@ -91,9 +108,12 @@ def build_report(cfg: RunConfig, bundle: ModelBundle, splits: list[dict], skippe
     classes = first["classes"]
     ae, raw = first["scores"]["ae"], first["scores"]["raw"]
     headline = summarise({name: [sp["scores"][name] for sp in splits] for name in (*FEATURE_SETS, "majority")})
+    names = list(first["scores"])
+    everything = summarise({name: [sp["scores"][name] for sp in splits] for name in names})
     sparse = None
     if cfg.evaluate.sparse_per_class:
-        draws = {name: [d for sp in splits for d in sp["sparse"]["draws"][name]] for name in FEATURE_SETS}
+        draws = {name: [d for sp in splits for d in sp["sparse"]["draws"][name]]
+                 for name in names if name != "majority"}
         sparse = {"per_class": cfg.evaluate.sparse_per_class, "repeats": len(draws["ae"]), **summarise(draws)}
     return {
         "classes": classes, "n_train": first["n_train"], "n_test": first["n_test"],
@@ -102,7 +122,8 @@ def build_report(cfg: RunConfig, bundle: ModelBundle, splits: list[dict], skippe
         "n_splits": len(splits),
         "splits_skipped": skipped,
         "splits": [{"seed": sp["seed"], "n_train": sp["n_train"], "n_test": sp["n_test"],
-                    **{m: {n: sp["scores"][n][m] for n in FEATURE_SETS} for m in METRICS}} for sp in splits],
+                    **{m: {n: sp["scores"][n][m] for n in names} for m in METRICS}} for sp in splits],
+        **controls(everything, [sp["scores"] for sp in splits], p),
         "f1": {"ae": dict(zip(classes, ae["f1"])), "raw": dict(zip(classes, raw["f1"]))},
         "confusion": {"ae": ae["confusion"], "raw": raw["confusion"]},
         "n_test_patches": ae["n_patches"],
@@ -114,6 +135,31 @@ def build_report(cfg: RunConfig, bundle: ModelBundle, splits: list[dict], skippe
         "anomalies": top_anomalies(lay.classified, cfg.evaluate.top_k, patch_px=p),
         "label_next": label_next(lay.classified, cfg.evaluate.top_k, block=cfg.evaluate.block_patches * p),
     }
+
+
+def controls(summary: dict, runs: list[dict], patch_px: int) -> dict:
+    """The report's comparison against controls: ``feature_sets`` (name -> metric -> mean, std),
+    ``paired`` differences over the splits, ``deployed`` (what the map uses and how it was chosen) and
+    ``headline``, the comparison in words."""
+    sets = {n: {m: {"mean": summary[m][n], "std": summary[f"{m}_std"][n]} for m in METRICS}
+            for n in summary[METRICS[0]]}
+    best = max(CLASSICAL, key=lambda n: summary["balanced_accuracy"][n])
+    pairs = [("ae", "random"), ("ae", best), ("ae+stats", "stats"), ("ae", "raw")]
+    pairs = list(dict.fromkeys(pairs))  # ae against raw once, when raw is the best classical set
+    diffs = [paired(a, b, m, runs) for a, b in pairs for m in METRICS]
+    bal = {(d["a"], d["b"]): d for d in diffs if d["metric"] == "balanced_accuracy"}
+    words = [f"the learned encoder {verdict(bal['ae', 'random'])} its untrained copy "
+             f"({_points(bal['ae', 'random'])})",
+             f"it {verdict(bal['ae', best])} the best classical features, {best} ({_points(bal['ae', best])})",
+             f"ae+stats {verdict(bal['ae+stats', 'stats'])} stats alone ({_points(bal['ae+stats', 'stats'])})"]
+    return {"feature_sets": sets, "paired": diffs,
+            "deployed": {"features": "ae", "patch_px": patch_px, "objective": "reconstruct",
+                         "chosen_by": "configuration (not chosen on validation)"},
+            "headline": "Balanced accuracy, paired over the same splits: " + "; ".join(words) + "."}
+
+
+def _points(d: dict) -> str:
+    return f"{100 * d['mean_diff']:+.1f} ± {100 * d['sd']:.1f} points, ahead on {d['wins']} of {d['n']} splits"
 
 
 @locks_output
