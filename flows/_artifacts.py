@@ -33,7 +33,7 @@ def publish_report(report: dict, out: str | Path, survey: str) -> None:
     out = Path(out)
     maps = [(out / f"{name}.png", title) for name, title in MAPS if (out / f"{name}.png").exists()]
     md = "\n\n".join(
-        [f"# {survey}: AE features against raw pixels (spatial holdout)", accuracy_tables(report),
+        [f"# {survey}: learned features against their controls (spatial holdout)", accuracy_tables(report),
          f"{report['n_train']} training cells, {report['n_test']} test cells, classes: "
          + ", ".join(report["classes"]), f"Outputs: `{out}`"]
         + [f"### {title}\n\n![{title}]({_data_uri(png)})" for png, title in maps]

@@ -145,7 +145,7 @@ def classify(out: OutOpt, config: ConfigOpt = None, model: Annotated[Optional[Pa
 
 @app.command()
 def evaluate(out: OutOpt, config: ConfigOpt = None, patch_size: PatchOpt = None) -> None:
-    """Score AE features against raw pixels on a spatial holdout -> OUT/report.*, OUT/*.png."""
+    """Score the learned features against their controls on spatial holdouts -> OUT/report.*, OUT/*.png."""
     from magpipe.pipeline import run_evaluate
     from magpipe.report import accuracy_tables
 

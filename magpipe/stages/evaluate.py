@@ -47,10 +47,10 @@ def evaluation_sets(bundle: ModelBundle) -> dict[str, FeatureSet]:
 
 
 def evaluate_split(cfg: RunConfig, bundle: ModelBundle, arrays: list, grids: LabelGrids, *, deployed: bool) -> dict:
-    """AE features against raw pixels on one spatial split (``cfg.evaluate.seed``).
+    """Every feature set of :func:`evaluation_sets` on one spatial split (``cfg.evaluate.seed``).
 
-    The deployed split scores the bundle's own SVM; another split refits the AE SVM on its
-    training cells, with the same search, so both feature sets are treated alike on every split.
+    The deployed split scores the bundle's own AE SVM; every other (set, split) refits its SVM on
+    the split's training cells with the same search, so all feature sets are treated alike.
 
     ``arrays`` are the C input grids (2-D, y/x) in ``bundle.inputs`` order. Returns the split's
     ``seed``, ``classes``, ``scores`` (``ae``, ``raw``, ``majority``: :func:`magpipe.evaluation.score`
