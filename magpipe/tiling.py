@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from magpipe.io.schema import HASH, TILE_DONE, VERSION
+from magpipe.io.schema import HASH, TILE_DONE, TILE_PX, VERSION
 from magpipe.io.stores import (
     check_output_path,
     create_tiled_store,
@@ -124,7 +124,7 @@ def write_tiles(out: str | Path, template: xr.Dataset, tile_fn: TileFn, *, stage
     prev = store_attrs(tmp)
     if prev is None or prev.get(HASH) != stage_hash:
         template = template.copy()
-        template.attrs.update({**(attrs or {}), HASH: stage_hash, VERSION: version(), "tile_px": tile_px})
+        template.attrs.update({**(attrs or {}), HASH: stage_hash, VERSION: version(), TILE_PX: tile_px})
         create_tiled_store(tmp, template, tile_px=tile_px)
         done = np.zeros(template[TILE_DONE].shape, dtype="uint8")
     else:

@@ -13,11 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-import yaml
 
 from magpipe.io.stores import is_complete
-from magpipe.testing import tiny_config, write_labels_raster
-from magpipe.testing import assert_one_line_error, run_cli as magpipe
+from magpipe.testing import assert_one_line_error, run_cli as magpipe, write_labels_raster
 
 
 def _tif(da: xr.DataArray, path: Path, **kw) -> Path:

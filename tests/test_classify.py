@@ -42,7 +42,7 @@ def test_dask_tiles_equal_single_process_run(trained_run, client, tmp_path):
 
 
 def test_interrupted_classification_resumes_to_the_same_result(trained_run, tmp_path):
-    survey, model = trained_run["out"] / "survey.zarr", trained_run["out"] / "model"
+    model = trained_run["out"] / "model"
     whole = tmp_path / "whole.zarr"
     classify_into(Layout(trained_run["out"]), model, whole, tile_px=32)
 

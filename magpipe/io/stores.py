@@ -202,11 +202,6 @@ def open_array(store: str | Path, name: str, *, mode: str = "r") -> zarr.Array:
     return zarr.open_array(Path(store) / name, mode=mode)
 
 
-def has_variable(store: str | Path, name: str) -> bool:
-    """True when the store holds a variable ``name`` (checked without opening the store)."""
-    return (Path(store) / name / "zarr.json").exists()
-
-
 def add_variable(store: str | Path, name: str, values, *, like: str, attrs: dict[str, Any]) -> None:
     """Write (or replace) a 2-D variable chunked and sharded like ``like``, leaving the store's
     attributes (and so its completeness) untouched, which xarray's append mode does not promise.

@@ -6,7 +6,7 @@ import functools
 import hashlib
 from pathlib import Path
 
-from magpipe.bundle import load_bundle, read_bundle_meta
+from magpipe.bundle import load_bundle
 from magpipe.config import RunConfig
 from magpipe.explore import PICK_SPACING_PATCHES, top_blocks
 from magpipe.io import schema as S
@@ -47,7 +47,7 @@ def run_similar(out: str | Path, cfg: RunConfig, *, point: tuple[float, float] |
     arrays, _ = input_stack(lay, model.inputs)
     q = query_embedding(model, arrays, rows, cols)
     tile_px = cfg.classify.chunk_px
-    h = content_hash("similar-v1", str(survey.attrs.get(S.HASH)), str(read_bundle_meta(bundle_path)["input_hash"]),
+    h = content_hash("similar-v1", str(survey.attrs.get(S.HASH)), str(model.meta["input_hash"]),
                      hashlib.sha256(q.tobytes()).hexdigest(), str(tile_px))
     write_tiles(lay.similar, output_template(survey, SIMILARITY, tile_px),
                 functools.partial(similarity_tile, str(lay.root.resolve()), model, q), stage_hash=h,
