@@ -67,7 +67,8 @@ class Variant:
         self.arrays, self.scaling = input_stack(lay, tuple(names))
         _, _, raw = training_patches(lay, cfg.patches)
         self.model = fit_autoencoder(raw, self.scaling, cfg).model.cpu().eval()
-        self.sets = {"ae": AEFeatures(self.model, range(self.model.n_layers)), "raw": RawFeatures(p, len(names))}
+        self.sets = {"ae": AEFeatures(self.model, range(self.model.n_layers), cfg.model.readout),
+                     "raw": RawFeatures(p, len(names))}
         self.p = p
         self.train_s = time.perf_counter() - t0
         self._cache: dict[int, dict[str, np.ndarray]] = {}
@@ -78,7 +79,7 @@ class Variant:
         if key not in self._cache:
             self._cache[key] = cell_features(self.sets, self.arrays, self.scaling, cells.rows, cells.cols)
         ae, raw = self._cache[key]["ae"], self._cache[key]["raw"]
-        sizes = [2 * c.out_channels for c in self.model.encoder]
+        sizes = [self.model.layer_feature_size(k, self.sets["ae"].readout) for k in range(self.model.n_layers)]
         starts = np.cumsum([0] + sizes)
         cols = np.concatenate([np.arange(starts[k], starts[k + 1]) for k in layers])
         return ae[:, cols], raw

@@ -16,12 +16,14 @@ from __future__ import annotations
 import json
 import platform
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
 
+from magpipe.config import check_feature_name
 from magpipe.errors import InputError
-from magpipe.features import AEFeatures, Scaling, StackScaling
+from magpipe.features import FeatureSet, Scaling, StackScaling, feature_set
 from magpipe.io.stores import replace_dir, version, write_json
 from magpipe.model import PatchAutoencoder
 
@@ -32,6 +34,7 @@ TRUSTED_SKOPS_TYPES = [
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._SigmoidCalibration",
     "sklearn.model_selection._split.StratifiedKFold",
+    "magpipe.svm.PartScaler",
     "magpipe.svm.RBFFeatures",
 ]
 
@@ -50,6 +53,9 @@ class ModelBundle:
     anomaly_px : side (cells) of the central window the anomaly is scored on.
     meta : the rest of ``metadata.json`` (input hash, config, training history, SVM search).
     inputs : names of the C input grids, in channel order.
+    feature_set : name of the feature set the SVM reads (``ae``, ``stats``, ``ae+stats``, ...; see
+        :func:`magpipe.features.feature_set`); bundles from before it was recorded read ``ae``.
+    readout : how encoder layers become features (``mean_centre`` or ``mean_std_centre``).
     """
 
     model: PatchAutoencoder
@@ -60,16 +66,23 @@ class ModelBundle:
     anomaly_px: int
     meta: dict = field(default_factory=dict)
     inputs: tuple[str, ...] = ("field",)
+    feature_set: str = "ae"
+    readout: str = "mean_centre"
 
     @property
     def patch_px(self) -> int:
         """Patch side p in cells."""
         return self.model.patch_px
 
-    @property
-    def features(self) -> AEFeatures:
-        """The feature set the SVM was trained on."""
-        return AEFeatures(self.model, self.layers)
+    @cached_property
+    def features(self) -> FeatureSet:
+        """The feature set the SVM was trained on: what classification and similarity compute."""
+        return self.named_features(self.feature_set)
+
+    def named_features(self, name: str) -> FeatureSet:
+        """Any feature set of this bundle's encoder, patch size and inputs (``random``: its initial weights)."""
+        seed = int(self.meta.get("config", {}).get("model", {}).get("seed", 0))
+        return feature_set(name, self.model, self.layers, readout=self.readout, seed=seed)
 
 
 def library_versions() -> dict[str, str]:
@@ -104,6 +117,8 @@ def save_bundle(bundle: ModelBundle, path: str | Path) -> Path:
         "layers": bundle.layers,
         "anomaly_px": bundle.anomaly_px,
         "inputs": list(bundle.inputs),
+        "features": bundle.feature_set,
+        "readout": bundle.readout,
         "scalings": [{"mean": s.mean, "std": s.std} for s in bundle.scaling.channels],
         "classes": bundle.classes,
         "versions": library_versions(),
@@ -152,6 +167,11 @@ def load_bundle(path: str | Path, *, patch_px: int | None = None) -> ModelBundle
     if patch_px is not None and meta["patch_px"] != patch_px:
         raise InputError(f"{path}: model was trained on {meta['patch_px']} px patches, not {patch_px}")
     inputs = tuple(meta["inputs"])
+    try:
+        check_feature_name(str(meta.get("features", "ae")))
+        PatchAutoencoder.check_readout(str(meta.get("readout", "mean_centre")))
+    except ValueError as exc:
+        raise InputError(f"{path / 'metadata.json'}: {exc}") from None
     model = PatchAutoencoder(meta["patch_px"], meta["channels"], meta["hidden"], in_channels=len(inputs))
     try:
         state = torch.load(path / "autoencoder.pt", map_location="cpu", weights_only=True)
@@ -171,4 +191,5 @@ def load_bundle(path: str | Path, *, patch_px: int | None = None) -> ModelBundle
         model=model.eval(), svm=svm, layers=list(meta["layers"]),
         scaling=StackScaling(tuple(Scaling(**s) for s in meta["scalings"])), classes=list(meta["classes"]),
         anomaly_px=int(meta["anomaly_px"]), meta=meta, inputs=inputs,
+        feature_set=str(meta.get("features", "ae")), readout=str(meta.get("readout", "mean_centre")),
     )

@@ -30,6 +30,11 @@ ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML/
 PatchOpt = Annotated[Optional[int], typer.Option("--patch-size", help="Patch side in px (odd) (default 31).")]
 EpochsOpt = Annotated[Optional[int], typer.Option("--epochs", help="Maximum autoencoder epochs (default 12).")]
 NPatchOpt = Annotated[Optional[int], typer.Option("--n-patches", help="Training patches to sample (default 8000).")]
+FeaturesOpt = Annotated[Optional[str], typer.Option(
+    "--features", help="Features the SVM reads: auto (chosen on validation; default), ae, stats, raw, random, or "
+    "several joined by '+' (e.g. ae+stats).")]
+ObjectiveOpt = Annotated[Optional[str], typer.Option(
+    "--objective", help="Encoder training objective: reconstruct (default), masked or contrastive.")]
 SchedOpt = Annotated[Optional[str], typer.Option("--scheduler", envvar="DASK_SCHEDULER_ADDRESS",
                                                  help="Existing Dask scheduler; default: a LocalCluster.")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="LocalCluster workers (default 2).")]
@@ -61,7 +66,7 @@ def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")
 
 def _config(config: Path | None, *, run: Path | None = None, patch_size=None, epochs=None, n_patches=None,
             nodata=None, band=None, variable=None, spacing=None, crs=None, scheduler=None, workers=None,
-            **inputs) -> RunConfig:
+            features=None, objective=None, **inputs) -> RunConfig:
     """``config`` (else the run's saved config.json when ``run`` is given, else defaults) with the flags applied."""
     if config is None and run is not None:
         from magpipe.io.schema import Layout
@@ -72,7 +77,8 @@ def _config(config: Path | None, *, run: Path | None = None, patch_size=None, ep
         RunConfig.load, config,
         ingest={"nodata": nodata, "band": band, "variable": variable, "spacing": spacing, "crs": crs},
         patches={"patch_px": patch_size, "n_patches": n_patches},
-        model={"epochs": epochs},
+        model={"epochs": epochs, "objective": objective},
+        svm={"features": features},
         runtime={"scheduler": scheduler, "workers": workers},
     )
     return cfg.with_inputs(**inputs)
@@ -122,11 +128,12 @@ def labels(labels: Path, out: OutOpt, label_field: FieldOpt = None, classes: Cla
 
 @app.command()
 def train(out: OutOpt, config: ConfigOpt = None, patch_size: PatchOpt = None, epochs: EpochsOpt = None,
-          n_patches: NPatchOpt = None) -> None:
+          n_patches: NPatchOpt = None, features: FeaturesOpt = None, objective: ObjectiveOpt = None) -> None:
     """Sample patches, train the autoencoder and the SVM -> OUT/patches.zarr, OUT/model/."""
     from magpipe.pipeline import run_patches, run_train
 
-    cfg = _config(config, run=out, patch_size=patch_size, epochs=epochs, n_patches=n_patches)
+    cfg = _config(config, run=out, patch_size=patch_size, epochs=epochs, n_patches=n_patches, features=features,
+                  objective=objective)
     _guard(run_patches, out, cfg)
     typer.echo(_guard(run_train, out, cfg))
 
@@ -249,14 +256,15 @@ def run(survey: Annotated[Optional[Path], typer.Argument(help="Survey file (defa
         out: OutOpt = ..., label_field: FieldOpt = None, classes: ClassesOpt = None, config: ConfigOpt = None,
         nodata: NodataOpt = None, band: BandOpt = None, variable: VarOpt = None, spacing: SpacingOpt = None,
         crs: CrsOpt = None, patch_size: PatchOpt = None, epochs: EpochsOpt = None, n_patches: NPatchOpt = None,
-        scheduler: SchedOpt = None, workers: WorkersOpt = None, serial: SerialOpt = False) -> None:
+        features: FeaturesOpt = None, objective: ObjectiveOpt = None, scheduler: SchedOpt = None,
+        workers: WorkersOpt = None, serial: SerialOpt = False) -> None:
     """Run every stage: ingest, labels, patches, train, classify, evaluate.
 
     To repeat a run: magpipe run --config OLD/config.json --out NEW (same inputs, same options).
     """
     cfg = _config(config, patch_size=patch_size, epochs=epochs, n_patches=n_patches, nodata=nodata, band=band,
                   variable=variable, spacing=spacing, crs=crs, scheduler=scheduler, workers=workers,
-                  survey=survey, labels=labels, label_field=label_field, classes=classes)
+                  features=features, objective=objective, survey=survey, labels=labels, label_field=label_field, classes=classes)
     _run(out, cfg, serial=serial)
 
 

@@ -22,6 +22,19 @@ from magpipe.derived import CHANNELS
 from magpipe.errors import ConfigError
 
 SCHEMA_VERSION = 2
+FEATURE_ATOMS = ("ae", "random", "stats", "raw")  # feature sets by name; "a+b" puts sets side by side
+
+
+def check_feature_name(name: str) -> str:
+    """A feature-set name: ``auto``, one of :data:`FEATURE_ATOMS`, or distinct ones joined by '+'.
+
+    Raises ValueError naming the allowed names otherwise.
+    """
+    parts = name.split("+")
+    if name != "auto" and (any(p not in FEATURE_ATOMS for p in parts) or len(set(parts)) != len(parts)):
+        raise ValueError(f"unknown feature set {name!r}: use 'auto', one of {list(FEATURE_ATOMS)}, or several "
+                         "joined by '+' (e.g. 'ae+stats')")
+    return name
 
 
 class _Section(BaseModel):
@@ -88,6 +101,16 @@ class ModelConfig(_Section):
     layers: tuple[int, ...] | None = Field(
         None, description="Encoder layers (0-based) whose activations become features; None = all."
     )
+    objective: Literal["reconstruct", "masked", "contrastive"] = Field(
+        "masked", description="Self-supervised training objective: 'reconstruct' the patch (the paper's), "
+        "'masked' (rebuild hidden blocks only; the default, best on validation on Britain and Rondonia, see "
+        "benchmarks/objectives.py), or 'contrastive' (VICReg: nearby, flipped/rotated patches alike)."
+    )
+    readout: Literal["mean_centre", "mean_std_centre"] = Field(
+        "mean_std_centre", description="Features of each layer: channel means over the patch and values at its "
+        "centre ('mean_centre', the paper's), or also channel standard deviations ('mean_std_centre'; a layer "
+        "whose map is 1x1 gives its centre once)."
+    )
     epochs: int = Field(12, ge=1, description="Maximum training epochs.")
     batch_size: int = Field(128, ge=1, description="Patches per training batch.")
     learning_rate: float = Field(2e-3, gt=0, description="Adam learning rate.")
@@ -101,6 +124,13 @@ class ModelConfig(_Section):
 
 
 class SVMConfig(_Section):
+    features: str = Field(
+        "auto", description="Features the SVM classifies: 'ae' (the trained encoder), 'stats' (window "
+        "statistics), 'raw' (the patch), 'random' (the untrained encoder), several joined by '+' (e.g. "
+        "'ae+stats'), or 'auto': the one of `candidates` with the best spatially blocked CV balanced accuracy "
+        "on the training region (test blocks are never seen)."
+    )
+    candidates: tuple[str, ...] = Field(("ae", "stats", "ae+stats"), description="Feature sets 'auto' chooses from.")
     C: tuple[float, ...] = Field((1.0, 10.0, 100.0), description="SVC C values searched by blocked CV.")
     gamma_scale: tuple[float, ...] = Field(
         (0.3, 1.0, 3.0), description="RBF gamma values searched, as multiples of 1/n_features."
@@ -110,9 +140,27 @@ class SVMConfig(_Section):
         "times faster to predict; use it where the report shows it within a point of exact."
     )
     n_components: int = Field(300, ge=10, description="Nystroem landmarks (kernel='nystroem' only).")
+    class_weight: Literal["balanced", "prior"] = Field(
+        "balanced", description="'balanced': classes weighted inversely to their labelled area (rare units are "
+        "not outvoted; best balanced accuracy); 'prior': every cell alike (common units win close calls; best "
+        "pixel accuracy)."
+    )
     max_per_class: int = Field(400, ge=5, description="Labelled training pixels kept per class (subsampled).")
     cv_folds: int = Field(3, ge=2, description="Spatially blocked CV folds for the C/gamma search.")
     seed: int = Field(0, description="Seed of subsampling and of Platt scaling.")
+
+
+    @field_validator("features")
+    @classmethod
+    def _feature_name(cls, v: str) -> str:
+        return check_feature_name(v)
+
+    @field_validator("candidates")
+    @classmethod
+    def _candidate_names(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v or "auto" in v:
+            raise ValueError("candidates must name one or more feature sets (not 'auto')")
+        return tuple(check_feature_name(n) for n in v)
 
 
 class EvalConfig(_Section):

@@ -32,6 +32,7 @@ import torch
 import xarray as xr
 from torch.nn import functional as F
 
+from magpipe.config import FEATURE_ATOMS, check_feature_name
 from magpipe.model import PatchAutoencoder, box_mean, dense_features, patch_features
 from magpipe.patches import stack_patches
 
@@ -110,10 +111,12 @@ class FeatureSet(Protocol):
 
 @dataclass(frozen=True)
 class AEFeatures:
-    """Per-channel mean over the patch and value at its centre of each selected encoder layer."""
+    """The selected encoder layers' activations, read out per channel (``readout``: the mean over
+    the patch and the value at its centre, and with ``mean_std_centre`` the standard deviation)."""
 
     model: PatchAutoencoder
     layers: Sequence[int]
+    readout: str = "mean_centre"
 
     @property
     def patch_px(self) -> int:
@@ -121,15 +124,15 @@ class AEFeatures:
 
     @property
     def n_features(self) -> int:
-        return self.model.feature_size(self.layers)
+        return self.model.feature_size(self.layers, self.readout)
 
     def patches(self, x: np.ndarray) -> np.ndarray:
         """(n, C, p, p) standardised patches -> (n, F) float32."""
-        return patch_features(self.model, torch.from_numpy(x), self.layers).numpy()
+        return patch_features(self.model, torch.from_numpy(x), self.layers, self.readout).numpy()
 
     def dense(self, x: torch.Tensor) -> np.ndarray:
         """(1, C, H + 2h, W + 2h) standardised window -> (F, H, W) float32."""
-        return dense_features(self.model, x, self.layers).numpy()
+        return dense_features(self.model, x, self.layers, self.readout).numpy()
 
 
 @dataclass(frozen=True)
@@ -218,9 +221,13 @@ class StatsFeatures:
                 mean = box_mean(xc, w)[crop]
                 var = (box_mean(xc * xc, w)[crop] - mean * mean).clamp(min=0)
                 gmean = box_mean(gc, w)[..., o - 1 : o - 1 + H, o - 1 : o - 1 + W]
-                maps += [mean, var.sqrt(), F.max_pool2d(xc, w, stride=1)[crop],
-                         -F.max_pool2d(-xc, w, stride=1)[crop], gmean]
+                maps += [mean, var.sqrt(), _box_max(xc, w)[crop], -_box_max(-xc, w)[crop], gmean]
         return torch.cat(maps, dim=1)[0].numpy()
+
+
+def _box_max(x: torch.Tensor, w: int) -> torch.Tensor:
+    """Max over every w x w window (valid positions) as two 1-D max pools: 2w comparisons per cell, not w^2."""
+    return F.max_pool2d(F.max_pool2d(x, (w, 1), stride=1), (1, w), stride=1)
 
 
 @dataclass(frozen=True)
@@ -244,6 +251,12 @@ class ConcatFeatures:
         return np.concatenate([p.dense(x) for p in self.parts], axis=0)
 
 
+def part_sizes(fs: FeatureSet) -> tuple[int, ...]:
+    """Feature counts of a set's parts in column order (one part unless concatenated): what the SVM
+    weights equally (:class:`magpipe.svm.PartScaler`)."""
+    return tuple(p.n_features for p in fs.parts) if isinstance(fs, ConcatFeatures) else (fs.n_features,)
+
+
 def untrained_encoder(model: PatchAutoencoder, seed: int) -> PatchAutoencoder:
     """The same architecture with the weights training started from (``torch.manual_seed(seed)``, as in
     :func:`magpipe.training.train_autoencoder`): the control that isolates what training added."""
@@ -251,6 +264,29 @@ def untrained_encoder(model: PatchAutoencoder, seed: int) -> PatchAutoencoder:
         torch.manual_seed(seed)
         return PatchAutoencoder(model.patch_px, [c.out_channels for c in model.encoder],
                                 model.decoder[0].out_features, in_channels=model.in_channels).eval()
+
+
+def feature_set(name: str, model: PatchAutoencoder, layers: Sequence[int], *, readout: str = "mean_centre",
+                seed: int = 0) -> FeatureSet:
+    """The feature set called ``name`` (see :func:`magpipe.config.check_feature_name`), of ``model``'s patch size and inputs.
+
+    ``ae`` reads ``model`` out; ``random`` is the same architecture with the weights training started
+    from (``seed``); ``stats`` and ``raw`` use the model only for its patch size and input channels.
+    """
+    if check_feature_name(name) == "auto":
+        raise ValueError("'auto' names a choice, not a feature set; the train stage resolves it")
+    p, C = model.patch_px, model.in_channels
+    parts = []
+    for part in name.split("+"):
+        if part == "ae":
+            parts.append(AEFeatures(model, tuple(layers), readout))
+        elif part == "random":
+            parts.append(AEFeatures(untrained_encoder(model, seed), tuple(layers), readout))
+        elif part == "stats":
+            parts.append(StatsFeatures(p, C))
+        else:
+            parts.append(RawFeatures(p, C))
+    return parts[0] if len(parts) == 1 else ConcatFeatures(tuple(parts))
 
 
 def cell_features(sets: Mapping[str, FeatureSet], arrays: list, scaling: StackScaling, rows: np.ndarray,

@@ -8,8 +8,14 @@ filter of the tile's map. So :func:`dense_features` gives every pixel the same
 features as cutting its patch and calling :func:`patch_features`, without the
 p^2-fold redundant work.
 
-Features per tapped layer k (C_k channels): the channel means over the patch's
-layer-k map, then the layer-k activations at the patch centre (2 * C_k values).
+Features per tapped layer k (C_k channels), by readout:
+
+- ``mean_centre`` (the paper's): the channel means over the patch's layer-k map, then the
+  layer-k activations at the patch centre (2 C_k values);
+- ``mean_std_centre``: the means, the channel standard deviations over the map (texture:
+  how much each learned filter's response varies in the patch), then the centre (3 C_k
+  values); a layer whose map of the patch is 1 x 1 (the last) gives its centre alone, the
+  mean being the same number and the deviation 0.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+READOUTS = ("mean_centre", "mean_std_centre")
 
 
 def dilations_for(patch_px: int, n_layers: int) -> list[int]:
@@ -109,9 +117,27 @@ class PatchAutoencoder(nn.Module):
         code = self.encode(patches)[-1].flatten(1)
         return self.decoder(code).view(-1, self.in_channels, self.patch_px, self.patch_px)
 
-    def feature_size(self, layers: Sequence[int]) -> int:
-        """Number of features F of the selected ``layers``: 2 C_k per layer (patch mean and centre value)."""
-        return sum(2 * self.encoder[k].out_channels for k in layers)
+    def map_px(self, k: int) -> int:
+        """Side of layer k's map of one patch (1 for the last layer)."""
+        return self.patch_px - 2 * self.radii[k]
+
+    @staticmethod
+    def check_readout(readout: str) -> str:
+        """``readout`` if it is one of :data:`READOUTS`; ValueError naming them otherwise."""
+        if readout not in READOUTS:
+            raise ValueError(f"unknown readout {readout!r}; use one of {list(READOUTS)}")
+        return readout
+
+    def layer_feature_size(self, k: int, readout: str = "mean_centre") -> int:
+        """Number of features layer k gives under ``readout`` (see the module docstring)."""
+        c = self.encoder[k].out_channels
+        if self.check_readout(readout) == "mean_centre":
+            return 2 * c
+        return c if self.map_px(k) == 1 else 3 * c
+
+    def feature_size(self, layers: Sequence[int], readout: str = "mean_centre") -> int:
+        """Number of features F of the selected ``layers`` under ``readout``."""
+        return sum(self.layer_feature_size(k, readout) for k in layers)
 
 
 def resolve_layers(model: PatchAutoencoder, layers: Sequence[int] | None) -> list[int]:
@@ -130,25 +156,35 @@ def resolve_layers(model: PatchAutoencoder, layers: Sequence[int] | None) -> lis
 
 
 @torch.no_grad()
-def patch_features(model: PatchAutoencoder, patches: torch.Tensor, layers: Sequence[int]) -> torch.Tensor:
+def patch_features(model: PatchAutoencoder, patches: torch.Tensor, layers: Sequence[int],
+                   readout: str = "mean_centre") -> torch.Tensor:
     """Reference per-patch features: (N, C, p, p) -> (N, F). Slow, used for labelled pixels and tests.
 
     Parameters
     ----------
     patches : standardised patches (float32, no-data filled with 0), C = ``model.in_channels``.
     layers : encoder layers to take features from (see :func:`resolve_layers`).
+    readout : ``mean_centre`` or ``mean_std_centre`` (module docstring).
 
     Returns
     -------
-    (N, F) float32, F = ``model.feature_size(layers)``: for each layer in order, its C_k channel
-    means over the patch's layer map, then its C_k values at the patch centre.
+    (N, F) float32, F = ``model.feature_size(layers, readout)``: for each layer in order, its C_k
+    channel means over the patch's layer map, (their standard deviations,) then its C_k values at
+    the patch centre.
     """
+    model.check_readout(readout)
     acts = model.encode(patches)
     out = []
     for k in layers:
         a = acts[k]
         c = a.shape[-1] // 2
-        out += [a.mean(dim=(2, 3)), a[:, :, c, c]]
+        if readout == "mean_std_centre" and a.shape[-1] == 1:
+            out.append(a[:, :, 0, 0])
+            continue
+        out.append(a.mean(dim=(2, 3)))
+        if readout == "mean_std_centre":
+            out.append(a.double().std(dim=(2, 3), correction=0).float())
+        out.append(a[:, :, c, c])
     return torch.cat(out, dim=1)
 
 
@@ -167,24 +203,45 @@ def box_mean(a: torch.Tensor, size: int) -> torch.Tensor:
     return F.conv2d(F.conv2d(a, w, groups=C), w.transpose(2, 3), groups=C)
 
 
+def box_sum64(a: torch.Tensor, size: int) -> torch.Tensor:
+    """Sum over every size x size window of (N, C, H, W), valid positions, in float64 from a summed-area
+    table: (N, C, H - size + 1, W - size + 1). Four lookups per value whatever the size; float64
+    convolutions on the CPU were 15x slower than float32 ones, the table costs about 2.5x."""
+    s = F.pad(a.double(), (1, 0, 1, 0)).cumsum(-2).cumsum(-1)
+    return s[..., size:, size:] - s[..., :-size, size:] - s[..., size:, :-size] + s[..., :-size, :-size]
+
+
 @torch.no_grad()
-def dense_features(model: PatchAutoencoder, tile: torch.Tensor, layers: Sequence[int]) -> torch.Tensor:
+def dense_features(model: PatchAutoencoder, tile: torch.Tensor, layers: Sequence[int],
+                   readout: str = "mean_centre") -> torch.Tensor:
     """Features of every pixel of a tile: (1, C, H + 2h, W + 2h) with halo h = p // 2 -> (F, H, W).
 
     ``tile`` is standardised (float32, no-data and the area beyond the survey filled with 0). Feature
     ``[:, i, j]`` equals :func:`patch_features` of the patch centred on interior cell (i, j), in the
-    same order, at the cost of one encoder pass over the tile instead of one per cell.
+    same order, at the cost of one encoder pass over the tile instead of one per cell. Standard
+    deviations come from window sums of a and a^2 in float64 (:func:`box_sum64`), where their
+    difference keeps its digits.
     """
-    p, h = model.patch_px, model.patch_px // 2
+    model.check_readout(readout)
+    h = model.patch_px // 2
     acts = model.encode(tile)
     out = []
     for k in layers:
         a, r = acts[k], model.radii[k]
-        size = p - 2 * r  # side of the patch's layer-k map
+        size = model.map_px(k)  # side of the patch's layer-k map
         crop = h - r
         H, W = a.shape[-2] - 2 * crop, a.shape[-1] - 2 * crop
+        centre = a[:, :, crop : crop + H, crop : crop + W]
+        if readout == "mean_std_centre" and size == 1:
+            out.append(centre)
+            continue
         out.append(box_mean(a, size))
-        out.append(a[:, :, crop : crop + H, crop : crop + W])
+        if readout == "mean_std_centre":
+            a64 = a.double()
+            mean = box_sum64(a64, size)
+            out.append(((box_sum64(a64 * a64, size) - mean * mean / size**2).clamp(min=0) / size**2).sqrt()
+                       .to(a.dtype))
+        out.append(centre)
     return torch.cat(out, dim=1)[0]
 
 

@@ -108,3 +108,19 @@ def sample_centres(
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(cand, size=min(n, cand.size), replace=False))
     return np.unravel_index(pick, valid.shape)
+
+
+def neighbour_centres(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int], *, max_offset: int, seed: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """A cell at most ``max_offset`` cells from each given cell (never itself), inside a grid of ``shape``.
+
+    The second views of the contrastive objective: nearby ground tends to be the same rock unit
+    (Tile2Vec's premise). Deterministic for ``seed``; returns two (n,) int64 arrays.
+    """
+    rng = np.random.default_rng(seed)
+    n, m = len(rows), max(1, int(max_offset))
+    dy, dx = rng.integers(-m, m + 1, size=(2, n))
+    same = (dy == 0) & (dx == 0)
+    dx[same] = rng.choice([-1, 1], size=int(same.sum()))
+    return (np.clip(np.asarray(rows) + dy, 0, shape[0] - 1).astype("int64"),
+            np.clip(np.asarray(cols) + dx, 0, shape[1] - 1).astype("int64"))

@@ -17,8 +17,9 @@ METRIC_NAMES = (("pixel_accuracy", "pixel-wise accuracy"), ("patch_accuracy", "p
                 ("balanced_accuracy", "balanced accuracy"))
 
 
-COLUMNS = (("ae", "AE features"), ("random", "AE untrained"), ("stats", "window stats"), ("ae+stats", "AE + stats"),
-           ("raw", "raw pixels"), ("majority", "majority class"))
+COLUMNS = (("deployed", "deployed"), ("ae", "AE features"), ("random", "AE untrained"), ("stats", "window stats"),
+           ("ae+stats", "AE + stats"), ("raw", "raw pixels"), ("deployed@prior", "deployed, prior weights"),
+           ("deployed@balanced", "deployed, balanced weights"), ("majority", "majority class"))
 
 
 def _table(scores: dict, header: str) -> str:
@@ -82,11 +83,30 @@ def sparse_table(report: dict) -> str:
     return _table(sp, f"metric ({sp['per_class']} labelled cells per class, {sp['repeats']} draws)")
 
 
+def selection_section(report: dict) -> list[str]:
+    """report.md lines saying what the map deploys and the validation table it was chosen by ([] if none)."""
+    dep = report.get("deployed")
+    if not dep or not isinstance(dep.get("chosen_by"), dict):
+        return []
+    lines = ["## What the map uses", "",
+             f"Features **{dep['features']}** (chosen by {dep['chosen_by']['features']}), encoder objective "
+             f"{dep['objective']}, readout {dep.get('readout')}, patches of {dep['patch_px']} px. On each evaluation "
+             f"split the same procedure chose: {', '.join(dep.get('per_split', []))}.", ""]
+    if dep.get("validation"):
+        lines += ["| candidate | validation balanced accuracy (blocked CV, training region) | C | gamma |",
+                  "|---|---|---|---|"]
+        lines += [f"| {n} | {v.get('cv_balanced_accuracy', float('nan')):.1%} | {v.get('C')} | "
+                  f"{v.get('gamma', float('nan')):.3g} |" for n, v in dep["validation"].items()]
+        lines.append("")
+    return lines
+
+
 def markdown(report: dict) -> str:
     """report.md's text from a report (see :func:`magpipe.stages.evaluate.build_report`)."""
     classes = report["classes"]
-    f1 = ["| class | F1 (AE) | F1 (raw) |", "|---|---|---|"]
-    f1 += [f"| {c} | {report['f1']['ae'][c]:.2f} | {report['f1']['raw'][c]:.2f} |" for c in classes]
+    f1 = ["| class | F1 (deployed) | F1 (AE) | F1 (raw) |", "|---|---|---|---|"]
+    dep = report["f1"].get("deployed", report["f1"]["ae"])
+    f1 += [f"| {c} | {dep[c]:.2f} | {report['f1']['ae'][c]:.2f} | {report['f1']['raw'][c]:.2f} |" for c in classes]
     sp = report["split"]
     tr = report.get("training", {})
     return "\n".join([
@@ -104,9 +124,13 @@ def markdown(report: dict) -> str:
         "",
         "Controls: *AE untrained* is the same encoder with the weights training started from (what training "
         "added); *window stats* are the centre value and the mean, std, max, min and mean gradient magnitude "
-        "over nested windows of each input (the classical baseline); *raw pixels* is the paper's baseline.",
+        "over nested windows of each input (the classical baseline); *raw pixels* is the paper's baseline; "
+        "*deployed* is what the map uses (chosen on validation, below), and *deployed, prior/balanced weights* "
+        "the same features under the other `svm.class_weight` (prior favours pixel accuracy, balanced the "
+        "rare units).",
         "",
         *([paired_table(report), ""] if report.get("paired") else []),
+        *selection_section(report),
         *(["## Sparse labels", "",
            "The same test cells; each SVM trained on a random few labelled cells per class, as in the paper.",
            "", sparse_table(report), ""] if report.get("sparse") else []),
@@ -205,7 +229,10 @@ def class_map_figure(report: dict, layout: Layout) -> None:
     im = ax.imshow(cls, cmap=_class_colours(K), norm=BoundaryNorm(np.arange(0.5, K + 1), K), interpolation="nearest")
     cb = fig.colorbar(im, ax=ax, ticks=range(1, K + 1), shrink=0.7)
     cb.ax.set_yticklabels(classes, fontsize=7)
-    ax.set_title(f"class map (AE features + SVM); holdout pixel acc {report['pixel_accuracy']['ae']:.0%}")
+    dep = report.get("feature_sets", {}).get("deployed")
+    name, acc = (report["deployed"]["features"], dep["pixel_accuracy"]["mean"]) if dep else \
+        ("ae", report["pixel_accuracy"]["ae"])
+    ax.set_title(f"class map ({name} features + SVM); holdout pixel acc {acc:.0%}")
     ax.set_axis_off()
     fig.savefig(layout.figure("class_map"), dpi=110, bbox_inches="tight")
 

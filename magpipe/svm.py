@@ -87,12 +87,39 @@ class RBFFeatures(TransformerMixin, BaseEstimator):
         return k if self.normalization_ is None else k @ self.normalization_
 
 
-def make_svm(*, C: float = 1.0, gamma: float = 1.0, kernel: str = "exact", n_components: int = 300,
-             seed: int = 0) -> Pipeline:
-    """Scaling, then an exact RBF SVC or its Nystroem approximation (same hyperparameter names).
+class PartScaler(StandardScaler):
+    """Standardise each feature, then weight the parts of a concatenated feature set equally.
 
-    Classes are weighted inversely to their frequency (``class_weight="balanced"``): labelled areas
-    of rock units are rarely of one size, and a rare unit should not be outvoted by a common one.
+    Standardised features each add about 2 to an RBF kernel's squared distance, so a part with
+    176 features (an encoder) would outweigh one with 21 (window statistics) eightfold; here each of
+    the n parts contributes 1/n of the distance, whatever its size. ``parts`` = the parts' feature
+    counts, in column order; None or one part: plain standardisation.
+    """
+
+    def __init__(self, parts: tuple[int, ...] | None = None, *, copy: bool = True, with_mean: bool = True,
+                 with_std: bool = True):
+        super().__init__(copy=copy, with_mean=with_mean, with_std=with_std)
+        self.parts = parts
+
+    def fit(self, X, y=None, sample_weight=None):
+        super().fit(X, y, sample_weight)
+        if self.parts and len(self.parts) > 1:
+            if sum(self.parts) != self.scale_.size:
+                raise ValueError(f"parts {self.parts} do not add up to {self.scale_.size} features")
+            total, n = sum(self.parts), len(self.parts)
+            self.scale_ = self.scale_ * np.concatenate([np.full(k, np.sqrt(n * k / total)) for k in self.parts])
+        return self
+
+
+def make_svm(*, C: float = 1.0, gamma: float = 1.0, kernel: str = "exact", n_components: int = 300,
+             seed: int = 0, parts: tuple[int, ...] | None = None, class_weight: str = "balanced") -> Pipeline:
+    """Scaling (:class:`PartScaler`), then an exact RBF SVC or its Nystroem approximation (same
+    hyperparameter names).
+
+    By default classes are weighted inversely to their frequency (``class_weight="balanced"``): labelled
+    areas of rock units are rarely of one size, and a rare unit should not be outvoted by a common one.
+    ``"prior"`` weights every cell alike, so common units win close calls: higher pixel accuracy,
+    lower balanced accuracy.
 
     Parameters
     ----------
@@ -101,20 +128,25 @@ def make_svm(*, C: float = 1.0, gamma: float = 1.0, kernel: str = "exact", n_com
     kernel : ``"exact"`` (precomputed RBF kernel, ``SVC``) or ``"nystroem"`` (``LinearSVC``).
     n_components : Nystroem landmarks; ignored for ``"exact"``.
     seed : seed of the landmark draw and of ``LinearSVC``.
+    parts : feature counts of a concatenated set's parts, weighted equally (see :class:`PartScaler`).
+    class_weight : ``"balanced"`` or ``"prior"``.
 
     Raises
     ------
     ValueError
         For an unknown ``kernel``.
     """
+    if class_weight not in ("balanced", "prior"):
+        raise ValueError(f"unknown class_weight {class_weight!r}; use 'balanced' or 'prior'")
+    weight = "balanced" if class_weight == "balanced" else None
     if kernel == "exact":
-        feats, svc = RBFFeatures(gamma), SVC(kernel="precomputed", C=C, class_weight="balanced")
+        feats, svc = RBFFeatures(gamma), SVC(kernel="precomputed", C=C, class_weight=weight)
     elif kernel == "nystroem":
         feats = RBFFeatures(gamma, n_components=n_components, random_state=seed)
-        svc = LinearSVC(C=C, class_weight="balanced", random_state=seed)
+        svc = LinearSVC(C=C, class_weight=weight, random_state=seed)
     else:
         raise ValueError(f"unknown kernel {kernel!r}; use 'exact' or 'nystroem'")
-    return Pipeline([("scale", StandardScaler()), ("kernel", feats), ("svc", svc)])
+    return Pipeline([("scale", PartScaler(parts)), ("kernel", feats), ("svc", svc)])
 
 
 def calibrated(svm: Pipeline, n_min_class: int) -> CalibratedClassifierCV | Pipeline:
@@ -130,7 +162,8 @@ def calibrated(svm: Pipeline, n_min_class: int) -> CalibratedClassifierCV | Pipe
     return CalibratedClassifierCV(svm, method="sigmoid", cv=StratifiedKFold(folds), ensemble=False)
 
 
-def fit_svm(X: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: SVMConfig) -> tuple[Pipeline, dict]:
+def fit_svm(X: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: SVMConfig, *,
+            parts: tuple[int, ...] | None = None) -> tuple[Pipeline, dict]:
     """Search C and gamma by blocked CV (balanced accuracy), then refit with calibrated probabilities.
 
     Parameters
@@ -140,19 +173,24 @@ def fit_svm(X: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: SVMConfig) ->
     groups : (n,) spatial block id of each cell; CV folds never split a block.
     cfg : the SVM section of the run config; gammas searched are ``cfg.gamma_scale / F``, scaled to the
         number of features so one grid suits any feature set.
+    parts : for a concatenated feature set, its parts' feature counts (weighted equally).
 
     Returns
     -------
     model : fitted classifier with ``predict_proba``.
-    info : ``kernel``, ``C``, ``gamma``, ``cv_balanced_accuracy`` (NaN when fewer than 2 blocks left
-        nothing to search: then the middle C and gamma = 1 / F are used), ``cv_folds``, ``n_support``.
+    info : ``kernel``, ``C``, ``gamma``, ``cv_balanced_accuracy`` (NaN when the grid holds one pair, which is
+        then used unsearched, or when fewer than 2 blocks left nothing to search: then the middle C and
+        gamma = 1 / F are used), ``cv_folds``, ``n_support``.
     """
     n_features = X.shape[1]
     grid = {"svc__C": list(cfg.C), "kernel__gamma": [g / n_features for g in cfg.gamma_scale]}
-    base = make_svm(kernel=cfg.kernel, n_components=cfg.n_components, seed=cfg.seed)
+    base = make_svm(kernel=cfg.kernel, n_components=cfg.n_components, seed=cfg.seed, parts=parts,
+                    class_weight=cfg.class_weight)
     n_groups = np.unique(groups).size
     folds = min(cfg.cv_folds, n_groups)
-    if folds >= 2 and np.unique(y).size > 1:
+    if len(cfg.C) * len(cfg.gamma_scale) == 1:  # nothing to choose: no search, no CV score
+        best, cv_score = {"svc__C": cfg.C[0], "kernel__gamma": cfg.gamma_scale[0] / n_features}, float("nan")
+    elif folds >= 2 and np.unique(y).size > 1:
         search = GridSearchCV(base, grid, cv=GroupKFold(n_splits=folds),
                               scoring="balanced_accuracy", n_jobs=1)
         with warnings.catch_warnings():  # a spatial fold may lack a class; the score handles it
@@ -168,7 +206,7 @@ def fit_svm(X: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: SVMConfig) ->
     fold_nystroem(model)
     info = {"kernel": cfg.kernel, "C": float(best["svc__C"]), "gamma": float(best["kernel__gamma"]),
             "cv_balanced_accuracy": cv_score, "cv_folds": folds, "n_support": n_support(model)}
-    log.info("SVM (%s kernel): C=%g gamma=%.3g cv balanced acc %.3f, %s support vectors", cfg.kernel, info["C"],
+    log.debug("SVM (%s kernel): C=%g gamma=%.3g cv balanced acc %.3f, %s support vectors", cfg.kernel, info["C"],
              info["gamma"], cv_score, info["n_support"])
     return model, info
 

@@ -19,6 +19,9 @@ import torch
 
 from magpipe.config import ModelConfig
 from magpipe.model import PatchAutoencoder
+from magpipe.objectives import masked_mse, objective_loss
+
+__all__ = ["TrainResult", "masked_mse", "resolve_device", "train_autoencoder"]
 
 log = logging.getLogger("magpipe.train")
 
@@ -54,16 +57,6 @@ class TrainResult:
     device: str = "cpu"
 
 
-def masked_mse(recon: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over valid cells only, so the 0s filled into no-data are never a target.
-
-    ``recon`` and ``target`` are (N, C, p, p) standardised values, ``mask`` bool of the same shape
-    (True = data). Returns a float32 scalar (computed in float32 under bf16 autocast too).
-    """
-    m = mask.to(recon.dtype)
-    return ((recon.float() - target) ** 2 * m).sum() / m.sum().clamp(min=1)
-
-
 def train_autoencoder(
     inputs: np.ndarray,
     mask: np.ndarray,
@@ -72,6 +65,7 @@ def train_autoencoder(
     checkpoint: str | Path | None = None,
     progress=None,
     device: str = "auto",
+    pairs: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> TrainResult:
     """Fit a :class:`PatchAutoencoder` on standardised patches.
 
@@ -84,6 +78,8 @@ def train_autoencoder(
     checkpoint : file to resume from and write after each epoch.
     progress : optional callable(dict) told about each finished epoch.
     device : torch device, or 'auto' (cuda, then mps, then cpu); a runtime choice, not the model's.
+    pairs : for ``cfg.objective == "contrastive"``: the second view of each patch (a patch a few cells
+        away) and its validity, shaped as ``inputs`` and ``mask``.
 
     Returns
     -------
@@ -91,6 +87,8 @@ def train_autoencoder(
     """
     if inputs.ndim == 3:
         inputs, mask = inputs[:, None], mask[:, None]
+    if (cfg.objective == "contrastive") != (pairs is not None):
+        raise ValueError("second views are given for, and only for, the contrastive objective")
     n, c_in, p, _ = inputs.shape
     device = resolve_device(device)
     torch.manual_seed(cfg.seed)
@@ -101,19 +99,13 @@ def train_autoencoder(
     val_idx, train_idx = split[:n_val], split[n_val:]
     x = torch.from_numpy(np.ascontiguousarray(inputs))
     m = torch.from_numpy(np.ascontiguousarray(mask))
+    data = [x, m] + ([torch.from_numpy(np.ascontiguousarray(a)).view_as(x) for a in pairs] if pairs else [])
     if device.type == "cuda":
-        x, m = x.pin_memory(), m.pin_memory()
-    amp = device.type == "cuda" and cfg.precision != "fp32" or cfg.precision == "bf16"
+        data = [t.pin_memory() for t in data]
+    loss = _Loss(cfg.objective, device, amp=device.type == "cuda" and cfg.precision != "fp32" or cfg.precision == "bf16")
 
-    start, best, best_state, history, bad = 0, float("inf"), None, [], 0
     ckpt = Path(checkpoint) if checkpoint else None
-    if ckpt and ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start, best, bad = int(state["epoch"]) + 1, float(state["best"]), int(state["bad"])
-        best_state, history = state["best_state"], list(state["history"])
-        log.info("resuming training at epoch %d from %s", start + 1, ckpt)
+    start, best, bad, best_state, history = _restore(ckpt, model, opt, device)
 
     for epoch in range(start, cfg.epochs):
         if bad >= cfg.patience:
@@ -121,8 +113,8 @@ def train_autoencoder(
         model.train()
         gen = torch.Generator().manual_seed(cfg.seed + epoch)
         order = torch.from_numpy(train_idx)[torch.randperm(len(train_idx), generator=gen)]
-        train_loss = _train_epoch(model, opt, x, m, order, cfg.batch_size, device, amp)
-        val = evaluate_loss(model, x[val_idx], m[val_idx], device, cfg.batch_size * 4, amp)
+        train_loss = _train_epoch(model, opt, data, order, cfg.batch_size, loss, gen)
+        val = evaluate_loss(model, [t[val_idx] for t in data], cfg.batch_size * 4, loss, cfg.seed)
         row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val}
         history.append(row)
         if val < best - 1e-6:
@@ -143,39 +135,62 @@ def train_autoencoder(
     return TrainResult(model.cpu().eval(), history, best_epoch, best, str(device))
 
 
-def _train_epoch(model, opt, x: torch.Tensor, m: torch.Tensor, order: torch.Tensor, batch_size: int,
-                 device: torch.device, amp: bool) -> float:
+class _Loss:
+    """The objective's loss of a batch on the training device, under bf16 autocast where asked."""
+
+    def __init__(self, objective: str, device: torch.device, amp: bool):
+        self.objective, self.device, self.amp = objective, device, amp
+
+    def __call__(self, model, batch: list[torch.Tensor], gen: torch.Generator) -> torch.Tensor:
+        x, m, *pair = (t.to(self.device, non_blocking=True) for t in batch)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            return objective_loss(self.objective, model, x, m, gen, tuple(pair) or None)
+
+
+def _train_epoch(model, opt, data: list[torch.Tensor], order: torch.Tensor, batch_size: int, loss: _Loss,
+                 gen: torch.Generator) -> float:
     """One pass over the training patches in ``order``; the mean training loss."""
     total, count = 0.0, 0
     for b0 in range(0, len(order), batch_size):
         idx = order[b0 : b0 + batch_size]
-        xb = x[idx].to(device, non_blocking=True)
-        mb = m[idx].to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = masked_mse(model(xb), xb, mb)
+        value = loss(model, [t[idx] for t in data], gen)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        value.backward()
         opt.step()
-        total += float(loss.detach()) * len(idx)
+        total += float(value.detach()) * len(idx)
         count += len(idx)
     return total / max(count, 1)
 
 
 @torch.no_grad()
-def evaluate_loss(model, x, m, device, batch_size: int, amp: bool) -> float:
-    """:func:`masked_mse` of ``model`` on patches x (n, C, p, p) with mask m (bool, same shape).
+def evaluate_loss(model, data: list[torch.Tensor], batch_size: int, loss: _Loss, seed: int) -> float:
+    """The objective's loss on validation patches ``data`` (patches, validity, and second views if any).
 
-    The early-stopping criterion, in squared standardised units: the mean over batches of
-    ``batch_size``, weighted by their size; no gradients, and the model is left in eval mode.
+    The early-stopping criterion: the mean over batches of ``batch_size``, weighted by their size, with
+    the same masks and views every epoch (drawn from ``seed``); no gradients, the model left in eval mode.
     """
     model.eval()
+    gen = torch.Generator().manual_seed(seed)
     total, count = 0.0, 0
-    for b0 in range(0, len(x), batch_size):
-        xb, mb = x[b0 : b0 + batch_size].to(device), m[b0 : b0 + batch_size].to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            total += float(masked_mse(model(xb), xb, mb)) * len(xb)
-        count += len(xb)
+    n = len(data[0])
+    for b0 in range(0, n, batch_size):
+        batch = [t[b0 : b0 + batch_size] for t in data]
+        total += float(loss(model, batch, gen)) * len(batch[0])
+        count += len(batch[0])
     return total / max(count, 1)
+
+
+def _restore(ckpt: Path | None, model, opt, device) -> tuple[int, float, int, dict | None, list]:
+    """Load model and optimiser state from ``ckpt`` if it exists; the epoch to start at, the best validation
+    loss so far, epochs without improvement, the best weights and the history (a fresh start without it)."""
+    if not (ckpt and ckpt.exists()):
+        return 0, float("inf"), 0, None, []
+    state = torch.load(ckpt, map_location=device, weights_only=True)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    start = int(state["epoch"]) + 1
+    log.info("resuming training at epoch %d from %s", start + 1, ckpt)
+    return start, float(state["best"]), int(state["bad"]), state["best_state"], list(state["history"])
 
 
 def _save_checkpoint(path: Path, model, opt, epoch, best, bad, best_state, history) -> None:

@@ -162,6 +162,23 @@ def test_bundle_with_a_pickle_is_refused(trained_run, tmp_path, bundle_copy):
     assert not is_complete(out / "classified.zarr")
 
 
+def test_bundle_naming_an_unknown_feature_set(trained_run, tmp_path, bundle_copy):
+    meta = json.loads((bundle_copy / "metadata.json").read_text())
+    (bundle_copy / "metadata.json").write_text(json.dumps({**meta, "features": "ae+pca"}))
+    out, r = _classify_with(trained_run, tmp_path, bundle_copy)
+    assert_one_line_error(r, "metadata.json", "unknown feature set 'ae+pca'")
+    assert not is_complete(out / "classified.zarr")
+
+
+@pytest.mark.parametrize("flag,value,message", [("--features", "ae+ae", "unknown feature set 'ae+ae'"),
+                                                ("--objective", "jigsaw", "model.objective")])
+def test_unknown_feature_set_or_objective_on_the_command_line(survey_files, tmp_path, flag, value, message):
+    r = magpipe("run", survey_files["survey"], "--labels", survey_files["labels"], "--out", tmp_path / "o",
+                flag, value)
+    assert_one_line_error(r, message)
+    assert not (tmp_path / "o").exists()
+
+
 class NotAnEstimator:
     """A type skops must not instantiate from a file."""
 

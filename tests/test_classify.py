@@ -84,3 +84,35 @@ def test_classified_store_is_georeferenced_like_the_survey(trained_run, tmp_path
     assert back.rio.crs == field.rio.crs
     assert tuple(back.rio.transform()) == pytest.approx(tuple(field.rio.transform()))
     np.testing.assert_array_equal(back.values, ds["class"].values)
+
+
+@pytest.mark.parametrize("name", ["ae", "stats", "ae+stats"])
+def test_every_deployable_feature_set_classifies_as_its_per_cell_features_say(trained_run, tmp_path, name):
+    """A bundle records the set its SVM reads; classification (dense) and the per-cell path agree on it."""
+    import dataclasses
+
+    from magpipe.bundle import save_bundle
+    from magpipe.config import SVMConfig
+    from magpipe.features import cell_features, part_sizes
+    from magpipe.io.survey import open_inputs
+    from magpipe.svm import fit_svm, predict_with_confidence
+
+    base = load_bundle(trained_run["out"] / "model")
+    arrays = open_inputs(Layout(trained_run["out"]), base.inputs)
+    fs = base.named_features(name)
+    rng = np.random.default_rng(0)
+    rows, cols = rng.integers(0, 96, 300), rng.integers(0, 80, 300)
+    labels = trained_run["truth"][rows, cols]
+    X = cell_features({name: fs}, arrays, base.scaling, rows, cols)[name]
+    svm, _ = fit_svm(X, labels, cols // 20, SVMConfig(C=(10.0,), gamma_scale=(1.0,)), parts=part_sizes(fs))
+    bundle = load_bundle(save_bundle(dataclasses.replace(base, svm=svm, feature_set=name), tmp_path / "model"))
+    assert bundle.feature_set == name and bundle.features.n_features == X.shape[1]
+    field = arrays[0][:]
+    cls, conf, _ = classify_array(bundle, field)
+    q_rows, q_cols = rng.integers(0, 96, 200), rng.integers(0, 128, 200)
+    keep = np.isfinite(field[q_rows, q_cols])
+    q_rows, q_cols = q_rows[keep], q_cols[keep]
+    ref_cls, ref_conf = predict_with_confidence(
+        svm, cell_features({name: fs}, arrays, base.scaling, q_rows, q_cols)[name])
+    np.testing.assert_array_equal(cls[q_rows, q_cols], ref_cls)
+    np.testing.assert_allclose(conf[q_rows, q_cols], ref_conf, atol=1e-4)

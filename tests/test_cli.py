@@ -53,14 +53,22 @@ def test_run_end_to_end_leaves_the_documented_layout(survey_files, config_file, 
         assert 0 <= sparse[key]["ae"] <= 1 and sparse[f"{key}_std"]["raw"] >= 0
     assert "## Sparse labels" in (out / "report.md").read_text()
     # every control on the same splits, paired, and said in words
-    assert set(report["feature_sets"]) == {"ae", "raw", "stats", "random", "ae+stats", "majority"}
+    assert set(report["feature_sets"]) == {"deployed", "ae", "raw", "stats", "random", "ae+stats", "majority",
+                                           "deployed@prior"}  # the other class weighting: the trade-off
     assert report["feature_sets"]["ae"]["pixel_accuracy"]["mean"] == pytest.approx(report["pixel_accuracy"]["ae"])
     pairs = {(d["a"], d["b"]) for d in report["paired"]}
     assert {("ae", "random"), ("ae+stats", "stats")} <= pairs
     assert all(0 <= d["wins"] <= d["n"] == report["n_splits"] for d in report["paired"])
     assert "untrained copy" in report["headline"] and report["headline"] in r.stdout
-    assert set(sparse["balanced_accuracy"]) == {"ae", "raw", "stats", "random", "ae+stats"}
-    assert report["deployed"]["features"] == "ae"
+    assert set(sparse["balanced_accuracy"]) == {"deployed", "ae", "raw", "stats", "random", "ae+stats"}
+    # features: auto chose on validation (blocked CV of the training region), and the map uses that choice
+    dep = report["deployed"]
+    cv = {n: v["cv_balanced_accuracy"] for n, v in dep["validation"].items()}
+    assert set(cv) == {"ae", "stats", "ae+stats"} and dep["features"] == max(cv, key=cv.get)
+    assert json.loads((out / "model" / "metadata.json").read_text())["features"] == dep["features"]
+    assert dep["per_split"][0] == dep["features"] and len(dep["per_split"]) == report["n_splits"]
+    assert "## What the map uses" in (out / "report.md").read_text()
+    assert "deployed features" in report["headline"] and ("deployed", "deployed@prior") in pairs
     assert len(report["anomalies"]) == len(report["label_next"]) == 10
     assert report["anomalies"][0]["anomaly"] >= report["anomalies"][-1]["anomaly"]
     assert "## Strongest anomalies" in (out / "report.md").read_text()

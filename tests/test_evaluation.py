@@ -105,3 +105,14 @@ def test_paired_differences_and_their_verdict():
     assert verdict(paired("a", "b", "m", runs[:2])) == "beat"
     assert verdict(paired("b", "a", "m", runs[:2])) == "lost to"
     assert verdict({"mean_diff": 0.005, "wins": 5, "n": 5}) == "did not clearly beat"  # under a point
+
+
+def test_choice_on_validation_takes_the_best_score_and_breaks_ties_by_order():
+    from magpipe.evaluation import best_by_validation
+
+    table = {"ae": {"cv_balanced_accuracy": 0.4}, "stats": {"cv_balanced_accuracy": 0.5},
+             "ae+stats": {"cv_balanced_accuracy": 0.5}, "raw": {"cv_balanced_accuracy": float("nan")}}
+    assert best_by_validation(table, ["ae", "stats", "ae+stats"]) == "stats"
+    assert best_by_validation(table, ["ae+stats", "stats"]) == "ae+stats"
+    assert best_by_validation(table, ["raw", "ae"]) == "ae"  # an unsearched (NaN) score never wins
+    assert best_by_validation({"raw": table["raw"]}, ["raw"]) == "raw"

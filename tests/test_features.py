@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from magpipe.bundle import load_bundle
 from magpipe.features import (
@@ -11,6 +12,7 @@ from magpipe.features import (
     StackScaling,
     StatsFeatures,
     cell_features,
+    feature_set,
     stat_windows,
     untrained_encoder,
     window_input,
@@ -26,13 +28,12 @@ def bundle(trained_run):
     return load_bundle(Layout(trained_run["out"]).model)
 
 
-def test_dense_features_equal_per_cell_features_for_every_set(trained_run, bundle):
+@pytest.mark.parametrize("readout", ["mean_centre", "mean_std_centre"])
+def test_dense_features_equal_per_cell_features_for_every_set(trained_run, bundle, readout):
     arrays = open_inputs(Layout(trained_run["out"]), bundle.inputs)
     p = bundle.patch_px
-    C = len(bundle.inputs)
-    sets = {"ae": bundle.features, "raw": RawFeatures(p, C), "stats": StatsFeatures(p, C),
-            "random": AEFeatures(untrained_encoder(bundle.model, 0), bundle.layers),
-            "ae+stats": ConcatFeatures((bundle.features, StatsFeatures(p, C)))}
+    names = ["ae", "raw", "stats", "random", "ae+stats", "random+stats+raw"]
+    sets = {n: feature_set(n, bundle.model, bundle.layers, readout=readout, seed=0) for n in names}
     y0, y1, x0, x1 = 10, 40, 70, 110  # a window crossing the survey's labelled edge and holes
     x = window_input(bundle.scaling, read_stack(arrays, y0, y1, x0, x1, p // 2))
     rng = np.random.default_rng(1)
@@ -43,6 +44,19 @@ def test_dense_features_equal_per_cell_features_for_every_set(trained_run, bundl
         assert dense.shape == (fs.n_features, y1 - y0, x1 - x0), name
         np.testing.assert_allclose(dense[:, rows - y0, cols - x0].T, per_cell[name], rtol=1e-4, atol=1e-5,
                                    err_msg=name)
+
+
+def test_named_sets_are_what_their_names_say(bundle):
+    p, C = bundle.patch_px, len(bundle.inputs)
+    assert isinstance(feature_set("stats", bundle.model, bundle.layers), StatsFeatures)
+    both = feature_set("ae+stats", bundle.model, bundle.layers, readout=bundle.readout)
+    assert isinstance(both, ConcatFeatures) and both.n_features == \
+        bundle.named_features("ae").n_features + StatsFeatures(p, C).n_features
+    rnd = feature_set("random", bundle.model, bundle.layers, seed=0).model
+    assert all(torch.equal(a, b) for a, b in zip(rnd.parameters(), untrained_encoder(bundle.model, 0).parameters()))
+    for bad in ("auto", "ae+ae", "pca"):
+        with pytest.raises(ValueError):
+            feature_set(bad, bundle.model, bundle.layers)
 
 
 def test_cell_features_refuse_sets_of_different_patch_sizes(trained_run, bundle):

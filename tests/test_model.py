@@ -26,8 +26,11 @@ def test_too_small_patch_for_depth_is_refused():
         dilations_for(5, 4)
 
 
-@pytest.mark.parametrize("patch_px,layers,C", [(9, [0, 1, 2, 3], 1), (15, [1, 3], 1), (11, [2], 1), (9, [0, 3], 3)])
-def test_dense_features_and_anomaly_equal_per_patch(patch_px, layers, C):
+@pytest.mark.parametrize("patch_px,layers,C,readout", [(9, [0, 1, 2, 3], 1, "mean_centre"), (15, [1, 3], 1, "mean_centre"),
+                                                        (11, [2], 1, "mean_centre"), (9, [0, 3], 3, "mean_centre"),
+                                                        (15, [0, 1, 2, 3], 1, "mean_std_centre"),
+                                                        (9, [1, 3], 3, "mean_std_centre")])
+def test_dense_features_and_anomaly_equal_per_patch(patch_px, layers, C, readout):
     """The whole-tile path must give every pixel its own patch's features (the scaling trick)."""
     torch.manual_seed(0)
     model = PatchAutoencoder(patch_px, (4, 8, 8, 8), 16, in_channels=C).eval()
@@ -40,14 +43,25 @@ def test_dense_features_and_anomaly_equal_per_patch(patch_px, layers, C):
         -1, C, patch_px, patch_px)
     pmask = mask[0, 0].unfold(0, patch_px, 1).unfold(1, patch_px, 1).reshape(-1, 1, patch_px, patch_px)
 
-    dense = dense_features(model, tile, layers)
-    ref = patch_features(model, patches, layers)
-    assert dense.shape == (model.feature_size(layers), H, W)
+    dense = dense_features(model, tile, layers, readout)
+    ref = patch_features(model, patches, layers, readout)
+    assert dense.shape == (model.feature_size(layers, readout), H, W)
     np.testing.assert_allclose(dense.reshape(dense.shape[0], -1).T.numpy(), ref.numpy(), atol=1e-5, rtol=1e-4)
 
     a_dense = dense_anomaly(model, tile, mask, 3, rows_per_step=5)
     a_ref = patch_anomaly(model, patches, pmask, 3)
     np.testing.assert_allclose(a_dense.reshape(-1).numpy(), a_ref.numpy(), atol=1e-5, rtol=1e-4)
+
+
+def test_std_readout_gives_the_last_layer_once_and_refuses_unknown_names():
+    model = PatchAutoencoder(9, (2, 3, 4, 5), 8).eval()
+    assert model.feature_size([0, 3], "mean_centre") == 2 * 2 + 2 * 5
+    assert model.feature_size([0, 3], "mean_std_centre") == 3 * 2 + 5  # the 1x1 map: its centre alone
+    x = torch.randn(4, 1, 9, 9)
+    f = patch_features(model, x, [3], "mean_std_centre")
+    torch.testing.assert_close(f, model.encode(x)[3][:, :, 0, 0])
+    with pytest.raises(ValueError, match="readout"):
+        patch_features(model, x, [3], "median")
 
 
 def test_layer_selection_is_validated():

@@ -64,3 +64,16 @@ def test_folding_the_nystroem_normalisation_keeps_the_decision_function():
     fold_nystroem(model)
     assert model.named_steps["kernel"].normalization_ is None
     np.testing.assert_allclose(model.decision_function(Xt), before, rtol=1e-4, atol=1e-4)
+
+
+def test_part_scaler_gives_each_part_of_a_concatenation_equal_weight():
+    from magpipe.svm import PartScaler
+
+    rng = np.random.default_rng(0)
+    X = np.hstack([rng.normal(5, 3, (500, 40)), rng.normal(-1, 0.2, (500, 4))])
+    Z = PartScaler((40, 4)).fit(X).transform(X)
+    per_part = [Z[:, :40].var(0).sum(), Z[:, 40:].var(0).sum()]
+    np.testing.assert_allclose(per_part, [22.0, 22.0], rtol=1e-6)  # 44 features, half the distance each
+    np.testing.assert_allclose(PartScaler().fit(X).transform(X).var(0), 1.0, rtol=1e-6)
+    with pytest.raises(ValueError, match="add up"):
+        PartScaler((40, 5)).fit(X)

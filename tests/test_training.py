@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from magpipe.config import ModelConfig
@@ -62,3 +63,47 @@ def test_several_input_channels_train_and_give_per_patch_features():
     pats = tile.unfold(2, 9, 1).unfold(3, 9, 1)[0].permute(1, 2, 0, 3, 4).reshape(-1, 2, 9, 9)
     torch.testing.assert_close(dense.reshape(dense.shape[0], -1).T, patch_features(model, pats, [0, 3]),
                                atol=1e-5, rtol=1e-4)
+
+
+def _views(x, m, shift=1):
+    """Second views for the contrastive objective: the same waves a cell further along."""
+    return np.roll(x, shift, axis=-1), np.roll(m, shift, axis=-1)
+
+
+@pytest.mark.parametrize("objective", ["masked", "contrastive"])
+def test_other_objectives_learn_and_resume_to_the_uninterrupted_result(tmp_path, objective):
+    x, m = _patches()
+    cfg = CFG.model_copy(update={"objective": objective})
+    pairs = _views(x, m) if objective == "contrastive" else None
+    full = train_autoencoder(x, m, cfg, pairs=pairs)
+    losses = [r["val_loss"] for r in full.history]
+    assert losses[-1] < losses[0]
+    ckpt = tmp_path / "train.ckpt"
+    train_autoencoder(x, m, cfg.model_copy(update={"epochs": 2}), checkpoint=ckpt, pairs=pairs)
+    resumed = train_autoencoder(x, m, cfg, checkpoint=ckpt, pairs=pairs)
+    for va, vb in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(va, vb)
+    plain = train_autoencoder(x, m, CFG.model_copy(update={"objective": "reconstruct"}))
+    assert any(not torch.equal(a, b) for a, b in zip(plain.model.state_dict().values(),
+                                                     full.model.state_dict().values()))
+
+
+def test_contrastive_needs_second_views_and_only_it_takes_them():
+    x, m = _patches(n=40)
+    with pytest.raises(ValueError, match="second views"):
+        train_autoencoder(x, m, CFG.model_copy(update={"objective": "contrastive"}))
+    with pytest.raises(ValueError, match="second views"):
+        train_autoencoder(x, m, CFG, pairs=_views(x, m))
+
+
+def test_masked_objective_scores_hidden_valid_cells_only():
+    from magpipe.objectives import block_mask, masked_mse
+
+    hidden = block_mask(64, 15, torch.Generator().manual_seed(0))
+    assert hidden.shape == (64, 1, 15, 15) and 0.3 < hidden.float().mean() < 0.7
+    x = torch.zeros(1, 1, 4, 4)
+    recon = torch.ones(1, 1, 4, 4)
+    sel = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
+    sel[..., 0, :2] = True
+    recon[..., 3, 3] = 100.0  # an error where nothing is selected does not count
+    assert float(masked_mse(recon, x, sel)) == 1.0

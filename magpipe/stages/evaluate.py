@@ -1,9 +1,10 @@
 """Stage ``evaluate``: the learned features against their controls on spatial holdouts -> ``OUT/report.*``.
 
-Every feature set is scored on the same splits and the same cells: ``ae`` (the deployed,
-trained encoder), ``raw`` (the paper's baseline), ``stats`` (window statistics, the strong
-classical control), ``random`` (the same encoder untrained: what training added) and
-``ae+stats``. Metrics are means over ``evaluate.splits`` random spatial splits, with paired
+Every feature set is scored on the same splits and the same cells: ``ae`` (the trained
+encoder), ``raw`` (the paper's baseline), ``stats`` (window statistics, the strong classical
+control), ``random`` (the same encoder untrained: what training added), ``ae+stats``, and
+``deployed``: the set the map uses, chosen afresh on each split's training region when
+``svm.features`` is ``auto``. Metrics are means over ``evaluate.splits`` random spatial splits, with paired
 differences; per-class F1, the confusion matrices and the embedding view come from the first
 (the deployed model's) split.
 """
@@ -18,10 +19,9 @@ import numpy as np
 from magpipe.bundle import ModelBundle, load_bundle
 from magpipe.config import RunConfig
 from magpipe.errors import DataValidationError
-from magpipe.evaluation import METRICS, paired, score, sparse_label_scores, summarise, verdict
+from magpipe.evaluation import METRICS, best_by_validation, paired, score, sparse_label_scores, summarise, verdict
 from magpipe.explore import embedding_2d, label_next, top_anomalies
-from magpipe.features import (AEFeatures, ConcatFeatures, FeatureSet, RawFeatures, StatsFeatures, cell_features,
-                              untrained_encoder)
+from magpipe.features import FeatureSet, cell_features, part_sizes
 from magpipe.io.schema import Layout
 from magpipe.io.survey import LabelGrids, read_label_grids
 from magpipe.locking import locks_output
@@ -32,47 +32,63 @@ from magpipe.svm import fit_svm, predict_with_confidence
 log = logging.getLogger("magpipe")
 
 FEATURE_SETS = ("ae", "raw")  # the learned features and the paper's baseline: the report's headline keys
-CONTROLS = ("stats", "random", "ae+stats")
+SCORED = ("ae", "raw", "stats", "random", "ae+stats")  # always scored: the encoder and its controls
 CLASSICAL = ("raw", "stats")
+OTHER_WEIGHT = {"balanced": "prior", "prior": "balanced"}
 
 
-def evaluation_sets(bundle: ModelBundle) -> dict[str, FeatureSet]:
-    """Every feature set scored: the deployed ``ae`` and its controls, all of the bundle's patch size and inputs."""
-    p, C = bundle.patch_px, len(bundle.inputs)
-    seed = int(bundle.meta.get("config", {}).get("model", {}).get("seed", 0))  # the seed training started from
-    stats = StatsFeatures(p, C)
-    return {"ae": bundle.features, "raw": RawFeatures(p, C), "stats": stats,
-            "random": AEFeatures(untrained_encoder(bundle.model, seed), bundle.layers),
-            "ae+stats": ConcatFeatures((bundle.features, stats))}
+def candidates(cfg: RunConfig) -> tuple[str, ...]:
+    """The feature sets the deployed choice is made from: ``svm.candidates`` under ``auto``, else the one set."""
+    return cfg.svm.candidates if cfg.svm.features == "auto" else (cfg.svm.features,)
+
+
+def evaluation_sets(bundle: ModelBundle, cfg: RunConfig) -> dict[str, FeatureSet]:
+    """Every feature set scored: the trained encoder ``ae``, its controls, the candidates of the deployed
+    choice and the bundle's own set, all of the bundle's encoder, patch size and inputs."""
+    names = dict.fromkeys((*SCORED, *candidates(cfg), bundle.feature_set))
+    return {name: bundle.named_features(name) for name in names}
 
 
 def evaluate_split(cfg: RunConfig, bundle: ModelBundle, arrays: list, grids: LabelGrids, *, deployed: bool) -> dict:
     """Every feature set of :func:`evaluation_sets` on one spatial split (``cfg.evaluate.seed``).
 
-    The deployed split scores the bundle's own AE SVM; every other (set, split) refits its SVM on
-    the split's training cells with the same search, so all feature sets are treated alike.
+    The deployed split scores the bundle's own SVM for its feature set; every other (set, split) refits
+    its SVM on the split's training cells with the same search, so all feature sets are treated alike.
+    ``deployed`` is the procedure the map uses, repeated on each split: under ``svm.features: auto``
+    the candidate with the best blocked CV on that split's training cells (its test cells unseen).
 
     ``arrays`` are the C input grids (2-D, y/x) in ``bundle.inputs`` order. Returns the split's
-    ``seed``, ``classes``, ``scores`` (``ae``, ``raw``, ``majority``: :func:`magpipe.evaluation.score`
-    dicts), ``svm`` search summaries, cell counts, ``sparse`` scores (or None), and the AE
-    ``test_features`` (n, F) float32 with their ``test_labels`` (n,) for the embedding view.
+    ``seed``, ``classes``, ``scores`` (every set, ``deployed`` and ``majority``:
+    :func:`magpipe.evaluation.score` dicts; ``deployed@prior`` or ``deployed@balanced``: the deployed set
+    under the other class weighting), ``chosen`` (the set ``deployed`` is), ``svm`` search summaries, cell
+    counts, ``sparse`` scores (or None), and the deployed set's ``test_features`` (n, F) float32 with their
+    ``test_labels`` (n,) for the embedding view.
     Raises DataValidationError when a class falls short on one side of the split.
     """
     split, grids = labelled_split(grids, cfg, need_test=True)
     train, test = training_cells(split, grids.labels, cfg), holdout_cells(split, grids.labels, cfg)
     p, K = bundle.patch_px, len(grids.classes)
-    sets = evaluation_sets(bundle)
+    sets = evaluation_sets(bundle, cfg)
+    parts = {name: part_sizes(fs) for name, fs in sets.items()}
     X_te = cell_features(sets, arrays, bundle.scaling, test.rows, test.cols)
     X_tr = cell_features(sets, arrays, bundle.scaling, train.rows, train.cols)
     log.info("evaluate: split seed %d, %d training, %d test cells", cfg.evaluate.seed, len(train.y), len(test.y))
     models, infos = {}, {}
     for name in sets:
-        if name == "ae" and deployed:
+        if name == bundle.feature_set and deployed:
             models[name], infos[name] = bundle.svm, bundle.meta.get("svm", {})
         else:
-            models[name], infos[name] = fit_svm(X_tr[name], train.y, train.blocks, cfg.svm)
+            models[name], infos[name] = fit_svm(X_tr[name], train.y, train.blocks, cfg.svm, parts=parts[name])
     scores = {name: score(test.rows, test.cols, test.y, predict_with_confidence(models[name], X_te[name])[0],
                           patch_px=p, n_classes=K) for name in sets}
+    chosen = bundle.feature_set if deployed else best_by_validation(infos, candidates(cfg))
+    scores["deployed"] = scores[chosen]
+    # the trade-off of the class weighting: the deployed set under the other one, on the same cells
+    other = OTHER_WEIGHT[cfg.svm.class_weight]
+    alt, _ = fit_svm(X_tr[chosen], train.y, train.blocks, cfg.svm.model_copy(update={"class_weight": other}),
+                     parts=parts[chosen])
+    scores[f"deployed@{other}"] = score(test.rows, test.cols, test.y, predict_with_confidence(alt, X_te[chosen])[0],
+                                        patch_px=p, n_classes=K)
     # the floor any classifier must clear: the most common class of the (unsubsampled) training region
     majority = np.bincount(grids.labels[split.train_rows, split.train_cols]).argmax()
     scores["majority"] = score(test.rows, test.cols, test.y, np.full_like(test.y, majority), patch_px=p, n_classes=K)
@@ -80,10 +96,11 @@ def evaluate_split(cfg: RunConfig, bundle: ModelBundle, arrays: list, grids: Lab
     if cfg.evaluate.sparse_per_class:
         sparse = sparse_label_scores(X_tr, X_te, train.y, train.blocks, (test.rows, test.cols, test.y),
                                      per_class=cfg.evaluate.sparse_per_class, repeats=cfg.evaluate.sparse_repeats,
-                                     patch_px=p, n_classes=K, svm_cfg=cfg.svm, seed=cfg.evaluate.seed)
-    return {"seed": cfg.evaluate.seed, "classes": grids.classes, "scores": scores, "svm": infos,
+                                     patch_px=p, n_classes=K, svm_cfg=cfg.svm, seed=cfg.evaluate.seed, parts=parts)
+        sparse["draws"]["deployed"] = sparse["draws"][chosen]
+    return {"seed": cfg.evaluate.seed, "classes": grids.classes, "scores": scores, "chosen": chosen, "svm": infos,
             "n_train": int(len(train.y)), "n_test": int(len(test.y)), "n_test_available": int(split.test_rows.size),
-            "sparse": sparse, "test_features": X_te["ae"], "test_labels": test.y}
+            "sparse": sparse, "test_features": X_te[chosen], "test_labels": test.y}
 
 
 def score_splits(cfg: RunConfig, bundle: ModelBundle, arrays: list, grids: LabelGrids) -> tuple[list[dict], list]:
@@ -106,14 +123,14 @@ def build_report(cfg: RunConfig, bundle: ModelBundle, splits: list[dict], skippe
     """report.json's content: headline means, per-split scores, the first split's details, and what to look at."""
     first, p = splits[0], bundle.patch_px
     classes = first["classes"]
-    ae, raw = first["scores"]["ae"], first["scores"]["raw"]
+    ae, raw, dep = first["scores"]["ae"], first["scores"]["raw"], first["scores"]["deployed"]
     headline = summarise({name: [sp["scores"][name] for sp in splits] for name in (*FEATURE_SETS, "majority")})
     names = list(first["scores"])
     everything = summarise({name: [sp["scores"][name] for sp in splits] for name in names})
     sparse = None
     if cfg.evaluate.sparse_per_class:
         draws = {name: [d for sp in splits for d in sp["sparse"]["draws"][name]]
-                 for name in names if name != "majority"}
+                 for name in names if name in first["sparse"]["draws"]}
         sparse = {"per_class": cfg.evaluate.sparse_per_class, "repeats": len(draws["ae"]), **summarise(draws)}
     return {
         "classes": classes, "n_train": first["n_train"], "n_test": first["n_test"],
@@ -123,9 +140,10 @@ def build_report(cfg: RunConfig, bundle: ModelBundle, splits: list[dict], skippe
         "splits_skipped": skipped,
         "splits": [{"seed": sp["seed"], "n_train": sp["n_train"], "n_test": sp["n_test"],
                     **{m: {n: sp["scores"][n][m] for n in names} for m in METRICS}} for sp in splits],
-        **controls(everything, [sp["scores"] for sp in splits], p),
-        "f1": {"ae": dict(zip(classes, ae["f1"])), "raw": dict(zip(classes, raw["f1"]))},
-        "confusion": {"ae": ae["confusion"], "raw": raw["confusion"]},
+        **controls(everything, [sp["scores"] for sp in splits], deployed(cfg, bundle, splits)),
+        "f1": {"ae": dict(zip(classes, ae["f1"])), "raw": dict(zip(classes, raw["f1"])),
+               "deployed": dict(zip(classes, dep["f1"]))},
+        "confusion": {"ae": ae["confusion"], "raw": raw["confusion"], "deployed": dep["confusion"]},
         "n_test_patches": ae["n_patches"],
         "sparse": sparse,
         "svm": first["svm"],
@@ -137,24 +155,38 @@ def build_report(cfg: RunConfig, bundle: ModelBundle, splits: list[dict], skippe
     }
 
 
-def controls(summary: dict, runs: list[dict], patch_px: int) -> dict:
+def deployed(cfg: RunConfig, bundle: ModelBundle, splits: list[dict]) -> dict:
+    """What the map uses and how each part was chosen: the report's ``deployed``."""
+    auto = cfg.svm.features == "auto"
+    return {"features": bundle.feature_set, "patch_px": bundle.patch_px,
+            "objective": bundle.meta.get("training", {}).get("objective", "reconstruct"), "readout": bundle.readout,
+            "chosen_by": {"features": "validation: blocked CV on the training region, among "
+                          + ", ".join(candidates(cfg)) if auto else "configuration",
+                          "patch_px": "configuration", "objective": "configuration"},
+            "validation": bundle.meta.get("selection", {}).get("cv", {}),
+            "per_split": [sp["chosen"] for sp in splits]}
+
+
+def controls(summary: dict, runs: list[dict], deployed: dict) -> dict:
     """The report's comparison against controls: ``feature_sets`` (name -> metric -> mean, std),
     ``paired`` differences over the splits, ``deployed`` (what the map uses and how it was chosen) and
     ``headline``, the comparison in words."""
     sets = {n: {m: {"mean": summary[m][n], "std": summary[f"{m}_std"][n]} for m in METRICS}
             for n in summary[METRICS[0]]}
     best = max(CLASSICAL, key=lambda n: summary["balanced_accuracy"][n])
-    pairs = [("ae", "random"), ("ae", best), ("ae+stats", "stats"), ("ae", "raw")]
+    weighted = next(n for n in sets if n.startswith("deployed@"))
+    pairs = [("ae", "random"), ("ae", best), ("ae+stats", "stats"), ("deployed", best), ("deployed", weighted),
+             ("ae", "raw")]
     pairs = list(dict.fromkeys(pairs))  # ae against raw once, when raw is the best classical set
     diffs = [paired(a, b, m, runs) for a, b in pairs for m in METRICS]
     bal = {(d["a"], d["b"]): d for d in diffs if d["metric"] == "balanced_accuracy"}
     words = [f"the learned encoder {verdict(bal['ae', 'random'])} its untrained copy "
              f"({_points(bal['ae', 'random'])})",
              f"it {verdict(bal['ae', best])} the best classical features, {best} ({_points(bal['ae', best])})",
-             f"ae+stats {verdict(bal['ae+stats', 'stats'])} stats alone ({_points(bal['ae+stats', 'stats'])})"]
-    return {"feature_sets": sets, "paired": diffs,
-            "deployed": {"features": "ae", "patch_px": patch_px, "objective": "reconstruct",
-                         "chosen_by": "configuration (not chosen on validation)"},
+             f"ae+stats {verdict(bal['ae+stats', 'stats'])} stats alone ({_points(bal['ae+stats', 'stats'])})",
+             f"the deployed features ({deployed['features']}, chosen by {deployed['chosen_by']['features']}) "
+             f"{verdict(bal['deployed', best])} {best} ({_points(bal['deployed', best])})"]
+    return {"feature_sets": sets, "paired": diffs, "deployed": deployed,
             "headline": "Balanced accuracy, paired over the same splits: " + "; ".join(words) + "."}
 
 

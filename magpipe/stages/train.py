@@ -10,14 +10,17 @@ import numpy as np
 
 from magpipe.bundle import ModelBundle, read_bundle_meta, save_bundle
 from magpipe.config import RunConfig
-from magpipe.features import AEFeatures, StackScaling, cell_features
+from magpipe.evaluation import best_by_validation
+from magpipe.features import StackScaling, cell_features, feature_set, part_sizes
 from magpipe.io import schema as S
 from magpipe.io.schema import Layout
 from magpipe.io.stores import content_hash, open_store
 from magpipe.io.survey import read_label_grids, survey_attrs
 from magpipe.locking import locks_output
 from magpipe.model import resolve_layers
-from magpipe.splits import labelled_split, training_cells
+from magpipe.objectives import NEIGHBOUR_FRACTION
+from magpipe.patches import neighbour_centres, stack_patches
+from magpipe.splits import Cells, labelled_split, training_cells
 from magpipe.stages.inputs import input_stack
 from magpipe.svm import fit_svm
 from magpipe.training import TrainResult, train_autoencoder
@@ -31,15 +34,52 @@ def train_hash(patches_hash: str, labels_hash: str, cfg: RunConfig) -> str:
 
     Returns a 32-hex-digit content hash, stored as the bundle's ``input_hash``.
     """
-    return content_hash("train-v1", patches_hash, labels_hash, cfg.section_json("model"), cfg.section_json("svm"),
+    return content_hash("train-v2", patches_hash, labels_hash, cfg.section_json("model"), cfg.section_json("svm"),
                         cfg.section_json("evaluate"))
 
 
-def fit_autoencoder(raw: np.ndarray, scaling: StackScaling, cfg: RunConfig, *, checkpoint: Path | None = None,
-                    progress=None) -> TrainResult:
-    """The autoencoder of raw patches (n, C, p, p), NaN = no data: standardised, no-data masked from the loss."""
+def fit_autoencoder(raw: np.ndarray, scaling: StackScaling, cfg: RunConfig, *, views: np.ndarray | None = None,
+                    checkpoint: Path | None = None, progress=None) -> TrainResult:
+    """The autoencoder of raw patches (n, C, p, p), NaN = no data: standardised, no-data masked from the loss.
+
+    ``views`` are the contrastive objective's second views, raw patches shaped as ``raw``
+    (see :func:`second_views`); ignored by the other objectives.
+    """
+    pairs = None
+    if cfg.model.objective == "contrastive":
+        pairs = (scaling.apply(views, axis=1), np.isfinite(views))
     return train_autoencoder(scaling.apply(raw, axis=1), np.isfinite(raw), cfg.model, checkpoint=checkpoint,
-                             progress=progress, device=cfg.runtime.device)
+                             progress=progress, device=cfg.runtime.device, pairs=pairs)
+
+
+def second_views(arrays: list, rows: np.ndarray, cols: np.ndarray, cfg: RunConfig) -> np.ndarray | None:
+    """For the contrastive objective, the raw patch a few cells from each training patch's centre
+    (up to ``NEIGHBOUR_FRACTION`` of a patch width away); None for the other objectives."""
+    if cfg.model.objective != "contrastive":
+        return None
+    p = cfg.patches.patch_px
+    nrows, ncols = neighbour_centres(rows, cols, arrays[0].shape, max_offset=round(NEIGHBOUR_FRACTION * p),
+                                     seed=cfg.patches.seed + 1)
+    return stack_patches(arrays, nrows, ncols, p)
+
+
+def choose_features(X: dict[str, np.ndarray], parts: dict[str, tuple[int, ...]], cells: Cells, cfg: RunConfig
+                    ) -> tuple[str, object, dict, dict]:
+    """The SVM of the configured feature set, or under ``features: auto`` of the candidate with the best
+    blocked-CV balanced accuracy on the training cells (ties go to the first listed).
+
+    ``X`` maps every candidate (or the one configured set) to its (n, F) training features, ``parts`` to
+    its parts' feature counts (:func:`magpipe.features.part_sizes`). Returns the
+    chosen name, its fitted SVM and search summary, and the selection table (name -> CV summary).
+    """
+    names = cfg.svm.candidates if cfg.svm.features == "auto" else (cfg.svm.features,)
+    fits = {name: fit_svm(X[name], cells.y, cells.blocks, cfg.svm, parts=parts[name]) for name in names}
+    table = {name: info for name, (_, info) in fits.items()}
+    chosen = best_by_validation(table, names)
+    if len(names) > 1:
+        log.info("train: features %s chosen on validation (%s)", chosen, ", ".join(
+            f"{n} {table[n]['cv_balanced_accuracy']:.3f}" for n in names))
+    return chosen, *fits[chosen], table
 
 
 @locks_output
@@ -63,23 +103,29 @@ def run_train(out: str | Path, cfg: RunConfig, *, progress=None) -> Path:
     arrays, scaling = input_stack(lay, names)
     raw = pds["patch"].values
     t0 = time.perf_counter()
-    log.info("train: autoencoder on %d patches of %d px, inputs %s", len(raw), raw.shape[-1], ", ".join(names))
+    log.info("train: autoencoder (%s) on %d patches of %d px, inputs %s", cfg.model.objective, len(raw),
+             raw.shape[-1], ", ".join(names))
+    views = second_views(arrays, pds["row"].values, pds["col"].values, cfg)
     lay.model.mkdir(parents=True, exist_ok=True)
-    result = fit_autoencoder(raw, scaling, cfg, checkpoint=lay.checkpoint(h), progress=progress)
+    result = fit_autoencoder(raw, scaling, cfg, views=views, checkpoint=lay.checkpoint(h), progress=progress)
     train_s = time.perf_counter() - t0
-    features = AEFeatures(result.model, resolve_layers(result.model, cfg.model.layers))
+    layers = resolve_layers(result.model, cfg.model.layers)
     split, grids = labelled_split(read_label_grids(lay.survey), cfg)
     cells = training_cells(split, grids.labels, cfg)
-    X = cell_features({"ae": features}, arrays, scaling, cells.rows, cells.cols)["ae"]
-    log.info("train: SVM on %d labelled cells, %d AE features", len(cells.y), X.shape[1])
-    svm, svm_info = fit_svm(X, cells.y, cells.blocks, cfg.svm)
-    bundle = ModelBundle(result.model, svm, list(features.layers), scaling, grids.classes, cfg.model.anomaly_px,
-                         inputs=names, meta={
+    names_fs = cfg.svm.candidates if cfg.svm.features == "auto" else (cfg.svm.features,)
+    sets = {n: feature_set(n, result.model, layers, readout=cfg.model.readout, seed=cfg.model.seed) for n in names_fs}
+    X = cell_features(sets, arrays, scaling, cells.rows, cells.cols)
+    log.info("train: SVM on %d labelled cells (features %s)", len(cells.y), ", ".join(
+        f"{n}: {x.shape[1]}" for n, x in X.items()))
+    chosen, svm, svm_info, table = choose_features(X, {n: part_sizes(fs) for n, fs in sets.items()}, cells, cfg)
+    bundle = ModelBundle(result.model, svm, layers, scaling, grids.classes, cfg.model.anomaly_px,
+                         inputs=names, feature_set=chosen, readout=cfg.model.readout, meta={
         "input_hash": h, "config": cfg.saved(), "survey_source": sattrs.get(S.SOURCE),
-        "training": {"history": result.history, "best_epoch": result.best_epoch,
+        "training": {"objective": cfg.model.objective, "history": result.history, "best_epoch": result.best_epoch,
                      "best_val_loss": result.best_val_loss, "device": result.device, "seconds": train_s,
                      "n_patches": len(raw)},
         "svm": {**svm_info, "n_train": len(cells.y)},
+        "selection": {"features": cfg.svm.features, "chosen": chosen, "cv": table},
     })
     save_bundle(bundle, lay.model)
     lay.checkpoint(h).unlink(missing_ok=True)
