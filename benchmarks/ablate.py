@@ -43,7 +43,7 @@ from magpipe.io.survey import read_label_grids, survey_attrs
 from magpipe.splits import Cells, blocked_folds, holdout_cells, labelled_split, spatial_split, subsample_per_class, \
     training_cells
 from magpipe.stages.inputs import input_stack
-from magpipe.stages.patches import training_patches
+from magpipe.stages.patches import resolved_config, training_patches
 from magpipe.stages.train import fit_autoencoder
 from magpipe.svm import fit_svm, predict_with_confidence
 
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    cfg = RunConfig.load(args.config or args.run / "config.json")
+    cfg = resolved_config(Layout(args.run), RunConfig.load(args.config or args.run / "config.json"))
     p0 = cfg.patches.patch_px
     smallest = 2 * len(cfg.model.channels) + 1  # one 3x3 conv per layer must fit
     sizes = sorted(set(args.patch_sizes or [max(smallest, (p0 // 2) | 1), p0, (3 * p0 // 2) | 1]))

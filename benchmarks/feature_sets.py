@@ -36,6 +36,7 @@ from magpipe.io.schema import Layout
 from magpipe.io.survey import open_inputs, read_label_grids
 from magpipe.patches import read_stack
 from magpipe.splits import labelled_split, training_cells
+from magpipe.stages.patches import resolved_config
 from magpipe.svm import fit_svm
 from magpipe.tiling import tiles
 
@@ -49,7 +50,7 @@ def set_rates(run: Path, names: list[str], n_tiles: int, repeats: int) -> dict:
     A name ``set@readout`` reads the encoder out another way than the run's bundle does.
     """
     lay = Layout(run)
-    cfg = RunConfig.load(lay.config)
+    cfg = resolved_config(lay, RunConfig.load(lay.config))
     base = load_bundle(lay.model)
     arrays = open_inputs(lay, base.inputs)
     split, grids = labelled_split(read_label_grids(lay.survey), cfg)

@@ -41,6 +41,7 @@ from magpipe.model import resolve_layers
 from magpipe.splits import split_config
 from magpipe.stages.evaluate import evaluate_split
 from magpipe.stages.inputs import input_stack
+from magpipe.stages.patches import resolved_config
 from magpipe.stages.train import fit_autoencoder, second_views
 
 log = logging.getLogger("magpipe.objectives")
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     lay = Layout(args.run)
-    cfg = RunConfig.load(lay.config)
+    cfg = resolved_config(lay, RunConfig.load(lay.config))
     if args.epochs:
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"epochs": args.epochs})})
     rows = []

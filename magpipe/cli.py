@@ -27,7 +27,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 _state = {"debug": False}
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML/JSON config file (see magpipe.config).")]
-PatchOpt = Annotated[Optional[int], typer.Option("--patch-size", help="Patch side in px (odd) (default 31).")]
+PatchOpt = Annotated[Optional[int], typer.Option(
+    "--patch-size", help="Patch side in px (odd); default: chosen on validation among patches.auto_sizes.")]
 EpochsOpt = Annotated[Optional[int], typer.Option("--epochs", help="Maximum autoencoder epochs (default 12).")]
 NPatchOpt = Annotated[Optional[int], typer.Option("--n-patches", help="Training patches to sample (default 8000).")]
 FeaturesOpt = Annotated[Optional[str], typer.Option(

@@ -65,7 +65,13 @@ class IngestConfig(_Section):
 
 
 class PatchConfig(_Section):
-    patch_px: int = Field(31, ge=5, description="Patch side in pixels; odd, so a patch is centred on its pixel.")
+    patch_px: int | Literal["auto"] = Field(
+        "auto", description="Patch side in pixels, odd so a patch is centred on its pixel; or 'auto': the one of "
+        "`auto_sizes` that validates best (blocked CV on the training region, a quick encoder per size)."
+    )
+    auto_sizes: tuple[int, ...] = Field(
+        (9, 15, 31, 47), description="Patch sizes 'auto' tries, those up to a quarter of the survey's shorter side."
+    )
     n_patches: int = Field(8000, ge=16, description="Training patches sampled from valid cells.")
     min_valid_fraction: float = Field(
         0.8, ge=0.0, le=1.0, description="Minimum share of valid cells in a training patch."
@@ -87,10 +93,17 @@ class PatchConfig(_Section):
 
     @field_validator("patch_px")
     @classmethod
-    def _odd(cls, v: int) -> int:
-        if v % 2 == 0:
-            raise ValueError(f"patch_px must be odd so a patch is centred on a pixel, got {v}")
+    def _odd(cls, v: int | str) -> int | str:
+        if v != "auto" and (v % 2 == 0 or v < 5):
+            raise ValueError(f"patch_px must be odd and at least 5 so a patch is centred on a pixel, got {v}")
         return v
+
+    @field_validator("auto_sizes")
+    @classmethod
+    def _odd_sizes(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or any(p % 2 == 0 or p < 5 for p in v):
+            raise ValueError(f"auto_sizes must be odd sizes of at least 5, got {list(v)}")
+        return tuple(sorted(set(v)))
 
 
 class ModelConfig(_Section):

@@ -92,6 +92,13 @@ def selection_section(report: dict) -> list[str]:
              f"Features **{dep['features']}** (chosen by {dep['chosen_by']['features']}), encoder objective "
              f"{dep['objective']}, readout {dep.get('readout')}, patches of {dep['patch_px']} px. On each evaluation "
              f"split the same procedure chose: {', '.join(dep.get('per_split', []))}.", ""]
+    if dep.get("patch_size_validation"):
+        lines += [f"Patch size {dep['patch_px']} px, chosen by {dep['chosen_by']['patch_px']}:", "",
+                  "| patch size | " + " | ".join(next(iter(dep["patch_size_validation"].values()))) + " |",
+                  "|---" * (1 + len(next(iter(dep["patch_size_validation"].values())))) + "|"]
+        lines += [f"| {p} px | " + " | ".join(f"{v:.1%}" for v in row.values()) + " |"
+                  for p, row in dep["patch_size_validation"].items()]
+        lines.append("")
     if dep.get("validation"):
         lines += ["| candidate | validation balanced accuracy (blocked CV, training region) | C | gamma |",
                   "|---|---|---|---|"]

@@ -222,6 +222,18 @@ def training_cells(split: Split, labels: np.ndarray, cfg: RunConfig) -> Cells:
     return Cells(split.train_rows[keep], split.train_cols[keep], y[keep], split.train_blocks[keep])
 
 
+def cv_folds(cells: Cells, cfg: RunConfig) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The SVM search's ``svm.cv_folds`` folds of training cells: blocks of ``evaluate.block_patches``
+    patch widths, and no fitting cell within one patch width of a validation block, as between training
+    and test. Without that gap, patches straddling a fold boundary share cells, which flatters large
+    patches and context-rich features, and choices made on the score (feature set, patch size) follow."""
+    p = cfg.patches.patch_px
+    block = cfg.evaluate.block_patches * p
+    nbx = int(cells.cols.max()) // block + 1 if len(cells.cols) else 1
+    return blocked_folds(cells.rows, cells.cols, block_px=block, gap_px=p, k=cfg.svm.cv_folds, seed=cfg.svm.seed,
+                         nbx=nbx)
+
+
 def holdout_cells(split: Split, labels: np.ndarray, cfg: RunConfig) -> Cells:
     """The scored test cells: a deterministic subsample of the held-out blocks.
 

@@ -162,7 +162,7 @@ def calibrated(svm: Pipeline, n_min_class: int) -> CalibratedClassifierCV | Pipe
     return CalibratedClassifierCV(svm, method="sigmoid", cv=StratifiedKFold(folds), ensemble=False)
 
 
-def fit_svm(X: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: SVMConfig, *,
+def fit_svm(X: np.ndarray, y: np.ndarray, groups: np.ndarray | list, cfg: SVMConfig, *,
             parts: tuple[int, ...] | None = None) -> tuple[Pipeline, dict]:
     """Search C and gamma by blocked CV (balanced accuracy), then refit with calibrated probabilities.
 
@@ -170,7 +170,8 @@ def fit_svm(X: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: SVMConfig, *,
     ----------
     X : (n, F) float32 features of the training cells.
     y : (n,) int class codes 1..K.
-    groups : (n,) spatial block id of each cell; CV folds never split a block.
+    groups : (n,) spatial block id of each cell (CV folds never split a block), or the CV folds themselves:
+        (fit, validation) index pairs, as :func:`magpipe.splits.cv_folds` makes them with a gap between.
     cfg : the SVM section of the run config; gammas searched are ``cfg.gamma_scale / F``, scaled to the
         number of features so one grid suits any feature set.
     parts : for a concatenated feature set, its parts' feature counts (weighted equally).
@@ -186,19 +187,22 @@ def fit_svm(X: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: SVMConfig, *,
     grid = {"svc__C": list(cfg.C), "kernel__gamma": [g / n_features for g in cfg.gamma_scale]}
     base = make_svm(kernel=cfg.kernel, n_components=cfg.n_components, seed=cfg.seed, parts=parts,
                     class_weight=cfg.class_weight)
-    n_groups = np.unique(groups).size
-    folds = min(cfg.cv_folds, n_groups)
+    if isinstance(groups, list):  # explicit (fit, validation) folds, e.g. with a gap (splits.cv_folds)
+        cv, folds, n_groups = groups, len(groups), len(groups)
+    else:
+        n_groups = np.unique(groups).size
+        folds = min(cfg.cv_folds, n_groups)
+        cv = GroupKFold(n_splits=folds) if folds >= 2 else None
     if len(cfg.C) * len(cfg.gamma_scale) == 1:  # nothing to choose: no search, no CV score
         best, cv_score = {"svc__C": cfg.C[0], "kernel__gamma": cfg.gamma_scale[0] / n_features}, float("nan")
     elif folds >= 2 and np.unique(y).size > 1:
-        search = GridSearchCV(base, grid, cv=GroupKFold(n_splits=folds),
-                              scoring="balanced_accuracy", n_jobs=1)
+        search = GridSearchCV(base, grid, cv=cv, scoring="balanced_accuracy", n_jobs=1)
         with warnings.catch_warnings():  # a spatial fold may lack a class; the score handles it
             warnings.simplefilter("ignore", UserWarning)
-            search.fit(X, y, groups=groups)
+            search.fit(X, y, groups=None if isinstance(groups, list) else groups)
         best, cv_score = search.best_params_, float(search.best_score_)
     else:
-        log.warning("only %d spatial block(s) in training; C/gamma not searched", n_groups)
+        log.warning("only %d spatial fold(s) in training; C/gamma not searched", n_groups)
         best, cv_score = {"svc__C": cfg.C[len(cfg.C) // 2], "kernel__gamma": 1.0 / n_features}, float("nan")
     smallest = int(np.unique(y, return_counts=True)[1].min())
     model = calibrated(base.set_params(**best), smallest)

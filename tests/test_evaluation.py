@@ -116,3 +116,20 @@ def test_choice_on_validation_takes_the_best_score_and_breaks_ties_by_order():
     assert best_by_validation(table, ["ae+stats", "stats"]) == "ae+stats"
     assert best_by_validation(table, ["raw", "ae"]) == "ae"  # an unsearched (NaN) score never wins
     assert best_by_validation({"raw": table["raw"]}, ["raw"]) == "raw"
+
+
+def test_svm_search_folds_keep_a_patch_width_between_fitting_and_validation_cells():
+    from magpipe.config import RunConfig
+    from magpipe.splits import Cells, cv_folds
+
+    cfg = RunConfig.model_validate({"patches": {"patch_px": 7}, "evaluate": {"block_patches": 2},
+                                    "svm": {"cv_folds": 3}})
+    rows, cols = np.mgrid[0:60, 0:60]
+    cells = Cells(rows.ravel(), cols.ravel(), np.ones(3600, dtype=int))
+    folds = cv_folds(cells, cfg)
+    assert len(folds) == 3
+    assert sorted(np.concatenate([v for _, v in folds]).tolist()) == list(range(3600))  # each cell validates once
+    for fit, val in folds:
+        d = np.maximum(np.abs(cells.rows[fit][:, None] - cells.rows[val][None]),
+                       np.abs(cells.cols[fit][:, None] - cells.cols[val][None]))
+        assert d.min() > 7  # no fitting patch centre within one patch width of a validation cell

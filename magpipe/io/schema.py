@@ -8,6 +8,7 @@ Layout of an output directory::
     OUT/config.json        the full config of the run (inputs and method; see magpipe.config)
     OUT/survey.zarr        field (float32, y/x), valid (uint8), labels (int16, 0 = unlabelled), CRS
     OUT/inputs.zarr        derived channels (dz, thd, tilt, asa) when patches.inputs names any
+    OUT/patch_size.json    with patches.patch_px: auto, the size chosen on validation and its table
     OUT/patches.zarr       patch (n, C, p, p): raw training patches of C inputs; row/col/x/y
     OUT/model/             autoencoder.pt, svm.skops, metadata.json (see magpipe.bundle)
     OUT/classified.zarr    class (int16, 0 = no data), confidence, anomaly (float32)
@@ -81,6 +82,10 @@ class Layout:
     @property
     def patches(self) -> Path:
         return self.root / "patches.zarr"
+
+    @property
+    def patch_size(self) -> Path:
+        return self.root / "patch_size.json"
 
     @property
     def model(self) -> Path:

@@ -5,16 +5,17 @@ Each stage reads its inputs from the run directory (:class:`magpipe.io.schema.La
 directory's writer lock, and skips its work when its output carries the content hash of
 the same inputs and options.
 
-=========  ==========================================================
-ingest     survey file -> survey.zarr (field, valid, CRS, scaling)
-labels     label file -> survey.zarr:labels
-inputs     derived channels -> inputs.zarr (called by the stages that read inputs)
-patches    training patches -> patches.zarr
-train      autoencoder + SVM -> model/
-classify   every cell -> classified.zarr (class, confidence, anomaly)
-evaluate   spatial holdouts -> report.json, report.md, figures
-similar    similarity to a query -> similar.zarr, similar.png, similar.json
-=========  ==========================================================
+==========  ==========================================================
+ingest      survey file -> survey.zarr (field, valid, CRS, scaling)
+labels      label file -> survey.zarr:labels
+inputs      derived channels -> inputs.zarr (called by the stages that read inputs)
+patch_size  under patches.patch_px: auto, the size that validates best -> patch_size.json (run by patches)
+patches     training patches -> patches.zarr
+train       autoencoder + SVM -> model/
+classify    every cell -> classified.zarr (class, confidence, anomaly)
+evaluate    spatial holdouts -> report.json, report.md, figures
+similar     similarity to a query -> similar.zarr, similar.png, similar.json
+==========  ==========================================================
 """
 
 from magpipe.stages.classify import run_classify

@@ -11,6 +11,7 @@ differences; per-class F1, the confusion matrices and the embedding view come fr
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -25,8 +26,10 @@ from magpipe.features import FeatureSet, cell_features, part_sizes
 from magpipe.io.schema import Layout
 from magpipe.io.survey import LabelGrids, read_label_grids
 from magpipe.locking import locks_output
-from magpipe.splits import holdout_cells, labelled_split, split_config, training_cells
+from magpipe.splits import cv_folds, holdout_cells, labelled_split, split_config, training_cells
 from magpipe.stages.inputs import input_stack
+from magpipe.stages.patches import resolved_config
+from magpipe.stages.train import candidates
 from magpipe.svm import fit_svm, predict_with_confidence
 
 log = logging.getLogger("magpipe")
@@ -35,11 +38,6 @@ FEATURE_SETS = ("ae", "raw")  # the learned features and the paper's baseline: t
 SCORED = ("ae", "raw", "stats", "random", "ae+stats")  # always scored: the encoder and its controls
 CLASSICAL = ("raw", "stats")
 OTHER_WEIGHT = {"balanced": "prior", "prior": "balanced"}
-
-
-def candidates(cfg: RunConfig) -> tuple[str, ...]:
-    """The feature sets the deployed choice is made from: ``svm.candidates`` under ``auto``, else the one set."""
-    return cfg.svm.candidates if cfg.svm.features == "auto" else (cfg.svm.features,)
 
 
 def evaluation_sets(bundle: ModelBundle, cfg: RunConfig) -> dict[str, FeatureSet]:
@@ -73,19 +71,19 @@ def evaluate_split(cfg: RunConfig, bundle: ModelBundle, arrays: list, grids: Lab
     X_te = cell_features(sets, arrays, bundle.scaling, test.rows, test.cols)
     X_tr = cell_features(sets, arrays, bundle.scaling, train.rows, train.cols)
     log.info("evaluate: split seed %d, %d training, %d test cells", cfg.evaluate.seed, len(train.y), len(test.y))
-    models, infos = {}, {}
+    models, infos, folds = {}, {}, cv_folds(train, cfg)
     for name in sets:
         if name == bundle.feature_set and deployed:
             models[name], infos[name] = bundle.svm, bundle.meta.get("svm", {})
         else:
-            models[name], infos[name] = fit_svm(X_tr[name], train.y, train.blocks, cfg.svm, parts=parts[name])
+            models[name], infos[name] = fit_svm(X_tr[name], train.y, folds, cfg.svm, parts=parts[name])
     scores = {name: score(test.rows, test.cols, test.y, predict_with_confidence(models[name], X_te[name])[0],
                           patch_px=p, n_classes=K) for name in sets}
     chosen = bundle.feature_set if deployed else best_by_validation(infos, candidates(cfg))
     scores["deployed"] = scores[chosen]
     # the trade-off of the class weighting: the deployed set under the other one, on the same cells
     other = OTHER_WEIGHT[cfg.svm.class_weight]
-    alt, _ = fit_svm(X_tr[chosen], train.y, train.blocks, cfg.svm.model_copy(update={"class_weight": other}),
+    alt, _ = fit_svm(X_tr[chosen], train.y, folds, cfg.svm.model_copy(update={"class_weight": other}),
                      parts=parts[chosen])
     scores[f"deployed@{other}"] = score(test.rows, test.cols, test.y, predict_with_confidence(alt, X_te[chosen])[0],
                                         patch_px=p, n_classes=K)
@@ -119,7 +117,8 @@ def score_splits(cfg: RunConfig, bundle: ModelBundle, arrays: list, grids: Label
     return splits, skipped
 
 
-def build_report(cfg: RunConfig, bundle: ModelBundle, splits: list[dict], skipped: list, lay: Layout) -> dict:
+def build_report(cfg: RunConfig, bundle: ModelBundle, splits: list[dict], skipped: list, lay: Layout,
+                 size: dict | None = None) -> dict:
     """report.json's content: headline means, per-split scores, the first split's details, and what to look at."""
     first, p = splits[0], bundle.patch_px
     classes = first["classes"]
@@ -140,7 +139,7 @@ def build_report(cfg: RunConfig, bundle: ModelBundle, splits: list[dict], skippe
         "splits_skipped": skipped,
         "splits": [{"seed": sp["seed"], "n_train": sp["n_train"], "n_test": sp["n_test"],
                     **{m: {n: sp["scores"][n][m] for n in names} for m in METRICS}} for sp in splits],
-        **controls(everything, [sp["scores"] for sp in splits], deployed(cfg, bundle, splits)),
+        **controls(everything, [sp["scores"] for sp in splits], deployed(cfg, bundle, splits, size)),
         "f1": {"ae": dict(zip(classes, ae["f1"])), "raw": dict(zip(classes, raw["f1"])),
                "deployed": dict(zip(classes, dep["f1"]))},
         "confusion": {"ae": ae["confusion"], "raw": raw["confusion"], "deployed": dep["confusion"]},
@@ -155,15 +154,26 @@ def build_report(cfg: RunConfig, bundle: ModelBundle, splits: list[dict], skippe
     }
 
 
-def deployed(cfg: RunConfig, bundle: ModelBundle, splits: list[dict]) -> dict:
-    """What the map uses and how each part was chosen: the report's ``deployed``."""
+def patch_size_choice(lay: Layout, cfg: RunConfig) -> dict | None:
+    """``OUT/patch_size.json`` when the run's patch size was chosen (``auto``), else None."""
+    if cfg.patches.patch_px != "auto":
+        return None
+    return json.loads(lay.patch_size.read_text())
+
+
+def deployed(cfg: RunConfig, bundle: ModelBundle, splits: list[dict], size: dict | None = None) -> dict:
+    """What the map uses and how each part was chosen: the report's ``deployed``; ``size`` is the patch
+    size's selection (:func:`patch_size_choice`) when it was chosen."""
     auto = cfg.svm.features == "auto"
     return {"features": bundle.feature_set, "patch_px": bundle.patch_px,
             "objective": bundle.meta.get("training", {}).get("objective", "reconstruct"), "readout": bundle.readout,
             "chosen_by": {"features": "validation: blocked CV on the training region, among "
                           + ", ".join(candidates(cfg)) if auto else "configuration",
-                          "patch_px": "configuration", "objective": "configuration"},
+                          "patch_px": "validation on the first split's training region, among "
+                          + ", ".join(map(str, size["sizes"])) if size else "configuration",
+                          "objective": "configuration"},
             "validation": bundle.meta.get("selection", {}).get("cv", {}),
+            "patch_size_validation": size["validation"] if size else {},
             "per_split": [sp["chosen"] for sp in splits]}
 
 
@@ -207,10 +217,12 @@ def run_evaluate(out: str | Path, cfg: RunConfig) -> dict:
 
     lay = Layout(out)
     cfg.save(lay.config)
+    size = patch_size_choice(lay, cfg)
+    cfg = resolved_config(lay, cfg)
     bundle = load_bundle(lay.model, patch_px=cfg.patches.patch_px)  # the split's blocks are in patch widths
     arrays, _ = input_stack(lay, bundle.inputs)
     splits, skipped = score_splits(cfg, bundle, arrays, read_label_grids(lay.survey))
-    report = build_report(cfg, bundle, splits, skipped, lay)
+    report = build_report(cfg, bundle, splits, skipped, lay, size)
     first = splits[0]
     ty = first["test_labels"]
     view = np.random.default_rng(cfg.evaluate.seed).choice(len(ty), min(len(ty), 3000), replace=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -30,13 +31,20 @@ def run_patches(out: str | Path, cfg: RunConfig) -> Path:
     The patches store: ``patch`` (n, C, p, p) float32 raw values of the C inputs (NaN = no data),
     and each patch's centre as ``row``, ``col`` (cells) and ``x``, ``y`` (survey CRS).
 
+    With ``patches.patch_px: auto`` the size is chosen first (:mod:`magpipe.stages.patch_size`).
+
     Raises
     ------
     DataValidationError
         If the survey is smaller than one patch, or no cell's patch is valid enough.
     """
-    lay, c = Layout(out), cfg.patches
+    lay = Layout(out)
     cfg.save(lay.config)
+    if cfg.patches.patch_px == "auto":
+        from magpipe.stages.patch_size import choose_patch_size  # it trains encoders: loaded only when asked
+
+        cfg = choose_patch_size(lay, cfg)
+    c = cfg.patches
     attrs = survey_attrs(lay.survey)
     h = content_hash("patches-v1", attrs[S.HASH], cfg.section_json("patches"))
     if is_complete(lay.patches, h):
@@ -54,6 +62,24 @@ def run_patches(out: str | Path, cfg: RunConfig) -> Path:
     log.info("patches: %d patches of %d px -> %s", len(rows), c.patch_px, lay.patches)
     enc = {"patch": {"chunks": (min(len(rows), 4096), *raw.shape[1:])}}
     return write_store(ds, lay.patches, stage_hash=h, encoding=enc)
+
+
+def with_patch_px(cfg: RunConfig, patch_px: int) -> RunConfig:
+    """``cfg`` with another patch size."""
+    return cfg.model_copy(update={"patches": cfg.patches.model_copy(update={"patch_px": patch_px})})
+
+
+def resolved_config(lay: Layout, cfg: RunConfig) -> RunConfig:
+    """``cfg`` with a concrete patch size: as given, or under ``auto`` the size the patches stage chose
+    (``OUT/patch_size.json``). Raises DataValidationError when ``auto`` has not been resolved yet."""
+    if cfg.patches.patch_px != "auto":
+        return cfg
+    try:
+        chosen = int(json.loads(lay.patch_size.read_text())["chosen"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DataValidationError(f"{lay.patch_size}: no patch size chosen yet for patches.patch_px: auto; "
+                                  "run the patches stage (magpipe train) first") from None
+    return with_patch_px(cfg, chosen)
 
 
 def training_patches(lay: Layout, c: PatchConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

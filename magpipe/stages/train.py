@@ -20,7 +20,8 @@ from magpipe.locking import locks_output
 from magpipe.model import resolve_layers
 from magpipe.objectives import NEIGHBOUR_FRACTION
 from magpipe.patches import neighbour_centres, stack_patches
-from magpipe.splits import Cells, labelled_split, training_cells
+from magpipe.stages.patches import resolved_config
+from magpipe.splits import Cells, cv_folds, labelled_split, training_cells
 from magpipe.stages.inputs import input_stack
 from magpipe.svm import fit_svm
 from magpipe.training import TrainResult, train_autoencoder
@@ -63,17 +64,24 @@ def second_views(arrays: list, rows: np.ndarray, cols: np.ndarray, cfg: RunConfi
     return stack_patches(arrays, nrows, ncols, p)
 
 
+def candidates(cfg: RunConfig) -> tuple[str, ...]:
+    """The feature sets the deployed choice is made from: ``svm.candidates`` under ``auto``, else the one set."""
+    return cfg.svm.candidates if cfg.svm.features == "auto" else (cfg.svm.features,)
+
+
 def choose_features(X: dict[str, np.ndarray], parts: dict[str, tuple[int, ...]], cells: Cells, cfg: RunConfig
                     ) -> tuple[str, object, dict, dict]:
     """The SVM of the configured feature set, or under ``features: auto`` of the candidate with the best
-    blocked-CV balanced accuracy on the training cells (ties go to the first listed).
+    blocked-CV balanced accuracy on the training cells (:func:`magpipe.splits.cv_folds`: blocks held out
+    with a gap; ties go to the first listed).
 
     ``X`` maps every candidate (or the one configured set) to its (n, F) training features, ``parts`` to
     its parts' feature counts (:func:`magpipe.features.part_sizes`). Returns the
     chosen name, its fitted SVM and search summary, and the selection table (name -> CV summary).
     """
-    names = cfg.svm.candidates if cfg.svm.features == "auto" else (cfg.svm.features,)
-    fits = {name: fit_svm(X[name], cells.y, cells.blocks, cfg.svm, parts=parts[name]) for name in names}
+    names = candidates(cfg)
+    folds = cv_folds(cells, cfg)
+    fits = {name: fit_svm(X[name], cells.y, folds, cfg.svm, parts=parts[name]) for name in names}
     table = {name: info for name, (_, info) in fits.items()}
     chosen = best_by_validation(table, names)
     if len(names) > 1:
@@ -93,6 +101,7 @@ def run_train(out: str | Path, cfg: RunConfig, *, progress=None) -> Path:
     """
     lay = Layout(out)
     cfg.save(lay.config)
+    cfg = resolved_config(lay, cfg)
     sattrs = survey_attrs(lay.survey)
     pds = open_store(lay.patches)
     names = tuple(pds.attrs[S.INPUTS])
@@ -112,8 +121,8 @@ def run_train(out: str | Path, cfg: RunConfig, *, progress=None) -> Path:
     layers = resolve_layers(result.model, cfg.model.layers)
     split, grids = labelled_split(read_label_grids(lay.survey), cfg)
     cells = training_cells(split, grids.labels, cfg)
-    names_fs = cfg.svm.candidates if cfg.svm.features == "auto" else (cfg.svm.features,)
-    sets = {n: feature_set(n, result.model, layers, readout=cfg.model.readout, seed=cfg.model.seed) for n in names_fs}
+    sets = {n: feature_set(n, result.model, layers, readout=cfg.model.readout, seed=cfg.model.seed)
+            for n in candidates(cfg)}
     X = cell_features(sets, arrays, scaling, cells.rows, cells.cols)
     log.info("train: SVM on %d labelled cells (features %s)", len(cells.y), ", ".join(
         f"{n}: {x.shape[1]}" for n, x in X.items()))

@@ -1,0 +1,110 @@
+"""Stage ``patch size``: with ``patches.patch_px: auto``, the size that validates best -> ``OUT/patch_size.json``.
+
+A fixed patch size is wrong for some targets (thin dikes want small patches, broad units
+large ones), so each size of ``patches.auto_sizes`` that fits the survey gets a quick
+encoder (at most ``SELECT_PATCHES`` patches, ``SELECT_EPOCHS`` epochs, the run's objective),
+and every feature set the deployed choice may make (``svm.candidates`` under ``features:
+auto``) is scored by the SVM's blocked CV on the training region, with a gap of one patch
+width around each validation block (:func:`magpipe.splits.cv_folds`): without it, large
+patches straddling fold boundaries see their validation cells and win. All sizes see the same
+training cells: the spatial split of the largest size (its blocks and gap), so no test
+block is ever used. The size whose best set scores highest wins; ties go to the smaller.
+
+The choice is made once, on the deployed (first) split's training region; the report says
+so. The patches stage calls this, and the later stages read the choice back
+(:func:`magpipe.stages.patches.resolved_config`), so a run with ``auto`` is a run with the
+chosen size, hashes included.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from magpipe.config import RunConfig
+from magpipe.errors import DataValidationError
+from magpipe.features import cell_features, feature_set, part_sizes
+from magpipe.io import schema as S
+from magpipe.io.schema import Layout
+from magpipe.io.stores import content_hash, write_json
+from magpipe.io.survey import read_label_grids, survey_attrs, survey_shape
+from magpipe.model import resolve_layers
+from magpipe.splits import Cells, cv_folds, labelled_split, training_cells
+from magpipe.stages.inputs import input_stack
+from magpipe.stages.patches import training_patches, with_patch_px
+from magpipe.stages.train import candidates, fit_autoencoder, second_views
+from magpipe.svm import fit_svm
+
+log = logging.getLogger("magpipe")
+
+SELECT_PATCHES = 2000  # training patches of each size's quick encoder
+SELECT_EPOCHS = 4  # and its epochs
+
+
+def sizes_for(cfg: RunConfig, shape: tuple[int, int]) -> list[int]:
+    """The sizes of ``patches.auto_sizes`` that fit: at most a quarter of the shorter side (room for blocks),
+    and deep enough for the encoder (p // 2 >= its layers); the smallest fitting one if none is that small."""
+    depth = len(cfg.model.channels)
+    usable = [p for p in cfg.patches.auto_sizes if p // 2 >= depth]
+    if not usable:
+        raise DataValidationError(f"patches.auto_sizes {list(cfg.patches.auto_sizes)}: none is large enough for "
+                                  f"{depth} encoder layers (needs >= {2 * depth + 1})")
+    fits = [p for p in usable if p <= min(shape) // 4]
+    return fits or usable[:1]
+
+
+def size_scores(lay: Layout, cfg: RunConfig, cells: Cells) -> dict[str, float]:
+    """Validation balanced accuracy (blocked CV on ``cells``) of each candidate feature set at ``cfg``'s
+    patch size, from a quick encoder of that size."""
+    quick = cfg.model.model_copy(update={"epochs": min(cfg.model.epochs, SELECT_EPOCHS)})
+    cfg = cfg.model_copy(update={"model": quick, "patches": cfg.patches.model_copy(
+        update={"n_patches": min(cfg.patches.n_patches, SELECT_PATCHES)})})
+    rows, cols, raw = training_patches(lay, cfg.patches)
+    arrays, scaling = input_stack(lay, cfg.patches.inputs)
+    model = fit_autoencoder(raw, scaling, cfg, views=second_views(arrays, rows, cols, cfg)).model
+    layers = resolve_layers(model, cfg.model.layers)
+    sets = {n: feature_set(n, model, layers, readout=cfg.model.readout, seed=cfg.model.seed)
+            for n in candidates(cfg)}
+    X = cell_features(sets, arrays, scaling, cells.rows, cells.cols)
+    folds = cv_folds(cells, cfg)  # blocks and gap of this size: the gap grows with the patch
+    return {n: fit_svm(X[n], cells.y, folds, cfg.svm, parts=part_sizes(fs))[1]["cv_balanced_accuracy"]
+            for n, fs in sets.items()}
+
+
+def choose_patch_size(lay: Layout, cfg: RunConfig) -> RunConfig:
+    """``cfg`` with ``patches.patch_px`` chosen on validation (see the module docstring), recorded in
+    ``OUT/patch_size.json``; skipped when that file holds the choice for the same survey, labels and options.
+
+    Raises DataValidationError when the labels cannot be split at the largest size tried.
+    """
+    attrs = survey_attrs(lay.survey)
+    h = content_hash("patch-size-v1", str(attrs[S.HASH]), str(attrs.get(S.LABELS_HASH)),
+                     *(cfg.section_json(s) for s in ("patches", "model", "svm", "evaluate")))
+    done = _read(lay)
+    if done.get("hash") == h:
+        log.info("patch size: %d px, chosen before (%s)", done["chosen"], lay.patch_size)
+        return with_patch_px(cfg, int(done["chosen"]))
+    sizes = sizes_for(cfg, survey_shape(lay.survey))
+    t0 = time.perf_counter()
+    split, grids = labelled_split(read_label_grids(lay.survey), with_patch_px(cfg, max(sizes)))
+    cells = training_cells(split, grids.labels, with_patch_px(cfg, max(sizes)))
+    table = {}
+    for p in sizes:
+        table[p] = size_scores(lay, with_patch_px(cfg, p), cells)
+        log.info("patch size %d px: validation %s", p, ", ".join(f"{n} {v:.3f}" for n, v in table[p].items()))
+    best = {p: max((v for v in scores.values() if v == v), default=float("-inf")) for p, scores in table.items()}
+    chosen = max(sizes, key=lambda p: (best[p], -p))
+    log.info("patch size: %d px chosen on validation, from %s", chosen, sizes)
+    write_json({"hash": h, "chosen": chosen, "sizes": sizes, "validation": {str(p): v for p, v in table.items()},
+                "how": "blocked CV balanced accuracy on the first split's training region, the best feature set of "
+                       f"each size, a quick encoder per size ({SELECT_PATCHES} patches, {SELECT_EPOCHS} epochs)",
+                "seconds": time.perf_counter() - t0}, lay.patch_size)
+    return with_patch_px(cfg, chosen)
+
+
+def _read(lay: Layout) -> dict:
+    try:
+        return json.loads(lay.patch_size.read_text())
+    except (OSError, ValueError):
+        return {}

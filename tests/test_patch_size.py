@@ -1,0 +1,55 @@
+"""patches.patch_px: auto: the size is chosen on validation in the training region, and the run uses it."""
+
+import json
+
+import pytest
+
+from magpipe.errors import DataValidationError
+from magpipe.io.schema import Layout
+from magpipe.io.stores import open_store
+from magpipe.stages.patches import resolved_config
+from magpipe.testing import tiny_config
+
+
+def test_auto_patch_size_is_chosen_on_validation_and_used_by_every_stage(survey_files, tmp_path):
+    from magpipe.pipeline import run_classify, run_evaluate, run_ingest, run_labels, run_patches, run_train
+
+    out = tmp_path / "run"
+    cfg = tiny_config(patches={"patch_px": "auto", "auto_sizes": [9, 13, 17, 41]}).with_inputs(
+        survey=survey_files["survey"], labels=survey_files["labels"])
+    run_ingest(out, cfg)
+    run_labels(out, cfg)
+    with pytest.raises(DataValidationError, match="no patch size chosen yet"):
+        resolved_config(Layout(out), cfg)
+    run_patches(out, cfg)
+    choice = json.loads(Layout(out).patch_size.read_text())
+    assert choice["sizes"] == [9, 13, 17]  # 41 px does not fit a quarter of the 96-cell side
+    best = {int(p): max(v.values()) for p, v in choice["validation"].items()}
+    assert choice["chosen"] == max(best, key=lambda p: (best[p], -p))
+    assert set(choice["validation"]["9"]) == {"ae", "stats", "ae+stats"}
+    assert open_store(Layout(out).patches)["patch"].shape[-1] == choice["chosen"]
+    assert resolved_config(Layout(out), cfg).patches.patch_px == choice["chosen"]
+
+    run_train(out, cfg)
+    run_classify(out, cfg)
+    report = run_evaluate(out, cfg)
+    dep = report["deployed"]
+    assert dep["patch_px"] == report["patch_px"] == choice["chosen"]
+    assert dep["chosen_by"]["patch_px"].startswith("validation") and dep["patch_size_validation"]
+    assert "| patch size |" in (out / "report.md").read_text()
+    assert json.loads((out / "config.json").read_text())["patches"]["patch_px"] == "auto"  # repeats the choice
+    before = Layout(out).patch_size.stat().st_mtime_ns
+    run_patches(out, cfg)  # same survey, labels and options: not chosen again
+    assert Layout(out).patch_size.stat().st_mtime_ns == before
+
+
+def test_auto_sizes_too_small_for_the_encoder_are_refused(survey_files, tmp_path):
+    from magpipe.pipeline import run_ingest, run_labels, run_patches
+
+    out = tmp_path / "run"
+    cfg = tiny_config(patches={"patch_px": "auto", "auto_sizes": [5, 7]}).with_inputs(
+        survey=survey_files["survey"], labels=survey_files["labels"])
+    run_ingest(out, cfg)
+    run_labels(out, cfg)
+    with pytest.raises(DataValidationError, match="auto_sizes"):
+        run_patches(out, cfg)
