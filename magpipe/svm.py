@@ -255,10 +255,12 @@ def predict_with_confidence(model: Pipeline, X: np.ndarray) -> tuple[np.ndarray,
     Returns
     -------
     cls : (n,) int16 class codes 1..K.
-    conf : (n,) float32 probability of ``cls``, 0..1.
+    conf : (n,) float32 probability of ``cls``, 0..1; NaN from an SVM left uncalibrated (:func:`calibrated`).
     """
     if len(X) == 0:
         return np.zeros(0, dtype="int16"), np.zeros(0, dtype="float32")
+    if not hasattr(model, "predict_proba"):  # a class with one training cell: nothing to calibrate on
+        return model.predict(X).astype("int16"), np.full(len(X), np.nan, dtype="float32")
     cls, conf = np.empty(len(X), dtype="int16"), np.empty(len(X), dtype="float32")
     for b0 in range(0, len(X), PREDICT_BATCH):  # the kernel block of a whole tile would not fit
         proba = model.predict_proba(X[b0 : b0 + PREDICT_BATCH])

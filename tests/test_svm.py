@@ -77,3 +77,12 @@ def test_part_scaler_gives_each_part_of_a_concatenation_equal_weight():
     np.testing.assert_allclose(PartScaler().fit(X).transform(X).var(0), 1.0, rtol=1e-6)
     with pytest.raises(ValueError, match="add up"):
         PartScaler((40, 5)).fit(X)
+
+
+def test_an_svm_with_a_single_cell_class_still_predicts_without_confidence():
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(0, 1, (30, 4)), rng.normal(4, 1, (1, 4))]).astype("float32")
+    y = np.array([1] * 30 + [2])
+    model, _ = fit_svm(X, y, np.arange(31) % 3, SVMConfig(C=(10.0,), gamma_scale=(1.0,)))
+    cls, conf = predict_with_confidence(model, X)
+    assert set(cls.tolist()) <= {1, 2} and np.isnan(conf).all()
