@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     variants[f"AE p{p0} layers {n_layers - 2}-{n_layers - 1}"] = ([(base, allL[-2:])], "ae")
     if len(sizes) > 1:
         variants["AE multi-scale " + "+".join(map(str, sizes))] = ([(by_size[p], allL) for p in sizes], "ae")
-        variants[f"AE multi-scale {sizes[0]}+{p0}"] = ([(by_size[sizes[0]], allL), (base, allL)], "ae")
+        if sizes[0] != p0 and len(sizes) > 2:  # the smallest with the run's own size (not a size with itself)
+            variants[f"AE multi-scale {sizes[0]}+{p0}"] = ([(by_size[sizes[0]], allL), (base, allL)], "ae")
     for s in args.derived:
         v = Variant(lay, s.split(","), p0, cfg)
         variants[f"AE p{p0} [{s}]"] = ([(v, allL)], "ae")
