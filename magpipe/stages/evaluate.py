@@ -11,7 +11,6 @@ differences; per-class F1, the confusion matrices and the embedding view come fr
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from magpipe.io.survey import LabelGrids, read_label_grids
 from magpipe.locking import locks_output
 from magpipe.splits import cv_folds, holdout_cells, labelled_split, split_config, training_cells
 from magpipe.stages.inputs import input_stack
-from magpipe.stages.patches import resolved_config
+from magpipe.stages.patches import patch_size_record, resolved_config
 from magpipe.stages.train import candidates
 from magpipe.svm import fit_svm, predict_with_confidence
 
@@ -123,9 +122,9 @@ def build_report(cfg: RunConfig, bundle: ModelBundle, splits: list[dict], skippe
     first, p = splits[0], bundle.patch_px
     classes = first["classes"]
     ae, raw, dep = first["scores"]["ae"], first["scores"]["raw"], first["scores"]["deployed"]
-    headline = summarise({name: [sp["scores"][name] for sp in splits] for name in (*FEATURE_SETS, "majority")})
     names = list(first["scores"])
     everything = summarise({name: [sp["scores"][name] for sp in splits] for name in names})
+    headline = {key: {n: by_set[n] for n in (*FEATURE_SETS, "majority")} for key, by_set in everything.items()}
     sparse = None
     if cfg.evaluate.sparse_per_class:
         draws = {name: [d for sp in splits for d in sp["sparse"]["draws"][name]]
@@ -154,16 +153,9 @@ def build_report(cfg: RunConfig, bundle: ModelBundle, splits: list[dict], skippe
     }
 
 
-def patch_size_choice(lay: Layout, cfg: RunConfig) -> dict | None:
-    """``OUT/patch_size.json`` when the run's patch size was chosen (``auto``), else None."""
-    if cfg.patches.patch_px != "auto":
-        return None
-    return json.loads(lay.patch_size.read_text())
-
-
 def deployed(cfg: RunConfig, bundle: ModelBundle, splits: list[dict], size: dict | None = None) -> dict:
     """What the map uses and how each part was chosen: the report's ``deployed``; ``size`` is the patch
-    size's selection (:func:`patch_size_choice`) when it was chosen."""
+    size's selection (:func:`magpipe.stages.patches.patch_size_record`) when it was chosen."""
     auto = cfg.svm.features == "auto"
     return {"features": bundle.feature_set, "patch_px": bundle.patch_px,
             "objective": bundle.meta.get("training", {}).get("objective", "reconstruct"), "readout": bundle.readout,
@@ -217,7 +209,7 @@ def run_evaluate(out: str | Path, cfg: RunConfig) -> dict:
 
     lay = Layout(out)
     cfg.save(lay.config)
-    size = patch_size_choice(lay, cfg)
+    size = patch_size_record(lay) if cfg.patches.patch_px == "auto" else None
     cfg = resolved_config(lay, cfg)
     bundle = load_bundle(lay.model, patch_px=cfg.patches.patch_px)  # the split's blocks are in patch widths
     arrays, _ = input_stack(lay, bundle.inputs)

@@ -18,23 +18,19 @@ chosen size, hashes included.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
 from magpipe.config import RunConfig
 from magpipe.errors import DataValidationError
-from magpipe.features import cell_features, feature_set, part_sizes
 from magpipe.io import schema as S
 from magpipe.io.schema import Layout
 from magpipe.io.stores import content_hash, write_json
 from magpipe.io.survey import read_label_grids, survey_attrs, survey_shape
-from magpipe.model import resolve_layers
-from magpipe.splits import Cells, cv_folds, labelled_split, training_cells
+from magpipe.splits import Cells, labelled_split, training_cells
 from magpipe.stages.inputs import input_stack
-from magpipe.stages.patches import training_patches, with_patch_px
-from magpipe.stages.train import candidates, fit_autoencoder, second_views
-from magpipe.svm import fit_svm
+from magpipe.stages.patches import patch_size_record, training_patches, with_patch_px
+from magpipe.stages.train import fit_autoencoder, fit_candidates, second_views
 
 log = logging.getLogger("magpipe")
 
@@ -63,13 +59,9 @@ def size_scores(lay: Layout, cfg: RunConfig, cells: Cells) -> dict[str, float]:
     rows, cols, raw = training_patches(lay, cfg.patches)
     arrays, scaling = input_stack(lay, cfg.patches.inputs)
     model = fit_autoencoder(raw, scaling, cfg, views=second_views(arrays, rows, cols, cfg)).model
-    layers = resolve_layers(model, cfg.model.layers)
-    sets = {n: feature_set(n, model, layers, readout=cfg.model.readout, seed=cfg.model.seed)
-            for n in candidates(cfg)}
-    X = cell_features(sets, arrays, scaling, cells.rows, cells.cols)
-    folds = cv_folds(cells, cfg)  # blocks and gap of this size: the gap grows with the patch
-    return {n: fit_svm(X[n], cells.y, folds, cfg.svm, parts=part_sizes(fs))[1]["cv_balanced_accuracy"]
-            for n, fs in sets.items()}
+    # cv_folds at this size: blocks and gap grow with the patch
+    return {n: info["cv_balanced_accuracy"] for n, (_, info) in fit_candidates(model, arrays, scaling, cells,
+                                                                               cfg).items()}
 
 
 def choose_patch_size(lay: Layout, cfg: RunConfig) -> RunConfig:
@@ -81,7 +73,7 @@ def choose_patch_size(lay: Layout, cfg: RunConfig) -> RunConfig:
     attrs = survey_attrs(lay.survey)
     h = content_hash("patch-size-v1", str(attrs[S.HASH]), str(attrs.get(S.LABELS_HASH)),
                      *(cfg.section_json(s) for s in ("patches", "model", "svm", "evaluate")))
-    done = _read(lay)
+    done = patch_size_record(lay)
     if done.get("hash") == h:
         log.info("patch size: %d px, chosen before (%s)", done["chosen"], lay.patch_size)
         return with_patch_px(cfg, int(done["chosen"]))
@@ -102,9 +94,3 @@ def choose_patch_size(lay: Layout, cfg: RunConfig) -> RunConfig:
                 "seconds": time.perf_counter() - t0}, lay.patch_size)
     return with_patch_px(cfg, chosen)
 
-
-def _read(lay: Layout) -> dict:
-    try:
-        return json.loads(lay.patch_size.read_text())
-    except (OSError, ValueError):
-        return {}

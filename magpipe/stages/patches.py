@@ -69,14 +69,23 @@ def with_patch_px(cfg: RunConfig, patch_px: int) -> RunConfig:
     return cfg.model_copy(update={"patches": cfg.patches.model_copy(update={"patch_px": patch_px})})
 
 
+def patch_size_record(lay: Layout) -> dict:
+    """``OUT/patch_size.json``, the choice of ``patches.patch_px: auto`` and its validation table; {} if none."""
+    try:
+        record = json.loads(lay.patch_size.read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def resolved_config(lay: Layout, cfg: RunConfig) -> RunConfig:
     """``cfg`` with a concrete patch size: as given, or under ``auto`` the size the patches stage chose
     (``OUT/patch_size.json``). Raises DataValidationError when ``auto`` has not been resolved yet."""
     if cfg.patches.patch_px != "auto":
         return cfg
     try:
-        chosen = int(json.loads(lay.patch_size.read_text())["chosen"])
-    except (OSError, ValueError, KeyError, TypeError):
+        chosen = int(patch_size_record(lay)["chosen"])
+    except (KeyError, TypeError, ValueError):
         raise DataValidationError(f"{lay.patch_size}: no patch size chosen yet for patches.patch_px: auto; "
                                   "run the patches stage (magpipe train) first") from None
     return with_patch_px(cfg, chosen)

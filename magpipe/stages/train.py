@@ -69,19 +69,25 @@ def candidates(cfg: RunConfig) -> tuple[str, ...]:
     return cfg.svm.candidates if cfg.svm.features == "auto" else (cfg.svm.features,)
 
 
-def choose_features(X: dict[str, np.ndarray], parts: dict[str, tuple[int, ...]], cells: Cells, cfg: RunConfig
-                    ) -> tuple[str, object, dict, dict]:
-    """The SVM of the configured feature set, or under ``features: auto`` of the candidate with the best
-    blocked-CV balanced accuracy on the training cells (:func:`magpipe.splits.cv_folds`: blocks held out
-    with a gap; ties go to the first listed).
+def fit_candidates(model, arrays: list, scaling: StackScaling, cells: Cells, cfg: RunConfig) -> dict[str, tuple]:
+    """The SVM of each candidate feature set of ``model`` (:func:`candidates`) on the training ``cells``,
+    searched by blocked CV with a gap (:func:`magpipe.splits.cv_folds`): name -> (SVM, search summary)."""
+    layers = resolve_layers(model, cfg.model.layers)
+    sets = {n: feature_set(n, model, layers, readout=cfg.model.readout, seed=cfg.model.seed) for n in candidates(cfg)}
+    X = cell_features(sets, arrays, scaling, cells.rows, cells.cols)
+    log.info("SVM on %d labelled cells (features %s)", len(cells.y),
+             ", ".join(f"{n}: {x.shape[1]}" for n, x in X.items()))
+    folds = cv_folds(cells, cfg)
+    return {n: fit_svm(X[n], cells.y, folds, cfg.svm, parts=part_sizes(fs)) for n, fs in sets.items()}
 
-    ``X`` maps every candidate (or the one configured set) to its (n, F) training features, ``parts`` to
-    its parts' feature counts (:func:`magpipe.features.part_sizes`). Returns the
-    chosen name, its fitted SVM and search summary, and the selection table (name -> CV summary).
+
+def choose_features(fits: dict[str, tuple], cfg: RunConfig) -> tuple[str, object, dict, dict]:
+    """The configured feature set, or under ``features: auto`` the candidate with the best blocked-CV
+    balanced accuracy (ties go to the first listed), from :func:`fit_candidates`' ``fits``.
+
+    Returns the chosen name, its fitted SVM and search summary, and the selection table (name -> CV summary).
     """
     names = candidates(cfg)
-    folds = cv_folds(cells, cfg)
-    fits = {name: fit_svm(X[name], cells.y, folds, cfg.svm, parts=parts[name]) for name in names}
     table = {name: info for name, (_, info) in fits.items()}
     chosen = best_by_validation(table, names)
     if len(names) > 1:
@@ -118,15 +124,10 @@ def run_train(out: str | Path, cfg: RunConfig, *, progress=None) -> Path:
     lay.model.mkdir(parents=True, exist_ok=True)
     result = fit_autoencoder(raw, scaling, cfg, views=views, checkpoint=lay.checkpoint(h), progress=progress)
     train_s = time.perf_counter() - t0
-    layers = resolve_layers(result.model, cfg.model.layers)
     split, grids = labelled_split(read_label_grids(lay.survey), cfg)
     cells = training_cells(split, grids.labels, cfg)
-    sets = {n: feature_set(n, result.model, layers, readout=cfg.model.readout, seed=cfg.model.seed)
-            for n in candidates(cfg)}
-    X = cell_features(sets, arrays, scaling, cells.rows, cells.cols)
-    log.info("train: SVM on %d labelled cells (features %s)", len(cells.y), ", ".join(
-        f"{n}: {x.shape[1]}" for n, x in X.items()))
-    chosen, svm, svm_info, table = choose_features(X, {n: part_sizes(fs) for n, fs in sets.items()}, cells, cfg)
+    chosen, svm, svm_info, table = choose_features(fit_candidates(result.model, arrays, scaling, cells, cfg), cfg)
+    layers = resolve_layers(result.model, cfg.model.layers)
     bundle = ModelBundle(result.model, svm, layers, scaling, grids.classes, cfg.model.anomaly_px,
                          inputs=names, feature_set=chosen, readout=cfg.model.readout, meta={
         "input_hash": h, "config": cfg.saved(), "survey_source": sattrs.get(S.SOURCE),
