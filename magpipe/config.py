@@ -140,13 +140,18 @@ class SVMConfig(_Section):
     features: str = Field(
         "auto", description="Features the SVM classifies: 'ae' (the trained encoder), 'stats' (window "
         "statistics), 'raw' (the patch), 'random' (the untrained encoder), several joined by '+' (e.g. "
-        "'ae+stats'), or 'auto': the one of `candidates` with the best spatially blocked CV balanced accuracy "
-        "on the training region (test blocks are never seen)."
+        "'ae+stats'), or 'auto': chosen from `candidates` by spatially blocked CV balanced accuracy on the "
+        "training region (test blocks are never seen), by the one-standard-error rule: the first listed "
+        "candidate within one standard error of the best."
     )
-    candidates: tuple[str, ...] = Field(("ae", "stats", "ae+stats"), description="Feature sets 'auto' chooses from.")
-    C: tuple[float, ...] = Field((1.0, 10.0, 100.0), description="SVC C values searched by blocked CV.")
+    candidates: tuple[str, ...] = Field(
+        ("stats", "ae", "ae+stats"), description="Feature sets 'auto' chooses from, simplest first: a later one "
+        "must beat every earlier one by more than the validation noise (one standard error) to be chosen."
+    )
+    C: tuple[float, ...] = Field((0.1, 1.0, 10.0, 100.0, 1000.0), description="SVC C values searched by blocked CV.")
     gamma_scale: tuple[float, ...] = Field(
-        (0.3, 1.0, 3.0), description="RBF gamma values searched, as multiples of 1/n_features."
+        (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0), description="RBF gamma values searched, as multiples of "
+        "1/n_features (standardised features: 1/n_features is a kernel as wide as the data's spread)."
     )
     kernel: Literal["exact", "nystroem"] = Field(
         "exact", description="'exact' RBF SVC, or 'nystroem': low-rank approximation + linear SVM, several "

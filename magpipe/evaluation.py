@@ -144,10 +144,20 @@ def verdict(p: dict, *, margin: float = 0.01) -> str:
 
 
 def best_by_validation(table: dict[str, dict], names: tuple[str, ...] | list[str]) -> str:
-    """The name with the highest ``cv_balanced_accuracy`` in ``table`` (validation inside the training
-    region, never test cells); ties and unsearched (NaN) scores go to the first of ``names``."""
+    """The first of ``names`` whose ``cv_balanced_accuracy`` in ``table`` is within one standard error
+    (``cv_se``) of the best: the one-standard-error rule (Hastie, Tibshirani & Friedman, *Elements of
+    Statistical Learning*, 7.10).
+
+    ``names`` go simplest first, so a richer choice must beat a simpler one by more than the validation
+    noise; a choice by the bare maximum follows that noise (the cost is paid on test blocks, never seen
+    here). Scores are validation inside the training region, never test cells; an unsearched (NaN)
+    score never wins, and a missing ``cv_se`` counts as 0 (the bare maximum).
+    """
     def cv(name: str) -> float:
         v = table[name].get("cv_balanced_accuracy", float("nan"))
         return -np.inf if v is None or np.isnan(v) else v
 
-    return max(names, key=lambda n: (cv(n), -list(names).index(n)))
+    best = max(names, key=lambda n: (cv(n), -list(names).index(n)))
+    se = table[best].get("cv_se")
+    threshold = cv(best) - (0.0 if se is None or np.isnan(se) else se)
+    return next(n for n in names if cv(n) >= threshold)

@@ -181,9 +181,9 @@ def fit_svm(X: np.ndarray, y: np.ndarray, groups: np.ndarray | list, cfg: SVMCon
     model : fitted classifier with ``predict_proba``.
     info : ``kernel``, ``C``, ``gamma``, ``cv_balanced_accuracy`` (NaN when the grid holds one pair, which is
         then used unsearched, or when fewer than 2 blocks left nothing to search: then the middle C and
-        gamma = 1 / F are used), ``cv_folds``, ``n_support``.
+        gamma = 1 / F are used), ``cv_se`` (its standard error over the folds), ``cv_folds``, ``n_support``.
     """
-    n_features = X.shape[1]
+    n_features, cv_se = X.shape[1], float("nan")
     grid = {"svc__C": list(cfg.C), "kernel__gamma": [g / n_features for g in cfg.gamma_scale]}
     base = make_svm(kernel=cfg.kernel, n_components=cfg.n_components, seed=cfg.seed, parts=parts,
                     class_weight=cfg.class_weight)
@@ -201,6 +201,7 @@ def fit_svm(X: np.ndarray, y: np.ndarray, groups: np.ndarray | list, cfg: SVMCon
             warnings.simplefilter("ignore", UserWarning)
             search.fit(X, y, groups=None if isinstance(groups, list) else groups)
         best, cv_score = search.best_params_, float(search.best_score_)
+        cv_se = float(search.cv_results_["std_test_score"][search.best_index_]) / np.sqrt(folds)
     else:
         log.warning("only %d spatial fold(s) in training; C/gamma not searched", n_groups)
         best, cv_score = {"svc__C": cfg.C[len(cfg.C) // 2], "kernel__gamma": 1.0 / n_features}, float("nan")
@@ -209,7 +210,7 @@ def fit_svm(X: np.ndarray, y: np.ndarray, groups: np.ndarray | list, cfg: SVMCon
     model.fit(X, y)
     fold_nystroem(model)
     info = {"kernel": cfg.kernel, "C": float(best["svc__C"]), "gamma": float(best["kernel__gamma"]),
-            "cv_balanced_accuracy": cv_score, "cv_folds": folds, "n_support": n_support(model)}
+            "cv_balanced_accuracy": cv_score, "cv_se": cv_se, "cv_folds": folds, "n_support": n_support(model)}
     log.debug("SVM (%s kernel): C=%g gamma=%.3g cv balanced acc %.3f, %s support vectors", cfg.kernel, info["C"],
              info["gamma"], cv_score, info["n_support"])
     return model, info

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from magpipe.evaluation import best_by_validation
 from magpipe.io.stores import is_complete
 from magpipe.testing import assert_one_line_error, run_cli as magpipe
 
@@ -63,8 +64,9 @@ def test_run_end_to_end_leaves_the_documented_layout(survey_files, config_file, 
     assert set(sparse["balanced_accuracy"]) == {"deployed", "ae", "raw", "stats", "random", "ae+stats"}
     # features: auto chose on validation (blocked CV of the training region), and the map uses that choice
     dep = report["deployed"]
-    cv = {n: v["cv_balanced_accuracy"] for n, v in dep["validation"].items()}
-    assert set(cv) == {"ae", "stats", "ae+stats"} and dep["features"] == max(cv, key=cv.get)
+    assert set(dep["validation"]) == {"ae", "stats", "ae+stats"}
+    assert dep["features"] == best_by_validation(dep["validation"], ("stats", "ae", "ae+stats"))  # one-SE rule
+    assert all(v["cv_se"] >= 0 or np.isnan(v["cv_balanced_accuracy"]) for v in dep["validation"].values())
     assert json.loads((out / "model" / "metadata.json").read_text())["features"] == dep["features"]
     assert dep["per_split"][0] == dep["features"] and len(dep["per_split"]) == report["n_splits"]
     assert "## What the map uses" in (out / "report.md").read_text()

@@ -107,7 +107,7 @@ def test_paired_differences_and_their_verdict():
     assert verdict({"mean_diff": 0.005, "wins": 5, "n": 5}) == "did not clearly beat"  # under a point
 
 
-def test_choice_on_validation_takes_the_best_score_and_breaks_ties_by_order():
+def test_choice_on_validation_takes_the_simplest_within_one_standard_error_of_the_best():
     from magpipe.evaluation import best_by_validation
 
     table = {"ae": {"cv_balanced_accuracy": 0.4}, "stats": {"cv_balanced_accuracy": 0.5},
@@ -116,6 +116,12 @@ def test_choice_on_validation_takes_the_best_score_and_breaks_ties_by_order():
     assert best_by_validation(table, ["ae+stats", "stats"]) == "ae+stats"
     assert best_by_validation(table, ["raw", "ae"]) == "ae"  # an unsearched (NaN) score never wins
     assert best_by_validation({"raw": table["raw"]}, ["raw"]) == "raw"
+    noisy = {"stats": {"cv_balanced_accuracy": 0.47, "cv_se": 0.01},
+             "ae": {"cv_balanced_accuracy": 0.48, "cv_se": 0.02}, "ae+stats": {"cv_balanced_accuracy": 0.45}}
+    assert best_by_validation(noisy, ["stats", "ae", "ae+stats"]) == "stats"  # 0.47 >= 0.48 - 0.02
+    assert best_by_validation(noisy, ["ae+stats", "stats", "ae"]) == "stats"  # 0.45 is not within 0.02 of 0.48
+    noisy["ae"]["cv_se"] = 0.005
+    assert best_by_validation(noisy, ["stats", "ae", "ae+stats"]) == "ae"  # a lead beyond the noise wins
 
 
 def test_svm_search_folds_keep_a_patch_width_between_fitting_and_validation_cells():

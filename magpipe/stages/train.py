@@ -82,8 +82,9 @@ def fit_candidates(model, arrays: list, scaling: StackScaling, cells: Cells, cfg
 
 
 def choose_features(fits: dict[str, tuple], cfg: RunConfig) -> tuple[str, object, dict, dict]:
-    """The configured feature set, or under ``features: auto`` the candidate with the best blocked-CV
-    balanced accuracy (ties go to the first listed), from :func:`fit_candidates`' ``fits``.
+    """The configured feature set, or under ``features: auto`` the candidate chosen by blocked-CV balanced
+    accuracy and the one-standard-error rule (:func:`magpipe.evaluation.best_by_validation`), from
+    :func:`fit_candidates`' ``fits``.
 
     Returns the chosen name, its fitted SVM and search summary, and the selection table (name -> CV summary).
     """
@@ -92,7 +93,7 @@ def choose_features(fits: dict[str, tuple], cfg: RunConfig) -> tuple[str, object
     chosen = best_by_validation(table, names)
     if len(names) > 1:
         log.info("train: features %s chosen on validation (%s)", chosen, ", ".join(
-            f"{n} {table[n]['cv_balanced_accuracy']:.3f}" for n in names))
+            f"{n} {table[n]['cv_balanced_accuracy']:.3f} ± {table[n].get('cv_se', float('nan')):.3f}" for n in names))
     return chosen, *fits[chosen], table
 
 
