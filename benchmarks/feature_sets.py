@@ -4,8 +4,9 @@ On a finished run, for each set: an SVM is fitted on the run's training cells (t
 options), then whole tiles are classified single-threaded with the library's
 ``classify_window`` (dense features, SVM, anomaly), exactly what a Dask task does per tile.
 Prints cells/s per set and its ratio to the reference, ``ae`` read out as the paper does
-(``mean_centre``: what magpipe deployed before feature sets), measured in the same process, so
-the cost of a feature set is a number, not a guess.
+(``mean_centre``, unsmoothed: what magpipe deployed before feature sets), measured in the same
+process, so the cost of a feature set is a number, not a guess. Every other set is timed with the
+bundle's probability smoothing (``smooth_px``), as the map classifies.
 
 Usage::
 
@@ -57,12 +58,14 @@ def set_rates(run: Path, names: list[str], n_tiles: int, repeats: int) -> dict:
     cells = training_cells(split, grids.labels, cfg)
     grid = tiles(arrays[0].shape, cfg.classify.chunk_px)
     picks = grid[len(grid) // 2 : len(grid) // 2 + n_tiles]
-    windows = [read_stack(arrays, *t, base.patch_px // 2) for t in picks]
+    # the reference classifies as the map did before smoothing (radius 0); every other set as the bundle does
+    windows = {r: [read_stack(arrays, *t, base.patch_px // 2 + r) for t in picks] for r in {0, base.smooth_px}}
     n_cells = sum((t[1] - t[0]) * (t[3] - t[2]) for t in picks)
     out = {}
     for name in dict.fromkeys([REFERENCE, *names]):
         set_name, _, readout = name.partition("@")
-        bundle = dataclasses.replace(base, feature_set=set_name, readout=readout or base.readout)
+        bundle = dataclasses.replace(base, feature_set=set_name, readout=readout or base.readout,
+                                     smooth_px=0 if name == REFERENCE else base.smooth_px)
         fs = bundle.features
         X = cell_features({name: fs}, arrays, base.scaling, cells.rows, cells.cols)[name]
         svm, info = fit_svm(X, cells.y, cells.blocks, cfg.svm, parts=part_sizes(fs))
@@ -74,12 +77,13 @@ def set_rates(run: Path, names: list[str], n_tiles: int, repeats: int) -> dict:
             try:
                 for _ in range(repeats):
                     t0 = time.perf_counter()
-                    for w in windows:
+                    for w in windows[bundle.smooth_px]:
                         classify_window(bundle, w)
                     best = min(best, time.perf_counter() - t0)
             finally:
                 torch.set_num_threads(threads)
-        out[name] = {"n_features": fs.n_features, "cells_per_s": n_cells / best, "kernel": info["kernel"],
+        out[name] = {"n_features": fs.n_features, "smooth_px": bundle.smooth_px, "cells_per_s": n_cells / best,
+                     "kernel": info["kernel"],
                      "n_support": info["n_support"]}
         print(f"{name:>16}: {fs.n_features:4d} features, {n_cells / best:10.0f} cells/s (one thread)", flush=True)
     ref = out[REFERENCE]["cells_per_s"]

@@ -56,6 +56,8 @@ class ModelBundle:
     feature_set : name of the feature set the SVM reads (``ae``, ``stats``, ``ae+stats``, ...; see
         :func:`magpipe.features.feature_set`); bundles from before it was recorded read ``ae``.
     readout : how encoder layers become features (``mean_centre`` or ``mean_std_centre``).
+    smooth_px : radius (cells) of the probability smoothing the map applies (:mod:`magpipe.smoothing`);
+        0 = none, as in bundles from before it existed.
     """
 
     model: PatchAutoencoder
@@ -68,11 +70,17 @@ class ModelBundle:
     inputs: tuple[str, ...] = ("field",)
     feature_set: str = "ae"
     readout: str = "mean_centre"
+    smooth_px: int = 0
 
     @property
     def patch_px(self) -> int:
         """Patch side p in cells."""
         return self.model.patch_px
+
+    @property
+    def halo_px(self) -> int:
+        """Cells a tile's window reaches beyond it: half a patch, plus the smoothing radius."""
+        return self.patch_px // 2 + self.smooth_px
 
     @cached_property
     def features(self) -> FeatureSet:
@@ -119,6 +127,7 @@ def save_bundle(bundle: ModelBundle, path: str | Path) -> Path:
         "inputs": list(bundle.inputs),
         "features": bundle.feature_set,
         "readout": bundle.readout,
+        "smooth_px": bundle.smooth_px,
         "scalings": [{"mean": s.mean, "std": s.std} for s in bundle.scaling.channels],
         "classes": bundle.classes,
         "versions": library_versions(),
@@ -172,6 +181,9 @@ def load_bundle(path: str | Path, *, patch_px: int | None = None) -> ModelBundle
         PatchAutoencoder.check_readout(str(meta.get("readout", "mean_centre")))
     except ValueError as exc:
         raise InputError(f"{path / 'metadata.json'}: {exc}") from None
+    smooth = meta.get("smooth_px", 0)
+    if not isinstance(smooth, int) or isinstance(smooth, bool) or smooth < 0:
+        raise InputError(f"{path / 'metadata.json'}: smooth_px must be a whole number of cells >= 0, not {smooth!r}")
     model = PatchAutoencoder(meta["patch_px"], meta["channels"], meta["hidden"], in_channels=len(inputs))
     try:
         state = torch.load(path / "autoencoder.pt", map_location="cpu", weights_only=True)
@@ -192,4 +204,5 @@ def load_bundle(path: str | Path, *, patch_px: int | None = None) -> ModelBundle
         scaling=StackScaling(tuple(Scaling(**s) for s in meta["scalings"])), classes=list(meta["classes"]),
         anomaly_px=int(meta["anomaly_px"]), meta=meta, inputs=inputs,
         feature_set=str(meta.get("features", "ae")), readout=str(meta.get("readout", "mean_centre")),
+        smooth_px=smooth,
     )

@@ -163,6 +163,14 @@ class SVMConfig(_Section):
         "not outvoted; best balanced accuracy); 'prior': every cell alike (common units win close calls; best "
         "pixel accuracy)."
     )
+    smooth_px: Literal["auto"] | int = Field(
+        "auto", description="Radius (cells) over which the map averages class probabilities before taking the "
+        "most probable class (0 = none), or 'auto': the radius of `smooth_radii` with the best blocked-CV "
+        "balanced accuracy on the training region, by the one-standard-error rule (smallest first)."
+    )
+    smooth_radii: tuple[int, ...] = Field(
+        (0, 1, 2, 4, 8), description="Radii 'auto' chooses from; those up to one patch width (the CV gap) are tried."
+    )
     max_per_class: int = Field(400, ge=5, description="Labelled training pixels kept per class (subsampled).")
     cv_folds: int = Field(3, ge=2, description="Spatially blocked CV folds for the C/gamma search.")
     seed: int = Field(0, description="Seed of subsampling and of Platt scaling.")
@@ -172,6 +180,20 @@ class SVMConfig(_Section):
     @classmethod
     def _feature_name(cls, v: str) -> str:
         return check_feature_name(v)
+
+    @field_validator("smooth_px")
+    @classmethod
+    def _radius(cls, v):
+        if v != "auto" and v < 0:
+            raise ValueError("smooth_px must be 'auto' or a radius in cells >= 0")
+        return v
+
+    @field_validator("smooth_radii")
+    @classmethod
+    def _radii(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or min(v) < 0:
+            raise ValueError("smooth_radii must list one or more radii in cells >= 0")
+        return tuple(sorted(set(v)))
 
     @field_validator("candidates")
     @classmethod

@@ -19,7 +19,8 @@ METRIC_NAMES = (("pixel_accuracy", "pixel-wise accuracy"), ("patch_accuracy", "p
 
 COLUMNS = (("deployed", "deployed"), ("ae", "AE features"), ("random", "AE untrained"), ("stats", "window stats"),
            ("ae+stats", "AE + stats"), ("raw", "raw pixels"), ("deployed@prior", "deployed, prior weights"),
-           ("deployed@balanced", "deployed, balanced weights"), ("majority", "majority class"))
+           ("deployed@balanced", "deployed, balanced weights"), ("deployed@unsmoothed", "deployed, unsmoothed"),
+           ("majority", "majority class"))
 
 
 def _table(scores: dict, header: str) -> str:
@@ -90,8 +91,11 @@ def selection_section(report: dict) -> list[str]:
         return []
     lines = ["## What the map uses", "",
              f"Features **{dep['features']}** (chosen by {dep['chosen_by']['features']}), encoder objective "
-             f"{dep['objective']}, readout {dep.get('readout')}, patches of {dep['patch_px']} px. On each evaluation "
-             f"split the same procedure chose: {', '.join(dep.get('per_split', []))}.", ""]
+             f"{dep['objective']}, readout {dep.get('readout')}, patches of {dep['patch_px']} px, class "
+             f"probabilities smoothed over a radius of {dep.get('smooth_px', 0)} cells (chosen by "
+             f"{dep['chosen_by'].get('smooth_px', 'configuration')}). On each evaluation split the same procedure "
+             f"chose: {', '.join(dep.get('per_split', []))}; radii "
+             f"{', '.join(map(str, dep.get('per_split_smooth_px', [])))}.", ""]
     if dep.get("patch_size_validation"):
         lines += [f"Patch size {dep['patch_px']} px, chosen by {dep['chosen_by']['patch_px']}:", "",
                   "| patch size | " + " | ".join(next(iter(dep["patch_size_validation"].values()))) + " |",
@@ -104,6 +108,12 @@ def selection_section(report: dict) -> list[str]:
                   "|---|---|---|---|"]
         lines += [f"| {n} | {v.get('cv_balanced_accuracy', float('nan')):.1%} | {v.get('C')} | "
                   f"{v.get('gamma', float('nan')):.3g} |" for n, v in dep["validation"].items()]
+        lines.append("")
+    if dep.get("smoothing_validation"):
+        lines += ["| smoothing radius (cells) | validation balanced accuracy (blocked CV, training region) |",
+                  "|---|---|"]
+        lines += [f"| {r} | {v['cv_balanced_accuracy']:.1%} ± {v['cv_se']:.1%} |"
+                  for r, v in dep["smoothing_validation"].items()]
         lines.append("")
     return lines
 
@@ -134,7 +144,7 @@ def markdown(report: dict) -> str:
         "over nested windows of each input (the classical baseline); *raw pixels* is the paper's baseline; "
         "*deployed* is what the map uses (chosen on validation, below), and *deployed, prior/balanced weights* "
         "the same features under the other `svm.class_weight` (prior favours pixel accuracy, balanced the "
-        "rare units).",
+        "rare units); *deployed, unsmoothed* is the deployed set without the map's probability smoothing.",
         "",
         *([paired_table(report), ""] if report.get("paired") else []),
         *selection_section(report),

@@ -245,27 +245,46 @@ def n_support(model) -> int | None:
     return int(svc.support_.size) if hasattr(svc, "support_") else None
 
 
-def predict_with_confidence(model: Pipeline, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def class_probabilities(model, X: np.ndarray) -> np.ndarray:
+    """(n, K) float32 probability of each class of ``model.classes_`` for features X (n, F), predicted
+    ``PREDICT_BATCH`` rows at a time to bound the kernel's memory. An SVM left uncalibrated
+    (:func:`calibrated`) gives its class probability 1."""
+    K = len(model.classes_)
+    out = np.zeros((len(X), K), dtype="float32")
+    if not hasattr(model, "predict_proba"):  # a class with one training cell: nothing to calibrate on
+        out[np.arange(len(X)), np.searchsorted(model.classes_, model.predict(X))] = 1.0
+        return out
+    for b0 in range(0, len(X), PREDICT_BATCH):  # the kernel block of a whole tile would not fit
+        out[b0 : b0 + PREDICT_BATCH] = model.predict_proba(X[b0 : b0 + PREDICT_BATCH])
+    return out
+
+
+def best_class(model, proba: np.ndarray, axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
     """Class = most probable class, confidence = its probability, so the two always agree.
+
+    ``proba`` holds ``model.classes_``' probabilities along ``axis`` (NaN where no cell is: class 0
+    and confidence NaN there). Confidence is NaN throughout from an SVM left uncalibrated.
+    """
+    missing = np.isnan(proba).any(axis=axis)
+    best = np.nan_to_num(proba, nan=-1.0).argmax(axis=axis)
+    cls = np.where(missing, 0, np.asarray(model.classes_)[best]).astype("int16")
+    conf = np.take_along_axis(proba, np.expand_dims(best, axis), axis=axis).squeeze(axis).astype("float32")
+    if not hasattr(model, "predict_proba"):
+        conf[:] = np.nan
+    return cls, np.where(missing, np.nan, conf).astype("float32")
+
+
+def predict_with_confidence(model: Pipeline, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Class = most probable class, confidence = its probability (:func:`best_class`).
 
     Parameters
     ----------
     model : fitted classifier with ``predict_proba`` (from :func:`fit_svm`).
-    X : (n, F) float32 features; predicted ``PREDICT_BATCH`` rows at a time to bound the kernel's memory.
+    X : (n, F) float32 features.
 
     Returns
     -------
     cls : (n,) int16 class codes 1..K.
     conf : (n,) float32 probability of ``cls``, 0..1; NaN from an SVM left uncalibrated (:func:`calibrated`).
     """
-    if len(X) == 0:
-        return np.zeros(0, dtype="int16"), np.zeros(0, dtype="float32")
-    if not hasattr(model, "predict_proba"):  # a class with one training cell: nothing to calibrate on
-        return model.predict(X).astype("int16"), np.full(len(X), np.nan, dtype="float32")
-    cls, conf = np.empty(len(X), dtype="int16"), np.empty(len(X), dtype="float32")
-    for b0 in range(0, len(X), PREDICT_BATCH):  # the kernel block of a whole tile would not fit
-        proba = model.predict_proba(X[b0 : b0 + PREDICT_BATCH])
-        best = proba.argmax(axis=1)
-        cls[b0 : b0 + len(best)] = model.classes_[best]
-        conf[b0 : b0 + len(best)] = proba[np.arange(len(best)), best]
-    return cls, conf
+    return best_class(model, class_probabilities(model, X), axis=1)

@@ -162,6 +162,15 @@ def test_bundle_with_a_pickle_is_refused(trained_run, tmp_path, bundle_copy):
     assert not is_complete(out / "classified.zarr")
 
 
+@pytest.mark.parametrize("radius", [-1, "wide", 1.5])
+def test_bundle_with_a_bad_smoothing_radius(trained_run, tmp_path, bundle_copy, radius):
+    meta = json.loads((bundle_copy / "metadata.json").read_text())
+    (bundle_copy / "metadata.json").write_text(json.dumps({**meta, "smooth_px": radius}))
+    out, r = _classify_with(trained_run, tmp_path, bundle_copy)
+    assert_one_line_error(r, "metadata.json", "smooth_px must be a whole number of cells")
+    assert not is_complete(out / "classified.zarr")
+
+
 def test_bundle_naming_an_unknown_feature_set(trained_run, tmp_path, bundle_copy):
     meta = json.loads((bundle_copy / "metadata.json").read_text())
     (bundle_copy / "metadata.json").write_text(json.dumps({**meta, "features": "ae+pca"}))

@@ -25,12 +25,21 @@ def _arrays(path):
     return g["class"][:], g["confidence"][:], g["anomaly"][:]
 
 
-def test_dask_tiles_equal_single_process_run(trained_run, client, tmp_path):
+@pytest.mark.parametrize("smooth_px", [None, 3])
+def test_dask_tiles_equal_single_process_run(trained_run, client, tmp_path, smooth_px):
+    """Tiles (with their halo of half a patch plus the smoothing radius) make the map one window would."""
+    import dataclasses
+
+    from magpipe.bundle import save_bundle
+
     out = tmp_path / "classified.zarr"
     survey = trained_run["out"] / "survey.zarr"
-    classify_into(Layout(trained_run["out"]), trained_run["out"] / "model", out, tile_px=32, client=client)
+    model = trained_run["out"] / "model"
+    if smooth_px is not None:  # the run's own bundle, smoothed over another radius
+        model = save_bundle(dataclasses.replace(load_bundle(model), smooth_px=smooth_px), tmp_path / "model")
+    classify_into(Layout(trained_run["out"]), model, out, tile_px=32, client=client)
     cls, conf, anom = _arrays(out)
-    bundle = load_bundle(trained_run["out"] / "model")
+    bundle = load_bundle(model)
     field = zarr.open_array(survey / "field", mode="r")[:]
     ref_cls, ref_conf, ref_anom = classify_array(bundle, field)
     np.testing.assert_array_equal(cls, ref_cls)

@@ -55,7 +55,8 @@ def test_run_end_to_end_leaves_the_documented_layout(survey_files, config_file, 
     assert "## Sparse labels" in (out / "report.md").read_text()
     # every control on the same splits, paired, and said in words
     assert set(report["feature_sets"]) == {"deployed", "ae", "raw", "stats", "random", "ae+stats", "majority",
-                                           "deployed@prior"}  # the other class weighting: the trade-off
+                                           "deployed@prior",  # the other class weighting: the trade-off
+                                           "deployed@unsmoothed"}  # what the map's smoothing added
     assert report["feature_sets"]["ae"]["pixel_accuracy"]["mean"] == pytest.approx(report["pixel_accuracy"]["ae"])
     pairs = {(d["a"], d["b"]) for d in report["paired"]}
     assert {("ae", "random"), ("ae+stats", "stats")} <= pairs
@@ -67,6 +68,14 @@ def test_run_end_to_end_leaves_the_documented_layout(survey_files, config_file, 
     assert set(dep["validation"]) == {"ae", "stats", "ae+stats"}
     assert dep["features"] == best_by_validation(dep["validation"], ("stats", "ae", "ae+stats"))  # one-SE rule
     assert all(v["cv_se"] >= 0 or np.isnan(v["cv_balanced_accuracy"]) for v in dep["validation"].values())
+    # the smoothing radius too, among radii up to a patch width, and each split chose its own
+    meta = json.loads((out / "model" / "metadata.json").read_text())
+    assert meta["smooth_px"] == dep["smooth_px"] == dep["per_split_smooth_px"][0]
+    if dep["smoothing_validation"]:
+        radii = list(dep["smoothing_validation"])
+        assert dep["smooth_px"] == int(best_by_validation(dep["smoothing_validation"], radii))
+        assert max(map(int, radii)) <= report["patch_px"] and "smoothing radius" in (out / "report.md").read_text()
+    assert len(dep["per_split_smooth_px"]) == report["n_splits"] and ("deployed", "deployed@unsmoothed") in pairs
     assert json.loads((out / "model" / "metadata.json").read_text())["features"] == dep["features"]
     assert dep["per_split"][0] == dep["features"] and len(dep["per_split"]) == report["n_splits"]
     assert "## What the map uses" in (out / "report.md").read_text()

@@ -28,7 +28,8 @@ from magpipe.locking import locks_output
 from magpipe.splits import cv_folds, holdout_cells, labelled_split, split_config, training_cells
 from magpipe.stages.inputs import input_stack
 from magpipe.stages.patches import patch_size_record, resolved_config
-from magpipe.stages.train import candidates
+from magpipe.smoothing import block_predictions
+from magpipe.stages.train import candidates, choose_smoothing
 from magpipe.svm import fit_svm, predict_with_confidence
 
 log = logging.getLogger("magpipe")
@@ -57,7 +58,9 @@ def evaluate_split(cfg: RunConfig, bundle: ModelBundle, arrays: list, grids: Lab
     ``arrays`` are the C input grids (2-D, y/x) in ``bundle.inputs`` order. Returns the split's
     ``seed``, ``classes``, ``scores`` (every set, ``deployed`` and ``majority``:
     :func:`magpipe.evaluation.score` dicts; ``deployed@prior`` or ``deployed@balanced``: the deployed set
-    under the other class weighting), ``chosen`` (the set ``deployed`` is), ``svm`` search summaries, cell
+    under the other class weighting, unsmoothed; ``deployed@unsmoothed``: the deployed set without the
+    map's smoothing), ``chosen`` (the set ``deployed`` is), ``smooth_px`` (its smoothing radius, chosen
+    as the map's is: :func:`magpipe.stages.train.choose_smoothing`), ``svm`` search summaries, cell
     counts, ``sparse`` scores (or None), and the deployed set's ``test_features`` (n, F) float32 with their
     ``test_labels`` (n,) for the embedding view.
     Raises DataValidationError when a class falls short on one side of the split.
@@ -79,13 +82,21 @@ def evaluate_split(cfg: RunConfig, bundle: ModelBundle, arrays: list, grids: Lab
     scores = {name: score(test.rows, test.cols, test.y, predict_with_confidence(models[name], X_te[name])[0],
                           patch_px=p, n_classes=K) for name in sets}
     chosen = bundle.feature_set if deployed else best_by_validation(infos, candidates(cfg))
+    # the map's smoothing: the bundle's radius, or the same choice made on this split's training cells
+    radius = bundle.smooth_px if deployed else \
+        choose_smoothing(sets[chosen], arrays, bundle.scaling, train, infos[chosen], cfg)[0]
     scores["deployed"] = scores[chosen]
+    if radius:
+        smoothed = block_predictions(models[chosen], sets[chosen], bundle.scaling, arrays, test.rows, test.cols,
+                                     (radius,), block_px=cfg.evaluate.block_patches * p)[radius]
+        scores["deployed"] = score(test.rows, test.cols, test.y, smoothed, patch_px=p, n_classes=K)
     # the trade-off of the class weighting: the deployed set under the other one, on the same cells
     other = OTHER_WEIGHT[cfg.svm.class_weight]
     alt, _ = fit_svm(X_tr[chosen], train.y, folds, cfg.svm.model_copy(update={"class_weight": other}),
                      parts=parts[chosen])
     scores[f"deployed@{other}"] = score(test.rows, test.cols, test.y, predict_with_confidence(alt, X_te[chosen])[0],
                                         patch_px=p, n_classes=K)
+    scores["deployed@unsmoothed"] = scores[chosen]  # what the smoothing added, on the same cells
     # the floor any classifier must clear: the most common class of the (unsubsampled) training region
     majority = np.bincount(grids.labels[split.train_rows, split.train_cols]).argmax()
     scores["majority"] = score(test.rows, test.cols, test.y, np.full_like(test.y, majority), patch_px=p, n_classes=K)
@@ -95,7 +106,8 @@ def evaluate_split(cfg: RunConfig, bundle: ModelBundle, arrays: list, grids: Lab
                                      per_class=cfg.evaluate.sparse_per_class, repeats=cfg.evaluate.sparse_repeats,
                                      patch_px=p, n_classes=K, svm_cfg=cfg.svm, seed=cfg.evaluate.seed, parts=parts)
         sparse["draws"]["deployed"] = sparse["draws"][chosen]
-    return {"seed": cfg.evaluate.seed, "classes": grids.classes, "scores": scores, "chosen": chosen, "svm": infos,
+    return {"seed": cfg.evaluate.seed, "classes": grids.classes, "scores": scores, "chosen": chosen,
+            "smooth_px": int(radius), "svm": infos,
             "n_train": int(len(train.y)), "n_test": int(len(test.y)), "n_test_available": int(split.test_rows.size),
             "sparse": sparse, "test_features": X_te[chosen], "test_labels": test.y}
 
@@ -157,14 +169,19 @@ def deployed(cfg: RunConfig, bundle: ModelBundle, splits: list[dict], size: dict
     """What the map uses and how each part was chosen: the report's ``deployed``; ``size`` is the patch
     size's selection (:func:`magpipe.stages.patches.patch_size_record`) when it was chosen."""
     auto = cfg.svm.features == "auto"
-    return {"features": bundle.feature_set, "patch_px": bundle.patch_px,
+    smoothing = bundle.meta.get("selection", {}).get("smoothing", {})
+    return {"features": bundle.feature_set, "patch_px": bundle.patch_px, "smooth_px": bundle.smooth_px,
             "objective": bundle.meta.get("training", {}).get("objective", "reconstruct"), "readout": bundle.readout,
             "chosen_by": {"features": "validation: blocked CV on the training region, among "
                           + ", ".join(candidates(cfg)) if auto else "configuration",
                           "patch_px": "validation on the first split's training region, among "
                           + ", ".join(map(str, size["sizes"])) if size else "configuration",
+                          "smooth_px": "validation: blocked CV on the training region, among radii "
+                          + ", ".join(smoothing["cv"]) if smoothing.get("cv") else "configuration",
                           "objective": "configuration"},
             "validation": bundle.meta.get("selection", {}).get("cv", {}),
+            "smoothing_validation": smoothing.get("cv", {}),
+            "per_split_smooth_px": [sp["smooth_px"] for sp in splits],
             "patch_size_validation": size["validation"] if size else {},
             "per_split": [sp["chosen"] for sp in splits]}
 
@@ -176,9 +193,9 @@ def controls(summary: dict, runs: list[dict], deployed: dict) -> dict:
     sets = {n: {m: {"mean": summary[m][n], "std": summary[f"{m}_std"][n]} for m in METRICS}
             for n in summary[METRICS[0]]}
     best = max(CLASSICAL, key=lambda n: summary["balanced_accuracy"][n])
-    weighted = next(n for n in sets if n.startswith("deployed@"))
+    weighted = next(f"deployed@{w}" for w in OTHER_WEIGHT if f"deployed@{w}" in sets)
     pairs = [("ae", "random"), ("ae", best), ("ae+stats", "stats"), ("deployed", best), ("deployed", weighted),
-             ("ae", "raw")]
+             ("deployed", "deployed@unsmoothed"), ("ae", "raw")]
     pairs = list(dict.fromkeys(pairs))  # ae against raw once, when raw is the best classical set
     diffs = [paired(a, b, m, runs) for a, b in pairs for m in METRICS]
     bal = {(d["a"], d["b"]): d for d in diffs if d["metric"] == "balanced_accuracy"}

@@ -22,6 +22,7 @@ from magpipe.objectives import NEIGHBOUR_FRACTION
 from magpipe.patches import neighbour_centres, stack_patches
 from magpipe.stages.patches import resolved_config
 from magpipe.splits import Cells, cv_folds, labelled_split, training_cells
+from magpipe.smoothing import radius_scores
 from magpipe.stages.inputs import input_stack
 from magpipe.svm import fit_svm
 from magpipe.training import TrainResult, train_autoencoder
@@ -97,6 +98,40 @@ def choose_features(fits: dict[str, tuple], cfg: RunConfig) -> tuple[str, object
     return chosen, *fits[chosen], table
 
 
+def smoothing_radii(cfg: RunConfig) -> tuple[int, ...]:
+    """The radii ``smooth_px: auto`` tries: ``svm.smooth_radii`` up to one patch width, the CV folds' gap,
+    so a validation cell's window never reaches a cell the fold's SVM was fitted on."""
+    return tuple(r for r in cfg.svm.smooth_radii if r <= cfg.patches.patch_px) or (0,)
+
+
+def choose_smoothing(fs, arrays: list, scaling: StackScaling, cells: Cells, info: dict, cfg: RunConfig
+                     ) -> tuple[int, dict]:
+    """The map's smoothing radius: ``svm.smooth_px``, or under ``auto`` the radius of :func:`smoothing_radii`
+    chosen by blocked CV on the training ``cells`` with the one-standard-error rule (smallest first).
+
+    Each fold refits the SVM of feature set ``fs`` with the searched C and gamma (``info``) on its fitting
+    cells and classifies its validation blocks densely, smoothed at every radius. Returns the radius and
+    the table (radius -> CV summary; empty when nothing was chosen).
+    """
+    if cfg.svm.smooth_px != "auto":
+        return int(cfg.svm.smooth_px), {}
+    radii = smoothing_radii(cfg)
+    if len(radii) == 1:
+        return radii[0], {}
+    X = cell_features({"set": fs}, arrays, scaling, cells.rows, cells.cols)["set"]
+    fixed = cfg.svm.model_copy(update={"C": (info["C"],), "gamma_scale": (info["gamma"] * X.shape[1],)})
+
+    def fit(idx: np.ndarray):
+        return fit_svm(X[idx], cells.y[idx], np.zeros(len(idx)), fixed, parts=part_sizes(fs))[0]
+
+    table = radius_scores(fit, fs, scaling, arrays, cells, cv_folds(cells, cfg), radii,
+                          block_px=cfg.evaluate.block_patches * cfg.patches.patch_px)
+    chosen = int(best_by_validation(table, [str(r) for r in radii]))
+    log.info("train: smoothing radius %d chosen on validation (%s)", chosen, ", ".join(
+        f"{r}: {v['cv_balanced_accuracy']:.3f}" for r, v in table.items()))
+    return chosen, table
+
+
 @locks_output
 def run_train(out: str | Path, cfg: RunConfig, *, progress=None) -> Path:
     """Train the autoencoder and the SVM; skipped when the bundle was made from the same inputs and options.
@@ -129,14 +164,17 @@ def run_train(out: str | Path, cfg: RunConfig, *, progress=None) -> Path:
     cells = training_cells(split, grids.labels, cfg)
     chosen, svm, svm_info, table = choose_features(fit_candidates(result.model, arrays, scaling, cells, cfg), cfg)
     layers = resolve_layers(result.model, cfg.model.layers)
+    fs = feature_set(chosen, result.model, layers, readout=cfg.model.readout, seed=cfg.model.seed)
+    radius, smoothing = choose_smoothing(fs, arrays, scaling, cells, svm_info, cfg)
     bundle = ModelBundle(result.model, svm, layers, scaling, grids.classes, cfg.model.anomaly_px,
-                         inputs=names, feature_set=chosen, readout=cfg.model.readout, meta={
+                         inputs=names, feature_set=chosen, readout=cfg.model.readout, smooth_px=radius, meta={
         "input_hash": h, "config": cfg.saved(), "survey_source": sattrs.get(S.SOURCE),
         "training": {"objective": cfg.model.objective, "history": result.history, "best_epoch": result.best_epoch,
                      "best_val_loss": result.best_val_loss, "device": result.device, "seconds": train_s,
                      "n_patches": len(raw)},
         "svm": {**svm_info, "n_train": len(cells.y)},
-        "selection": {"features": cfg.svm.features, "chosen": chosen, "cv": table},
+        "selection": {"features": cfg.svm.features, "chosen": chosen, "cv": table,
+                      "smoothing": {"smooth_px": cfg.svm.smooth_px, "chosen": radius, "cv": smoothing}},
     })
     save_bundle(bundle, lay.model)
     lay.checkpoint(h).unlink(missing_ok=True)
