@@ -12,6 +12,7 @@ from magpipe.testing import tiny_config
 
 
 def test_auto_patch_size_is_chosen_on_validation_and_used_by_every_stage(survey_files, tmp_path):
+    from magpipe.evaluation import best_by_validation
     from magpipe.pipeline import run_classify, run_evaluate, run_ingest, run_labels, run_patches, run_train
 
     out = tmp_path / "run"
@@ -24,8 +25,11 @@ def test_auto_patch_size_is_chosen_on_validation_and_used_by_every_stage(survey_
     run_patches(out, cfg)
     choice = json.loads(Layout(out).patch_size.read_text())
     assert choice["sizes"] == [9, 13, 17]  # 41 px does not fit a quarter of the 96-cell side
-    best = {int(p): max(v.values()) for p, v in choice["validation"].items()}
-    assert choice["chosen"] == max(best, key=lambda p: (best[p], -p))
+    best = {}  # each size by its best set; the smallest within one standard error of the best wins
+    for p, scores in choice["validation"].items():
+        name = max(scores, key=scores.get)
+        best[p] = {"cv_balanced_accuracy": scores[name], "cv_se": choice["validation_se"][p][name]}
+    assert choice["chosen"] == int(best_by_validation(best, ["9", "13", "17"]))
     assert set(choice["validation"]["9"]) == {"ae", "stats", "ae+stats"}
     assert open_store(Layout(out).patches)["patch"].shape[-1] == choice["chosen"]
     assert resolved_config(Layout(out), cfg).patches.patch_px == choice["chosen"]

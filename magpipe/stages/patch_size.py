@@ -8,7 +8,9 @@ auto``) is scored by the SVM's blocked CV on the training region, with a gap of 
 width around each validation block (:func:`magpipe.splits.cv_folds`): without it, large
 patches straddling fold boundaries see their validation cells and win. All sizes see the same
 training cells: the spatial split of the largest size (its blocks and gap), so no test
-block is ever used. The size whose best set scores highest wins; ties go to the smaller.
+block is ever used. Each size is scored by its best set, and the smallest size within one
+standard error of the best wins (the one-standard-error rule, as for the feature set): a larger
+patch costs more per cell and blurs contacts, so it has to beat a smaller one by more than noise.
 
 The choice is made once, on the deployed (first) split's training region; the report says
 so. The patches stage calls this, and the later stages read the choice back
@@ -23,6 +25,7 @@ import time
 
 from magpipe.config import RunConfig
 from magpipe.errors import DataValidationError
+from magpipe.evaluation import best_by_validation
 from magpipe.io import schema as S
 from magpipe.io.schema import Layout
 from magpipe.io.stores import content_hash, write_json
@@ -50,9 +53,9 @@ def sizes_for(cfg: RunConfig, shape: tuple[int, int]) -> list[int]:
     return fits or usable[:1]
 
 
-def size_scores(lay: Layout, cfg: RunConfig, cells: Cells) -> dict[str, float]:
-    """Validation balanced accuracy (blocked CV on ``cells``) of each candidate feature set at ``cfg``'s
-    patch size, from a quick encoder of that size."""
+def size_scores(lay: Layout, cfg: RunConfig, cells: Cells) -> dict[str, dict]:
+    """Validation balanced accuracy (blocked CV on ``cells``: ``cv_balanced_accuracy``, ``cv_se``) of each
+    candidate feature set at ``cfg``'s patch size, from a quick encoder of that size."""
     quick = cfg.model.model_copy(update={"epochs": min(cfg.model.epochs, SELECT_EPOCHS)})
     cfg = cfg.model_copy(update={"model": quick, "patches": cfg.patches.model_copy(
         update={"n_patches": min(cfg.patches.n_patches, SELECT_PATCHES)})})
@@ -60,8 +63,8 @@ def size_scores(lay: Layout, cfg: RunConfig, cells: Cells) -> dict[str, float]:
     arrays, scaling = input_stack(lay, cfg.patches.inputs)
     model = fit_autoencoder(raw, scaling, cfg, views=second_views(arrays, rows, cols, cfg)).model
     # cv_folds at this size: blocks and gap grow with the patch
-    return {n: info["cv_balanced_accuracy"] for n, (_, info) in fit_candidates(model, arrays, scaling, cells,
-                                                                               cfg).items()}
+    return {n: {k: info[k] for k in ("cv_balanced_accuracy", "cv_se")}
+            for n, (_, info) in fit_candidates(model, arrays, scaling, cells, cfg).items()}
 
 
 def choose_patch_size(lay: Layout, cfg: RunConfig) -> RunConfig:
@@ -71,7 +74,7 @@ def choose_patch_size(lay: Layout, cfg: RunConfig) -> RunConfig:
     Raises DataValidationError when the labels cannot be split at the largest size tried.
     """
     attrs = survey_attrs(lay.survey)
-    h = content_hash("patch-size-v1", str(attrs[S.HASH]), str(attrs.get(S.LABELS_HASH)),
+    h = content_hash("patch-size-v2", str(attrs[S.HASH]), str(attrs.get(S.LABELS_HASH)),
                      *(cfg.section_json(s) for s in ("patches", "model", "svm", "evaluate")))
     done = patch_size_record(lay)
     if done.get("hash") == h:
@@ -84,13 +87,20 @@ def choose_patch_size(lay: Layout, cfg: RunConfig) -> RunConfig:
     table = {}
     for p in sizes:
         table[p] = size_scores(lay, with_patch_px(cfg, p), cells)
-        log.info("patch size %d px: validation %s", p, ", ".join(f"{n} {v:.3f}" for n, v in table[p].items()))
-    best = {p: max((v for v in scores.values() if v == v), default=float("-inf")) for p, scores in table.items()}
-    chosen = max(sizes, key=lambda p: (best[p], -p))
+        log.info("patch size %d px: validation %s", p, ", ".join(
+            f"{n} {v['cv_balanced_accuracy']:.3f}" for n, v in table[p].items()))
+    def score(v: dict) -> float:
+        return float("-inf") if v["cv_balanced_accuracy"] != v["cv_balanced_accuracy"] else v["cv_balanced_accuracy"]
+
+    best = {str(p): max(table[p].values(), key=score) for p in sizes}  # each size by its best set
+    chosen = int(best_by_validation(best, [str(p) for p in sorted(sizes)]))
     log.info("patch size: %d px chosen on validation, from %s", chosen, sizes)
-    write_json({"hash": h, "chosen": chosen, "sizes": sizes, "validation": {str(p): v for p, v in table.items()},
+    write_json({"hash": h, "chosen": chosen, "sizes": sizes,
+                "validation": {str(p): {n: v["cv_balanced_accuracy"] for n, v in t.items()} for p, t in table.items()},
+                "validation_se": {str(p): {n: v["cv_se"] for n, v in t.items()} for p, t in table.items()},
                 "how": "blocked CV balanced accuracy on the first split's training region, the best feature set of "
-                       f"each size, a quick encoder per size ({SELECT_PATCHES} patches, {SELECT_EPOCHS} epochs)",
+                       "each size, the smallest size within one standard error of the best,"
+                       f" a quick encoder per size ({SELECT_PATCHES} patches, {SELECT_EPOCHS} epochs)",
                 "seconds": time.perf_counter() - t0}, lay.patch_size)
     return with_patch_px(cfg, chosen)
 
