@@ -36,6 +36,7 @@ TRUSTED_SKOPS_TYPES = [
     "sklearn.model_selection._split.StratifiedKFold",
     "magpipe.svm.PartScaler",
     "magpipe.svm.RBFFeatures",
+    "magpipe.svm.VoteWithProbabilities",
 ]
 
 
@@ -46,7 +47,7 @@ class ModelBundle:
     Attributes
     ----------
     model : the trained autoencoder (eval mode).
-    svm : the calibrated SVM on its features (see :func:`magpipe.svm.fit_svm`).
+    svm : the SVM on its features, with calibrated probabilities (see :func:`magpipe.svm.fit_svm`).
     layers : encoder layers the features are taken from.
     scaling : standardisation of each input grid, in its units (nT for the field).
     classes : the K class names; code k is ``classes[k - 1]``.

@@ -19,8 +19,7 @@ from magpipe.io.schema import NODATA_CLASS, Layout
 from magpipe.io.survey import open_inputs
 from magpipe.model import dense_anomaly
 from magpipe.patches import read_stack
-from magpipe.smoothing import smooth_proba, window_proba
-from magpipe.svm import best_class
+from magpipe.smoothing import smoothed_class, window_scores
 from magpipe.tiling import Tile
 
 __all__ = ["NODATA_CLASS", "classify_window", "classify_array", "classify_tile", "window_masks"]
@@ -49,7 +48,7 @@ def classify_window(bundle: ModelBundle, window: np.ndarray) -> tuple[np.ndarray
     Returns
     -------
     class : (H, W) int16, 1..K, 0 = no data.
-    confidence : (H, W) float32, (smoothed) probability of the class.
+    confidence : (H, W) float32, (smoothed) calibrated probability of the class.
     anomaly : (H, W) float32, mean squared reconstruction error of the central
         ``anomaly_px`` window, standardised units.
     """
@@ -59,10 +58,10 @@ def classify_window(bundle: ModelBundle, window: np.ndarray) -> tuple[np.ndarray
     if not inner.any():
         return (np.full(shape, NODATA_CLASS, dtype="int16"), np.full(shape, np.nan, dtype="float32"),
                 np.full(shape, np.nan, dtype="float32"))
-    proba = window_proba(bundle.svm, bundle.features, bundle.scaling, window)  # interior + r
-    cls, conf = best_class(bundle.svm, smooth_proba(proba, r), axis=0)
+    scores = window_scores(bundle.svm, bundle.features, bundle.scaling, window)  # interior + r
+    cls, conf = smoothed_class(bundle.svm, scores, r)
     cls[~inner], conf[~inner] = NODATA_CLASS, np.nan
-    del proba
+    del scores
     x = window_input(bundle.scaling, window)
     a = dense_anomaly(bundle.model, x, torch.from_numpy(valid)[None, None], bundle.anomaly_px).numpy()
     anom = np.full(shape, np.nan, dtype="float32")

@@ -1,4 +1,7 @@
-"""Spatial smoothing of class probabilities: their mean over a (2r + 1)^2 window, no-data left out.
+"""Spatial smoothing of the SVM's class scores: their mean over a (2r + 1)^2 window, no-data left out.
+
+The class is that of the mean vote (the SVM's decision values), the confidence the mean calibrated
+probability of that class (:func:`magpipe.svm.class_scores`).
 
 Map units are tens of cells across, while the SVM's errors are mostly single cells and small
 specks, so a probability averaged over a few neighbours is often the better guess. How far to
@@ -18,11 +21,11 @@ from sklearn.metrics import balanced_accuracy_score
 from magpipe.features import FeatureSet, StackScaling, window_input
 from magpipe.model import box_sum64
 from magpipe.patches import read_stack
-from magpipe.svm import best_class, class_probabilities
+from magpipe.svm import best_class, class_scores
 
 
 def smooth_proba(proba: np.ndarray, radius: int) -> np.ndarray:
-    """Mean of each class's probability over the valid cells of every cell's (2r + 1)^2 window.
+    """Mean of each class's score (vote or probability) over the valid cells of every cell's (2r + 1)^2 window.
 
     ``proba`` is (K, H + 2r, W + 2r) float32 with NaN at no-data cells: the interior and a halo of
     ``radius`` cells (beyond the survey's edge is no data). Returns the interior, (K, H, W) float32,
@@ -39,28 +42,38 @@ def smooth_proba(proba: np.ndarray, radius: int) -> np.ndarray:
     return out
 
 
-def dense_proba(svm, feats: np.ndarray, cells: np.ndarray, *, batch: int = 8192) -> np.ndarray:
-    """Class probabilities (K, H, W) float32 of the ``cells`` (H, W) bool of a dense (F, H, W) feature
-    map, NaN elsewhere; predicted in row strips of about ``batch`` cells, so the copy stays small."""
+def dense_scores(svm, feats: np.ndarray, cells: np.ndarray, *, batch: int = 8192) -> np.ndarray:
+    """The SVM's votes and probabilities (2, K, H, W) float32 (:func:`magpipe.svm.class_scores`) of the
+    ``cells`` (H, W) bool of a dense (F, H, W) feature map, NaN elsewhere; predicted in row strips of
+    about ``batch`` cells, so the copy stays small."""
     K, (H, W) = len(svm.classes_), cells.shape
-    out = np.full((K, H, W), np.nan, dtype=np.float32)
+    out = np.full((2, K, H, W), np.nan, dtype=np.float32)
     rows = max(1, batch // max(W, 1))
     for r0 in range(0, H, rows):
         sel = cells[r0 : r0 + rows]
         if sel.any():
-            out[:, r0 : r0 + rows][:, sel] = class_probabilities(svm, feats[:, r0 : r0 + rows][:, sel].T).T
+            votes, proba = class_scores(svm, feats[:, r0 : r0 + rows][:, sel].T)
+            out[0, :, r0 : r0 + rows][:, sel], out[1, :, r0 : r0 + rows][:, sel] = votes.T, proba.T
     return out
 
 
-def window_proba(svm, features: FeatureSet, scaling: StackScaling, window: np.ndarray) -> np.ndarray:
-    """Probabilities (K, H, W) of every valid cell of a raw (C, H + 2h, W + 2h) window with halo
-    h = p // 2 (NaN = no data; NaN out), from the dense features of ``features``."""
+def window_scores(svm, features: FeatureSet, scaling: StackScaling, window: np.ndarray) -> np.ndarray:
+    """Votes and probabilities (2, K, H, W) of every valid cell of a raw (C, H + 2h, W + 2h) window with
+    halo h = p // 2 (NaN = no data; NaN out), from the dense features of ``features``."""
     h = features.patch_px // 2
     valid = np.isfinite(window).all(0)
     cells = valid[h:-h, h:-h] if h else valid
     if not cells.any():
-        return np.full((len(svm.classes_), *cells.shape), np.nan, dtype=np.float32)
-    return dense_proba(svm, features.dense(window_input(scaling, window)), cells)
+        return np.full((2, len(svm.classes_), *cells.shape), np.nan, dtype=np.float32)
+    return dense_scores(svm, features.dense(window_input(scaling, window)), cells)
+
+
+def smoothed_class(svm, scores: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class and confidence (H, W) from votes and probabilities (2, K, H + 2r, W + 2r), each averaged
+    over the radius-r window (:func:`smooth_proba`): the class of the mean vote, the mean probability
+    of that class. Class 0 and confidence NaN at no-data cells."""
+    votes, proba = smooth_proba(scores[0], radius), smooth_proba(scores[1], radius)
+    return best_class(svm, votes, proba, axis=0)
 
 
 def block_predictions(svm, features: FeatureSet, scaling: StackScaling, arrays: list, rows: np.ndarray,
@@ -79,12 +92,13 @@ def block_predictions(svm, features: FeatureSet, scaling: StackScaling, arrays: 
         idx = np.flatnonzero(block == b)
         y0, x0 = rows[idx].min(), cols[idx].min()
         y1, x1 = rows[idx].max() + 1, cols[idx].max() + 1
-        proba = window_proba(svm, features, scaling, read_stack(arrays, y0 - r_max, y1 + r_max, x0 - r_max,
-                                                                  x1 + r_max, h))
+        votes = window_scores(svm, features, scaling, read_stack(arrays, y0 - r_max, y1 + r_max, x0 - r_max,
+                                                                  x1 + r_max, h))[0]
         for r in radii:
             cut = r_max - r
-            sm = smooth_proba(proba[:, cut : proba.shape[1] - cut, cut : proba.shape[2] - cut], r)
-            out[r][idx] = best_class(svm, sm[:, rows[idx] - y0, cols[idx] - x0], axis=0)[0]
+            sm = smooth_proba(votes[:, cut : votes.shape[1] - cut, cut : votes.shape[2] - cut], r)
+            at = sm[:, rows[idx] - y0, cols[idx] - x0]
+            out[r][idx] = best_class(svm, at, at, axis=0)[0]  # the class of the mean vote
     return out
 
 
