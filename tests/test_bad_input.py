@@ -123,6 +123,17 @@ def test_class_with_too_few_cells_names_the_class(survey_files, tmp_path, config
     assert not (out / "model" / "metadata.json").exists()
 
 
+def test_labels_of_a_single_class_are_refused_before_training(survey_files, tmp_path):
+    out = tmp_path / "out"
+    assert magpipe("ingest", survey_files["survey"], "--out", out).returncode == 0
+    lab = write_labels_raster(np.where(survey_files["truth"] > 0, 2, 0), survey_files["field"], tmp_path / "one.tif")
+    r = magpipe("labels", lab, "--out", out)
+    assert_one_line_error(r, "one.tif", "labels hold 1 class", "at least two")
+    run = magpipe("run", survey_files["survey"], "--labels", lab, "--out", tmp_path / "run")
+    assert_one_line_error(run, "one.tif", "labels hold 1 class")
+    assert not (tmp_path / "run" / "patches.zarr").exists()  # refused before any patch is cut or model trained
+
+
 def test_label_codes_missing_from_the_class_table(survey_files, tmp_path):
     out = tmp_path / "out"
     assert magpipe("ingest", survey_files["survey"], "--out", out).returncode == 0

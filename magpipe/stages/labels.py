@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from magpipe.config import RunConfig
-from magpipe.errors import InputError
+from magpipe.errors import DataValidationError, InputError
 from magpipe.io import schema as S
 from magpipe.io.labels import read_labels
 from magpipe.io.schema import Layout
@@ -31,6 +31,8 @@ def run_labels(out: str | Path, cfg: RunConfig) -> Path:
     ------
     InputError
         If no label file is given, or it cannot be read or placed (see :func:`magpipe.io.labels.read_labels`).
+    DataValidationError
+        If fewer than two classes have labelled cells on the survey.
     """
     lay, c = Layout(out), cfg.inputs
     if c.labels is None:
@@ -45,8 +47,13 @@ def run_labels(out: str | Path, cfg: RunConfig) -> Path:
         log.info("labels: up to date")
         return lay.survey
     codes, names = read_labels(labels, open_store(lay.survey)[S.FIELD], label_field=c.label_field, classes=c.classes)
-    write_labels(lay.survey, codes, names, source=labels.name, labels_hash=h)
     counts = np.bincount(codes.ravel(), minlength=len(names) + 1)[1:]
+    present = [n for n, k in zip(names, counts) if k]
+    if len(present) < 2:  # checked now, not after the autoencoder has trained
+        raise DataValidationError(f"{labels}: labels hold {len(present)} class{'es' if len(present) != 1 else ''} "
+                                  f"on the survey's cells ({', '.join(present) or 'none'}); a classifier needs "
+                                  "labelled cells of at least two")
+    write_labels(lay.survey, codes, names, source=labels.name, labels_hash=h)
     log.info("labels: %s -> %d classes, %s", labels, len(names),
              ", ".join(f"{n}: {c}" for n, c in zip(names, counts)))
     return lay.survey
