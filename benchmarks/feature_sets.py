@@ -10,7 +10,7 @@ bundle's probability smoothing (``smooth_px``), as the map classifies.
 
 Usage::
 
-    python benchmarks/feature_sets.py RUN [--sets ae stats ae+stats] [--tiles 3] [--json F]
+    python benchmarks/feature_sets.py RUN [--sets ae stats ae+stats] [--tiles 3] [--smooth-px R] [--json F]
 
 (``ae@mean_centre``, the reference, is always timed first.)
 """
@@ -45,14 +45,17 @@ from magpipe.tiling import tiles
 REFERENCE = "ae@mean_centre"
 
 
-def set_rates(run: Path, names: list[str], n_tiles: int, repeats: int) -> dict:
+def set_rates(run: Path, names: list[str], n_tiles: int, repeats: int, smooth_px: int | None = None) -> dict:
     """Cells/s of ``classify_window`` per feature set on the same tiles, one thread, best of ``repeats``.
 
-    A name ``set@readout`` reads the encoder out another way than the run's bundle does.
+    A name ``set@readout`` reads the encoder out another way than the run's bundle does; ``smooth_px``
+    replaces the bundle's smoothing radius (the reference is always unsmoothed).
     """
     lay = Layout(run)
     cfg = resolved_config(lay, RunConfig.load(lay.config))
     base = load_bundle(lay.model)
+    if smooth_px is not None:
+        base = dataclasses.replace(base, smooth_px=smooth_px)
     arrays = open_inputs(lay, base.inputs)
     split, grids = labelled_split(read_label_grids(lay.survey), cfg)
     cells = training_cells(split, grids.labels, cfg)
@@ -91,7 +94,7 @@ def set_rates(run: Path, names: list[str], n_tiles: int, repeats: int) -> dict:
         v["ratio_to_reference"] = v["cells_per_s"] / ref
     return {"run": run.name, "patch_px": base.patch_px, "tile_px": cfg.classify.chunk_px, "tiles": len(picks),
             "cells": n_cells, "readout": base.readout, "reference": REFERENCE, "machine": platform.machine(),
-            "deployed": base.feature_set, "sets": out}
+            "deployed": base.feature_set, "smooth_px": base.smooth_px, "sets": out}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,9 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sets", nargs="+", default=["ae", "stats", "ae+stats"], help="feature sets to time")
     ap.add_argument("--tiles", type=int, default=3, help="tiles classified per set")
     ap.add_argument("--repeats", type=int, default=3, help="timings per set; the fastest counts")
+    ap.add_argument("--smooth-px", type=int, help="smoothing radius of every timed set but the reference "
+                    "(default: the run's bundle's)")
     ap.add_argument("--json", type=Path, help="write the figures here")
     args = ap.parse_args(argv)
-    result = set_rates(args.run, args.sets, args.tiles, args.repeats)
+    result = set_rates(args.run, args.sets, args.tiles, args.repeats, args.smooth_px)
     for name, v in result["sets"].items():
         print(f"{name:>16}: {v['ratio_to_reference']:.2f} x the throughput of {REFERENCE}")
     if args.json:
