@@ -210,8 +210,9 @@ class EvalConfig(_Section):
     test_fraction: float = Field(0.3, gt=0, lt=1, description="Share of labelled blocks held out for testing.")
     max_test_pixels: int = Field(20000, ge=10, description="Test pixels scored (subsampled when more).")
     drop_small_classes: bool = Field(
-        False, description="Drop (with a warning) classes with too few labelled cells on one side of the spatial "
-        "split, instead of refusing to train or evaluate."
+        True, description="Finish what can be finished: a class with fewer than 2 training cells after the "
+        "spatial split is left out of training, and one with no test cells is left out of the scores, each with a "
+        "warning naming it (the report lists unscored classes). False: refuse the run instead."
     )
     splits: int = Field(
         5, ge=1, description="Random spatial splits (seeds seed, seed+1, ...) scored and averaged: one split's few "

@@ -84,6 +84,16 @@ def sparse_table(report: dict) -> str:
     return _table(sp, f"metric ({sp['per_class']} labelled cells per class, {sp['repeats']} draws)")
 
 
+def unscored_sentence(report: dict) -> str:
+    """report.md's words on the classes some splits could not score ('' when every split scored all)."""
+    unscored = report.get("unscored_classes") or {}
+    if not unscored:
+        return ""
+    n = report.get("n_splits", 1)
+    return (" **Not scored** (too few training cells, or none held out, on that split; a class with training cells "
+            "is still mapped): " + ", ".join(f"{c} on {k} of {n} splits" for c, k in unscored.items()) + ".")
+
+
 def selection_section(report: dict) -> list[str]:
     """report.md lines saying what the map deploys and the validation table it was chosen by ([] if none)."""
     dep = report.get("deployed")
@@ -134,7 +144,8 @@ def markdown(report: dict) -> str:
         f"a gap of {sp['gap_px']} px between training and test cells. Accuracy is the mean ± standard "
         f"deviation over {report.get('n_splits', 1)} random spatial split(s) (seeds from {sp['seed']}); per-class "
         "F1 and the confusion matrices are the first split's, the one the deployed model was trained on."
-        + "".join(f" Split seed {sk['seed']} was skipped: {sk['reason']}" for sk in report.get("splits_skipped", [])),
+        + "".join(f" Split seed {sk['seed']} was skipped: {sk['reason']}" for sk in report.get("splits_skipped", []))
+        + unscored_sentence(report),
         "",
         *([report["headline"], ""] if report.get("headline") else []),
         accuracy_table(report),

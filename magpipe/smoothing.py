@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from sklearn.metrics import balanced_accuracy_score
 
+from magpipe.evaluation import balanced_accuracy
 from magpipe.features import FeatureSet, StackScaling, window_input
 from magpipe.model import box_sum64
 from magpipe.patches import read_stack
@@ -117,7 +117,7 @@ def radius_scores(fit_model, features: FeatureSet, scaling: StackScaling, arrays
         pred = block_predictions(fit_model(fit), features, scaling, arrays, cells.rows[val], cells.cols[val], radii,
                                  block_px=block_px)
         for r in radii:
-            per_fold[r].append(balanced_accuracy_score(cells.y[val], pred[r]))
+            per_fold[r].append(balanced_accuracy(cells.y[val], pred[r]))
     return {str(r): {"cv_balanced_accuracy": float(np.mean(s)) if s else float("nan"),
                      "cv_se": float(np.std(s) / np.sqrt(len(s))) if s else float("nan")}
             for r, s in per_fold.items()}

@@ -135,30 +135,37 @@ def subsample_per_class(y: np.ndarray, max_per_class: int, seed: int) -> np.ndar
 def labelled_split(grids: LabelGrids, cfg: RunConfig, *, need_test: bool = False) -> tuple[Split, LabelGrids]:
     """The spatial train/test split of the labelled cells (deterministic from the config).
 
-    Every labelled class needs 2 training cells, and with ``need_test`` (evaluation) a test cell;
-    with ``evaluate.drop_small_classes`` a class short of that is dropped (with a warning) and the
-    returned grids have it unlabelled, else the split is refused with a message naming the class.
+    A class needs 2 training cells to be learnt. Under ``evaluate.drop_small_classes`` (the default)
+    one short of that is left out of training with a warning naming it (the map cannot call it, and
+    its test cells are not scored); with ``need_test`` (evaluation) a class with training cells but no
+    test cell stays in training and is simply not scored (warned; see :func:`unscored_classes`). With
+    the option off, either is refused with a message naming the class.
 
     Returns
     -------
     The :class:`Split` (blocks of ``evaluate.block_patches`` patch widths, a gap of one patch width)
-    and the label grids it was made from.
+    and the label grids it was made from (without the classes left out).
 
     Raises
     ------
     DataValidationError
-        If the labels cannot be split spatially, or a class is short and not dropped.
+        If the labels cannot be split spatially, fewer than two classes can be learnt, with
+        ``need_test`` no class can be scored, or a class is short and the option is off.
     """
     classes, p = grids.classes, cfg.patches.patch_px
     split = _split(grids, cfg)
     short = short_classes(split, grids.labels, len(classes), need_test=need_test)
     if short and cfg.evaluate.drop_small_classes:
-        log.warning("dropping classes %s: too few labelled cells on one side of the spatial split",
-                    ", ".join(classes[k] for k in short))
-        grids = grids.replace_labels(
-            np.where(np.isin(grids.labels, [k + 1 for k in short]), 0, grids.labels).astype(grids.labels.dtype))
-        split = _split(grids, cfg)
-        short = short_classes(split, grids.labels, len(classes), need_test=need_test)
+        unlearnt = short_classes(split, grids.labels, len(classes), need_test=False)
+        while unlearnt:  # a new split without them can leave another class short: until none is
+            log.warning("classes %s left out: fewer than 2 labelled training cells after the spatial split "
+                        "(blocks of %d px); the map cannot call them", ", ".join(classes[k] for k in unlearnt),
+                        cfg.evaluate.block_patches * p)
+            grids = grids.replace_labels(np.where(np.isin(grids.labels, [k + 1 for k in unlearnt]), 0,
+                                                  grids.labels).astype(grids.labels.dtype))
+            split = _split(grids, cfg)
+            unlearnt = short_classes(split, grids.labels, len(classes), need_test=False)
+        short = []  # classes with training cells but no test cell are kept: learnt, mapped, not scored
     if short:
         n_train, n_test = class_counts(split, grids.labels, len(classes))
         raise DataValidationError(
@@ -166,7 +173,32 @@ def labelled_split(grids: LabelGrids, cfg: RunConfig, *, need_test: bool = False
             "labelled cells for class "
             + ", ".join(f"'{classes[k]}' ({n_train[k]} training, {n_test[k]} test cells)" for k in short)
             + "; label more of it, lower evaluate.block_patches, or set evaluate.drop_small_classes")
+    n_train, n_test = class_counts(split, grids.labels, len(classes))
+    if (n_train >= 2).sum() < 2:
+        raise DataValidationError(
+            f"{grids.source}: after the spatial split (blocks of {cfg.evaluate.block_patches * p} px) fewer than "
+            f"two classes have 2 training cells ({_counts(classes, n_train, n_test)}); label more, or lower "
+            "evaluate.block_patches")
+    if need_test:
+        if not ((n_train >= 2) & (n_test >= 1)).any():
+            raise DataValidationError(
+                f"{grids.source}: after the spatial split (blocks of {cfg.evaluate.block_patches * p} px) no class "
+                f"has both training and test cells ({_counts(classes, n_train, n_test)}); nothing can be scored")
+        missing = unscored_classes(split, grids)
+        if missing:
+            log.warning("classes %s not scored on split seed %d: no test cells (they are still learnt and mapped)",
+                        ", ".join(missing), cfg.evaluate.seed)
     return split, grids
+
+
+def unscored_classes(split: Split, grids: LabelGrids) -> list[str]:
+    """Names of the classes learnt on ``split`` (2 training cells or more) with no test cell there."""
+    n_train, n_test = class_counts(split, grids.labels, len(grids.classes))
+    return [c for c, a, b in zip(grids.classes, n_train, n_test) if a >= 2 and b == 0]
+
+
+def _counts(classes: list[str], n_train: np.ndarray, n_test: np.ndarray) -> str:
+    return ", ".join(f"{c}: {a} training, {b} test" for c, a, b in zip(classes, n_train, n_test) if a + b)
 
 
 def _split(grids: LabelGrids, cfg: RunConfig) -> Split:

@@ -105,22 +105,56 @@ def _labelled_run(survey_files, tmp_path, labels: np.ndarray, *, field=None) -> 
 
 def test_survey_smaller_than_a_patch(survey_files, tmp_path, config_file):
     small = survey_files["field"][:7, :40]
-    out = _labelled_run(survey_files, tmp_path, survey_files["truth"][:7, :40], field=small)
+    two_classes = np.broadcast_to(np.where(np.arange(40) < 20, 1, 2), (7, 40))
+    out = _labelled_run(survey_files, tmp_path, two_classes, field=small)
     r = magpipe("train", "--out", out, "--config", config_file)
     assert_one_line_error(r, "survey.zarr", "7 x 40 cells", "smaller than one 9 px patch")
     assert not (out / "model" / "metadata.json").exists()
 
 
-def test_class_with_too_few_cells_names_the_class(survey_files, tmp_path, config_file):
-    truth = survey_files["truth"].copy()
+def _one_cell_of_class_3(truth: np.ndarray) -> np.ndarray:
+    truth = truth.copy()
     truth[:, 80:] = 0
     rows, cols = np.nonzero(truth == 3)
     truth[truth == 3] = 1
     truth[rows[0], cols[0]] = 3  # one cell of class 3: it can be trained or tested, not both
-    out = _labelled_run(survey_files, tmp_path, truth)
-    r = magpipe("train", "--out", out, "--config", config_file)
+    return truth
+
+
+def test_class_with_too_few_cells_names_the_class_when_asked_to_refuse(survey_files, tmp_path, config_file):
+    out = _labelled_run(survey_files, tmp_path, _one_cell_of_class_3(survey_files["truth"]))
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(config_file.read_text().replace(
+        "drop_small_classes: true", "drop_small_classes: false"))
+    assert "drop_small_classes: false" in strict.read_text()
+    r = magpipe("train", "--out", out, "--config", strict)
     assert_one_line_error(r, "survey.zarr", "too few labelled cells for class 'class_3'")
     assert not (out / "model" / "metadata.json").exists()
+
+
+def test_a_class_that_cannot_be_scored_is_left_out_and_the_run_finishes(survey_files, tmp_path, config_file):
+    """By default a run finishes what it can: the short class is named in a warning and in the report."""
+    lab = write_labels_raster(_one_cell_of_class_3(survey_files["truth"]), survey_files["field"],
+                              tmp_path / "labels.tif")
+    out = tmp_path / "run"
+    r = magpipe("run", survey_files["survey"], "--labels", lab, "--config", config_file, "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert "class_3" in r.stderr and "left out" in r.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["unscored_classes"] == {"class_3": report["n_splits"]}
+    assert all(sp["unscored"] == ["class_3"] for sp in report["splits"])
+    assert "**Not scored**" in (out / "report.md").read_text() and is_complete(out / "classified.zarr")
+
+
+def test_labels_that_leave_nothing_to_score_are_refused_before_training(survey_files, tmp_path, config_file):
+    truth = np.zeros_like(survey_files["truth"])
+    truth[:8, :8], truth[-8:, -8:] = 1, 2  # two small patches: each falls on one side of the split only
+    lab = write_labels_raster(truth, survey_files["field"], tmp_path / "labels.tif")
+    out = tmp_path / "run"
+    r = magpipe("run", survey_files["survey"], "--labels", lab, "--config", config_file, "--out", out)
+    assert r.returncode == 2 and r.stderr.count("error:") == 1, r.stderr
+    assert "survey.zarr" in r.stderr and "Traceback" not in r.stderr
+    assert not (out / "model").exists() and not list(out.glob("train-*.ckpt"))  # nothing trained
 
 
 def test_labels_of_a_single_class_are_refused_before_training(survey_files, tmp_path):

@@ -12,13 +12,14 @@ from magpipe.testing import tiny_config
 def test_rondonia_vector_labels_in_another_crs_run_end_to_end(shared_data, tmp_path):
     """Survey in EPSG:4674 degrees, 8 lithology units as polygons with field SIGLA_UNID."""
     rondonia = shared_data / "rondonia-cprm"
-    # two small units fall wholly inside test blocks: dropped explicitly, never silently
+    # small units fall wholly inside or outside test blocks: left out of training or of the scores, named
     cfg = tiny_config(evaluate={"block_patches": 3, "drop_small_classes": True}, classify={"chunk_px": 64})
     cfg = cfg.with_inputs(survey=rondonia / "features_tif" / "Rondonia_Geof_GT.tif",
                           labels=rondonia / "target" / "Litologia.gpkg", label_field="SIGLA_UNID")
     report = run_all(tmp_path, cfg)
     assert len(report["classes"]) == 8 and "PP4jaar" in report["classes"]
     assert report["n_train"] > 100 and report["n_test"] > 100
+    assert "MP1_gamma_prc4" in report["unscored_classes"]  # learnt and mapped, never held out: not scored
     with pytest.raises(DataValidationError, match="too few labelled cells for class 'MP1_gamma_prc4'"):
         run_evaluate(tmp_path, cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(
             update={"drop_small_classes": False})}))

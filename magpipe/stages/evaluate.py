@@ -60,13 +60,17 @@ def evaluate_split(cfg: RunConfig, bundle: ModelBundle, arrays: list, grids: Lab
     :func:`magpipe.evaluation.score` dicts; ``deployed@prior`` or ``deployed@balanced``: the deployed set
     under the other class weighting, unsmoothed; ``deployed@unsmoothed``: the deployed set without the
     map's smoothing), ``chosen`` (the set ``deployed`` is), ``smooth_px`` (its smoothing radius, chosen
-    as the map's is: :func:`magpipe.stages.train.choose_smoothing`), ``svm`` search summaries, cell
+    as the map's is: :func:`magpipe.stages.train.choose_smoothing`), ``unscored`` (labelled classes with no
+    scored test cell on this split: too few training cells, or none held out), ``svm`` search summaries, cell
     counts, ``sparse`` scores (or None), and the deployed set's ``test_features`` (n, F) float32 with their
     ``test_labels`` (n,) for the embedding view.
     Raises DataValidationError when a class falls short on one side of the split.
     """
+    labelled = np.flatnonzero(np.bincount(grids.labels.ravel(), minlength=len(grids.classes) + 1)[1:])
     split, grids = labelled_split(grids, cfg, need_test=True)
     train, test = training_cells(split, grids.labels, cfg), holdout_cells(split, grids.labels, cfg)
+    scored = set(np.unique(test.y).tolist())
+    unscored = [grids.classes[k] for k in labelled if k + 1 not in scored]
     p, K = bundle.patch_px, len(grids.classes)
     sets = evaluation_sets(bundle, cfg)
     parts = {name: part_sizes(fs) for name, fs in sets.items()}
@@ -107,7 +111,7 @@ def evaluate_split(cfg: RunConfig, bundle: ModelBundle, arrays: list, grids: Lab
                                      patch_px=p, n_classes=K, svm_cfg=cfg.svm, seed=cfg.evaluate.seed, parts=parts)
         sparse["draws"]["deployed"] = sparse["draws"][chosen]
     return {"seed": cfg.evaluate.seed, "classes": grids.classes, "scores": scores, "chosen": chosen,
-            "smooth_px": int(radius), "svm": infos,
+            "smooth_px": int(radius), "unscored": unscored, "svm": infos,
             "n_train": int(len(train.y)), "n_test": int(len(test.y)), "n_test_available": int(split.test_rows.size),
             "sparse": sparse, "test_features": X_te[chosen], "test_labels": test.y}
 
@@ -148,7 +152,9 @@ def build_report(cfg: RunConfig, bundle: ModelBundle, splits: list[dict], skippe
         **headline,
         "n_splits": len(splits),
         "splits_skipped": skipped,
-        "splits": [{"seed": sp["seed"], "n_train": sp["n_train"], "n_test": sp["n_test"],
+        "unscored_classes": {c: sum(c in sp["unscored"] for sp in splits)
+                             for c in dict.fromkeys(c for sp in splits for c in sp["unscored"])},
+        "splits": [{"seed": sp["seed"], "n_train": sp["n_train"], "n_test": sp["n_test"], "unscored": sp["unscored"],
                     **{m: {n: sp["scores"][n][m] for n in names} for m in METRICS}} for sp in splits],
         **controls(everything, [sp["scores"] for sp in splits], deployed(cfg, bundle, splits, size)),
         "f1": {"ae": dict(zip(classes, ae["f1"])), "raw": dict(zip(classes, raw["f1"])),

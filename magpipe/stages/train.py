@@ -151,6 +151,9 @@ def run_train(out: str | Path, cfg: RunConfig, *, progress=None) -> Path:
     if (lay.model / "metadata.json").exists() and read_bundle_meta(lay.model).get("input_hash") == h:
         log.info("train: %s is up to date", lay.model)
         return lay.model
+    # the labels are split (and checked: learnable and scorable classes) before the autoencoder trains
+    split, grids = labelled_split(read_label_grids(lay.survey), cfg, need_test=True)
+    cells = training_cells(split, grids.labels, cfg)
     arrays, scaling = input_stack(lay, names)
     raw = pds["patch"].values
     t0 = time.perf_counter()
@@ -160,8 +163,6 @@ def run_train(out: str | Path, cfg: RunConfig, *, progress=None) -> Path:
     lay.model.mkdir(parents=True, exist_ok=True)
     result = fit_autoencoder(raw, scaling, cfg, views=views, checkpoint=lay.checkpoint(h), progress=progress)
     train_s = time.perf_counter() - t0
-    split, grids = labelled_split(read_label_grids(lay.survey), cfg)
-    cells = training_cells(split, grids.labels, cfg)
     chosen, svm, svm_info, table = choose_features(fit_candidates(result.model, arrays, scaling, cells, cfg), cfg)
     layers = resolve_layers(result.model, cfg.model.layers)
     fs = feature_set(chosen, result.model, layers, readout=cfg.model.readout, seed=cfg.model.seed)

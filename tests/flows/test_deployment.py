@@ -49,7 +49,11 @@ def test_local_stack_runs_the_pipeline_deployment(survey_files, tmp_path):
     env = {**os.environ, "PREFECT_PORT": str(port), "PREFECT_HOME": str(home), "PREFECT": str(BIN / "prefect"),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
-    stack = subprocess.Popen(["bash", "deploy/local.sh"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+    # a shell started with SIGINT ignored (a background job of a non-interactive shell, as CI may run
+    # pytest) cannot trap it: give the stack the default disposition, as a terminal's Ctrl-C would find
+    default_int = "import os, signal; signal.signal(signal.SIGINT, signal.SIG_DFL); " \
+                  "os.execvp('bash', ['bash', 'deploy/local.sh'])"
+    stack = subprocess.Popen([sys.executable, "-c", default_int], cwd=REPO, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
     started: list[psutil.Process] = []
     try:
