@@ -56,12 +56,16 @@ def _ingest_cases(d: Path, field: xr.DataArray) -> dict[str, tuple[Path, list[st
     cases["constant values"] = (_tif(flat, d / "flat.tif"), [], ["flat.tif", "same value"])
     cases["line data without spacing"] = (d / "lines.csv", [], ["lines.csv", "--spacing"])
     (d / "lines.csv").write_text("x,y,tmi\n0,0,1\n10,0,2\n")
+    whole = _tif(field, d / "whole.tif").read_bytes()
+    (d / "truncated.tif").write_bytes(whole[: int(len(whole) * 0.6)])  # a download cut short
+    cases["truncated raster"] = (d / "truncated.tif", [], ["truncated.tif", "cannot be read to its end",
+                                                           "truncated"])
     cases["unknown format"] = (d / "survey.jpgx", [], ["survey.jpgx", "unknown survey format"])
     (d / "survey.jpgx").write_text("x")
     return cases
 
 
-CASES = ["missing file", "corrupt raster", "corrupt netcdf", "corrupt zarr", "three dimensions",
+CASES = ["missing file", "corrupt raster", "truncated raster", "corrupt netcdf", "corrupt zarr", "three dimensions",
          "bands without --band", "complex values", "all no-data", "constant values", "line data without spacing",
          "unknown format"]
 

@@ -29,7 +29,7 @@ def run_ingest(out: str | Path, cfg: RunConfig) -> Path:
     Raises
     ------
     InputError
-        If no survey is given or it cannot be read.
+        If no survey is given or it cannot be read (to its end: a truncated file is caught here).
     DataValidationError
         If it is not a usable grid (see :func:`magpipe.io.grids.read_grid`), has no valid cell, or
         all its valid cells hold one value.
@@ -50,10 +50,13 @@ def run_ingest(out: str | Path, cfg: RunConfig) -> Path:
     c = cfg.ingest
     field = read_grid(survey, nodata=c.nodata, band=c.band, variable=c.variable, spacing=c.spacing, crs=c.crs,
                       chunk_px=c.chunk_px)
-    try:
+    try:  # reads every cell once, before anything is written: a file cut short fails here
         scaling = fit_scaling(field)
     except ValueError:
         raise DataValidationError(f"{survey}: has no valid cells (all no-data)") from None
+    except (OSError, RuntimeError) as exc:  # rasterio's read errors are OSErrors, netCDF's RuntimeErrors
+        raise InputError(f"{survey}: cannot be read to its end ({str(exc).splitlines()[0][:120]}); the file "
+                         "may be truncated or corrupt") from None
     if scaling.std < 1e-9:
         raise DataValidationError(f"{survey}: every valid cell has the same value; nothing to learn")
     ds = field.to_dataset()
