@@ -86,8 +86,14 @@ def test_classified_store_is_georeferenced_like_the_survey(trained_run, tmp_path
     field = trained_run["field"]
     assert ds["class"].rio.crs == field.rio.crs
     assert tuple(ds["class"].rio.transform()) == pytest.approx(tuple(field.rio.transform()))
-    tif = export_geotiff(out, "class", tmp_path / "class.tif")
+    tif = export_geotiff(out, "class", tmp_path / "class.tif", blocksize=32)  # small: overviews on 96 x 128
+    import rasterio
     import rioxarray
+
+    with rasterio.open(tif) as src:  # GDAL itself recognises the Cloud-Optimized layout
+        assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        assert src.overviews(1) == [2, 4] and src.block_shapes[0] == (32, 32)
+        assert src.tags(ns="IMAGE_STRUCTURE").get("COMPRESSION") == "DEFLATE"
 
     back = rioxarray.open_rasterio(tif).isel(band=0)
     assert back.rio.crs == field.rio.crs
