@@ -74,10 +74,18 @@ def run_name(survey: str | Path) -> str:
 
 
 def out_run_name() -> str:
-    """Run name of a stage flow from its ``out`` parameter: '<run dir>-<date>'."""
+    """Run name of a stage flow, '<survey>-<date>' as its parent's: from its ``name`` parameter, else the
+    survey its ``config`` names, else its ``out`` directory."""
     from prefect.runtime import flow_run
 
-    return run_name(flow_run.parameters.get("out", "run"))
+    params = flow_run.parameters
+    return run_name(params.get("name") or config_survey(params.get("config")) or params.get("out", "run"))
+
+
+def config_survey(config) -> str | None:
+    """The survey a flow's ``config`` parameter (a dict, as flows pass it) names, if any."""
+    inputs = config.get("inputs") if isinstance(config, dict) else None
+    return inputs.get("survey") if isinstance(inputs, dict) else None
 
 
 def tag_this_run(*new_tags: str) -> None:

@@ -7,8 +7,9 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows._artifacts import TileProgress
-from flows._common import data_path, load_config, out_run_name as _out_run_name, survey_name
+from flows._common import data_path, load_config, out_run_name as _out_run_name, survey_name, tag_this_run
 from magpipe.cluster import dask_client
+from magpipe.io.stores import version
 from magpipe.pipeline import run_classify
 
 
@@ -23,8 +24,13 @@ def classify_survey(out: str, config: dict[str, Any] | str | None = None, model:
     out, model = data_path(out, "out"), data_path(model, "model")
     cfg = load_config(data_path(config, "config") if isinstance(config, str) else config)
     progress = TileProgress(name or survey_name(out))
-    with dask_client(scheduler or cfg.runtime.scheduler, workers=cfg.runtime.workers) as client:
-        get_run_logger().info("Dask cluster: %s", client.dashboard_link or client.scheduler.address)
+    tag_this_run(survey_name(cfg.inputs.survey or out), f"magpipe-{version()}")
+    address = scheduler or cfg.runtime.scheduler
+    with dask_client(address, workers=cfg.runtime.workers) as client:
+        if address:  # a cluster that outlives the run: its dashboard is worth a link
+            get_run_logger().info("Dask cluster: %s (dashboard %s)", address, client.dashboard_link)
+        else:  # a LocalCluster gone with the run: no link that would soon be dead
+            get_run_logger().info("Dask: a LocalCluster of %d workers for this run", cfg.runtime.workers)
         return str(run_classify(out, cfg, bundle=model, client=client, progress=progress))
 
 

@@ -57,9 +57,20 @@ def test_pipeline_flow_completes_publishes_artifacts_and_reruns_nothing(harness,
     assert result["training"].startswith("locally")
     from prefect.client.orchestration import get_client
 
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
     with get_client(sync_client=True) as client:
-        run_tags = client.read_flow_run(state.state_details.flow_run_id).tags
+        parent = client.read_flow_run(state.state_details.flow_run_id)
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent.id])))
+        flows = {client.read_flow(r.flow_id).name: r for r in children}
+    run_tags = parent.tags
     assert "survey" in run_tags and any(t.startswith("magpipe-") for t in run_tags)
+    # every run of the pipeline, subflows included, is tagged and named after the survey, as in the UI
+    assert {"train-autoencoder", "classify-survey"} <= set(flows), sorted(flows)
+    for sub in flows.values():
+        assert "survey" in sub.tags and any(t.startswith("magpipe-") for t in sub.tags), (sub.name, sub.tags)
+        assert sub.name.startswith("survey-") and parent.name.startswith("survey-"), (sub.name, parent.name)
     assert is_complete(tmp_path / "out" / "classified.zarr")
     assert set(result["pixel_accuracy"]) == {"ae", "raw", "majority"}
     arts = _artifacts("survey-")
