@@ -155,10 +155,10 @@ def classify(out: OutOpt, config: ConfigOpt = None, model: Annotated[Optional[Pa
 def evaluate(out: OutOpt, config: ConfigOpt = None, patch_size: PatchOpt = None) -> None:
     """Score the learned features against their controls on spatial holdouts -> OUT/report.*, OUT/*.png."""
     from magpipe.pipeline import run_evaluate
-    from magpipe.report import accuracy_tables
+    from magpipe.report import terminal_summary
 
     cfg = _config(config, run=out, patch_size=patch_size)
-    typer.echo(accuracy_tables(_guard(run_evaluate, out, cfg)))
+    typer.echo(terminal_summary(_guard(run_evaluate, out, cfg)))
 
 
 @app.command()
@@ -228,7 +228,7 @@ def _bundle_meta(out: Path) -> dict:
 
 def _run(out: Path, cfg: RunConfig, *, serial: bool) -> None:
     from magpipe.pipeline import run_all
-    from magpipe.report import accuracy_tables
+    from magpipe.report import terminal_summary
 
     missing = [f"inputs.{k}" for k in ("survey", "labels") if getattr(cfg.inputs, k) is None]
     if missing:
@@ -238,7 +238,7 @@ def _run(out: Path, cfg: RunConfig, *, serial: bool) -> None:
     with _client(cfg, serial) as client:
         report = _guard(run_all, out, cfg, client=client)
     typer.echo("")
-    typer.echo(accuracy_tables(report))
+    typer.echo(terminal_summary(report))
     typer.echo(f"\n{report['n_train']} training / {report['n_test']} test cells, spatial holdout; "
                f"{time.perf_counter() - t0:.0f} s")
     typer.echo(f"results in {out}/: survey.zarr patches.zarr model/ classified.zarr report.json report.md *.png")

@@ -76,6 +76,15 @@ def accuracy_tables(report: dict) -> str:
     return "\n\n".join(t for t in parts if t)
 
 
+def terminal_summary(report: dict) -> str:
+    """What a command prints when a run is scored, short enough for one screen: the comparison in words,
+    the table of every feature set and the classes left unscored; the rest is in report.md."""
+    unscored = unscored_sentence(report).strip()
+    parts = (report.get("headline", ""), accuracy_table(report), unscored,
+             "Sparse-label scores, paired differences, per-class F1 and what the map uses: report.md")
+    return "\n\n".join(t for t in parts if t)
+
+
 def sparse_table(report: dict) -> str:
     """Markdown table of the sparse-label scores (mean ± std over draws); '' when not run."""
     sp = report.get("sparse")

@@ -62,6 +62,7 @@ def test_run_end_to_end_leaves_the_documented_layout(survey_files, config_file, 
     assert {("ae", "random"), ("ae+stats", "stats")} <= pairs
     assert all(0 <= d["wins"] <= d["n"] == report["n_splits"] for d in report["paired"])
     assert "untrained copy" in report["headline"] and report["headline"] in r.stdout
+    assert len(r.stdout.splitlines()) <= 20 and "report.md" in r.stdout  # one screen; the rest is in report.md
     assert set(sparse["balanced_accuracy"]) == {"deployed", "ae", "raw", "stats", "random", "ae+stats"}
     # features: auto chose on validation (blocked CV of the training region), and the map uses that choice
     dep = report["deployed"]
