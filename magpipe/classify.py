@@ -58,11 +58,11 @@ def classify_window(bundle: ModelBundle, window: np.ndarray) -> tuple[np.ndarray
     if not inner.any():
         return (np.full(shape, NODATA_CLASS, dtype="int16"), np.full(shape, np.nan, dtype="float32"),
                 np.full(shape, np.nan, dtype="float32"))
-    scores = window_scores(bundle.svm, bundle.features, bundle.scaling, window)  # interior + r
+    x = window_input(bundle.scaling, window)  # one model input for the features and the anomaly
+    scores = window_scores(bundle.svm, bundle.features, bundle.scaling, window, x)  # interior + r
     cls, conf = smoothed_class(bundle.svm, scores, r)
     cls[~inner], conf[~inner] = NODATA_CLASS, np.nan
     del scores
-    x = window_input(bundle.scaling, window)
     a = dense_anomaly(bundle.model, x, torch.from_numpy(valid)[None, None], bundle.anomaly_px).numpy()
     anom = np.full(shape, np.nan, dtype="float32")
     anom[inner] = (a[r:-r, r:-r] if r else a)[inner]

@@ -153,6 +153,12 @@ def verdict(p: dict, *, margin: float = 0.01) -> str:
     return "did not clearly beat"
 
 
+def cv_score(info: dict) -> float:
+    """A search summary's ``cv_balanced_accuracy``, -inf when unsearched (missing or NaN): it never wins."""
+    v = info.get("cv_balanced_accuracy", float("nan"))
+    return -np.inf if v is None or np.isnan(v) else v
+
+
 def best_by_validation(table: dict[str, dict], names: tuple[str, ...] | list[str]) -> str:
     """The first of ``names`` whose ``cv_balanced_accuracy`` in ``table`` is within one standard error
     (``cv_se``) of the best: the one-standard-error rule (Hastie, Tibshirani & Friedman, *Elements of
@@ -164,8 +170,7 @@ def best_by_validation(table: dict[str, dict], names: tuple[str, ...] | list[str
     score never wins, and a missing ``cv_se`` counts as 0 (the bare maximum).
     """
     def cv(name: str) -> float:
-        v = table[name].get("cv_balanced_accuracy", float("nan"))
-        return -np.inf if v is None or np.isnan(v) else v
+        return cv_score(table[name])
 
     best = max(names, key=lambda n: (cv(n), -list(names).index(n)))
     se = table[best].get("cv_se")

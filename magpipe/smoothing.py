@@ -6,7 +6,8 @@ probability of that class (:func:`magpipe.svm.class_scores`).
 Map units are tens of cells across, while the SVM's errors are mostly single cells and small
 specks, so a probability averaged over a few neighbours is often the better guess. How far to
 average is a trade: a larger window also erodes thin units and shifts contacts. The radius is
-therefore chosen on validation inside the training region (:func:`choose_radius`), never on test
+therefore chosen on validation inside the training region (:func:`radius_scores`, used by
+:func:`magpipe.stages.train.choose_smoothing`), never on test
 blocks, and radius 0 is plain per-cell classification.
 """
 
@@ -57,15 +58,17 @@ def dense_scores(svm, feats: np.ndarray, cells: np.ndarray, *, batch: int = 8192
     return out
 
 
-def window_scores(svm, features: FeatureSet, scaling: StackScaling, window: np.ndarray) -> np.ndarray:
+def window_scores(svm, features: FeatureSet, scaling: StackScaling, window: np.ndarray,
+                  x: torch.Tensor | None = None) -> np.ndarray:
     """Votes and probabilities (2, K, H, W) of every valid cell of a raw (C, H + 2h, W + 2h) window with
-    halo h = p // 2 (NaN = no data; NaN out), from the dense features of ``features``."""
+    halo h = p // 2 (NaN = no data; NaN out), from the dense features of ``features``. ``x`` is the
+    window's model input (:func:`magpipe.features.window_input`) when the caller has made it already."""
     h = features.patch_px // 2
     valid = np.isfinite(window).all(0)
     cells = valid[h:-h, h:-h] if h else valid
     if not cells.any():
         return np.full((2, len(svm.classes_), *cells.shape), np.nan, dtype=np.float32)
-    return dense_scores(svm, features.dense(window_input(scaling, window)), cells)
+    return dense_scores(svm, features.dense(window_input(scaling, window) if x is None else x), cells)
 
 
 def smoothed_class(svm, scores: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:

@@ -25,7 +25,7 @@ import time
 
 from magpipe.config import RunConfig
 from magpipe.errors import DataValidationError
-from magpipe.evaluation import best_by_validation
+from magpipe.evaluation import best_by_validation, cv_score
 from magpipe.io import schema as S
 from magpipe.io.schema import Layout
 from magpipe.io.stores import content_hash, write_json
@@ -89,10 +89,7 @@ def choose_patch_size(lay: Layout, cfg: RunConfig) -> RunConfig:
         table[p] = size_scores(lay, with_patch_px(cfg, p), cells)
         log.info("patch size %d px: validation %s", p, ", ".join(
             f"{n} {v['cv_balanced_accuracy']:.3f}" for n, v in table[p].items()))
-    def score(v: dict) -> float:
-        return float("-inf") if v["cv_balanced_accuracy"] != v["cv_balanced_accuracy"] else v["cv_balanced_accuracy"]
-
-    best = {str(p): max(table[p].values(), key=score) for p in sizes}  # each size by its best set
+    best = {str(p): max(table[p].values(), key=cv_score) for p in sizes}  # each size by its best set
     chosen = int(best_by_validation(best, [str(p) for p in sorted(sizes)]))
     log.info("patch size: %d px chosen on validation, from %s", chosen, sizes)
     write_json({"hash": h, "chosen": chosen, "sizes": sizes,
