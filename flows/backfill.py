@@ -18,6 +18,7 @@ from prefect.futures import wait
 
 from flows._common import data_path, load_config, retry_unless_bad_input, run_name, survey_name, tag_this_run
 from flows.classify import classify_survey
+from magpipe.bundle import verify_bundle
 from magpipe.errors import InputError
 from magpipe.io.schema import Layout
 from magpipe.io.stores import is_complete, version
@@ -66,6 +67,7 @@ def backfill(surveys: list[str] | str, model: str, out_root: str = "runs/backfil
     paths = [data_path(p, "surveys") for p in expand_surveys([data_path(p, "surveys") for p in patterns])]
     if not paths:
         raise InputError(f"no survey matches {surveys!r}")
+    verify_bundle(model)  # a damaged bundle fails the backfill before any survey is ingested
     done, results = {}, {}
     with tags("backfill", f"model-{Path(model).name}", f"magpipe-{version()}"):
         todo = []

@@ -6,7 +6,8 @@ A bundle is a directory:
 - ``svm.skops``: the scikit-learn pipeline, loaded by skops with an explicit list of
   trusted types (anything else is refused);
 - ``metadata.json``: architecture, layers, standardisation, class names, input hash,
-  metrics and library versions.
+  metrics, library versions, and the SHA-256 of the two files above (``files``): a bundle whose
+  weights or SVM were changed or cut short is refused before either is read.
 
 Pickle files are never read.
 """
@@ -24,10 +25,11 @@ import torch
 from magpipe.config import check_feature_name
 from magpipe.errors import InputError
 from magpipe.features import FeatureSet, Scaling, StackScaling, feature_set
-from magpipe.io.stores import replace_dir, version, write_json
+from magpipe.io.stores import file_hash, replace_dir, version, write_json
 from magpipe.model import PatchAutoencoder
 
 FORMAT = 1
+MODEL_FILES = ("autoencoder.pt", "svm.skops")
 REQUIRED_META = ("patch_px", "channels", "hidden", "layers", "anomaly_px", "inputs", "scalings", "classes")
 # Types skops does not trust by default but magpipe's own SVM is made of; all else is refused.
 TRUSTED_SKOPS_TYPES = [
@@ -132,6 +134,7 @@ def save_bundle(bundle: ModelBundle, path: str | Path) -> Path:
         "scalings": [{"mean": s.mean, "std": s.std} for s in bundle.scaling.channels],
         "classes": bundle.classes,
         "versions": library_versions(),
+        "files": {name: file_hash(tmp / name) for name in MODEL_FILES},
     }
     write_json(meta, tmp / "metadata.json")
     replace_dir(tmp, path)
@@ -163,6 +166,30 @@ def read_bundle_meta(path: str | Path) -> dict:
     return meta
 
 
+def check_model_files(path: Path, meta: dict) -> None:
+    """Refuse a bundle whose weights or SVM differ from what it was saved with (edited, swapped, or
+    cut short in a copy), before torch or skops reads a byte of them. Bundles saved before the
+    checksums were recorded (no ``files`` in metadata) are only checked for presence."""
+    recorded = meta.get("files")
+    if recorded is not None and not isinstance(recorded, dict):
+        raise InputError(f"{path / 'metadata.json'}: 'files' must map file names to checksums")
+    for name in MODEL_FILES:
+        f = path / name
+        if not f.is_file():
+            raise InputError(f"{f}: missing from the bundle")
+        if recorded is not None and file_hash(f) != recorded.get(name):
+            raise InputError(f"{f}: checksum differs from the one in metadata.json (the file was changed or "
+                             "cut short); refusing to load it")
+
+
+def verify_bundle(path: str | Path) -> dict:
+    """A bundle's metadata, once its format and the checksums of its files are checked (nothing is
+    loaded): what a stage calls before any work, so a damaged bundle fails at once, in one line."""
+    meta = read_bundle_meta(path)
+    check_model_files(Path(path), meta)
+    return meta
+
+
 def load_bundle(path: str | Path, *, patch_px: int | None = None) -> ModelBundle:
     """Load a bundle, checking it is complete, of a known format, and for ``patch_px`` if given.
 
@@ -182,6 +209,7 @@ def load_bundle(path: str | Path, *, patch_px: int | None = None) -> ModelBundle
         PatchAutoencoder.check_readout(str(meta.get("readout", "mean_centre")))
     except ValueError as exc:
         raise InputError(f"{path / 'metadata.json'}: {exc}") from None
+    check_model_files(path, meta)
     smooth = meta.get("smooth_px", 0)
     if not isinstance(smooth, int) or isinstance(smooth, bool) or smooth < 0:
         raise InputError(f"{path / 'metadata.json'}: smooth_px must be a whole number of cells >= 0, not {smooth!r}")

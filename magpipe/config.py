@@ -12,6 +12,7 @@ computes: it never enters a content hash and is not saved with the run.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -240,6 +241,19 @@ class RuntimeConfig(_Section):
                         "torch device string.")
 
 
+_UNION_BRANCH = re.compile(r"^(int|float|str|bool|none|literal\[.*\]|list\[.*\]|tuple\[.*\]|function-.*)$")
+
+
+def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The options the section at ``loc`` (a path of field names from ``model``) accepts."""
+    for key in loc:
+        field = model.model_fields.get(str(key))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            break
+        model = field.annotation
+    return list(model.model_fields)
+
+
 class RunConfig(_Section):
     schema_version: Literal[2] = SCHEMA_VERSION
     inputs: InputsConfig = Field(default_factory=InputsConfig)
@@ -259,18 +273,36 @@ class RunConfig(_Section):
             p = Path(path)
             try:
                 data = yaml.safe_load(p.read_text()) or {}
-            except (OSError, yaml.YAMLError) as exc:
-                raise ConfigError(f"{p}: cannot read config: {exc}") from None
+            except OSError as exc:
+                raise ConfigError(f"{p}: cannot read config ({exc.strerror})") from None
+            except yaml.YAMLError as exc:
+                mark = getattr(exc, "problem_mark", None)
+                where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+                problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+                raise ConfigError(f"{p}: not valid YAML{where} ({problem})") from None
             if not isinstance(data, dict):
-                raise ConfigError(f"{p}: config must be a mapping of sections")
+                raise ConfigError(f"{p}: config must be a mapping of sections, not a {type(data).__name__}")
+            for section, values in list(data.items()):
+                if values is None:  # a section whose options are all commented out
+                    data[section] = {}
+                elif section in cls.model_fields and isinstance(cls.model_fields[section].annotation, type) \
+                        and issubclass(cls.model_fields[section].annotation, BaseModel) \
+                        and not isinstance(values, dict):
+                    raise ConfigError(f"{p}: section '{section}' must be a mapping of options, not "
+                                      f"{type(values).__name__} {values!r}")
         for section, values in overrides.items():
             data.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
             err = exc.errors()[0]
-            where = ".".join(str(x) for x in err["loc"])
-            raise ConfigError(f"{path or 'config'}: {where}: {err['msg']}") from None
+            # a union's branch ('int', "literal['auto']") is pydantic's, not a key the user wrote
+            where = ".".join(str(x) for x in err["loc"] if not _UNION_BRANCH.match(str(x)))
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = f"unknown option (known here: {', '.join(_known_keys(cls, err['loc'][:-1]))})"
+            got = "" if err["type"] in ("extra_forbidden", "value_error") else f", got {err['input']!r}"
+            raise ConfigError(f"{path or 'config'}: {where}: {msg}{got}") from None
 
     def section_json(self, name: str) -> str:
         """Canonical JSON of one section: the part of a stage's content hash that is config."""

@@ -12,6 +12,7 @@ runs on several hosts sharing OUT over NFS must not share an output directory.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import inspect
@@ -55,7 +56,10 @@ def output_lock(out: str | Path) -> Iterator[Path]:
                 raise OutputLockedError(f"{out}: in use by another run in this process; wait for it to finish")
             _held[path] = (fd, depth + 1, owner)
         else:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise StorageError(f"{out}: cannot use as an output directory ({exc.strerror})") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -79,6 +83,10 @@ def output_lock(out: str | Path) -> Iterator[Path]:
                 os.close(fd)  # releases the flock
 
 
+# Write failures that are the output file system's, not magpipe's or the input's.
+_FULL_OR_READ_ONLY = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
 def locks_output(fn: Callable) -> Callable:
     """Run a stage function under the lock of its ``out`` argument."""
     sig = inspect.signature(fn)
@@ -88,6 +96,12 @@ def locks_output(fn: Callable) -> Callable:
         """``fn`` under the lock of the ``out`` it is called with."""
         out = sig.bind(*args, **kwargs).arguments["out"]
         with output_lock(out):
-            return fn(*args, **kwargs)
+            try:
+                return fn(*args, **kwargs)
+            except OSError as exc:
+                if exc.errno not in _FULL_OR_READ_ONLY:
+                    raise
+                raise StorageError(f"{out}: cannot write the output ({exc.strerror}); nothing incomplete is marked "
+                                   "done: make room and re-run the same command to go on") from None
 
     return wrapper

@@ -260,7 +260,7 @@ def fit_svm(X: np.ndarray, y: np.ndarray, groups: np.ndarray | list, cfg: SVMCon
         best, cv_score = search.best_params_, float(search.best_score_)
         cv_se = float(search.cv_results_["std_test_score"][search.best_index_]) / np.sqrt(folds)
     else:
-        log.warning("only %d spatial fold(s) in training; C/gamma not searched", n_groups)
+        log.debug("only %d spatial fold(s) in training; C/gamma not searched", n_groups)  # the stage warns once
         best, cv_score = {"svc__C": cfg.C[len(cfg.C) // 2], "kernel__gamma": 1.0 / n_features}, float("nan")
     smallest = int(np.unique(y, return_counts=True)[1].min())
     model = calibrated(base.set_params(**best), smallest)

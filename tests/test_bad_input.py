@@ -6,15 +6,18 @@ traceback), and leave nothing at the output path that looks complete.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
 
-from magpipe.io.stores import is_complete
+from magpipe.io.stores import file_hash, is_complete
 from magpipe.testing import assert_one_line_error, run_cli as magpipe, write_labels_raster
 
 
@@ -62,11 +65,21 @@ def _ingest_cases(d: Path, field: xr.DataArray) -> dict[str, tuple[Path, list[st
                                                            "truncated"])
     cases["unknown format"] = (d / "survey.jpgx", [], ["survey.jpgx", "unknown survey format"])
     (d / "survey.jpgx").write_text("x")
+    (d / "zero.tif").write_bytes(b"")
+    cases["empty file"] = (d / "zero.tif", [], ["zero.tif", "empty file (0 bytes)"])
+    (d / "folder").mkdir()
+    cases["a directory"] = (d / "folder", [], ["folder", "a directory, not a survey file or a Zarr store"])
+    gridding = ["--spacing", "10", "--crs", "EPSG:27700"]
+    (d / "words.csv").write_text("x,y,tmi\n0,0,high\n10,0,low\n")
+    cases["line data of words"] = (d / "words.csv", gridding, ["words.csv", "no numeric rows"])
+    (d / "nocoords.csv").write_text("a,b\n1,2\n")
+    cases["line data without coordinates"] = (d / "nocoords.csv", gridding, ["nocoords.csv", "no x column"])
     return cases
 
 
-CASES = ["missing file", "corrupt raster", "truncated raster", "corrupt netcdf", "corrupt zarr", "three dimensions",
-         "bands without --band", "complex values", "all no-data", "constant values", "line data without spacing",
+CASES = ["missing file", "empty file", "a directory", "corrupt raster", "truncated raster", "corrupt netcdf",
+         "corrupt zarr", "three dimensions", "bands without --band", "complex values", "all no-data",
+         "constant values", "line data without spacing", "line data of words", "line data without coordinates",
          "unknown format"]
 
 
@@ -245,6 +258,9 @@ def test_bundle_holding_untrusted_types_is_refused(trained_run, tmp_path, bundle
     import skops.io as sio
 
     sio.dump({"svm": NotAnEstimator()}, bundle_copy / "svm.skops")
+    meta = json.loads((bundle_copy / "metadata.json").read_text())  # a crafted bundle: its checksums match
+    meta["files"]["svm.skops"] = file_hash(bundle_copy / "svm.skops")
+    (bundle_copy / "metadata.json").write_text(json.dumps(meta))
     out, r = _classify_with(trained_run, tmp_path, bundle_copy)
     assert_one_line_error(r, "svm.skops", "untrusted types", "NotAnEstimator")
     assert not is_complete(out / "classified.zarr")
@@ -255,3 +271,191 @@ def test_bundle_for_another_patch_size(trained_run, tmp_path, config_file):
     shutil.copytree(trained_run["out"], out, ignore=shutil.ignore_patterns("classified.zarr", ".magpipe.lock"))
     r = magpipe("evaluate", "--out", out, "--config", config_file, "--patch-size", "11")
     assert_one_line_error(r, "model", "9 px patches, not 11")
+
+
+# --- labels: `magpipe labels` on an ingested survey -------------------------------------------------------
+
+
+def _label_cases(d: Path, field: xr.DataArray, truth: np.ndarray) -> dict[str, tuple[Path, list[str], list[str]]]:
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    x0, x1, y0, y1 = (float(v) for v in (field.x[0], field.x[-1], field.y[-1], field.y[0]))
+    halves = [box(x0, y0, (x0 + x1) / 2, y1), box((x0 + x1) / 2, y0, x1, y1)]
+    cases: dict[str, tuple[Path, list[str], list[str]]] = {}
+    (d / "empty.tif").write_bytes(b"")
+    cases["empty file"] = (d / "empty.tif", [], ["empty.tif", "empty file (0 bytes)"])
+    (d / "corrupt.tif").write_bytes(b"\x00not a raster" * 40)
+    cases["corrupt raster"] = (d / "corrupt.tif", [], ["corrupt.tif", "not a readable label raster"])
+    write_labels_raster(np.zeros_like(truth), field, d / "nodata.tif")
+    cases["all no-data"] = (d / "nodata.tif", [], ["nodata.tif", "holds no labelled cells"])
+    xr.DataArray(truth.astype("int16"), dims=("y", "x")).rio.to_raster(d / "nocrs.tif")  # pixel grid, no CRS
+    cases["raster without CRS"] = (d / "nocrs.tif", [], ["nocrs.tif", "no CRS and is not on the survey grid"])
+    gpd.GeoDataFrame({"unit": [None, None]}, geometry=halves, crs=field.rio.crs).to_file(d / "nulls.gpkg")
+    cases["all null classes"] = (d / "nulls.gpkg", ["--label-field", "unit"],
+                                 ["nulls.gpkg", "no features with a geometry and a 'unit' value"])
+    gpd.GeoDataFrame({"unit": []}, geometry=[], crs=field.rio.crs).to_file(d / "none.geojson")
+    cases["no features"] = (d / "none.geojson", ["--label-field", "unit"], ["none.geojson", "holds no features"])
+    gpd.GeoDataFrame({"unit": ["a", "b"]}, geometry=halves, crs=None).to_file(d / "nocrs.gpkg")
+    cases["polygons without CRS"] = (d / "nocrs.gpkg", ["--label-field", "unit"], ["nocrs.gpkg", "has no CRS"])
+    gpd.GeoDataFrame({"unit": ["a", "b"]}, geometry=halves, crs=field.rio.crs).to_file(d / "units.gpkg")
+    cases["polygons without --label-field"] = (d / "units.gpkg", [], ["units.gpkg", "need --label-field",
+                                                                         "unit"])
+    gpd.GeoDataFrame({"unit": ["a"]}, geometry=[box(0, 0, 10, 10)], crs=field.rio.crs).to_file(d / "far.geojson")
+    cases["off the survey"] = (d / "far.geojson", ["--label-field", "unit"], ["far.geojson", "do not overlap"])
+    return cases
+
+
+LABEL_CASES = ["empty file", "corrupt raster", "all no-data", "raster without CRS", "all null classes", "no features",
+               "polygons without CRS", "polygons without --label-field", "off the survey"]
+
+
+@pytest.fixture(scope="module")
+def ingested(survey_files, tmp_path_factory) -> dict:
+    d = tmp_path_factory.mktemp("labels")
+    out = d / "ingested"
+    assert magpipe("ingest", survey_files["survey"], "--out", out).returncode == 0
+    return {"out": out, "cases": _label_cases(d, survey_files["field"], survey_files["truth"])}
+
+
+@pytest.mark.parametrize("case", LABEL_CASES)
+def test_unusable_labels_are_refused_in_one_line(ingested, tmp_path, case):
+    path, extra, needles = ingested["cases"][case]
+    out = tmp_path / "out"
+    shutil.copytree(ingested["out"], out)
+    before = (out / "survey.zarr" / "zarr.json").read_bytes()
+    r = magpipe("labels", path, "--out", out, *extra)
+    assert_one_line_error(r, *needles)
+    assert (out / "survey.zarr" / "zarr.json").read_bytes() == before  # the survey store holds no labels
+    assert not (out / "patches.zarr").exists()
+
+
+# --- configuration and options: refused before anything is read or written ------------------------------
+
+CONFIG_CASES = {
+    "malformed YAML": ("patches: [9, 15\n", ["not valid YAML at line 2"]),
+    "a list, not a mapping": ("- patches\n- model\n", ["config must be a mapping of sections, not a list"]),
+    "a section that is a value": ("patches: 9\n", ["section 'patches' must be a mapping of options, not int 9"]),
+    "an unknown option": ("patches:\n  patch_size: 9\n", ["patches.patch_size: unknown option", "patch_px"]),
+    "an unknown section": ("patchez:\n  patch_px: 9\n", ["patchez: unknown option", "patches"]),
+    "a value of the wrong type": ("patches:\n  patch_px: big\n", ["patches.patch_px", "valid integer", "'big'"]),
+    "a value out of range": ("model:\n  epochs: 0\n", ["model.epochs", "greater than or equal to 1", "got 0"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CONFIG_CASES))
+def test_unusable_config_files_are_refused_before_any_work(survey_files, tmp_path, case):
+    text, needles = CONFIG_CASES[case]
+    cfg = tmp_path / "magpipe.yaml"
+    cfg.write_text(text)
+    r = magpipe("run", survey_files["survey"], "--labels", survey_files["labels"], "--config", cfg,
+                "--out", tmp_path / "o")
+    assert_one_line_error(r, "magpipe.yaml", *needles)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_config_file_that_is_missing(survey_files, tmp_path):
+    r = magpipe("run", survey_files["survey"], "--labels", survey_files["labels"], "--config", tmp_path / "no.yaml",
+                "--out", tmp_path / "o")
+    assert_one_line_error(r, "no.yaml", "cannot read config (No such file or directory)")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("flags,needles", [
+    (["--patch-size", "10"], ["patches.patch_px", "must be odd", "got 10"]),
+    (["--patch-size", "3"], ["patches.patch_px", "at least 5", "got 3"]),
+    (["--workers", "0"], ["runtime.workers", "greater than or equal to 1"]),
+    (["--n-patches", "-5"], ["patches.n_patches"]),
+])
+def test_option_values_out_of_range(survey_files, tmp_path, flags, needles):
+    r = magpipe("run", survey_files["survey"], "--labels", survey_files["labels"], "--out", tmp_path / "o", *flags)
+    assert_one_line_error(r, *needles)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_patch_size_larger_than_the_survey_is_refused_before_training(survey_files, tmp_path, config_file):
+    out = tmp_path / "o"
+    r = magpipe("run", survey_files["survey"], "--labels", survey_files["labels"], "--config", config_file,
+                "--out", out, "--patch-size", "201")
+    assert_one_line_error(r, "survey.zarr", "96 x 128 cells is smaller than one 201 px patch")
+    assert not (out / "patches.zarr").exists() and not (out / "model").exists()
+
+
+def test_a_survey_too_small_for_any_automatic_patch_size(survey_files, tmp_path):
+    small = survey_files["field"][:8, :40]
+    labels = np.broadcast_to(np.where(np.arange(40) < 20, 1, 2), (8, 40))
+    out = _labelled_run(survey_files, tmp_path, labels, field=small)
+    r = magpipe("train", "--out", out)  # patches.patch_px: auto
+    assert_one_line_error(r, "survey.zarr", "8 x 40 cells is smaller than one 9 px patch", "auto_sizes")
+    assert not (out / "patches.zarr").exists() and not (out / "patch_size.json").exists()
+
+
+# --- output paths ----------------------------------------------------------------------------------------
+
+
+def test_an_output_path_that_is_a_file(survey_files, tmp_path):
+    (tmp_path / "o").write_text("my notes")
+    r = magpipe("ingest", survey_files["survey"], "--out", tmp_path / "o")
+    assert_one_line_error(r, "cannot use as an output directory")
+    assert (tmp_path / "o").read_text() == "my notes"
+
+
+@contextlib.contextmanager
+def _mounted_tmpfs(where: Path, options: str):
+    """A small tmpfs at ``where`` (root only, and only where mounting is allowed; skips otherwise)."""
+    where.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.decode().strip() or r.returncode})")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_read_only_output(survey_files, tmp_path):
+    if os.geteuid() != 0:  # permissions stop anyone but root
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        ctx = contextlib.nullcontext(ro)
+    else:  # root writes through permissions: a read-only file system stops it
+        ctx = _mounted_tmpfs(tmp_path / "ro", "ro,size=1m")
+    with ctx as ro:
+        r = magpipe("ingest", survey_files["survey"], "--out", ro)
+        assert_one_line_error(r, "ro", "cannot use as an output directory")
+        assert not list(ro.iterdir())
+
+
+def test_an_output_disk_that_fills_up(survey_files, tmp_path):
+    """ENOSPC for real: a 16 KiB tmpfs holds the config but not the survey store."""
+    with _mounted_tmpfs(tmp_path / "full", "size=16k") as full:
+        out = full / "run"
+        r = magpipe("ingest", survey_files["survey"], "--out", out)
+        assert_one_line_error(r, "survey.zarr", "No space left on device")
+        assert not is_complete(out / "survey.zarr")
+
+
+# --- model bundles that were changed or cut short: refused by checksum, never loaded ---------------------
+
+
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage,name,needles", [
+    (_flip_a_byte, "svm.skops", ["svm.skops", "checksum differs"]),
+    (lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]), "autoencoder.pt",
+     ["autoencoder.pt", "checksum differs", "cut short"]),
+    (lambda p: p.unlink(), "svm.skops", ["svm.skops", "missing from the bundle"]),
+    (lambda p: p.write_text("{ not json"), "metadata.json", ["metadata.json", "corrupt metadata"]),
+    (lambda p: p.unlink(), "metadata.json", ["not a magpipe model bundle"]),
+])
+def test_a_damaged_bundle_is_refused_by_classify(trained_run, tmp_path, bundle_copy, damage, name, needles):
+    damage(bundle_copy / name)
+    out, r = _classify_with(trained_run, tmp_path, bundle_copy)
+    assert_one_line_error(r, *needles)
+    assert not is_complete(out / "classified.zarr") and not (out / "classified.zarr.partial").exists()
+

@@ -43,6 +43,8 @@ def grid_format(path: Path) -> str:
         return "netcdf"
     if last in LINE_SUFFIXES:
         return "lines"
+    if path.is_dir():
+        raise InputError(f"{path}: a directory, not a survey file or a Zarr store (zarr.json / .zgroup)")
     raise InputError(
         f"{path}: unknown survey format '{last or path.name}' "
         "(expected GeoTIFF .tif, NetCDF .nc, Zarr .zarr, or line data .csv/.xyz)"
@@ -87,6 +89,8 @@ def read_grid(
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file not found")
+    if path.is_file() and path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file (0 bytes)")
     kind = grid_format(path)
     if kind == "lines":
         from magpipe.io.lines import grid_line_data, read_line_data

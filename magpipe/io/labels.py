@@ -104,6 +104,8 @@ def read_labels(
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file not found")
+    if path.is_file() and path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file (0 bytes)")
     suffix = path.suffix.lower()
     if suffix in VECTOR_SUFFIXES or path.name.lower().endswith(".geojson"):
         values, names = _rasterise_vector(path, survey, label_field=label_field)
@@ -151,6 +153,8 @@ def _rasterise_vector(path: Path, survey: xr.DataArray, *, label_field: str | No
         gdf = gpd.read_file(path)
     except Exception as exc:  # pyogrio raises several types for unreadable files
         raise InputError(f"{path}: not a readable vector file ({str(exc).splitlines()[0][:200]})") from None
+    if gdf.empty:
+        raise InputError(f"{path}: holds no features")
     if label_field is None:
         raise InputError(f"{path}: vector labels need --label-field (fields: {', '.join(_fields(gdf))})")
     if label_field not in gdf.columns:
@@ -193,6 +197,9 @@ def _reproject_raster(path: Path, survey: xr.DataArray, *, classes: str | Path |
         if finite.size and not np.all(finite == np.round(finite)):
             raise InputError(f"{path}: label values must be integer class codes, found {lab.dtype} fractions")
     nodata = lab.rio.nodata
+    if not np.any(_labelled(np.asarray(lab), nodata)):
+        raise InputError(f"{path}: holds no labelled cells (every value is no-data{'' if nodata is None else f' ({nodata:g})'} "
+                         "or <= 0)")
     same_grid = (
         lab.shape == (survey.sizes["y"], survey.sizes["x"])
         and lab.rio.crs == survey.rio.crs
@@ -205,9 +212,7 @@ def _reproject_raster(path: Path, survey: xr.DataArray, *, classes: str | Path |
         lab = lab.rio.reproject_match(survey, resampling=Resampling.nearest)
         nodata = lab.rio.nodata
     raw = np.asarray(lab).astype("float64")
-    bad = ~np.isfinite(raw) | (raw <= 0)
-    if nodata is not None:
-        bad |= raw == nodata
+    bad = ~_labelled(raw, nodata)
     table = read_class_table(classes) if classes else {}
     present = sorted(int(v) for v in np.unique(raw[~bad]))
     unknown = [v for v in present if table and v not in table]
@@ -218,6 +223,13 @@ def _reproject_raster(path: Path, survey: xr.DataArray, *, classes: str | Path |
     for i, v in enumerate(present):
         codes[(raw == v) & ~bad] = i + 1
     return codes, names
+
+
+def _labelled(raw: np.ndarray, nodata) -> np.ndarray:
+    """Cells holding a class code: finite, positive, and not the raster's no-data value."""
+    raw = raw.astype("float64", copy=False)
+    ok = np.isfinite(raw) & (raw > 0)
+    return ok & (raw != nodata) if nodata is not None else ok
 
 
 def _fields(gdf) -> list[str]:

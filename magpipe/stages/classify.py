@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from magpipe.bundle import read_bundle_meta
+from magpipe.bundle import verify_bundle
 from magpipe.classify import classify_tile
 from magpipe.config import RunConfig
 from magpipe.errors import DataValidationError
@@ -75,7 +75,8 @@ def classify_into(lay: Layout, bundle_path: Path, dest: Path, *, tile_px: int, c
     survey is smaller than one patch.
     """
     survey = open_store(lay.survey)
-    meta = read_bundle_meta(bundle_path)  # weights load in the workers (2 s of a 9 s 1k-survey run, in the driver)
+    # checked here, before any tile; the weights load in the workers (2 s of a 9 s 1k-survey run, in the driver)
+    meta = verify_bundle(bundle_path)
     input_stack(lay, tuple(meta["inputs"]))  # derived inputs of this survey, written once
     shape = (survey.sizes["y"], survey.sizes["x"])
     if min(shape) < meta["patch_px"]:

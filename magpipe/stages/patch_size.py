@@ -80,7 +80,18 @@ def choose_patch_size(lay: Layout, cfg: RunConfig) -> RunConfig:
     if done.get("hash") == h:
         log.info("patch size: %d px, chosen before (%s)", done["chosen"], lay.patch_size)
         return with_patch_px(cfg, int(done["chosen"]))
-    sizes = sizes_for(cfg, survey_shape(lay.survey))
+    shape = survey_shape(lay.survey)
+    sizes = sizes_for(cfg, shape)
+    if min(shape) < min(sizes):
+        raise DataValidationError(f"{lay.survey}: survey of {shape[0]} x {shape[1]} cells is smaller than one "
+                                  f"{min(sizes)} px patch, the smallest of patches.auto_sizes deep enough for the "
+                                  "encoder; a survey needs more cells than that")
+    if len(sizes) == 1:  # nothing to choose between: no quick encoder, no CV
+        log.info("patch size: %d px, the only size of %s that fits %d x %d cells", sizes[0],
+                 list(cfg.patches.auto_sizes), *shape)
+        write_json({"hash": h, "chosen": sizes[0], "sizes": sizes, "validation": {}, "validation_se": {},
+                    "how": "the only size of patches.auto_sizes that fits the survey", "seconds": 0.0}, lay.patch_size)
+        return with_patch_px(cfg, sizes[0])
     t0 = time.perf_counter()
     split, grids = labelled_split(read_label_grids(lay.survey), with_patch_px(cfg, max(sizes)))
     cells = training_cells(split, grids.labels, with_patch_px(cfg, max(sizes)))

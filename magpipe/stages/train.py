@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from magpipe.bundle import ModelBundle, read_bundle_meta, save_bundle
+from magpipe.bundle import ModelBundle, read_bundle_meta, save_bundle, verify_bundle
+from magpipe.errors import InputError
 from magpipe.config import RunConfig
 from magpipe.evaluation import best_by_validation
 from magpipe.features import StackScaling, cell_features, feature_set, part_sizes
@@ -104,14 +105,15 @@ def smoothing_radii(cfg: RunConfig) -> tuple[int, ...]:
     return tuple(r for r in cfg.svm.smooth_radii if r <= cfg.patches.patch_px) or (0,)
 
 
-def choose_smoothing(fs, arrays: list, scaling: StackScaling, cells: Cells, info: dict, cfg: RunConfig
-                     ) -> tuple[int, dict]:
+def choose_smoothing(fs, arrays: list, scaling: StackScaling, cells: Cells, info: dict, cfg: RunConfig,
+                     *, level: int = logging.INFO) -> tuple[int, dict]:
     """The map's smoothing radius: ``svm.smooth_px``, or under ``auto`` the radius of :func:`smoothing_radii`
     chosen by blocked CV on the training ``cells`` with the one-standard-error rule (smallest first).
 
     Each fold refits the SVM of feature set ``fs`` with the searched C and gamma (``info``) on its fitting
     cells and classifies its validation blocks densely, smoothed at every radius. Returns the radius and
-    the table (radius -> CV summary; empty when nothing was chosen).
+    the table (radius -> CV summary; empty when nothing was chosen); the choice is logged at ``level``
+    (evaluate repeats it on every split, at DEBUG).
     """
     if cfg.svm.smooth_px != "auto":
         return int(cfg.svm.smooth_px), {}
@@ -127,7 +129,7 @@ def choose_smoothing(fs, arrays: list, scaling: StackScaling, cells: Cells, info
     table = radius_scores(fit, fs, scaling, arrays, cells, cv_folds(cells, cfg), radii,
                           block_px=cfg.evaluate.block_patches * cfg.patches.patch_px)
     chosen = int(best_by_validation(table, [str(r) for r in radii]))
-    log.info("train: smoothing radius %d chosen on validation (%s)", chosen, ", ".join(
+    log.log(level, "train: smoothing radius %d chosen on validation (%s)", chosen, ", ".join(
         f"{r}: {v['cv_balanced_accuracy']:.3f}" for r, v in table.items()))
     return chosen, table
 
@@ -149,8 +151,12 @@ def run_train(out: str | Path, cfg: RunConfig, *, progress=None) -> Path:
     names = tuple(pds.attrs[S.INPUTS])
     h = train_hash(str(pds.attrs[S.HASH]), str(sattrs.get(S.LABELS_HASH)), cfg)
     if (lay.model / "metadata.json").exists() and read_bundle_meta(lay.model).get("input_hash") == h:
-        log.info("train: %s is up to date", lay.model)
-        return lay.model
+        try:
+            verify_bundle(lay.model)
+            log.info("train: %s is up to date", lay.model)
+            return lay.model
+        except InputError as exc:
+            log.warning("train: %s; training again", exc)
     # the labels are split (and checked: learnable and scorable classes) before the autoencoder trains
     split, grids = labelled_split(read_label_grids(lay.survey), cfg, need_test=True)
     cells = training_cells(split, grids.labels, cfg)
@@ -164,6 +170,10 @@ def run_train(out: str | Path, cfg: RunConfig, *, progress=None) -> Path:
     result = fit_autoencoder(raw, scaling, cfg, views=views, checkpoint=lay.checkpoint(h), progress=progress)
     train_s = time.perf_counter() - t0
     chosen, svm, svm_info, table = choose_features(fit_candidates(result.model, arrays, scaling, cells, cfg), cfg)
+    if svm_info.get("cv_folds", 0) < 2:
+        log.warning("train: the labelled cells fall in fewer than two spatial blocks, so C and gamma were not "
+                    "searched (C = %g, gamma = 1 / n_features); more labelled area makes the fit better founded",
+                    svm_info["C"])
     layers = resolve_layers(result.model, cfg.model.layers)
     fs = feature_set(chosen, result.model, layers, readout=cfg.model.readout, seed=cfg.model.seed)
     radius, smoothing = choose_smoothing(fs, arrays, scaling, cells, svm_info, cfg)

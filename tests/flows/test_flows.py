@@ -109,6 +109,22 @@ def test_flow_refuses_paths_outside_the_data_root(harness, trained_run, tmp_path
     assert not (trained_run["out"] / "classified.zarr.partial").exists()
 
 
+def test_backfill_refuses_a_changed_bundle_before_any_survey(harness, trained_run, tmp_path):
+    import shutil
+
+    from flows.backfill import backfill
+
+    model = tmp_path / "model"
+    shutil.copytree(trained_run["out"] / "model", model)
+    weights = bytearray((model / "autoencoder.pt").read_bytes())
+    weights[len(weights) // 2] ^= 0xFF
+    (model / "autoencoder.pt").write_bytes(bytes(weights))
+    state = backfill([str(trained_run["survey"])], str(model), str(tmp_path / "bf"), return_state=True)
+    assert state.is_failed()
+    assert "autoencoder.pt: checksum differs" in state.message and "\n" not in state.message
+    assert not (tmp_path / "bf").exists()  # no survey was ingested
+
+
 def _surveys(tmp_path, n=2, shape=(160, 192)):
     paths = []
     for i in range(n):

@@ -63,8 +63,11 @@ def test_missing_and_corrupt_files_name_the_file(tmp_path):
     bad.write_bytes(b"not a tiff at all")
     with pytest.raises(InputError, match="bad.tif: not a readable raster"):
         read_grid(bad)
-    with pytest.raises(InputError, match="unknown survey format"):
+    with pytest.raises(InputError, match="a directory, not a survey file or a Zarr store"):
         read_grid(tmp_path)
+    (tmp_path / "notes.docx").write_text("x")
+    with pytest.raises(InputError, match="unknown survey format '.docx'"):
+        read_grid(tmp_path / "notes.docx")
 
 
 def test_line_data_csv_is_gridded_on_read(tmp_path):
