@@ -19,12 +19,13 @@ server="" workers=()
 stop_group() {
   kill -TERM -- "-$1" 2>/dev/null || return 0
   for _ in $(seq 20); do kill -0 -- "-$1" 2>/dev/null || return 0; sleep 0.5; done
+  echo "process group $1 ($2) did not stop within 10 s of SIGTERM; killed"
   kill -KILL -- "-$1" 2>/dev/null || true
 }
 stop() {
   trap - EXIT INT TERM
-  for pid in "${workers[@]}"; do stop_group "$pid"; done
-  [ -z "$server" ] || stop_group "$server"
+  for pid in "${workers[@]}"; do stop_group "$pid" worker; done
+  [ -z "$server" ] || stop_group "$server" server
   echo "local stack stopped"
 }
 trap stop EXIT INT TERM

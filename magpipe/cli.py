@@ -51,18 +51,26 @@ ClassesOpt = Annotated[Optional[Path], typer.Option("--classes", help="CSV namin
 
 
 @app.callback()
-def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
-         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False) -> None:
-    from magpipe.process import configure_process
+def main(ctx: typer.Context, debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
+         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Every step's detail (each SVM fit, each "
+                                               "split), at DEBUG.")] = False) -> None:
+    from magpipe.process import configure_process, stop_on_signals
 
     configure_process()
+    stop_on_signals()
     _state["debug"] = debug
     log = logging.getLogger("magpipe")
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"))
         log.addHandler(handler)
-    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    if not quiet and sys.stderr.isatty():  # bars for the long steps; log lines above them
+        from magpipe.progress import log_above_bars, show_bars
+
+        show_bars()
+        ctx.with_resource(log_above_bars())
 
 
 def _config(config: Path | None, *, run: Path | None = None, patch_size=None, epochs=None, n_patches=None,
@@ -86,7 +94,10 @@ def _config(config: Path | None, *, run: Path | None = None, patch_size=None, ep
 
 
 def _guard(fn, *args, **kwargs):
-    """Run a stage; turn magpipe errors (and unreadable files) into one line and exit 2."""
+    """Run a stage; turn magpipe errors (and unreadable files) into one line and exit 2, and Ctrl-C or
+    SIGTERM into one line and 128 + the signal's number, after the stage has unwound."""
+    import signal
+
     try:
         return fn(*args, **kwargs)
     except (MagpipeError, FileNotFoundError, PermissionError) as exc:
@@ -94,6 +105,11 @@ def _guard(fn, *args, **kwargs):
             raise
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        typer.echo(f"\nstopped by {signal.Signals(signum).name}: finished work is kept (completed stores, training "
+                   "checkpoint, classified tiles); run the same command again to go on", err=True)
+        raise typer.Exit(128 + signum) from None
 
 
 def _client(cfg: RunConfig, serial: bool):
@@ -104,6 +120,13 @@ def _client(cfg: RunConfig, serial: bool):
     if serial:
         return contextlib.nullcontext(None)
     return dask_client(cfg.runtime.scheduler, workers=cfg.runtime.workers)
+
+
+def _with_client(cfg: RunConfig, serial: bool, fn, *args, **kwargs):
+    """``fn(*args, client=..., **kwargs)`` with the run's Dask client (None with ``serial``), which is
+    closed, and its LocalCluster stopped, however ``fn`` ends."""
+    with _client(cfg, serial) as client:
+        return fn(*args, client=client, **kwargs)
 
 
 @app.command()
@@ -147,8 +170,7 @@ def classify(out: OutOpt, config: ConfigOpt = None, model: Annotated[Optional[Pa
     from magpipe.pipeline import run_classify
 
     cfg = _config(config, run=out, scheduler=scheduler, workers=workers)
-    with _client(cfg, serial) as client:
-        typer.echo(_guard(run_classify, out, cfg, bundle=model, client=client))
+    typer.echo(_guard(_with_client, cfg, serial, run_classify, out, cfg, bundle=model))
 
 
 @app.command()
@@ -235,8 +257,7 @@ def _run(out: Path, cfg: RunConfig, *, serial: bool) -> None:
         _guard(_fail, f"no {' and no '.join(missing)}: give SURVEY and --labels, or a --config that names them "
                "(a run's config.json does)")
     t0 = time.perf_counter()
-    with _client(cfg, serial) as client:
-        report = _guard(run_all, out, cfg, client=client)
+    report = _guard(_with_client, cfg, serial, run_all, out, cfg)
     typer.echo("")
     typer.echo(terminal_summary(report))
     typer.echo(f"\n{report['n_train']} training / {report['n_test']} test cells, spatial holdout; "

@@ -23,6 +23,33 @@ def configure_process() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(xrft|harmonica)\b")
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived: unwind as Ctrl-C does (closing clusters, releasing locks), then exit
+    with 128 + the signal's number. A KeyboardInterrupt, so no ``except Exception`` swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def stop_on_signals() -> None:
+    """Make SIGTERM (what ``kill``, systemd and container runtimes send) stop the process the way Ctrl-C
+    does, rather than at once: a run then leaves no orphaned Dask workers and a resumable state. Main
+    thread only (Python's rule for signal handlers); elsewhere it does nothing."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def interrupt(signum, frame):
+        raise Interrupted(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is not signal.SIG_IGN:  # a background job keeps ignoring SIGINT, as asked
+            signal.signal(sig, interrupt)
+
+
 def configure_worker() -> None:
     """Settings of a Dask worker process: the driver's, and one torch thread per worker thread, so
     torch never oversubscribes the cores that Dask already shares out."""

@@ -19,6 +19,7 @@ import warnings
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
+from sklearn.exceptions import FitFailedWarning
 from sklearn.model_selection import GridSearchCV, GroupKFold, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -256,6 +257,9 @@ def fit_svm(X: np.ndarray, y: np.ndarray, groups: np.ndarray | list, cfg: SVMCon
         search = GridSearchCV(base, grid, cv=cv, scoring="balanced_accuracy", n_jobs=1)
         with warnings.catch_warnings():  # a spatial fold may lack a class; the score handles it
             warnings.simplefilter("ignore", UserWarning)
+            # a fold whose fitting side holds one class cannot be fit: its score, and so that point's
+            # mean, is NaN (``cv_balanced_accuracy`` NaN when every point has such a fold), not a fault
+            warnings.simplefilter("ignore", FitFailedWarning)
             search.fit(X, y, groups=None if isinstance(groups, list) else groups)
         best, cv_score = search.best_params_, float(search.best_score_)
         cv_se = float(search.cv_results_["std_test_score"][search.best_index_]) / np.sqrt(folds)

@@ -35,6 +35,7 @@ from magpipe.io.stores import (
     version,
     write_tile,
 )
+from magpipe.progress import progress as steps
 
 log = logging.getLogger("magpipe.tiling")
 
@@ -133,9 +134,12 @@ def write_tiles(out: str | Path, template: xr.Dataset, tile_fn: TileFn, *, stage
     todo = [(i, t) for i, t in enumerate(grid) if not done[t[0] // tile_px, t[2] // tile_px]]
     log.info("%s: %d of %d tiles (%d px) into %s", name, len(todo), len(grid), tile_px, out)
     finished = len(grid) - len(todo)
-    for _ in _run(tile_fn, str(tmp), todo, tile_px, client, key=f"{name}-{stage_hash}"):
-        finished += 1
-        _report(progress, finished, len(grid), name)
+    with steps(name, len(grid), "tiles", done=finished) as step:
+        for _ in _run(tile_fn, str(tmp), todo, tile_px, client, key=f"{name}-{stage_hash}"):
+            finished += 1
+            step()
+            if progress is not None:
+                progress(finished, len(grid))
     mark_complete(tmp)
     replace_dir(tmp, out)
     return out
@@ -152,10 +156,3 @@ def _run(tile_fn: TileFn, store: str, todo: list[tuple[int, Tile]], tile_px: int
     futures = [client.submit(run_tile, tile_fn, store, t, tile_px, key=f"{key}-{i}", pure=False) for i, t in todo]
     for fut in as_completed(futures, loop=client.loop):
         yield fut.result()
-
-
-def _report(progress, done: int, total: int, name: str) -> None:
-    if progress is not None:
-        progress(done, total)
-    if done == total or done % max(1, total // 10) == 0:
-        log.info("%s %d/%d", name, done, total)

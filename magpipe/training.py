@@ -20,6 +20,7 @@ import torch
 from magpipe.config import ModelConfig
 from magpipe.model import PatchAutoencoder
 from magpipe.objectives import masked_mse, objective_loss
+from magpipe.progress import progress as steps
 
 __all__ = ["TrainResult", "masked_mse", "resolve_device", "train_autoencoder"]
 
@@ -107,27 +108,29 @@ def train_autoencoder(
     ckpt = Path(checkpoint) if checkpoint else None
     start, best, bad, best_state, history = _restore(ckpt, model, opt, device)
 
-    for epoch in range(start, cfg.epochs):
-        if bad >= cfg.patience:
-            break
-        model.train()
-        gen = torch.Generator().manual_seed(cfg.seed + epoch)
-        order = torch.from_numpy(train_idx)[torch.randperm(len(train_idx), generator=gen)]
-        train_loss = _train_epoch(model, opt, data, order, cfg.batch_size, loss, gen)
-        val = evaluate_loss(model, [t[val_idx] for t in data], cfg.batch_size * 4, loss, cfg.seed)
-        row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val}
-        history.append(row)
-        if val < best - 1e-6:
-            best, bad = val, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        else:
-            bad += 1
-        log.info("epoch %d/%d  train %.4f  val %.4f%s", epoch + 1, cfg.epochs, row["train_loss"], val,
-                 "  (best)" if bad == 0 else "")
-        if progress:
-            progress(row)
-        if ckpt:
-            _save_checkpoint(ckpt, model, opt, epoch, best, bad, best_state, history)
+    with steps("autoencoder", cfg.epochs, "epochs", done=start) as step:
+        for epoch in range(start, cfg.epochs):
+            if bad >= cfg.patience:
+                log.info("autoencoder: stopped early after epoch %d (validation loss not better for %d epochs)",
+                         epoch, bad)
+                break
+            model.train()
+            gen = torch.Generator().manual_seed(cfg.seed + epoch)
+            order = torch.from_numpy(train_idx)[torch.randperm(len(train_idx), generator=gen)]
+            train_loss = _train_epoch(model, opt, data, order, cfg.batch_size, loss, gen)
+            val = evaluate_loss(model, [t[val_idx] for t in data], cfg.batch_size * 4, loss, cfg.seed)
+            row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val}
+            history.append(row)
+            if val < best - 1e-6:
+                best, bad = val, 0
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            else:
+                bad += 1
+            step(train=row["train_loss"], val=val, best=best)
+            if progress:
+                progress(row)
+            if ckpt:
+                _save_checkpoint(ckpt, model, opt, epoch, best, bad, best_state, history)
 
     if best_state is not None:
         model.load_state_dict(best_state)

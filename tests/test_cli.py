@@ -63,6 +63,10 @@ def test_run_end_to_end_leaves_the_documented_layout(survey_files, config_file, 
     assert all(0 <= d["wins"] <= d["n"] == report["n_splits"] for d in report["paired"])
     assert "untrained copy" in report["headline"] and report["headline"] in r.stdout
     assert len(r.stdout.splitlines()) <= 20 and "report.md" in r.stdout  # one screen; the rest is in report.md
+    # the whole terminal: stage lines, periodic progress, the summary; no library warnings or Dask chatter
+    noise = [x for x in r.stderr.splitlines() if "Warning" in x or "distributed" in x or "DEBUG" in x]
+    assert not noise, noise
+    assert len(r.stdout.splitlines()) + len(r.stderr.splitlines()) <= 50, r.stderr
     assert set(sparse["balanced_accuracy"]) == {"deployed", "ae", "raw", "stats", "random", "ae+stats"}
     # features: auto chose on validation (blocked CV of the training region), and the map uses that choice
     dep = report["deployed"]

@@ -28,6 +28,7 @@ from magpipe.locking import locks_output
 from magpipe.splits import cv_folds, holdout_cells, labelled_split, split_config, training_cells
 from magpipe.stages.inputs import input_stack
 from magpipe.stages.patches import patch_size_record, resolved_config
+from magpipe.progress import progress as steps
 from magpipe.smoothing import block_predictions
 from magpipe.stages.train import candidates, choose_smoothing
 from magpipe.svm import fit_svm, predict_with_confidence
@@ -76,7 +77,7 @@ def evaluate_split(cfg: RunConfig, bundle: ModelBundle, arrays: list, grids: Lab
     parts = {name: part_sizes(fs) for name, fs in sets.items()}
     X_te = cell_features(sets, arrays, bundle.scaling, test.rows, test.cols)
     X_tr = cell_features(sets, arrays, bundle.scaling, train.rows, train.cols)
-    log.info("evaluate: split seed %d, %d training, %d test cells", cfg.evaluate.seed, len(train.y), len(test.y))
+    log.debug("evaluate: split seed %d, %d training, %d test cells", cfg.evaluate.seed, len(train.y), len(test.y))
     models, infos, folds = {}, {}, cv_folds(train, cfg)
     for name in sets:
         if name == bundle.feature_set and deployed:
@@ -88,7 +89,8 @@ def evaluate_split(cfg: RunConfig, bundle: ModelBundle, arrays: list, grids: Lab
     chosen = bundle.feature_set if deployed else best_by_validation(infos, candidates(cfg))
     # the map's smoothing: the bundle's radius, or the same choice made on this split's training cells
     radius = bundle.smooth_px if deployed else \
-        choose_smoothing(sets[chosen], arrays, bundle.scaling, train, infos[chosen], cfg)[0]
+        choose_smoothing(sets[chosen], arrays, bundle.scaling, train, infos[chosen], cfg,
+                         level=logging.DEBUG)[0]
     scores["deployed"] = scores[chosen]
     if radius:
         smoothed = block_predictions(models[chosen], sets[chosen], bundle.scaling, arrays, test.rows, test.cols,
@@ -122,13 +124,18 @@ def score_splits(cfg: RunConfig, bundle: ModelBundle, arrays: list, grids: Label
 
     Returns the :func:`evaluate_split` results and the skipped splits' ``{"seed", "reason"}``.
     """
-    splits, skipped = [evaluate_split(cfg, bundle, arrays, grids, deployed=True)], []
-    for i in range(1, cfg.evaluate.splits):
-        try:
-            splits.append(evaluate_split(split_config(cfg, i), bundle, arrays, grids, deployed=False))
-        except DataValidationError as exc:
-            log.warning("evaluate: split seed %d skipped: %s", cfg.evaluate.seed + i, exc)
-            skipped.append({"seed": cfg.evaluate.seed + i, "reason": str(exc)})
+    splits, skipped = [], []
+    with steps("evaluate", cfg.evaluate.splits, "splits") as step:
+        splits.append(evaluate_split(cfg, bundle, arrays, grids, deployed=True))
+        step(balanced=splits[-1]["scores"]["deployed"]["balanced_accuracy"])
+        for i in range(1, cfg.evaluate.splits):
+            try:
+                splits.append(evaluate_split(split_config(cfg, i), bundle, arrays, grids, deployed=False))
+                step(balanced=splits[-1]["scores"]["deployed"]["balanced_accuracy"])
+            except DataValidationError as exc:
+                log.warning("evaluate: split seed %d skipped: %s", cfg.evaluate.seed + i, exc)
+                skipped.append({"seed": cfg.evaluate.seed + i, "reason": str(exc)})
+                step()
     return splits, skipped
 
 

@@ -11,7 +11,7 @@ import numpy as np
 from magpipe.bundle import ModelBundle, read_bundle_meta, save_bundle, verify_bundle
 from magpipe.errors import InputError
 from magpipe.config import RunConfig
-from magpipe.evaluation import best_by_validation
+from magpipe.evaluation import best_by_validation, cv_score
 from magpipe.features import StackScaling, cell_features, feature_set, part_sizes
 from magpipe.io import schema as S
 from magpipe.io.schema import Layout
@@ -93,7 +93,10 @@ def choose_features(fits: dict[str, tuple], cfg: RunConfig) -> tuple[str, object
     names = candidates(cfg)
     table = {name: info for name, (_, info) in fits.items()}
     chosen = best_by_validation(table, names)
-    if len(names) > 1:
+    if len(names) > 1 and all(cv_score(table[n]) == -np.inf for n in names):
+        log.warning("train: validation could not score the feature sets (each blocked-CV fold's fitting side "
+                    "lacks a class: the labels cover too few blocks); %s, the simplest, is used", chosen)
+    elif len(names) > 1:
         log.info("train: features %s chosen on validation (%s)", chosen, ", ".join(
             f"{n} {table[n]['cv_balanced_accuracy']:.3f} ± {table[n].get('cv_se', float('nan')):.3f}" for n in names))
     return chosen, *fits[chosen], table

@@ -95,3 +95,5 @@ def test_local_stack_runs_the_pipeline_deployment(survey_files, tmp_path):
             stack.wait()
     gone, alive = psutil.wait_procs(started, timeout=30)
     assert not alive, [p.cmdline() for p in alive]
+    said = stack.stdout.read()
+    assert "local stack stopped" in said and "killed" not in said, said  # every service stopped on SIGTERM
