@@ -13,10 +13,17 @@ from magpipe.config import RunConfig
 from magpipe.io.schema import Layout
 from magpipe.io.stores import check_output_path
 from magpipe.locking import locks_output
-from magpipe.stages import run_classify, run_evaluate, run_ingest, run_labels, run_patches, run_similar, run_train
+from magpipe import stages
 
 __all__ = ["Layout", "run_all", "run_classify", "run_evaluate", "run_ingest", "run_labels", "run_patches",
            "run_similar", "run_train"]
+
+
+def __getattr__(name: str):
+    """The stage functions, each imported on first use (see :mod:`magpipe.stages`)."""
+    if name in stages.__all__:
+        return getattr(stages, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @locks_output
@@ -26,7 +33,7 @@ def run_all(out: str | Path, cfg: RunConfig, *, client=None) -> dict:
     ``client`` (a ``distributed.Client``) runs the classification tiles; None runs them here.
     """
     check_output_path(Layout(out).survey)
-    for stage in (run_ingest, run_labels, run_patches, run_train):
+    for stage in (stages.run_ingest, stages.run_labels, stages.run_patches, stages.run_train):
         stage(out, cfg)
-    run_classify(out, cfg, client=client)
-    return run_evaluate(out, cfg)
+    stages.run_classify(out, cfg, client=client)
+    return stages.run_evaluate(out, cfg)

@@ -18,12 +18,16 @@ similar     similarity to a query -> similar.zarr, similar.png, similar.json
 ==========  ==========================================================
 """
 
-from magpipe.stages.classify import run_classify
-from magpipe.stages.evaluate import run_evaluate
-from magpipe.stages.ingest import run_ingest
-from magpipe.stages.labels import run_labels
-from magpipe.stages.patches import run_patches
-from magpipe.stages.similar import run_similar
-from magpipe.stages.train import run_train
+import importlib
 
-__all__ = ["run_classify", "run_evaluate", "run_ingest", "run_labels", "run_patches", "run_similar", "run_train"]
+# Loaded on first use: a command that fails on its input (a missing file, a bad option) answers in a
+# second instead of first importing torch, scikit-learn and Dask for stages it never reaches.
+_STAGES = {f"run_{name}": f"magpipe.stages.{name}"
+           for name in ("classify", "evaluate", "ingest", "labels", "patches", "similar", "train")}
+__all__ = sorted(_STAGES)
+
+
+def __getattr__(name: str):
+    if name in _STAGES:
+        return getattr(importlib.import_module(_STAGES[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

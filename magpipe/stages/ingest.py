@@ -7,7 +7,6 @@ from pathlib import Path
 
 from magpipe.config import RunConfig
 from magpipe.errors import DataValidationError, InputError
-from magpipe.features import fit_scaling
 from magpipe.io import schema as S
 from magpipe.io.grids import read_grid
 from magpipe.io.schema import Layout
@@ -50,6 +49,8 @@ def run_ingest(out: str | Path, cfg: RunConfig) -> Path:
     c = cfg.ingest
     field = read_grid(survey, nodata=c.nodata, band=c.band, variable=c.variable, spacing=c.spacing, crs=c.crs,
                       chunk_px=c.chunk_px)
+    from magpipe.features import fit_scaling  # torch: imported once the input is known to be readable
+
     try:  # reads every cell once, before anything is written: a file cut short fails here
         scaling = fit_scaling(field)
     except ValueError:
