@@ -14,8 +14,11 @@ export PREFECT_API_URL="http://127.0.0.1:${PORT}/api"
 mkdir -p "$PREFECT_HOME"
 
 server="" workers=()
-# Each service runs in its own process group (setsid), so stopping it also stops the flow-run
-# processes a worker started. TERM first; whatever still runs after 10 s is killed.
+# Job control: each service runs in its own process group, so stopping it also stops the flow-run
+# processes a worker started; and, unlike a background job of a plain script, with SIGINT not
+# ignored (a Prefect worker turns SIGTERM into SIGINT to itself, and an ignored SIGINT would leave
+# it running). TERM first; whatever still runs after 10 s is killed, and the script says so.
+set -m
 stop_group() {
   kill -TERM -- "-$1" 2>/dev/null || return 0
   for _ in $(seq 20); do kill -0 -- "-$1" 2>/dev/null || return 0; sleep 0.5; done
@@ -30,7 +33,7 @@ stop() {
 }
 trap stop EXIT INT TERM
 
-setsid "$PREFECT" server start --host 127.0.0.1 --port "$PORT" >"$PREFECT_HOME/server.log" 2>&1 &
+"$PREFECT" server start --host 127.0.0.1 --port "$PORT" >"$PREFECT_HOME/server.log" 2>&1 &
 server=$!
 for _ in $(seq 120); do
   "${PREFECT%/prefect}/python" - "$PREFECT_API_URL" 2>/dev/null <<'PY' && break
@@ -47,7 +50,7 @@ done
 "$PREFECT" --no-prompt deploy --all --prefect-file deploy/prefect.yaml >"$PREFECT_HOME/deploy.log" 2>&1 \
   || { cat "$PREFECT_HOME/deploy.log"; exit 1; }
 for pool in cpu gpu; do
-  setsid "$PREFECT" worker start --pool "$pool" --type process >"$PREFECT_HOME/worker-$pool.log" 2>&1 &
+  "$PREFECT" worker start --pool "$pool" --type process >"$PREFECT_HOME/worker-$pool.log" 2>&1 &
   workers+=($!)
 done
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import rioxarray  # noqa: F401  (the .rio accessor, used on the grids and stores here)
 
 from magpipe.io.stores import open_store
 

@@ -12,6 +12,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import rioxarray  # noqa: F401  (the .rio accessor, used on the grids and stores here)
 import xarray as xr
 
 from magpipe.errors import CRSMismatchError, InputError

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import rioxarray  # noqa: F401  (the .rio accessor, used on the grids and stores here)
 import xarray as xr
 import zarr
 
