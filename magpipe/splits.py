@@ -132,14 +132,16 @@ def subsample_per_class(y: np.ndarray, max_per_class: int, seed: int) -> np.ndar
     return np.sort(np.concatenate(keep))
 
 
-def labelled_split(grids: LabelGrids, cfg: RunConfig, *, need_test: bool = False) -> tuple[Split, LabelGrids]:
+def labelled_split(grids: LabelGrids, cfg: RunConfig, *, need_test: bool = False, warn_unscored: bool = True
+                   ) -> tuple[Split, LabelGrids]:
     """The spatial train/test split of the labelled cells (deterministic from the config).
 
     A class needs 2 training cells to be learnt. Under ``evaluate.drop_small_classes`` (the default)
     one short of that is left out of training with a warning naming it (the map cannot call it, and
     its test cells are not scored); with ``need_test`` (evaluation) a class with training cells but no
     test cell stays in training and is simply not scored (warned; see :func:`unscored_classes`). With
-    the option off, either is refused with a message naming the class.
+    the option off, either is refused with a message naming the class. ``warn_unscored=False`` leaves
+    that warning to evaluation (training checks the split before it trains; evaluation says it once).
 
     Returns
     -------
@@ -185,7 +187,7 @@ def labelled_split(grids: LabelGrids, cfg: RunConfig, *, need_test: bool = False
                 f"{grids.source}: after the spatial split (blocks of {cfg.evaluate.block_patches * p} px) no class "
                 f"has both training and test cells ({_counts(classes, n_train, n_test)}); nothing can be scored")
         missing = unscored_classes(split, grids)
-        if missing:
+        if missing and warn_unscored:
             log.warning("classes %s not scored on split seed %d: no test cells (they are still learnt and mapped)",
                         ", ".join(missing), cfg.evaluate.seed)
     return split, grids

@@ -161,7 +161,7 @@ def run_train(out: str | Path, cfg: RunConfig, *, progress=None) -> Path:
         except InputError as exc:
             log.warning("train: %s; training again", exc)
     # the labels are split (and checked: learnable and scorable classes) before the autoencoder trains
-    split, grids = labelled_split(read_label_grids(lay.survey), cfg, need_test=True)
+    split, grids = labelled_split(read_label_grids(lay.survey), cfg, need_test=True, warn_unscored=False)
     cells = training_cells(split, grids.labels, cfg)
     arrays, scaling = input_stack(lay, names)
     raw = pds["patch"].values
