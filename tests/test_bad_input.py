@@ -459,3 +459,13 @@ def test_a_damaged_bundle_is_refused_by_classify(trained_run, tmp_path, bundle_c
     assert_one_line_error(r, *needles)
     assert not is_complete(out / "classified.zarr") and not (out / "classified.zarr.partial").exists()
 
+
+
+def test_a_bundle_from_before_the_checksums_still_loads(trained_run, bundle_copy):
+    """Not bad input: bundles saved before ``files`` was recorded are checked for presence only."""
+    from magpipe.bundle import load_bundle
+
+    meta = json.loads((bundle_copy / "metadata.json").read_text())
+    del meta["files"]
+    (bundle_copy / "metadata.json").write_text(json.dumps(meta))
+    assert load_bundle(bundle_copy).classes == load_bundle(trained_run["out"] / "model").classes
