@@ -244,13 +244,19 @@ class RuntimeConfig(_Section):
 _UNION_BRANCH = re.compile(r"^(int|float|str|bool|none|literal\[.*\]|list\[.*\]|tuple\[.*\]|function-.*)$")
 
 
+def _section(model: type[BaseModel], key) -> type[BaseModel] | None:
+    """The model of ``model``'s field ``key`` when that field is a section of options, else None."""
+    field = model.model_fields.get(str(key))
+    kind = field.annotation if field is not None else None
+    return kind if isinstance(kind, type) and issubclass(kind, BaseModel) else None
+
+
 def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     """The options the section at ``loc`` (a path of field names from ``model``) accepts."""
     for key in loc:
-        field = model.model_fields.get(str(key))
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+        if _section(model, key) is None:
             break
-        model = field.annotation
+        model = _section(model, key)
     return list(model.model_fields)
 
 
@@ -285,9 +291,7 @@ class RunConfig(_Section):
             for section, values in list(data.items()):
                 if values is None:  # a section whose options are all commented out
                     data[section] = {}
-                elif section in cls.model_fields and isinstance(cls.model_fields[section].annotation, type) \
-                        and issubclass(cls.model_fields[section].annotation, BaseModel) \
-                        and not isinstance(values, dict):
+                elif _section(cls, section) is not None and not isinstance(values, dict):
                     raise ConfigError(f"{p}: section '{section}' must be a mapping of options, not "
                                       f"{type(values).__name__} {values!r}")
         for section, values in overrides.items():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from magpipe.bundle import ModelBundle, read_bundle_meta, save_bundle, verify_bundle
+from magpipe.bundle import ModelBundle, check_model_files, read_bundle_meta, save_bundle
 from magpipe.errors import InputError
 from magpipe.config import RunConfig
 from magpipe.evaluation import best_by_validation, cv_score
@@ -153,9 +153,10 @@ def run_train(out: str | Path, cfg: RunConfig, *, progress=None) -> Path:
     pds = open_store(lay.patches)
     names = tuple(pds.attrs[S.INPUTS])
     h = train_hash(str(pds.attrs[S.HASH]), str(sattrs.get(S.LABELS_HASH)), cfg)
-    if (lay.model / "metadata.json").exists() and read_bundle_meta(lay.model).get("input_hash") == h:
+    meta = read_bundle_meta(lay.model) if (lay.model / "metadata.json").exists() else {}
+    if meta.get("input_hash") == h:
         try:
-            verify_bundle(lay.model)
+            check_model_files(lay.model, meta)
             log.info("train: %s is up to date", lay.model)
             return lay.model
         except InputError as exc:
