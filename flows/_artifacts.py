@@ -14,6 +14,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
+from magpipe.io.location import as_path
 from magpipe.report import accuracy_tables
 
 MAPS = (("class_map", "class map"), ("confidence", "confidence"), ("anomaly", "anomaly (reconstruction error)"))
@@ -30,7 +31,7 @@ def _data_uri(png: Path) -> str:
 
 def publish_report(report: dict, out: str | Path, survey: str) -> None:
     """Markdown report (AE vs raw), per-class table, and the PNG maps, keyed by survey."""
-    out = Path(out)
+    out = as_path(out)
     maps = [(out / f"{name}.png", title) for name, title in MAPS if (out / f"{name}.png").exists()]
     md = "\n\n".join(
         [f"# {survey}: learned features against their controls (spatial holdout)", accuracy_tables(report),

@@ -14,6 +14,7 @@ from typing import Any
 
 from magpipe.config import RunConfig
 from magpipe.errors import ConfigError, InputError
+from magpipe.io.location import is_url, use_storage_options
 from magpipe.process import configure_process
 from prefect.cache_policies import NO_CACHE
 
@@ -32,10 +33,13 @@ def load_config(config: dict[str, Any] | str | None) -> RunConfig:
         return RunConfig()
     if isinstance(config, dict):  # (a config path is checked by the flow against the data root)
         try:
-            return RunConfig.model_validate(config)
+            cfg = RunConfig.model_validate(config)
         except Exception as exc:  # pydantic's error, one line
             raise ConfigError(f"flow parameter 'config': {str(exc).splitlines()[0]}") from None
-    return RunConfig.load(config)
+    else:
+        cfg = RunConfig.load(config)
+    use_storage_options(cfg.runtime.storage_options)
+    return cfg
 
 
 DATA_ROOT_ENV = "MAGPIPE_DATA_ROOT"
@@ -53,6 +57,12 @@ def data_path(value: str | None, param: str) -> str | None:
     root = os.environ.get(DATA_ROOT_ENV)
     if not root:
         return str(value)
+    if is_url(root) or is_url(value):  # a bucket prefix as the root: plain key prefixes, no '..'
+        prefix = root.rstrip("/") + "/"
+        full = str(value) if is_url(value) else prefix + str(value).lstrip("/")
+        if ".." in full.split("/") or not full.startswith(prefix):
+            raise InputError(f"flow parameter '{param}': {value} is outside the data root {root} (${DATA_ROOT_ENV})")
+        return full
     base = Path(root).resolve()
     p = Path(value).expanduser()
     full = (p if p.is_absolute() else base / p).resolve()
@@ -63,7 +73,7 @@ def data_path(value: str | None, param: str) -> str | None:
 
 def survey_name(survey: str | Path) -> str:
     """'britain_tmi_2km' from '.../britain_tmi_2km.tif' (also for '.csv.xz' and stores)."""
-    name = Path(str(survey).rstrip("/")).name
+    name = str(survey).rstrip("/").rsplit("/", 1)[-1]
     for _ in range(2):
         name = name.rsplit(".", 1)[0] if "." in name else name
     return name

@@ -9,8 +9,6 @@ exactly the maps an uninterrupted run would have made.
 
 from __future__ import annotations
 
-import glob
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, tags, task
@@ -20,6 +18,7 @@ from flows._common import data_path, load_config, retry_unless_bad_input, run_na
 from flows.classify import classify_survey
 from magpipe.bundle import verify_bundle
 from magpipe.errors import InputError
+from magpipe.io.location import as_path, expand
 from magpipe.io.schema import Layout
 from magpipe.io.stores import is_complete, version
 from magpipe.pipeline import run_ingest
@@ -28,11 +27,7 @@ from magpipe.pipeline import run_ingest
 def expand_surveys(surveys: list[str] | str) -> list[str]:
     """A list of paths and/or globs -> sorted unique existing paths."""
     items = [surveys] if isinstance(surveys, str) else list(surveys)
-    found: set[str] = set()
-    for item in items:
-        matches = glob.glob(item) if any(c in item for c in "*?[") else [item]
-        found.update(matches)
-    return sorted(found)
+    return sorted({match for item in items for match in expand(item)})
 
 
 @flow(name="backfill-survey", flow_run_name=lambda: run_name(_param("survey")), log_prints=True)
@@ -41,10 +36,16 @@ def backfill_survey(survey: str, model: str, out: str, config: dict[str, Any] | 
     """Ingest one survey and classify it with ``model``."""
     survey, model, out = data_path(survey, "survey"), data_path(model, "model"), data_path(out, "out")
     cfg = load_config(config).with_inputs(survey=survey)
-    tag_this_run(survey_name(survey), f"model-{Path(model).parent.name or Path(model).name}", f"magpipe-{version()}")
+    tag_this_run(survey_name(survey), f"model-{_model_name(model)}", f"magpipe-{version()}")
     run_ingest(out, cfg)
     return classify_survey(out, cfg.model_dump(mode="json"), model=model, scheduler=scheduler,
                            name=survey_name(survey))
+
+
+def _model_name(model: str) -> str:
+    """The name a bundle is tagged with: its run's directory for ``RUN/model``, else its own."""
+    parts = str(model).rstrip("/").split("/")
+    return parts[-2] if parts[-1] == "model" and len(parts) > 1 else parts[-1]
 
 
 def _param(name: str) -> str:
@@ -69,11 +70,11 @@ def backfill(surveys: list[str] | str, model: str, out_root: str = "runs/backfil
         raise InputError(f"no survey matches {surveys!r}")
     verify_bundle(model)  # a damaged bundle fails the backfill before any survey is ingested
     done, results = {}, {}
-    with tags("backfill", f"model-{Path(model).name}", f"magpipe-{version()}"):
+    with tags("backfill", f"model-{str(model).rstrip('/').rsplit('/', 1)[-1]}", f"magpipe-{version()}"):
         todo = []
         for p in paths:
-            out = str(Path(out_root) / survey_name(p))
-            if is_complete(Layout(Path(out)).classified):
+            out = str(as_path(out_root) / survey_name(p))
+            if is_complete(Layout(out).classified):
                 done[p] = out  # nothing to do; a re-run after a crash lands here for finished surveys
             else:
                 todo.append((p, out))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -54,7 +53,7 @@ def train_remote_or_local(out: str, config: dict[str, Any]) -> tuple[str, str]:
         raise OrchestrationError(f"training deployment run {run.name} ended "
                                  f"{run.state.name if run.state else 'unknown'}: "
                                  f"{run.state.message if run.state else ''}")
-    return str(Layout(Path(out)).model), f"on the {DEPLOYMENT} deployment"  # the run wrote it there
+    return str(Layout(out).model), f"on the {DEPLOYMENT} deployment"  # the run wrote it there
 
 
 if __name__ == "__main__":

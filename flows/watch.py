@@ -17,6 +17,7 @@ from flows._common import data_path, survey_name
 from flows.backfill import backfill
 from flows.pipeline import survey_pipeline
 from magpipe.errors import InputError
+from magpipe.io.location import as_path
 from magpipe.io.schema import Layout
 from magpipe.io.stores import is_complete
 
@@ -25,8 +26,8 @@ LABEL_SUFFIXES = (".labels.gpkg", ".labels.geojson", ".labels.tif")
 
 def pending_surveys(landing: str | Path, out_root: str | Path, pattern: str) -> list[Path]:
     """Surveys in ``landing`` matching ``pattern`` whose OUT_ROOT/<name>/classified.zarr is not complete."""
-    found = sorted(p for p in Path(landing).glob(pattern) if ".labels." not in p.name)
-    return [p for p in found if not is_complete(Layout(Path(out_root) / survey_name(p)).classified)]
+    found = sorted((p for p in as_path(landing).glob(pattern) if ".labels." not in p.name), key=str)
+    return [p for p in found if not is_complete(Layout(as_path(out_root) / survey_name(p)).classified)]
 
 
 def labels_for(survey: Path) -> Path | None:
@@ -46,7 +47,7 @@ def watch_landing(landing: str, out_root: str = "runs/landing", model: str | Non
     for s in todo:
         lab = labels_for(s)
         if lab is not None:
-            survey_pipeline(str(s), str(lab), str(Path(out_root) / survey_name(s)), label_field=label_field,
+            survey_pipeline(str(s), str(lab), str(as_path(out_root) / survey_name(s)), label_field=label_field,
                             config=config)
         else:
             unlabelled.append(str(s))

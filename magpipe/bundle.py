@@ -14,6 +14,7 @@ Pickle files are never read.
 
 from __future__ import annotations
 
+import io
 import json
 import platform
 from dataclasses import dataclass, field
@@ -25,7 +26,8 @@ import torch
 from magpipe.config import check_feature_name
 from magpipe.errors import InputError
 from magpipe.features import FeatureSet, Scaling, StackScaling, feature_set
-from magpipe.io.stores import file_hash, replace_dir, version, write_json
+from magpipe.io.location import as_path, is_url, remove, write_bytes
+from magpipe.io.stores import bytes_hash, partial_path, publish, version, write_json
 from magpipe.model import PatchAutoencoder
 
 FORMAT = 1
@@ -110,15 +112,23 @@ def save_bundle(bundle: ModelBundle, path: str | Path) -> Path:
     """Write a bundle directory atomically (written aside, then moved into place).
 
     A reader never finds half a bundle, and an interrupted save leaves the previous one intact.
+    On object storage (no rename) the bundle is written in place, ``metadata.json`` removed first and
+    written last: a bundle cut short there has none, or checksums its files fail, and is refused.
     Returns ``path``.
     """
     import skops.io as sio
 
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.mkdir(parents=True, exist_ok=True)
-    torch.save(bundle.model.state_dict(), tmp / "autoencoder.pt")
-    sio.dump(bundle.svm, tmp / "svm.skops")
+    path = as_path(path)
+    tmp = partial_path(path)
+    if is_url(tmp):
+        remove(tmp / "metadata.json")
+    else:
+        tmp.mkdir(parents=True, exist_ok=True)
+    weights = io.BytesIO()
+    torch.save(bundle.model.state_dict(), weights)
+    files = {"autoencoder.pt": weights.getvalue(), "svm.skops": sio.dumps(bundle.svm)}
+    for name, data in files.items():
+        write_bytes(data, tmp / name)
     meta = {
         **bundle.meta,
         "format": FORMAT,
@@ -134,10 +144,10 @@ def save_bundle(bundle: ModelBundle, path: str | Path) -> Path:
         "scalings": [{"mean": s.mean, "std": s.std} for s in bundle.scaling.channels],
         "classes": bundle.classes,
         "versions": library_versions(),
-        "files": {name: file_hash(tmp / name) for name in MODEL_FILES},
+        "files": {name: bytes_hash(data) for name, data in files.items()},
     }
     write_json(meta, tmp / "metadata.json")
-    replace_dir(tmp, path)
+    publish(tmp, path)
     return path
 
 
@@ -147,7 +157,7 @@ def read_bundle_meta(path: str | Path) -> dict:
     Raises InputError when ``path`` is not a bundle, holds pickle files, or its metadata is corrupt,
     of another format or incomplete.
     """
-    path = Path(path)
+    path = as_path(path)
     meta_file = path / "metadata.json"
     if not meta_file.exists():
         raise InputError(f"{path}: not a magpipe model bundle (no metadata.json)")
@@ -166,27 +176,33 @@ def read_bundle_meta(path: str | Path) -> dict:
     return meta
 
 
-def check_model_files(path: Path, meta: dict) -> None:
+def check_model_files(path: Path, meta: dict) -> dict[str, bytes]:
     """Refuse a bundle whose weights or SVM differ from what it was saved with (edited, swapped, or
     cut short in a copy), before torch or skops reads a byte of them. Bundles saved before the
-    checksums were recorded (no ``files`` in metadata) are only checked for presence."""
+    checksums were recorded (no ``files`` in metadata) are only checked for presence.
+
+    Returns the checked bytes of each file (read once, also from object storage)."""
+    path = as_path(path)
     recorded = meta.get("files")
     if recorded is not None and not isinstance(recorded, dict):
         raise InputError(f"{path / 'metadata.json'}: 'files' must map file names to checksums")
+    data = {}
     for name in MODEL_FILES:
         f = path / name
         if not f.is_file():
             raise InputError(f"{f}: missing from the bundle")
-        if recorded is not None and file_hash(f) != recorded.get(name):
+        data[name] = f.read_bytes()
+        if recorded is not None and bytes_hash(data[name]) != recorded.get(name):
             raise InputError(f"{f}: checksum differs from the one in metadata.json (the file was changed or "
                              "cut short); refusing to load it")
+    return data
 
 
 def verify_bundle(path: str | Path) -> dict:
     """A bundle's metadata, once its format and the checksums of its files are checked (nothing is
     loaded): what a stage calls before any work, so a damaged bundle fails at once, in one line."""
     meta = read_bundle_meta(path)
-    check_model_files(Path(path), meta)
+    check_model_files(path, meta)
     return meta
 
 
@@ -199,7 +215,7 @@ def load_bundle(path: str | Path, *, patch_px: int | None = None) -> ModelBundle
     """
     import skops.io as sio
 
-    path = Path(path)
+    path = as_path(path)
     meta = read_bundle_meta(path)
     if patch_px is not None and meta["patch_px"] != patch_px:
         raise InputError(f"{path}: model was trained on {meta['patch_px']} px patches, not {patch_px}")
@@ -209,25 +225,25 @@ def load_bundle(path: str | Path, *, patch_px: int | None = None) -> ModelBundle
         PatchAutoencoder.check_readout(str(meta.get("readout", "mean_centre")))
     except ValueError as exc:
         raise InputError(f"{path / 'metadata.json'}: {exc}") from None
-    check_model_files(path, meta)
+    files = check_model_files(path, meta)
     smooth = meta.get("smooth_px", 0)
     if not isinstance(smooth, int) or isinstance(smooth, bool) or smooth < 0:
         raise InputError(f"{path / 'metadata.json'}: smooth_px must be a whole number of cells >= 0, not {smooth!r}")
     model = PatchAutoencoder(meta["patch_px"], meta["channels"], meta["hidden"], in_channels=len(inputs))
     try:
-        state = torch.load(path / "autoencoder.pt", map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(files["autoencoder.pt"]), map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     except Exception as exc:
         raise InputError(f"{path / 'autoencoder.pt'}: cannot load weights ({str(exc).splitlines()[0][:200]})") from None
     svm_file = path / "svm.skops"
     try:
-        untrusted = set(sio.get_untrusted_types(file=svm_file))
+        untrusted = set(sio.get_untrusted_types(data=files["svm.skops"]))
     except Exception as exc:
         raise InputError(f"{svm_file}: not a readable skops file ({str(exc).splitlines()[0][:200]})") from None
     unknown = sorted(untrusted - set(TRUSTED_SKOPS_TYPES))
     if unknown:
         raise InputError(f"{svm_file}: holds untrusted types {unknown}; refusing to load")
-    svm = sio.load(svm_file, trusted=sorted(untrusted))
+    svm = sio.loads(files["svm.skops"], trusted=sorted(untrusted))
     return ModelBundle(
         model=model.eval(), svm=svm, layers=list(meta["layers"]),
         scaling=StackScaling(tuple(Scaling(**s) for s in meta["scalings"])), classes=list(meta["classes"]),

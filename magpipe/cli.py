@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -26,7 +25,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 _state = {"debug": False}
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML/JSON config file (see magpipe.config).")]
+ConfigOpt = Annotated[Optional[str], typer.Option("--config", "-c", help="YAML/JSON config file (see magpipe.config).")]
 PatchOpt = Annotated[Optional[int], typer.Option(
     "--patch-size", help="Patch side in px (odd); default: chosen on validation among patches.auto_sizes.")]
 EpochsOpt = Annotated[Optional[int], typer.Option("--epochs", help="Maximum autoencoder epochs (default 12).")]
@@ -40,14 +39,14 @@ SchedOpt = Annotated[Optional[str], typer.Option("--scheduler", envvar="DASK_SCH
                                                  help="Existing Dask scheduler; default: a LocalCluster.")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="LocalCluster workers (default 2).")]
 SerialOpt = Annotated[bool, typer.Option("--serial", help="Classify in this process, without Dask.")]
-OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory of the run.")]
+OutOpt = Annotated[str, typer.Option("--out", "-o", help="Output directory of the run.")]
 NodataOpt = Annotated[Optional[float], typer.Option("--nodata", help="Sentinel no-data value, e.g. -99999.")]
 BandOpt = Annotated[Optional[int], typer.Option("--band", help="1-based band of a multi-band raster.")]
 VarOpt = Annotated[Optional[str], typer.Option("--variable", help="Variable of a NetCDF/Zarr dataset.")]
 SpacingOpt = Annotated[Optional[float], typer.Option("--spacing", help="Grid spacing for line data (CRS units).")]
 CrsOpt = Annotated[Optional[str], typer.Option("--crs", help="Target CRS for line data, e.g. EPSG:27700.")]
 FieldOpt = Annotated[Optional[str], typer.Option("--label-field", help="Attribute holding the class of vector labels.")]
-ClassesOpt = Annotated[Optional[Path], typer.Option("--classes", help="CSV naming label raster codes (code,name).")]
+ClassesOpt = Annotated[Optional[str], typer.Option("--classes", help="CSV naming label raster codes (code,name).")]
 
 
 @app.callback()
@@ -73,15 +72,17 @@ def main(ctx: typer.Context, debug: Annotated[bool, typer.Option("--debug", help
         ctx.with_resource(log_above_bars())
 
 
-def _config(config: Path | None, *, run: Path | None = None, patch_size=None, epochs=None, n_patches=None,
+def _config(config: str | None, *, run: str | None = None, patch_size=None, epochs=None, n_patches=None,
             nodata=None, band=None, variable=None, spacing=None, crs=None, scheduler=None, workers=None,
             features=None, objective=None, **inputs) -> RunConfig:
     """``config`` (else the run's saved config.json when ``run`` is given, else defaults) with the flags applied."""
+    from magpipe.io.location import use_storage_options
+
     if config is None and run is not None:
         from magpipe.io.schema import Layout
 
         saved = Layout(run).config
-        config = saved if saved.exists() else None
+        config = saved if _guard(_exists, saved) else None
     cfg = _guard(
         RunConfig.load, config,
         ingest={"nodata": nodata, "band": band, "variable": variable, "spacing": spacing, "crs": crs},
@@ -90,7 +91,15 @@ def _config(config: Path | None, *, run: Path | None = None, patch_size=None, ep
         svm={"features": features},
         runtime={"scheduler": scheduler, "workers": workers},
     )
+    use_storage_options(cfg.runtime.storage_options)
     return cfg.with_inputs(**inputs)
+
+
+def _exists(path) -> bool:
+    from magpipe.io.location import remote_errors
+
+    with remote_errors(path):
+        return path.exists()
 
 
 def _guard(fn, *args, **kwargs):
@@ -130,7 +139,7 @@ def _with_client(cfg: RunConfig, serial: bool, fn, *args, **kwargs):
 
 
 @app.command()
-def ingest(survey: Path, out: OutOpt, config: ConfigOpt = None, nodata: NodataOpt = None, band: BandOpt = None,
+def ingest(survey: str, out: OutOpt, config: ConfigOpt = None, nodata: NodataOpt = None, band: BandOpt = None,
            variable: VarOpt = None, spacing: SpacingOpt = None, crs: CrsOpt = None) -> None:
     """Read a survey (GeoTIFF, NetCDF, Zarr, CSV/XYZ lines) into OUT/survey.zarr."""
     from magpipe.pipeline import run_ingest
@@ -141,7 +150,7 @@ def ingest(survey: Path, out: OutOpt, config: ConfigOpt = None, nodata: NodataOp
 
 
 @app.command()
-def labels(labels: Path, out: OutOpt, label_field: FieldOpt = None, classes: ClassesOpt = None,
+def labels(labels: str, out: OutOpt, label_field: FieldOpt = None, classes: ClassesOpt = None,
            config: ConfigOpt = None) -> None:
     """Put labels (raster, polygons or points) onto OUT/survey.zarr's grid."""
     from magpipe.pipeline import run_labels
@@ -163,7 +172,7 @@ def train(out: OutOpt, config: ConfigOpt = None, patch_size: PatchOpt = None, ep
 
 
 @app.command()
-def classify(out: OutOpt, config: ConfigOpt = None, model: Annotated[Optional[Path], typer.Option(
+def classify(out: OutOpt, config: ConfigOpt = None, model: Annotated[Optional[str], typer.Option(
         "--model", help="Model bundle to apply (default OUT/model).")] = None, scheduler: SchedOpt = None,
              workers: WorkersOpt = None, serial: SerialOpt = False) -> None:
     """Classify every valid cell of OUT/survey.zarr into OUT/classified.zarr."""
@@ -185,14 +194,14 @@ def evaluate(out: OutOpt, config: ConfigOpt = None, patch_size: PatchOpt = None)
 
 @app.command()
 def export(out: OutOpt, variable: Annotated[str, typer.Option(help="class, confidence or anomaly")] = "class",
-           dest: Annotated[Optional[Path], typer.Option(help="GeoTIFF path (default OUT/<variable>.tif)")] = None
+           dest: Annotated[Optional[str], typer.Option(help="GeoTIFF path (default OUT/<variable>.tif)")] = None
            ) -> None:
     """Export a layer of OUT/classified.zarr as a GeoTIFF."""
     from magpipe.io.export import export_geotiff
     from magpipe.io.schema import Layout
 
     lay = Layout(out)
-    typer.echo(_guard(export_geotiff, lay.classified, variable, dest or out / f"{variable}.tif"))
+    typer.echo(_guard(export_geotiff, lay.classified, variable, dest or lay.root / f"{variable}.tif"))
 
 
 TopOpt = Annotated[int, typer.Option("--top", "-k", help="How many places to list.")]
@@ -224,20 +233,21 @@ def label_next_cmd(out: OutOpt, top: TopOpt = 10, config: ConfigOpt = None) -> N
 @app.command()
 def similar(out: OutOpt, point: Annotated[Optional[tuple[float, float]], typer.Option(
         "--point", help="Query point X Y in the survey's CRS.")] = None,
-            polygon: Annotated[Optional[Path], typer.Option("--polygon", help="Query polygons (vector file).")] = None,
-            top: TopOpt = 10, model: Annotated[Optional[Path], typer.Option(
+            polygon: Annotated[Optional[str], typer.Option("--polygon", help="Query polygons (vector file).")] = None,
+            top: TopOpt = 10, model: Annotated[Optional[str], typer.Option(
                 "--model", help="Model bundle (default OUT/model).")] = None, config: ConfigOpt = None) -> None:
     """Where else looks like this? Similarity map (OUT/similar.zarr, OUT/similar.png) and top places."""
     from magpipe.explore import markdown_table
+    from magpipe.io.schema import Layout
     from magpipe.pipeline import run_similar
 
     cfg = _config(config, run=out)
     hits = _guard(run_similar, out, cfg, point=point, polygons=polygon, bundle=model, k=top)
     typer.echo(markdown_table(hits, ["rank", "x", "y", "similarity"]))
-    typer.echo(f"map: {out / 'similar.zarr'}, {out / 'similar.png'}")
+    typer.echo(f"map: {Layout(out).similar}, {Layout(out).figure('similar')}")
 
 
-def _bundle_meta(out: Path) -> dict:
+def _bundle_meta(out: str) -> dict:
     from magpipe.bundle import read_bundle_meta
     from magpipe.errors import InputError
     from magpipe.io.schema import Layout
@@ -248,7 +258,7 @@ def _bundle_meta(out: Path) -> dict:
     return read_bundle_meta(lay.model)
 
 
-def _run(out: Path, cfg: RunConfig, *, serial: bool) -> None:
+def _run(out: str, cfg: RunConfig, *, serial: bool) -> None:
     from magpipe.pipeline import run_all
     from magpipe.report import terminal_summary
 
@@ -262,7 +272,7 @@ def _run(out: Path, cfg: RunConfig, *, serial: bool) -> None:
     typer.echo(terminal_summary(report))
     typer.echo(f"\n{report['n_train']} training / {report['n_test']} test cells, spatial holdout; "
                f"{time.perf_counter() - t0:.0f} s")
-    typer.echo(f"results in {out}/: survey.zarr patches.zarr model/ classified.zarr report.json report.md *.png")
+    typer.echo(f"results in {str(out).rstrip('/')}/: survey.zarr patches.zarr model/ classified.zarr report.json report.md *.png")
 
 
 def _fail(message: str):
@@ -272,8 +282,8 @@ def _fail(message: str):
 
 
 @app.command()
-def run(survey: Annotated[Optional[Path], typer.Argument(help="Survey file (default: the config's inputs.survey).")] = None,
-        labels: Annotated[Optional[Path], typer.Option("--labels", "-l", help="Label raster or vector file "
+def run(survey: Annotated[Optional[str], typer.Argument(help="Survey file (default: the config's inputs.survey).")] = None,
+        labels: Annotated[Optional[str], typer.Option("--labels", "-l", help="Label raster or vector file "
                                                        "(default: the config's inputs.labels).")] = None,
         out: OutOpt = ..., label_field: FieldOpt = None, classes: ClassesOpt = None, config: ConfigOpt = None,
         nodata: NodataOpt = None, band: BandOpt = None, variable: VarOpt = None, spacing: SpacingOpt = None,
@@ -291,7 +301,7 @@ def run(survey: Annotated[Optional[Path], typer.Argument(help="Survey file (defa
 
 
 @app.command()
-def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("magpipe-demo"),
+def demo(out: Annotated[str, typer.Option("--out", "-o", help="Output directory.")] = "magpipe-demo",
          epochs: EpochsOpt = None, workers: WorkersOpt = None, serial: SerialOpt = False) -> None:
     """Run the whole pipeline on the embedded BGS sample of Great Britain (2 km grid)."""
     from magpipe.datasets import britain_sample, demo_config

@@ -14,13 +14,14 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from magpipe.derived import CHANNELS
 from magpipe.errors import ConfigError
+from magpipe.io.location import absolute, as_path, remote_errors
 
 SCHEMA_VERSION = 2
 FEATURE_ATOMS = ("ae", "random", "stats", "raw")  # feature sets by name; "a+b" puts sets side by side
@@ -239,6 +240,10 @@ class RuntimeConfig(_Section):
     workers: int = Field(2, ge=1, description="Workers of the LocalCluster (one thread each).")
     device: str = Field("auto", description="Torch device of training: 'auto' (cuda, then mps, then cpu), or a "
                         "torch device string.")
+    storage_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="fsspec options per protocol for inputs and outputs given as URLs, e.g. "
+        "{s3: {endpoint_url: 'https://minio.example:9000'}}; credentials are better left to the environment "
+        "(AWS_ACCESS_KEY_ID, ...). Like all of runtime, never written to config.json or a report.")
 
 
 _UNION_BRANCH = re.compile(r"^(int|float|str|bool|none|literal\[.*\]|list\[.*\]|tuple\[.*\]|function-.*)$")
@@ -276,11 +281,12 @@ class RunConfig(_Section):
         """Read a YAML/JSON file (or defaults), then apply per-section overrides."""
         data: dict = {}
         if path is not None:
-            p = Path(path)
+            p = as_path(path)
             try:
-                data = yaml.safe_load(p.read_text()) or {}
+                with remote_errors(p, kind=ConfigError):
+                    data = yaml.safe_load(p.read_text()) or {}
             except OSError as exc:
-                raise ConfigError(f"{p}: cannot read config ({exc.strerror})") from None
+                raise ConfigError(f"{p}: cannot read config ({exc.strerror or exc})") from None
             except yaml.YAMLError as exc:
                 mark = getattr(exc, "problem_mark", None)
                 where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -314,7 +320,7 @@ class RunConfig(_Section):
 
     def with_inputs(self, **inputs: str | Path | None) -> "RunConfig":
         """A copy with the given inputs set (paths made absolute, so the saved config works from anywhere)."""
-        new = {k: (str(Path(v).resolve()) if k != "label_field" else str(v)) for k, v in inputs.items()
+        new = {k: (absolute(v) if k != "label_field" else str(v)) for k, v in inputs.items()
                if v is not None}
         return self.model_copy(update={"inputs": self.inputs.model_copy(update=new)})
 
@@ -327,7 +333,7 @@ class RunConfig(_Section):
         already there, so the stage commands of one run, each naming only its own input, add up."""
         from magpipe.io.stores import write_json
 
-        path = Path(path)
+        path = as_path(path)
         data = self.saved()
         try:
             before = json.loads(path.read_text()).get("inputs", {}) if path.exists() else {}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from magpipe.io.location import as_path
 from magpipe.io.stores import open_array
 
 PICK_SPACING_PATCHES = 2  # top-k places (anomalies, similar) are at least this many patch widths apart
@@ -92,7 +93,7 @@ def top_blocks(store: str | Path, variable: str, k: int, *, block: int,
     Highest first: ``rank`` (from 1), ``x``, ``y`` (cell centre, survey CRS units), ``row``, ``col``
     and ``variable``'s value there.
     """
-    store = Path(store)
+    store = as_path(store)
     value, rows, cols = block_reduce(open_array(store, variable), block, "max")
     if exclude is not None:
         value[exclude[0] // block, exclude[1] // block] = np.nan
@@ -134,7 +135,7 @@ def label_next(classified: str | Path, k: int = 10, *, block: int, min_valid: fl
     Least confident first: ``rank``, ``x``, ``y`` (block centre, survey CRS units), ``row``, ``col``,
     ``block_px`` and ``mean_confidence`` (mean probability of the predicted class, 0..1).
     """
-    classified = Path(classified)
+    classified = as_path(classified)
     conf, frac = block_reduce(open_array(classified, "confidence"), block, "mean")
     ys, xs = _coords(classified)
     key = np.where(np.isfinite(conf) & (frac >= min_valid), conf, np.inf)

@@ -7,6 +7,12 @@ or another thread of a flow worker) is refused at once with a message naming
 the holder. The kernel releases the lock when its process dies, so a crashed or
 killed run never leaves a stale lock behind. ``flock`` is local to one host:
 runs on several hosts sharing OUT over NFS must not share an output directory.
+
+Object storage has no ``flock``. There the lock is the object ``OUT/.magpipe.lock``, created
+only if absent (``If-None-Match: *`` on S3, fsspec's ``mode="create"``), holding its owner's
+host, pid and a heartbeat the owner rewrites every :data:`HEARTBEAT_S` seconds, and deleted on
+release. A lock left by a killed run is stale, and taken over, when its owner was a process of
+this host that no longer exists, or when its heartbeat is older than :data:`STALE_S` seconds.
 """
 
 from __future__ import annotations
@@ -16,22 +22,28 @@ import errno
 import fcntl
 import functools
 import inspect
+import json
 import os
 import socket
 import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from magpipe.errors import StorageError
+from magpipe.io.location import as_path, ensure_dir, is_url, remote_errors
 
 LOCK_NAME = ".magpipe.lock"
+HEARTBEAT_S = 30.0  # how often the owner of a lock object on object storage refreshes it
+STALE_S = 300.0  # a lock object not refreshed for this long belongs to a run that died elsewhere
 
 
 class OutputLockedError(StorageError):
     """Another run is writing the same output directory."""
 
 
-_held: dict[Path, tuple[int, int, int]] = {}  # path -> (fd, depth, owning thread id)
+_held: dict[str, tuple[object, int, int]] = {}  # lock -> (fd or remote lock, depth, owning thread id)
 _guard = threading.Lock()
 
 
@@ -42,12 +54,14 @@ def output_lock(out: str | Path) -> Iterator[Path]:
     Creates ``out`` if needed and yields it. Raises OutputLockedError at once (never waits) when
     another process or thread holds the lock, StorageError when ``out`` cannot be created.
     """
-    out = Path(out)
+    out = as_path(out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        ensure_dir(out)
+    except StorageError:
+        raise
     except OSError as exc:
         raise StorageError(f"{out}: cannot use as an output directory ({exc.strerror})") from None
-    path = (out / LOCK_NAME).resolve()
+    path = str(out / LOCK_NAME) if is_url(out) else str((out / LOCK_NAME).resolve())
     me = threading.get_ident()
     with _guard:
         if path in _held:
@@ -55,6 +69,8 @@ def output_lock(out: str | Path) -> Iterator[Path]:
             if owner != me:
                 raise OutputLockedError(f"{out}: in use by another run in this process; wait for it to finish")
             _held[path] = (fd, depth + 1, owner)
+        elif is_url(out):
+            _held[path] = (_RemoteLock.take(out), 1, me)
         else:
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -80,7 +96,93 @@ def output_lock(out: str | Path) -> Iterator[Path]:
                 _held[path] = (fd, depth - 1, owner)
             else:
                 del _held[path]
-                os.close(fd)  # releases the flock
+                if isinstance(fd, _RemoteLock):
+                    fd.release()
+                else:
+                    os.close(fd)  # releases the flock
+
+
+class _RemoteLock:
+    """The lock object of an output on object storage, refreshed by a daemon thread while held."""
+
+    def __init__(self, out: Path, token: str) -> None:
+        self.out, self.token = out, token
+        self.path = out / LOCK_NAME
+        self._stop = threading.Event()
+        self._beat = threading.Thread(target=self._refresh, name="magpipe-lock-heartbeat", daemon=True)
+        self._beat.start()
+
+    @staticmethod
+    def _body(token: str) -> bytes:
+        return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "token": token,
+                           "heartbeat": time.time()}).encode()
+
+    @classmethod
+    def take(cls, out: Path) -> "_RemoteLock":
+        """Create the lock object, taking over a stale one; OutputLockedError when a live run holds it."""
+        path = out / LOCK_NAME
+        token = uuid.uuid4().hex
+        for _ in range(2):
+            with remote_errors(out):
+                try:
+                    path.fs.pipe_file(path.path, cls._body(token), mode="create")
+                    return cls(out, token)
+                except FileExistsError:
+                    holder = _read_lock(path)
+            if holder is None:  # released between our create and read: try again
+                continue
+            stale = _stale_reason(holder)
+            if stale is None:
+                age = time.time() - float(holder.get("heartbeat", 0))
+                raise OutputLockedError(
+                    f"{out}: in use by another magpipe run (pid {holder.get('pid')} on {holder.get('host')}, seen "
+                    f"{age:.0f} s ago); wait for it, or stop it and re-run (finished work is kept). A lock not "
+                    f"refreshed for {STALE_S:.0f} s is taken over") from None
+            import logging
+
+            logging.getLogger("magpipe.locking").warning("%s: taking over the lock of a run that %s", out, stale)
+            with remote_errors(out):
+                path.fs.rm(path.path)
+        raise OutputLockedError(f"{out}: another run took the lock at the same moment; re-run")
+
+    def _refresh(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                self.path.fs.pipe_file(self.path.path, self._body(self.token))
+            except Exception:  # a missed beat is only a risk after STALE_S; the next one retries
+                pass
+
+    def release(self) -> None:
+        self._stop.set()
+        self._beat.join(timeout=5)
+        with contextlib.suppress(Exception):
+            held = _read_lock(self.path)
+            if held is not None and held.get("token") == self.token:
+                self.path.fs.rm(self.path.path)
+
+
+def _read_lock(path: Path) -> dict | None:
+    """The lock object's content; None when it is gone; {} when unreadable (treated as held)."""
+    try:
+        data = json.loads(path.fs.cat_file(path.path))
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _stale_reason(holder: dict) -> str | None:
+    """Why a lock object is stale (its owner is gone), or None while it may be alive."""
+    if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
+        import psutil
+
+        if not psutil.pid_exists(holder["pid"]):
+            return f"ended on this host (pid {holder['pid']})"
+    age = time.time() - float(holder.get("heartbeat", time.time()))
+    if age > STALE_S:
+        return f"has not been seen for {age:.0f} s"
+    return None
 
 
 # Write failures that are the output file system's, not magpipe's or the input's.

@@ -8,6 +8,7 @@ import numpy as np
 
 from magpipe.explore import markdown_table
 from magpipe.io.schema import Layout
+from magpipe.io.location import save_figure
 from magpipe.io.stores import open_array, write_json, write_text
 
 MAX_FIGURE_PX = 1600  # maps larger than this are decimated for the figures only
@@ -271,7 +272,7 @@ def class_map_figure(report: dict, layout: Layout) -> None:
         ("ae", report["pixel_accuracy"]["ae"])
     ax.set_title(f"class map ({name} features + SVM); holdout pixel acc {acc:.0%}")
     ax.set_axis_off()
-    fig.savefig(layout.figure("class_map"), dpi=110, bbox_inches="tight")
+    save_figure(fig, layout.figure("class_map"), dpi=110, bbox_inches="tight")
 
 
 def layer_figure(report: dict, layout: Layout, name: str) -> None:
@@ -304,7 +305,7 @@ def layer_figure(report: dict, layout: Layout, name: str) -> None:
         ax.set_title("confidence (probability of the class); boxes: label next")
     fig.colorbar(im, ax=ax, shrink=0.7)
     ax.set_axis_off()
-    fig.savefig(layout.figure(name), dpi=110, bbox_inches="tight")
+    save_figure(fig, layout.figure(name), dpi=110, bbox_inches="tight")
 
 
 def confusion_figure(report: dict, layout: Layout) -> None:
@@ -327,7 +328,7 @@ def confusion_figure(report: dict, layout: Layout) -> None:
         ax.set_title(f"{'AE features' if kind == 'ae' else 'raw pixels'}: "
                      f"pixel acc {report['pixel_accuracy'][kind]:.0%}")
     fig.tight_layout()
-    fig.savefig(layout.figure("confusion"), dpi=110)
+    save_figure(fig, layout.figure("confusion"), dpi=110)
 
 
 def embedding_figure(report: dict, layout: Layout, xy: np.ndarray, labels: np.ndarray) -> None:
@@ -344,7 +345,7 @@ def embedding_figure(report: dict, layout: Layout, xy: np.ndarray, labels: np.nd
     ax.set_title(f"AE embeddings of held-out cells ({method}), coloured by true class")
     ax.set_xlabel(f"{method} 1")
     ax.set_ylabel(f"{method} 2")
-    fig.savefig(layout.figure("embedding"), dpi=110, bbox_inches="tight")
+    save_figure(fig, layout.figure("embedding"), dpi=110, bbox_inches="tight")
 
 
 def similarity_figure(store: str | Path, hits: list[dict], query: tuple[np.ndarray, np.ndarray], path: Path) -> Path:
@@ -370,5 +371,5 @@ def similarity_figure(store: str | Path, hits: list[dict], query: tuple[np.ndarr
                     textcoords="offset points")
     ax.set_title("where else looks like the query (white)")
     ax.set_axis_off()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    save_figure(fig, path, dpi=110, bbox_inches="tight")
     return path

@@ -3,9 +3,15 @@ user runs it, and label rasters of synthetic surveys. The one home of test helpe
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -54,3 +60,97 @@ def write_labels_raster(truth: np.ndarray, like: xr.DataArray, path: Path, *, x_
     da = xr.DataArray(lab.astype("int16"), dims=("y", "x"), coords={"y": like.y, "x": like.x})
     da.rio.write_crs(like.rio.crs).rio.write_nodata(0).rio.to_raster(path)
     return path
+
+
+def start_cli(*args, env: dict | None = None) -> subprocess.Popen:
+    """``magpipe ARGS`` in its own process group, as a terminal would run it, stderr piped line by line."""
+    return subprocess.Popen([sys.executable, "-m", "magpipe", *map(str, args)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env=None if env is None else {**os.environ, **env})
+
+
+def stop_when(proc: subprocess.Popen, marker: str, sig: int, *, group: bool, after_s: float = 1.0
+              ) -> tuple[list, float, str]:
+    """Send ``sig`` (to the process, or its whole group as Ctrl-C does) once ``marker`` appears on stderr.
+    Returns the processes it had started by then, the seconds it took to exit, and all of stderr."""
+    import psutil
+
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if marker in line:
+            break
+    assert any(marker in x for x in seen), "".join(seen)
+    time.sleep(after_s)  # well inside the stage
+    children = psutil.Process(proc.pid).children(recursive=True)
+    t0 = time.perf_counter()
+    os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
+    rest = proc.stderr.read()
+    proc.wait(timeout=60)
+    return children, time.perf_counter() - t0, "".join(seen) + rest
+
+
+@contextlib.contextmanager
+def external_cluster(workdir: Path, *, env: dict | None = None, cwd: Path | None = None) -> Iterator[str]:
+    """`dask scheduler` and `dask worker` (2 nanny-managed processes) started as separate programs, as on
+    a real cluster, their files in ``workdir``; yields the scheduler's address. ``env`` adds variables
+    (a worker's storage credentials), ``cwd`` is the workers' directory."""
+    bin_dir = Path(sys.executable).parent
+    info = workdir / "scheduler.json"
+    common = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "start_new_session": True,
+              "env": None if env is None else {**os.environ, **env}}
+    scheduler = subprocess.Popen([bin_dir / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
+                                  "--no-dashboard", "--scheduler-file", info], **common)
+    procs = [scheduler]
+    try:
+        deadline = time.time() + 60
+        while not info.exists() and time.time() < deadline:
+            time.sleep(0.2)
+        procs.append(subprocess.Popen([bin_dir / "dask", "worker", "--scheduler-file", info, "--nworkers", "2",
+                                       "--nthreads", "1", "--no-dashboard"], cwd=cwd, **common))
+        yield json.loads(info.read_text())["address"]
+    finally:
+        for p in reversed(procs):
+            os.killpg(p.pid, signal.SIGTERM)
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+@contextlib.contextmanager
+def s3_server(log: Path) -> Iterator[dict[str, str]]:
+    """A real S3-protocol server on loopback (moto in server mode, as s3fs's own tests use) that checks
+    credentials; yields the environment a client needs (``AWS_ENDPOINT_URL``, a valid key pair) and
+    stops the server afterwards. Needs the ``moto[server]`` test dependency."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    # the first 3 requests (the user, its policy, its key) are let through; every later one is authenticated
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen([Path(sys.executable).with_name("moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"moto_server did not start: {Path(log).read_text()[-2000:]}")
+            time.sleep(0.2)
+        import boto3
+
+        iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="setup",
+                           aws_secret_access_key="setup")
+        iam.create_user(UserName="magpipe")
+        iam.put_user_policy(UserName="magpipe", PolicyName="s3", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+        key = iam.create_access_key(UserName="magpipe")["AccessKey"]
+        yield {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+               "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"], "AWS_DEFAULT_REGION": "us-east-1"}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)

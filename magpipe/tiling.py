@@ -3,8 +3,9 @@
 A tiled output (``classified.zarr``, ``similar.zarr``) is made by one function of a tile,
 ``tile_fn((y0, y1, x0, x1)) -> {variable: (y1 - y0, x1 - x0) array}``, run on every tile:
 
-- the store is written under ``<name>.partial`` from a lazy template on the survey's
-  grid and CRS; one tile is one Zarr shard, so no two tasks write the same object;
+- the store is written under ``<name>.partial`` (in place on object storage, see
+  :mod:`magpipe.io.stores`) from a lazy template on the survey's grid and CRS; one tile is
+  one Zarr shard, so no two tasks write the same object;
 - each finished tile sets its cell of ``tile_done`` (last), so a re-run of an interrupted
   output with the same stage hash redoes only unfinished tiles and ends identical;
 - the store is marked complete and moved into place only after its last tile.
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from magpipe.io.location import as_path, storage_options, use_storage_options
 from magpipe.io.schema import HASH, TILE_DONE, TILE_PX, VERSION
 from magpipe.io.stores import (
     check_output_path,
@@ -29,7 +31,7 @@ from magpipe.io.stores import (
     is_complete,
     mark_complete,
     partial_path,
-    replace_dir,
+    publish,
     store_attrs,
     tiles_done,
     version,
@@ -83,8 +85,12 @@ def output_template(grid: xr.Dataset, variables: dict[str, tuple[str, float, dic
     return ds
 
 
-def run_tile(tile_fn: TileFn, store: str, tile: Tile, tile_px: int) -> Tile:
-    """Compute one tile and write it into the partial ``store`` (the task each worker runs)."""
+def run_tile(tile_fn: TileFn, store: str, tile: Tile, tile_px: int, storage: dict | None = None) -> Tile:
+    """Compute one tile and write it into the partial ``store`` (the task each worker runs).
+
+    ``storage`` is the driver's :func:`magpipe.io.location.storage_options`, so a worker reaches the
+    same object store with the same options (held in memory only)."""
+    use_storage_options(storage)
     write_tile(store, tile, tile_fn(tile), tile_px=tile_px)
     return tile
 
@@ -116,7 +122,7 @@ def write_tiles(out: str | Path, template: xr.Dataset, tile_fn: TileFn, *, stage
     StorageError
         If ``out`` exists and is not a magpipe store.
     """
-    out = Path(out)
+    out = as_path(out)
     check_output_path(out)
     if is_complete(out, stage_hash):
         log.info("%s is up to date; nothing to do", out)
@@ -141,7 +147,7 @@ def write_tiles(out: str | Path, template: xr.Dataset, tile_fn: TileFn, *, stage
             if progress is not None:
                 progress(finished, len(grid))
     mark_complete(tmp)
-    replace_dir(tmp, out)
+    publish(tmp, out)
     return out
 
 
@@ -153,6 +159,8 @@ def _run(tile_fn: TileFn, store: str, todo: list[tuple[int, Tile]], tile_px: int
         return
     from distributed import as_completed
 
-    futures = [client.submit(run_tile, tile_fn, store, t, tile_px, key=f"{key}-{i}", pure=False) for i, t in todo]
+    storage = storage_options()
+    futures = [client.submit(run_tile, tile_fn, store, t, tile_px, storage, key=f"{key}-{i}", pure=False)
+               for i, t in todo]
     for fut in as_completed(futures, loop=client.loop):
         yield fut.result()

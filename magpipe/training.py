@@ -9,8 +9,8 @@ because each epoch's batch order is drawn from ``seed + epoch``.
 
 from __future__ import annotations
 
+import io
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from magpipe.config import ModelConfig
+from magpipe.io.location import as_path, write_bytes
 from magpipe.model import PatchAutoencoder
 from magpipe.objectives import masked_mse, objective_loss
 from magpipe.progress import progress as steps
@@ -105,7 +106,7 @@ def train_autoencoder(
         data = [t.pin_memory() for t in data]
     loss = _Loss(cfg.objective, device, amp=device.type == "cuda" and cfg.precision != "fp32" or cfg.precision == "bf16")
 
-    ckpt = Path(checkpoint) if checkpoint else None
+    ckpt = as_path(checkpoint) if checkpoint else None
     start, best, bad, best_state, history = _restore(ckpt, model, opt, device)
 
     with steps("autoencoder", cfg.epochs, "epochs", done=start) as step:
@@ -188,7 +189,7 @@ def _restore(ckpt: Path | None, model, opt, device) -> tuple[int, float, int, di
     loss so far, epochs without improvement, the best weights and the history (a fresh start without it)."""
     if not (ckpt and ckpt.exists()):
         return 0, float("inf"), 0, None, []
-    state = torch.load(ckpt, map_location=device, weights_only=True)
+    state = torch.load(io.BytesIO(ckpt.read_bytes()), map_location=device, weights_only=True)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     start = int(state["epoch"]) + 1
@@ -197,10 +198,10 @@ def _restore(ckpt: Path | None, model, opt, device) -> tuple[int, float, int, di
 
 
 def _save_checkpoint(path: Path, model, opt, epoch, best, bad, best_state, history) -> None:
-    tmp = path.with_name(path.name + ".partial")
+    buf = io.BytesIO()
     torch.save(
         {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "best": best,
          "bad": bad, "best_state": best_state, "history": history},
-        tmp,
+        buf,
     )
-    os.replace(tmp, path)
+    write_bytes(buf.getvalue(), path)

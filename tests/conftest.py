@@ -63,3 +63,32 @@ def harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """A real S3-protocol server on loopback for the session, its credentials in this process's environment
+    (as a user would export them); yields that environment for the commands a test starts."""
+    pytest.importorskip("moto", reason="object-storage tests need the moto[server] test dependency")
+    from magpipe.testing import s3_server
+
+    with s3_server(tmp_path_factory.mktemp("s3") / "moto.log") as env:
+        before = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            yield env
+        finally:
+            for k, v in before.items():
+                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+@pytest.fixture
+def bucket(s3) -> str:
+    """A new, empty bucket on the test server: ``s3://<name>``."""
+    import uuid
+
+    import fsspec
+
+    name = f"magpipe-{uuid.uuid4().hex[:12]}"
+    fsspec.filesystem("s3").mkdir(name)
+    return f"s3://{name}"

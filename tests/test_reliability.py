@@ -8,13 +8,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
 from hypothesis import given, settings, strategies as st
-from magpipe.testing import assert_one_line_error, run_cli as magpipe
+from magpipe.testing import assert_one_line_error, external_cluster, run_cli as magpipe, start_cli, stop_when
 
 from magpipe.bundle import load_bundle
 from magpipe.classify import classify_array
@@ -46,40 +45,11 @@ def test_second_writer_is_refused_and_a_killed_holder_frees_the_output(survey_fi
     assert is_complete(out / "survey.zarr") and (out / LOCK_NAME).exists()
 
 
-@contextlib.contextmanager
-def _external_cluster(tmp_path):
-    """`dask scheduler` and `dask worker` (2 nanny-managed processes) started as separate programs, as on
-    a real cluster; yields the scheduler's address."""
-    import json
-
-    bin_dir = Path(sys.executable).parent
-    info = tmp_path / "scheduler.json"
-    common = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "start_new_session": True}
-    scheduler = subprocess.Popen([bin_dir / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
-                                  "--no-dashboard", "--scheduler-file", info], **common)
-    procs = [scheduler]
-    try:
-        deadline = time.time() + 60
-        while not info.exists() and time.time() < deadline:
-            time.sleep(0.2)
-        procs.append(subprocess.Popen([bin_dir / "dask", "worker", "--scheduler-file", info, "--nworkers", "2",
-                                       "--nthreads", "1", "--no-dashboard"], **common))
-        yield json.loads(info.read_text())["address"]
-    finally:
-        for p in reversed(procs):
-            os.killpg(p.pid, signal.SIGTERM)
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-
-
 @pytest.mark.parametrize("cluster", ["LocalCluster", "dask scheduler + dask worker"])
 def test_a_worker_killed_mid_run_is_replaced_and_the_result_is_identical(trained_run, tmp_path, cluster):
     survey, model = trained_run["out"] / "survey.zarr", trained_run["out"] / "model"
     killed: list[int] = []
-    external = _external_cluster(tmp_path) if cluster != "LocalCluster" else contextlib.nullcontext(None)
+    external = external_cluster(tmp_path) if cluster != "LocalCluster" else contextlib.nullcontext(None)
     with external as address, dask_client(address, workers=2) as client:
         client.wait_for_workers(2, timeout=60)
         pids = client.run(os.getpid)
@@ -163,33 +133,6 @@ def test_flow_paths_cannot_leave_the_data_root(tmp_path, monkeypatch):
             data_path(bad, "survey")
 
 
-def _start(*args) -> subprocess.Popen:
-    """``magpipe ARGS`` in its own process group, as a terminal would run it, stderr piped line by line."""
-    return subprocess.Popen([sys.executable, "-m", "magpipe", *map(str, args)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-
-
-def _stop_when(proc: subprocess.Popen, marker: str, sig: int, *, group: bool, after_s: float = 1.0
-               ) -> tuple[list, float, str]:
-    """Send ``sig`` (to the process, or its whole group as Ctrl-C does) once ``marker`` appears on stderr.
-    Returns the processes it had started by then, the seconds it took to exit, and all of stderr."""
-    import psutil
-
-    seen = []
-    for line in proc.stderr:
-        seen.append(line)
-        if marker in line:
-            break
-    assert any(marker in x for x in seen), "".join(seen)
-    time.sleep(after_s)  # well inside the stage
-    children = psutil.Process(proc.pid).children(recursive=True)
-    t0 = time.perf_counter()
-    os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
-    rest = proc.stderr.read()
-    proc.wait(timeout=60)
-    return children, time.perf_counter() - t0, "".join(seen) + rest
-
-
 @pytest.mark.parametrize("sig,group", [(signal.SIGTERM, False), (signal.SIGINT, True)], ids=["SIGTERM", "Ctrl-C"])
 def test_a_signal_stops_classification_cleanly_and_the_rerun_finishes_identical(trained_run, tmp_path, config_file,
                                                                                   sig, group):
@@ -201,8 +144,8 @@ def test_a_signal_stops_classification_cleanly_and_the_rerun_finishes_identical(
     small_tiles = tmp_path / "tiles.yaml"
     small_tiles.write_text(config_file.read_text().replace("chunk_px: 64", "chunk_px: 32"))
     assert "chunk_px: 32" in small_tiles.read_text()
-    proc = _start("classify", "--out", out, "--config", small_tiles, "--workers", "2")
-    children, seconds, err = _stop_when(proc, "classify:", sig, group=group, after_s=0.3)
+    proc = start_cli("classify", "--out", out, "--config", small_tiles, "--workers", "2")
+    children, seconds, err = stop_when(proc, "classify:", sig, group=group, after_s=0.3)
     assert proc.returncode == 128 + sig, err
     assert f"stopped by {signal.Signals(sig).name}" in err and "Traceback" not in err, err
     assert seconds < 20, seconds
@@ -223,8 +166,8 @@ def test_sigterm_during_training_leaves_a_checkpoint_the_rerun_resumes(survey_fi
     longer = tmp_path / "longer.yaml"
     longer.write_text(config_file.read_text().replace("epochs: 3\n", "epochs: 25\n").replace("patience: 3\n", "patience: 25\n"))
     assert "epochs: 25" in longer.read_text() and "patience: 25" in longer.read_text()
-    proc = _start("train", "--out", out, "--config", longer)
-    _, seconds, err = _stop_when(proc, "autoencoder 2/", signal.SIGTERM, group=False, after_s=0.0)
+    proc = start_cli("train", "--out", out, "--config", longer)
+    _, seconds, err = stop_when(proc, "autoencoder 2/", signal.SIGTERM, group=False, after_s=0.0)
     assert proc.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM" in err and seconds < 20, err
     assert list(out.glob("train-*.ckpt")) and not (out / "model" / "metadata.json").exists()
     r = magpipe("train", "--out", out, "--config", longer)
@@ -257,8 +200,8 @@ def test_run_killed_at_any_stage_then_rerun_gives_the_identical_map(quick_run, t
     import json
 
     out = tmp_path / "run"
-    proc = _start("run", *quick_run["args"], "--out", out)
-    _stop_when(proc, marker, signal.SIGKILL, group=True, after_s=1.0 if "4/4" in marker else 0.2)
+    proc = start_cli("run", *quick_run["args"], "--out", out)
+    stop_when(proc, marker, signal.SIGKILL, group=True, after_s=1.0 if "4/4" in marker else 0.2)
     assert proc.returncode == -signal.SIGKILL
     r = magpipe("run", *quick_run["args"], "--out", out)
     assert r.returncode == 0, r.stderr

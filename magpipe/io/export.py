@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import rioxarray  # noqa: F401  (the .rio accessor, used on the grids and stores here)
 
+from magpipe.io.location import as_path, is_url
 from magpipe.io.stores import open_store
 
 
@@ -35,9 +38,17 @@ def export_geotiff(classified: str | Path, variable: str, path: str | Path, *, b
     else:
         da = da.rio.write_nodata(np.nan, encoded=False)
     da = da.rio.write_crs(ds.rio.crs) if ds.rio.crs is not None else da
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    da.rio.to_raster(tmp, driver="COG", compress="DEFLATE", blocksize=blocksize, overviews="AUTO",
-                     overview_resampling="NEAREST" if variable == "class" else "AVERAGE")
-    tmp.replace(path)
+    path = as_path(path)
+    local = path if not is_url(path) else Path(tempfile.mkdtemp(prefix="magpipe-export-")) / path.name
+    tmp = local.with_name(local.name + ".partial")
+    try:
+        da.rio.to_raster(tmp, driver="COG", compress="DEFLATE", blocksize=blocksize, overviews="AUTO",
+                         overview_resampling="NEAREST" if variable == "class" else "AVERAGE")
+        if is_url(path):  # GDAL writes a COG to a local file; one upload puts it in place whole
+            path.fs.put_file(str(tmp), path.path)
+        else:
+            tmp.replace(path)
+    finally:
+        if is_url(path):
+            shutil.rmtree(local.parent, ignore_errors=True)
     return path

@@ -15,6 +15,7 @@ import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 
 from magpipe.errors import DataValidationError, InputError
+from magpipe.io.location import input_path, is_url, local_file, named_as, remote_errors
 
 RASTER_SUFFIXES = {".tif", ".tiff", ".gtiff", ".vrt", ".img", ".grd", ".ers"}
 NETCDF_SUFFIXES = {".nc", ".nc4", ".cdf", ".h5"}
@@ -86,12 +87,13 @@ def read_grid(
     DataValidationError
         If its values are not real numbers or it is not a 2-D grid of at least 2 x 2 cells.
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: file not found")
-    if path.is_file() and path.stat().st_size == 0:
-        raise InputError(f"{path}: empty file (0 bytes)")
-    kind = grid_format(path)
+    path = input_path(path)
+    with remote_errors(path, kind=InputError):
+        kind = grid_format(path)
+    if is_url(path) and kind in ("lines", "netcdf"):  # their readers need a real file: read a local copy
+        with named_as(path):
+            return read_grid(local_file(path), nodata=nodata, band=band, variable=variable, spacing=spacing,
+                             crs=crs, chunk_px=chunk_px)
     if kind == "lines":
         from magpipe.io.lines import grid_line_data, read_line_data
 
@@ -110,7 +112,8 @@ def _read_raster(path: Path, *, band: int | None, chunk_px: int) -> xr.DataArray
     from rasterio.errors import RasterioIOError
 
     try:
-        da = rioxarray.open_rasterio(path, chunks={"x": chunk_px, "y": chunk_px}, masked=True)
+        da = rioxarray.open_rasterio(str(path), chunks={"x": chunk_px, "y": chunk_px}, masked=True,
+                                     **({"opener": path.fs} if is_url(path) else {}))
     except (RasterioIOError, OSError, ValueError) as exc:
         raise InputError(f"{path}: not a readable raster ({_first_line(exc)})") from None
     if isinstance(da, list):
@@ -121,7 +124,7 @@ def _read_raster(path: Path, *, band: int | None, chunk_px: int) -> xr.DataArray
 def _read_dataset(path: Path, *, kind: str, variable: str | None, band: int | None, chunk_px: int) -> xr.DataArray:
     try:
         if kind == "zarr":
-            ds = xr.open_zarr(path, consolidated=None, decode_coords="all")
+            ds = xr.open_zarr(str(path), consolidated=None, decode_coords="all")
         else:
             ds = xr.open_dataset(path, chunks={}, decode_coords="all")
     except Exception as exc:  # any backend failure means the same thing to the user

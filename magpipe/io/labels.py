@@ -16,6 +16,7 @@ import rioxarray  # noqa: F401  (the .rio accessor, used on the grids and stores
 import xarray as xr
 
 from magpipe.errors import CRSMismatchError, InputError
+from magpipe.io.location import as_path, input_path, is_url, local_file, named_as, remote_errors
 
 VECTOR_SUFFIXES = {".gpkg", ".geojson", ".json", ".shp", ".fgb", ".gml", ".kml", ".parquet"}
 UNLABELLED = 0
@@ -44,10 +45,11 @@ def read_class_table(path: str | Path) -> dict[int, str]:
         If the file is missing, has no ``code`` column or no text column, or a
         code is not an integer.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
-    with path.open(newline="", encoding="utf-8") as stream:
+    path = as_path(path)
+    with remote_errors(path, kind=InputError):
+        if not path.is_file():
+            raise InputError(f"{path}: file not found")
+    with local_file(path).open(newline="", encoding="utf-8") as stream:
         rows = list(csv.DictReader(stream))
     columns = list(rows[0]) if rows else []
     if "code" not in columns:
@@ -102,11 +104,10 @@ def read_labels(
     CRSMismatchError
         If the labels or the survey lack the CRS needed to place one on the other.
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: file not found")
-    if path.is_file() and path.stat().st_size == 0:
-        raise InputError(f"{path}: empty file (0 bytes)")
+    path = input_path(path)
+    if is_url(path):  # GDAL's readers need a real file (and a shapefile its sidecars): read a local copy
+        with named_as(path):
+            return read_labels(local_file(path), survey, label_field=label_field, classes=classes)
     suffix = path.suffix.lower()
     if suffix in VECTOR_SUFFIXES or path.name.lower().endswith(".geojson"):
         values, names = _rasterise_vector(path, survey, label_field=label_field)
@@ -127,9 +128,9 @@ def polygon_cells(path: str | Path, survey: xr.Dataset | xr.DataArray) -> np.nda
     import geopandas as gpd
     from rasterio.features import geometry_mask
 
-    path = Path(path)
+    path = as_path(path)
     try:
-        gdf = gpd.read_file(path)
+        gdf = gpd.read_file(local_file(path))
     except Exception as exc:  # pyogrio raises several types for unreadable files
         raise InputError(f"{path}: not a readable vector file ({str(exc).splitlines()[0][:200]})") from None
     crs = survey.rio.crs

@@ -20,6 +20,7 @@ import pandas as pd
 import xarray as xr
 
 from magpipe.errors import ConfigError, DataValidationError, InputError
+from magpipe.io.location import as_path
 
 if TYPE_CHECKING:
     import os
@@ -87,7 +88,7 @@ def read_line_data(
         If the file is missing or unsupported, a column is not found, or no
         row has numeric x, y and value. The message starts with the path.
     """
-    path = Path(path)
+    path = as_path(path)
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     suffixes = [s.lower() for s in path.suffixes]

@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from magpipe.io.location import as_path
+
 # --- every store --------------------------------------------------------------------------------
 COMPLETE = "magpipe_complete"  # true once the last byte is written
 HASH = "magpipe_hash"  # content hash of the stage's inputs and config
@@ -65,7 +67,7 @@ class Layout:
     root: Path
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "root", Path(self.root))
+        object.__setattr__(self, "root", as_path(self.root))
 
     @property
     def config(self) -> Path:

@@ -1,9 +1,12 @@
-"""Zarr v3 stores that are either complete or absent.
+"""Zarr v3 stores that are either complete or absent, on a local disk or object storage.
 
-A store is written under ``<name>.partial`` and renamed into place only after
-its last byte is written, with ``magpipe_complete = true`` and the stage's
-content hash in its attributes. A stage whose hash matches a complete store is
-skipped; anything else at the output path is never mistaken for a result.
+A store's attributes carry ``magpipe_complete = true`` and the stage's content hash, set by
+the last write of the store; a stage whose hash matches a complete store is skipped, and
+anything else at the output path is never mistaken for a result. Locally a store is written
+under ``<name>.partial`` and renamed into place, so the previous result stays whole until the
+new one is. Object storage has no rename: there the store is written in place and its
+``zarr.json``, rewritten in one PUT with the completion attribute, is the marker; a store
+without it is treated as absent.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import xarray as xr
 import zarr
 
 from magpipe.errors import StorageError
+from magpipe.io.location import as_path, is_url, remove, write_bytes
 from magpipe.io.schema import COMPLETE, HASH, TILE_DONE, VERSION
 
 INNER_CHUNK_PX = 256
@@ -48,17 +52,22 @@ def content_hash(*parts: str) -> str:
     return h.hexdigest()[:32]
 
 
+def bytes_hash(data: bytes) -> str:
+    """:func:`file_hash` of a file holding ``data``."""
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
 def file_hash(path: str | Path) -> str:
     """SHA-256 of a file's bytes, or of every file (and its relative name) in a directory.
 
     Read in 1 MiB blocks, so any size hashes in flat memory. Returns the first 32 hex digits.
     """
-    path = Path(path)
+    path = as_path(path)
     h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    files = sorted((p for p in path.rglob("*") if p.is_file()), key=str) if path.is_dir() else [path]
     for f in files:
-        h.update(str(f.relative_to(path)).encode() if path.is_dir() else b"")
-        with open(f, "rb") as fh:
+        h.update(str(f)[len(str(path)):].lstrip("/").encode() if path.is_dir() else b"")
+        with f.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()[:32]
@@ -66,11 +75,11 @@ def file_hash(path: str | Path) -> str:
 
 def store_attrs(path: str | Path) -> dict[str, Any] | None:
     """Attributes of the Zarr group at ``path``, or None when there is none."""
-    path = Path(path)
+    path = as_path(path)
     if not (path / "zarr.json").exists():
         return None
     try:
-        return dict(zarr.open_group(path, mode="r").attrs)
+        return dict(zarr.open_group(str(path), mode="r").attrs)
     except Exception:
         return None
 
@@ -85,15 +94,22 @@ def is_complete(path: str | Path, stage_hash: str | None = None) -> bool:
 
 def check_output_path(path: str | Path) -> None:
     """Refuse to replace something at ``path`` that magpipe did not write."""
-    path = Path(path)
+    path = as_path(path)
     if path.exists() and store_attrs(path) is None:
         raise StorageError(f"{path}: exists and is not a magpipe store; refusing to overwrite it")
 
 
 def partial_path(path: str | Path) -> Path:
-    """``<path>.partial``: where a store is written before it is moved to ``path``."""
-    path = Path(path)
-    return path.with_name(path.name + ".partial")
+    """Where a store is written before it counts: ``<path>.partial`` locally (moved to ``path`` by
+    :func:`publish`), ``path`` itself on object storage (no rename there; see the module docstring)."""
+    path = as_path(path)
+    return path if is_url(path) else path.with_name(path.name + ".partial")
+
+
+def publish(tmp: Path, path: Path) -> None:
+    """Put a finished store or bundle written at ``partial_path(path)`` in place (a no-op in place)."""
+    if str(tmp) != str(path):
+        replace_dir(tmp, path)
 
 
 def grid_encoding(ds: xr.Dataset, *, shard_px: int) -> dict[str, dict]:
@@ -137,10 +153,10 @@ def write_store(ds: xr.Dataset, path: str | Path, *, stage_hash: str, shard_px: 
     StorageError
         If ``path`` holds something magpipe did not write, or the store cannot be written.
     """
-    path = Path(path)
+    path = as_path(path)
     check_output_path(path)
     tmp = partial_path(path)
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove(tmp)
     enc = dict(encoding or {})
     if shard_px is not None:
         ds = ds.chunk({d: shard_px for d in ("y", "x") if d in ds.dims})
@@ -149,11 +165,11 @@ def write_store(ds: xr.Dataset, path: str | Path, *, stage_hash: str, shard_px: 
     ds = ds.copy()
     ds.attrs.update({HASH: stage_hash, VERSION: version()})
     try:
-        ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, encoding=enc)
+        ds.to_zarr(str(tmp), mode="w", zarr_format=3, consolidated=False, encoding=enc)
     except OSError as exc:
         raise StorageError(f"{path}: cannot write store ({exc})") from exc
     mark_complete(tmp, summary(tmp) if summary else None)
-    replace_dir(tmp, path)
+    publish(tmp, path)
     return path
 
 
@@ -164,7 +180,7 @@ def mark_complete(path: str | Path, extra: dict | None = None) -> None:
 
 def update_attrs(path: str | Path, attrs: dict[str, Any]) -> None:
     """Add or change attributes of the group at ``path`` (its variables are untouched)."""
-    zarr.open_group(path, mode="r+").attrs.update(attrs)
+    zarr.open_group(str(path), mode="r+").attrs.update(attrs)
 
 
 def replace_dir(src: Path, dst: Path) -> None:
@@ -179,7 +195,7 @@ def replace_dir(src: Path, dst: Path) -> None:
 
 def require_complete(path: str | Path) -> Path:
     """``path`` if it is a complete magpipe store; a clear error for a missing or partial one."""
-    path = Path(path)
+    path = as_path(path)
     if not path.exists():
         raise StorageError(f"{path}: store not found (run the stage that makes it first)")
     if not is_complete(path):
@@ -194,13 +210,13 @@ def open_store(path: str | Path, *, partial: bool = False) -> xr.Dataset:
     Returns a dask-backed dataset with its CRS decoded; raises StorageError for a missing or
     incomplete store.
     """
-    path = Path(path) if partial else require_complete(path)
-    return xr.open_zarr(path, consolidated=False, decode_coords="all")
+    path = as_path(path) if partial else require_complete(path)
+    return xr.open_zarr(str(path), consolidated=False, decode_coords="all")
 
 
 def open_array(store: str | Path, name: str, *, mode: str = "r") -> zarr.Array:
     """One variable of a store as a Zarr array: sliced windows are read (or written) on demand."""
-    return zarr.open_array(Path(store) / name, mode=mode)
+    return zarr.open_array(str(as_path(store) / name), mode=mode)
 
 
 def add_variable(store: str | Path, name: str, values, *, like: str, attrs: dict[str, Any]) -> None:
@@ -210,7 +226,7 @@ def add_variable(store: str | Path, name: str, values, *, like: str, attrs: dict
     ``values`` is a 2-D (y, x) array of ``like``'s shape, stored in its own dtype with dims y, x and
     fill value 0; ``like``'s grid mapping is copied, so the CRS applies to it too.
     """
-    group = zarr.open_group(store, mode="r+")
+    group = zarr.open_group(str(store), mode="r+")
     ref = group[like]
     if name in group:
         del group[name]
@@ -226,7 +242,7 @@ def create_tiled_store(path: str | Path, template: xr.Dataset, *, tile_px: int) 
     """Write a template's metadata and coordinates; its (lazy) data variables are filled later by tiles."""
     enc = grid_encoding(template, shard_px=tile_px)
     enc[TILE_DONE] = {"chunks": (1, 1)}
-    template.to_zarr(path, mode="w", zarr_format=3, consolidated=False, compute=False, encoding=enc)
+    template.to_zarr(str(path), mode="w", zarr_format=3, consolidated=False, compute=False, encoding=enc)
 
 
 def write_tile(path: str | Path, tile: tuple[int, int, int, int], values: dict[str, Any], *, tile_px: int) -> None:
@@ -236,7 +252,7 @@ def write_tile(path: str | Path, tile: tuple[int, int, int, int], values: dict[s
     variable to its (y1 - y0, x1 - x0) array.
     """
     y0, y1, x0, x1 = tile
-    group = zarr.open_group(path, mode="r+")
+    group = zarr.open_group(str(path), mode="r+")
     for name, v in values.items():
         group[name][y0:y1, x0:x1] = v
     group[TILE_DONE][y0 // tile_px, x0 // tile_px] = 1
@@ -244,23 +260,17 @@ def write_tile(path: str | Path, tile: tuple[int, int, int, int], values: dict[s
 
 def tiles_done(path: str | Path):
     """The ``tile_done`` grid of a tiled store being filled: (tile_y, tile_x) uint8, 1 = written."""
-    return zarr.open_array(Path(path) / TILE_DONE, mode="r")[:]
+    return zarr.open_array(str(as_path(path) / TILE_DONE), mode="r")[:]
 
 
 def write_json(obj: Any, path: str | Path) -> None:
     """Write JSON atomically: a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default))
-    os.replace(tmp, path)
+    write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default), path)
 
 
 def write_text(text: str, path: str | Path) -> None:
     """Write a text file atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_bytes(text.encode(), as_path(path))
 
 
 def _json_default(o: Any) -> Any:
@@ -270,6 +280,6 @@ def _json_default(o: Any) -> Any:
         return o.item()
     if isinstance(o, np.ndarray):
         return o.tolist()
-    if isinstance(o, Path):
+    if isinstance(o, os.PathLike) or type(o).__module__.startswith("upath"):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")

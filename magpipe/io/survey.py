@@ -13,6 +13,7 @@ import numpy as np
 
 from magpipe.errors import InputError
 from magpipe.io import schema as S
+from magpipe.io.location import as_path
 from magpipe.io.schema import Layout
 from magpipe.io.stores import add_variable, open_array, require_complete, store_attrs, update_attrs
 
@@ -61,7 +62,7 @@ def read_label_grids(path: str | Path) -> LabelGrids:
     if S.LABELS_HASH not in attrs:
         raise InputError(f"{path}: has no labels; run `magpipe labels` first")
     return LabelGrids(open_array(path, S.LABELS)[:], open_array(path, S.VALID)[:].astype(bool),
-                      list(attrs[S.CLASSES]), Path(path))
+                      list(attrs[S.CLASSES]), as_path(path))
 
 
 def write_labels(path: str | Path, codes: np.ndarray, classes: list[str], *, source: str, labels_hash: str) -> None:

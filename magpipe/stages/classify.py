@@ -18,6 +18,7 @@ from magpipe.classify import classify_tile
 from magpipe.config import RunConfig
 from magpipe.errors import DataValidationError
 from magpipe.io import schema as S
+from magpipe.io.location import absolute, as_path
 from magpipe.io.schema import Layout
 from magpipe.io.stores import content_hash, open_store
 from magpipe.locking import locks_output
@@ -62,7 +63,7 @@ def run_classify(out: str | Path, cfg: RunConfig, *, bundle: str | Path | None =
     """
     lay = Layout(out)
     cfg.save(lay.config)
-    return classify_into(lay, Path(bundle) if bundle else lay.model, lay.classified, tile_px=cfg.classify.chunk_px,
+    return classify_into(lay, as_path(bundle) if bundle else lay.model, lay.classified, tile_px=cfg.classify.chunk_px,
                          client=client, progress=progress)
 
 
@@ -85,6 +86,6 @@ def classify_into(lay: Layout, bundle_path: Path, dest: Path, *, tile_px: int, c
     h = content_hash("classify-v1", str(survey.attrs.get(S.HASH)), str(meta.get("input_hash")), str(tile_px),
                      str(meta["anomaly_px"]))
     template = output_template(survey, classified_variables(meta["classes"]), tile_px)
-    tile_fn = functools.partial(classify_tile, str(lay.root.resolve()), str(bundle_path.resolve()))
+    tile_fn = functools.partial(classify_tile, absolute(lay.root), absolute(bundle_path))
     return write_tiles(dest, template, tile_fn, stage_hash=h, tile_px=tile_px, client=client, progress=progress,
                        name="classify", attrs={S.SOURCE: lay.survey.name, S.CLASSES: meta["classes"]})

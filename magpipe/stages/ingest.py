@@ -9,6 +9,7 @@ from magpipe.config import RunConfig
 from magpipe.errors import DataValidationError, InputError
 from magpipe.io import schema as S
 from magpipe.io.grids import read_grid
+from magpipe.io.location import as_path, remote_errors
 from magpipe.io.schema import Layout
 from magpipe.io.stores import content_hash, file_hash, is_complete, write_store
 from magpipe.locking import locks_output
@@ -36,12 +37,12 @@ def run_ingest(out: str | Path, cfg: RunConfig) -> Path:
     lay = Layout(out)
     if cfg.inputs.survey is None:
         raise InputError("no survey given (inputs.survey)")
-    survey = Path(cfg.inputs.survey)
-    lay.root.mkdir(parents=True, exist_ok=True)
+    survey = as_path(cfg.inputs.survey)
     cfg.save(lay.config)
-    if not survey.exists():
-        raise InputError(f"{survey}: file not found")
-    source_hash = file_hash(survey)  # the survey is read for its hash once per stage
+    with remote_errors(survey, kind=InputError):
+        if not survey.exists():
+            raise InputError(f"{survey}: file not found")
+        source_hash = file_hash(survey)  # the survey is read for its hash once per stage
     h = content_hash("ingest-v1", source_hash, cfg.section_json("ingest"))
     if is_complete(lay.survey, h):
         log.info("ingest: %s is up to date", lay.survey)

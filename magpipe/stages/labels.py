@@ -11,6 +11,7 @@ from magpipe.config import RunConfig
 from magpipe.errors import DataValidationError, InputError
 from magpipe.io import schema as S
 from magpipe.io.labels import read_labels
+from magpipe.io.location import as_path, remote_errors
 from magpipe.io.schema import Layout
 from magpipe.io.stores import content_hash, file_hash, open_store
 from magpipe.io.survey import survey_attrs, write_labels
@@ -37,12 +38,14 @@ def run_labels(out: str | Path, cfg: RunConfig) -> Path:
     lay, c = Layout(out), cfg.inputs
     if c.labels is None:
         raise InputError("no labels given (inputs.labels)")
-    labels = Path(c.labels)
+    labels = as_path(c.labels)
     cfg.save(lay.config)
-    if not labels.exists():
-        raise InputError(f"{labels}: file not found")
+    with remote_errors(labels, kind=InputError):
+        if not labels.exists():
+            raise InputError(f"{labels}: file not found")
+        labels_hash = file_hash(labels)
     attrs = survey_attrs(lay.survey)
-    h = content_hash("labels-v1", attrs.get(S.HASH, ""), file_hash(labels), str(c.label_field), str(c.classes))
+    h = content_hash("labels-v1", attrs.get(S.HASH, ""), labels_hash, str(c.label_field), str(c.classes))
     if attrs.get(S.LABELS_HASH) == h:
         log.info("labels: up to date")
         return lay.survey

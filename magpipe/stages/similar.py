@@ -10,6 +10,7 @@ from magpipe.bundle import load_bundle
 from magpipe.config import RunConfig
 from magpipe.explore import PICK_SPACING_PATCHES, top_blocks
 from magpipe.io import schema as S
+from magpipe.io.location import absolute, as_path
 from magpipe.io.schema import Layout
 from magpipe.io.stores import content_hash, open_store, write_json
 from magpipe.locking import locks_output
@@ -41,7 +42,7 @@ def run_similar(out: str | Path, cfg: RunConfig, *, point: tuple[float, float] |
     lay = Layout(out)
     cfg.save(lay.config)
     survey = open_store(lay.survey)
-    bundle_path = Path(bundle) if bundle else lay.model
+    bundle_path = as_path(bundle) if bundle else lay.model
     model = load_bundle(bundle_path)
     rows, cols = query_cells(survey, point=point, polygons=polygons)
     arrays, _ = input_stack(lay, model.inputs)
@@ -50,7 +51,7 @@ def run_similar(out: str | Path, cfg: RunConfig, *, point: tuple[float, float] |
     h = content_hash("similar-v1", str(survey.attrs.get(S.HASH)), str(model.meta["input_hash"]),
                      hashlib.sha256(q.tobytes()).hexdigest(), str(tile_px))
     write_tiles(lay.similar, output_template(survey, SIMILARITY, tile_px),
-                functools.partial(similarity_tile, str(lay.root.resolve()), model, q), stage_hash=h,
+                functools.partial(similarity_tile, absolute(lay.root), model, q), stage_hash=h,
                 tile_px=tile_px, client=client, name="similarity", attrs={S.SOURCE: lay.survey.name})
     hits = top_blocks(lay.similar, "similarity", k, block=PICK_SPACING_PATCHES * model.patch_px,
                       exclude=(rows, cols))

@@ -14,6 +14,7 @@ from magpipe.config import RunConfig
 from magpipe.evaluation import best_by_validation, cv_score
 from magpipe.features import StackScaling, cell_features, feature_set, part_sizes
 from magpipe.io import schema as S
+from magpipe.io.location import remove
 from magpipe.io.schema import Layout
 from magpipe.io.stores import content_hash, open_store
 from magpipe.io.survey import read_label_grids, survey_attrs
@@ -170,7 +171,6 @@ def run_train(out: str | Path, cfg: RunConfig, *, progress=None) -> Path:
     log.info("train: autoencoder (%s) on %d patches of %d px, inputs %s", cfg.model.objective, len(raw),
              raw.shape[-1], ", ".join(names))
     views = second_views(arrays, pds["row"].values, pds["col"].values, cfg)
-    lay.model.mkdir(parents=True, exist_ok=True)
     result = fit_autoencoder(raw, scaling, cfg, views=views, checkpoint=lay.checkpoint(h), progress=progress)
     train_s = time.perf_counter() - t0
     chosen, svm, svm_info, table = choose_features(fit_candidates(result.model, arrays, scaling, cells, cfg), cfg)
@@ -192,5 +192,5 @@ def run_train(out: str | Path, cfg: RunConfig, *, progress=None) -> Path:
                       "smoothing": {"smooth_px": cfg.svm.smooth_px, "chosen": radius, "cv": smoothing}},
     })
     save_bundle(bundle, lay.model)
-    lay.checkpoint(h).unlink(missing_ok=True)
+    remove(lay.checkpoint(h))
     return lay.model

@@ -178,3 +178,28 @@ def test_backfill_killed_midway_resumes_to_the_uninterrupted_result(harness, tra
     assert len(resumed["classified"]) + len(resumed["already_done"]) == 2
     for a, b in zip(_maps(tmp_path / "ref", ["area0", "area1"]), _maps(out_root, ["area0", "area1"])):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_backfill_over_a_bucket_prefix_with_a_model_on_the_bucket(harness, trained_run, bucket, tmp_path):
+    """Surveys landing in a bucket, the model in the bucket, the maps into the bucket: what the local
+    backfill makes, with nothing on the local disk."""
+    import fsspec
+
+    from flows.backfill import backfill
+
+    fs = fsspec.filesystem("s3")
+    surveys = _surveys(tmp_path)
+    for p in surveys:
+        fs.put_file(str(p), f"{bucket.removeprefix('s3://')}/landing/{p.name}")
+    fs.put(str(trained_run["out"] / "model"), f"{bucket.removeprefix('s3://')}/models/m", recursive=True)
+    conf = tiny_config().model_dump(mode="json")
+    reference = backfill([str(p) for p in surveys], str(trained_run["out"] / "model"), str(tmp_path / "ref"),
+                         config=conf)
+    result = backfill(f"{bucket}/landing/area*.tif", f"{bucket}/models/m", f"{bucket}/backfill", config=conf)
+    assert sorted(result["classified"]) == [f"{bucket}/landing/area0.tif", f"{bucket}/landing/area1.tif"]
+    assert len(reference["classified"]) == 2
+    for name in ("area0", "area1"):
+        remote = zarr.open_group(f"{bucket}/backfill/{name}/classified.zarr", mode="r")
+        assert remote.attrs["magpipe_complete"]
+        np.testing.assert_array_equal(remote["class"][:], _maps(tmp_path / "ref", [name])[0])
