@@ -213,18 +213,18 @@ print(json.dumps({"seconds": time.perf_counter() - t0}))
 
 _CLASSIFY = """
 import json, sys, time
-from pathlib import Path
 from magpipe.classify import cached_bundle
 from magpipe.cluster import dask_client
 from magpipe.io.schema import Layout
 from magpipe.process import configure_process
 from magpipe.stages.classify import classify_into
 configure_process()  # as the CLI does
+from magpipe.io.location import as_path
 run, bundle, out, workers, tile_px = sys.argv[1:6]
 with dask_client(None, workers=int(workers)) as client:
     client.run(cached_bundle, bundle)  # warm workers, as in a long backfill
     t0 = time.perf_counter()
-    classify_into(Layout(run), Path(bundle), Path(out), tile_px=int(tile_px), client=client)
+    classify_into(Layout(run), as_path(bundle), as_path(out), tile_px=int(tile_px), client=client)
     print(json.dumps({"seconds": time.perf_counter() - t0}))
 """
 
@@ -239,11 +239,52 @@ def timed_process(script: str, *args) -> tuple[float, float]:
     return json.loads(r.stdout.strip().splitlines()[-1])["seconds"], mem.gib
 
 
-def classify_timed(run: Path, bundle_path: Path, out: Path, workers: int, tile_px: int) -> tuple[float, float]:
+def classify_timed(run: Path | str, bundle_path: Path | str, out: Path | str, workers: int, tile_px: int
+                   ) -> tuple[float, float]:
     """Seconds and peak tree RSS (GiB) of classifying every cell of the run in ``run`` on a fresh
-    LocalCluster of ``workers``."""
-    shutil.rmtree(out, ignore_errors=True)
+    LocalCluster of ``workers`` (paths or URLs)."""
+    if not str(out).startswith("s3://"):
+        shutil.rmtree(out, ignore_errors=True)
     return timed_process(_CLASSIFY, run, bundle_path, out, workers, tile_px)
+
+
+def loopback_bytes() -> int:
+    """Bytes sent over the loopback interface so far (each byte once): the traffic to a server on this machine."""
+    counters = psutil.net_io_counters(pernic=True)
+    return sum(c.bytes_sent for name, c in counters.items() if name == "lo" or name.startswith("lo"))
+
+
+def object_storage(root: Path, bundle_path: Path, workers: int, tile_px: int, local: dict) -> dict:
+    """The same classification with the run and its outputs in a bucket of an S3-protocol server on
+    loopback (moto in server mode, started here): cells/s against the local run's, and the bytes that
+    crossed to and from the server per cell (loopback bytes of this run less those of the local run,
+    which are the Dask cluster's own)."""
+    import fsspec
+
+    from magpipe.testing import s3_server
+
+    cells = int(np.prod(open_array(Layout(root).survey, "field").shape))
+    with s3_server(root / "s3.log") as env:
+        before = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            fs = fsspec.filesystem("s3", skip_instance_cache=True)
+            fs.mkdir("bench")
+            fs.put(str(Layout(root).survey), "bench/run/survey.zarr", recursive=True)
+            fs.put(str(bundle_path), "bench/run/model", recursive=True)
+            lo0 = loopback_bytes()
+            seconds, peak = classify_timed("s3://bench/run", "s3://bench/run/model", "s3://bench/run/classified.zarr",
+                                           workers, tile_px)
+            moved = loopback_bytes() - lo0 - local["loopback_bytes"]
+            same = bool((xr.open_zarr("s3://bench/run/classified.zarr", consolidated=False)["class"].values
+                         == open_array(root / "classified.zarr", "class")[:]).all())
+        finally:
+            for k, v in before.items():
+                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    return {"server": "moto (S3 protocol, Python, loopback)", "cells": cells, "classify_s": seconds,
+            "pixels_per_s": cells / seconds, "local_pixels_per_s": cells / local["seconds"],
+            "ratio_to_local": local["seconds"] / seconds, "bytes_moved": moved, "bytes_per_cell": moved / cells,
+            "peak_rss_gib": peak, "identical_to_local": same}
 
 
 def naive_classify(bundle, field: np.ndarray, batch: int = 4096) -> np.ndarray:
@@ -322,6 +363,9 @@ def main(argv: list[str] | None = None) -> dict:
                     help="size classified with 1 worker too, for parallel efficiency (the largest run if absent)")
     ap.add_argument("--json", type=Path, default=None, help="where to write the figures")
     ap.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a temporary one)")
+    ap.add_argument("--object-storage", action="store_true",
+                    help="also classify the --efficiency-size survey from and into a bucket of a local S3-protocol "
+                         "server (needs moto[server]): cells/s and bytes moved per cell against local disk")
     args = ap.parse_args(argv)
     sizes = sorted(args.sizes)[:1] if args.quick else sorted(args.sizes)
     cfg = benchmark_config(args.quick)
@@ -363,7 +407,9 @@ def main(argv: list[str] | None = None) -> dict:
             row["valid_fraction"] = float(np.mean([valid[t[0]:t[1], t[2]:t[3]].mean()
                                                    for t in tiles(valid.shape, 2048)]))
             row.update(stage_rates(survey, bundle, tile_px))
+            lo0 = loopback_bytes()
             seconds, peak = classify_timed(root, bundle_path, root / "classified.zarr", args.workers, tile_px)
+            local = {"seconds": seconds, "loopback_bytes": loopback_bytes() - lo0}
             row.update({"classify_s": seconds, "magpipe_pixels_per_s": size * size / seconds, "peak_rss_gib":
                         max(peak, row["ingest_peak_rss_gib"]), "classify_peak_rss_gib": peak})
             print(f"classify: {seconds:.0f} s, {row['magpipe_pixels_per_s']:.0f} px/s with {args.workers} workers, "
@@ -396,6 +442,11 @@ def main(argv: list[str] | None = None) -> dict:
                       f"{row['mismatched_cells']} cells differ"
                       + (f" (near-ties: top-2 probability gap <= {row['max_tie_margin_of_mismatches']:.1e})"
                          if row["mismatched_cells"] else ""), flush=True)
+            if args.object_storage and size == eff_size:
+                result["object_storage"] = o = object_storage(root, bundle_path, args.workers, tile_px, local)
+                print(f"object storage ({o['server']}): {o['pixels_per_s']:.0f} px/s against {o['local_pixels_per_s']:.0f} "
+                      f"on local disk ({o['ratio_to_local']:.2f}x), {o['bytes_per_cell']:.1f} bytes moved per cell, "
+                      f"map {'identical' if o['identical_to_local'] else 'DIFFERENT'}", flush=True)
             result["sizes"].append(row)
             shutil.rmtree(tif, ignore_errors=True)
             shutil.rmtree(root / "classified.zarr", ignore_errors=True)

@@ -19,7 +19,7 @@ def test_benchmark_runs_and_matches_the_naive_method(tmp_path):
     main = runpy.run_path(str(ROOT / "benchmarks" / "run.py"))["main"]
     out = tmp_path / "bench.json"
     result = main(["--sizes", "320", "--quick", "--naive-max", "320", "--json", str(out),
-                   "--workdir", str(tmp_path / "work")])
+                   "--workdir", str(tmp_path / "work"), "--object-storage"])
     saved = json.loads(out.read_text())
     assert saved["ratio_vs_naive"] == result["ratio_vs_naive"] > 1
     (row,) = saved["sizes"]
@@ -32,3 +32,7 @@ def test_benchmark_runs_and_matches_the_naive_method(tmp_path):
     assert saved["parallel_efficiency"]["one_worker_pixels_per_s"] > 0
     assert {s["layout"] for s in saved["zarr_study"]} >= {"shard 512, chunk 256, zstd"}
     assert set(saved["training"]["svm"]) == {"exact", "nystroem"}
+    store = saved["object_storage"]  # the same map from and into a bucket, and what crossed the wire
+    assert store["identical_to_local"] and store["pixels_per_s"] > 0
+    # at least the survey read (float32 field + mask) and the maps written, compressed, crossed to the server
+    assert store["bytes_per_cell"] > 1

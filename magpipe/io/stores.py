@@ -64,7 +64,7 @@ def file_hash(path: str | Path) -> str:
     """
     path = as_path(path)
     h = hashlib.sha256()
-    files = sorted((p for p in path.rglob("*") if p.is_file()), key=str) if path.is_dir() else [path]
+    files = sorted((p for p in path.rglob("*") if p.is_file()), key=lambda p: p.parts) if path.is_dir() else [path]
     for f in files:
         h.update(str(f)[len(str(path)):].lstrip("/").encode() if path.is_dir() else b"")
         with f.open("rb") as fh:
