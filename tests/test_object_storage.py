@@ -94,7 +94,7 @@ def _try_lock(out: str) -> str:
 # --- whole runs --------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_run_with_inputs_and_outputs_on_a_bucket_equals_the_local_run(survey_files, local_run, bucket, tmp_path):
+def test_run_with_inputs_and_outputs_on_a_bucket_equals_the_local_run(survey_files, local_run, bucket, s3, tmp_path):
     survey = _upload(survey_files["survey"], f"{bucket}/landing/survey.tif")
     labels = _upload(survey_files["labels"], f"{bucket}/landing/labels.tif")
     out = f"{bucket}/runs/a"
@@ -115,6 +115,11 @@ def test_run_with_inputs_and_outputs_on_a_bucket_equals_the_local_run(survey_fil
     assert is_complete(f"{out}/classified.zarr")
     saved = fs.cat_file(f"{out}/config.json").decode()
     assert json.loads(saved)["inputs"]["survey"] == survey  # URLs recorded as given
+    secret = s3["AWS_SECRET_ACCESS_KEY"]
+    for key in keys:
+        if key.endswith((".json", ".md")):
+            assert secret not in fs.cat_file(f"{out}/{key}").decode(), key
+    assert secret not in r.stdout + r.stderr
     assert not list(tmp_path.iterdir())  # nothing was written to the local directory
 
 
@@ -171,3 +176,14 @@ def test_bucket_errors_are_one_line(survey_files, bucket, s3, tmp_path):
     r = magpipe("ingest", survey_files["survey"], "--out", out, env={"AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
     assert_one_line_error(r, out, "cannot reach the object store")
     assert not fsspec.filesystem("s3").exists(f"{out}/survey.zarr")
+
+
+def test_the_landing_watch_finds_new_surveys_and_their_labels_in_a_bucket(survey_files, bucket):
+    from flows.watch import labels_for, pending_surveys
+
+    for name in ("a.tif", "b.tif"):
+        _upload(survey_files["survey"], f"{bucket}/landing/{name}")
+    _upload(survey_files["labels"], f"{bucket}/landing/a.labels.tif")
+    found = pending_surveys(f"{bucket}/landing", f"{bucket}/runs", "*.tif")
+    assert [str(p) for p in found] == [f"{bucket}/landing/a.tif", f"{bucket}/landing/b.tif"]
+    assert str(labels_for(found[0])) == f"{bucket}/landing/a.labels.tif" and labels_for(found[1]) is None
