@@ -33,6 +33,7 @@ from pathlib import Path
 
 from magpipe.errors import StorageError
 from magpipe.io.location import as_path, ensure_dir, is_url, remote_errors
+from magpipe.process import raise_if_interrupted
 
 LOCK_NAME = ".magpipe.lock"
 HEARTBEAT_S = 30.0  # how often the owner of a lock object on object storage refreshes it
@@ -197,6 +198,7 @@ def locks_output(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         """``fn`` under the lock of the ``out`` it is called with."""
         out = sig.bind(*args, **kwargs).arguments["out"]
+        raise_if_interrupted()
         with output_lock(out):
             try:
                 return fn(*args, **kwargs)

@@ -32,6 +32,18 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
+_received: list[int] = []  # signals whose Interrupted was raised, in order
+
+
+def raise_if_interrupted() -> None:
+    """Raise Interrupted again for a signal already received. A signal handler runs between any two
+    bytecodes of the main thread, also inside a ``__del__`` or a library callback whose exceptions
+    are printed and dropped; the long loops (every epoch, tile and split, see :mod:`magpipe.progress`)
+    and every stage call this, so a stop request lost that way still stops the run at the next step."""
+    if _received:
+        raise Interrupted(_received[-1])
+
+
 def stop_on_signals() -> None:
     """Make SIGTERM (what ``kill``, systemd and container runtimes send) stop the process the way Ctrl-C
     does, rather than at once: a run then leaves no orphaned Dask workers and a resumable state. Main
@@ -43,6 +55,7 @@ def stop_on_signals() -> None:
         return
 
     def interrupt(signum, frame):
+        _received.append(signum)
         raise Interrupted(signum)
 
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -15,6 +15,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 
+from magpipe.process import raise_if_interrupted
+
 log = logging.getLogger("magpipe")
 
 _state = {"bars": False}
@@ -41,6 +43,7 @@ def progress(name: str, total: int, unit: str, *, done: int = 0) -> Iterator[Cal
                    "{postfix}")
 
         def update(n: int = 1, **info) -> None:
+            raise_if_interrupted()
             if info:
                 bar.set_postfix({k: _fmt(v) for k, v in info.items()}, refresh=False)
             bar.update(n)
@@ -53,6 +56,7 @@ def progress(name: str, total: int, unit: str, *, done: int = 0) -> Iterator[Cal
     every, state = max(1, total // 10), {"done": done, "logged": time.monotonic()}
 
     def update(n: int = 1, **info) -> None:
+        raise_if_interrupted()
         before, state["done"] = state["done"], state["done"] + n
         now = time.monotonic()
         if state["done"] >= total or state["done"] // every > before // every or now - state["logged"] > LOG_EVERY_S:

@@ -210,3 +210,31 @@ def test_run_killed_at_any_stage_then_rerun_gives_the_identical_map(quick_run, t
                                       zarr.open_array(quick_run["whole"] / "classified.zarr" / name, mode="r")[:])
     a, b = (json.loads((d / "report.json").read_text()) for d in (out, quick_run["whole"]))
     assert a["balanced_accuracy"] == b["balanced_accuracy"] and a["confusion"] == b["confusion"]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_stop_request_a_library_swallows_still_stops_the_next_step(monkeypatch):
+    """A signal handler runs between any two bytecodes, also inside a ``__del__`` whose exceptions Python
+    drops: the stop must not be lost there, the next epoch, tile or split raises it again."""
+    from magpipe import process
+    from magpipe.progress import progress
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    monkeypatch.setattr(process, "_received", [])
+    try:
+        process.stop_on_signals()
+
+        class Swallows:
+            def __del__(self):
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(100_000):  # the handler runs in here; its exception is dropped
+                    pass
+
+        Swallows()
+        assert process._received == [signal.SIGTERM]
+        with pytest.raises(process.Interrupted) as stop, progress("tiles", 3, "tiles") as step:
+            step()
+        assert stop.value.signum == signal.SIGTERM
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
