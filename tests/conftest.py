@@ -72,14 +72,19 @@ def s3(tmp_path_factory):
     pytest.importorskip("moto", reason="object-storage tests need the moto[server] test dependency")
     from magpipe.testing import s3_server
 
+    import fsspec
+
+    s3fs = fsspec.get_filesystem_class("s3")  # its instances are cached per process, endpoint and all
     with s3_server(tmp_path_factory.mktemp("s3") / "moto.log") as env:
         before = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
+        s3fs.clear_instance_cache()
         try:
             yield env
         finally:
             for k, v in before.items():
                 os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+            s3fs.clear_instance_cache()
 
 
 @pytest.fixture
