@@ -187,3 +187,17 @@ def test_the_landing_watch_finds_new_surveys_and_their_labels_in_a_bucket(survey
     found = pending_surveys(f"{bucket}/landing", f"{bucket}/runs", "*.tif")
     assert [str(p) for p in found] == [f"{bucket}/landing/a.tif", f"{bucket}/landing/b.tif"]
     assert str(labels_for(found[0])) == f"{bucket}/landing/a.labels.tif" and labels_for(found[1]) is None
+
+
+def test_storage_options_from_the_config_reach_the_store_and_are_never_saved(survey_files, bucket, s3, tmp_path):
+    """The config's ``runtime.storage_options`` are used (they win over a wrong endpoint in the environment)
+    and, like all of runtime, written nowhere."""
+    cfg = tmp_path / "store.yaml"
+    cfg.write_text(yaml.safe_dump({"runtime": {"storage_options": {"s3": {"endpoint_url": s3["AWS_ENDPOINT_URL"]}}}}))
+    out = f"{bucket}/runs/opts"
+    r = magpipe("ingest", survey_files["survey"], "--out", out, "--config", cfg,
+                env={"AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
+    assert r.returncode == 0, r.stderr
+    assert is_complete(f"{out}/survey.zarr")
+    saved = fsspec.filesystem("s3").cat_file(f"{out}/config.json").decode()
+    assert "storage_options" not in saved and s3["AWS_ENDPOINT_URL"] not in saved
