@@ -46,14 +46,13 @@ import zarr
 from threadpoolctl import threadpool_limits
 
 from magpipe.bundle import load_bundle
-from magpipe.classify import NODATA_CLASS
+from magpipe.classify import NODATA_CLASS, WindowClassifier
 from magpipe.config import RunConfig
 from magpipe.evaluation import score
-from magpipe.features import cell_features, window_input
+from magpipe.features import cell_features
 from magpipe.io.schema import Layout
 from magpipe.io.stores import open_array
 from magpipe.io.survey import open_inputs, read_label_grids
-from magpipe.model import dense_anomaly
 from magpipe.patches import read_window
 from magpipe.pipeline import run_labels, run_patches, run_train
 from magpipe.splits import holdout_cells, labelled_split, training_cells
@@ -173,41 +172,29 @@ def train(root: Path, survey_tif: Path, size: int, cfg: RunConfig) -> dict:
     return out
 
 
-def stage_rates(survey: Path, bundle, tile_px: int, n_tiles: int = 2) -> dict:
-    """Single-thread rates of each per-tile stage (the steps of ``magpipe.classify.classify_window``,
-    timed apart), on n tiles of the survey."""
+def stage_rates(survey: Path, bundle, tile_px: int, n_tiles: int = 2, device: str = "cpu") -> dict:
+    """Single-thread rates of each per-tile stage of :class:`magpipe.classify.WindowClassifier` (its own
+    timings), on n tiles of the survey after one warm-up tile: cells of the tiles per second of each stage."""
     field = open_array(survey, "field")
     grid = tiles(field.shape, tile_px)
     picks = grid[len(grid) // 2 : len(grid) // 2 + n_tiles]
-    t = {"features": 0.0, "svm": 0.0, "anomaly": 0.0}
-    cells = valid_cells = 0
-    h = bundle.patch_px // 2
+    picks = picks[:1] + picks  # the first, untimed: a warm-up
+    classifier = WindowClassifier(bundle, device)
+    t: dict[str, float] = {}
+    cells = 0
     with threadpool_limits(1):
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            for y0, y1, x0, x1 in picks:
-                window = read_window(field, y0, y1, x0, x1, h)
-                valid = np.isfinite(window)
-                inner = valid[h:-h, h:-h]
-                x = window_input(bundle.scaling, window[None])
-                t0 = time.perf_counter()
-                feats = bundle.features.dense(x)
-                t1 = time.perf_counter()
-                X = feats[:, inner].T
-                predict_with_confidence(bundle.svm, X)
-                t2 = time.perf_counter()
-                dense_anomaly(bundle.model, x, torch.from_numpy(valid)[None, None], bundle.anomaly_px)
-                t3 = time.perf_counter()
-                t["features"] += t1 - t0
-                t["svm"] += t2 - t1
-                t["anomaly"] += t3 - t2
-                cells += inner.size
-                valid_cells += int(inner.sum())
+            for i, (y0, y1, x0, x1) in enumerate(picks):
+                window = read_window(field, y0, y1, x0, x1, bundle.halo_px)[None]
+                classifier(window, timings=t if i else {})
+                cells += (y1 - y0) * (x1 - x0) if i else 0
         finally:
             torch.set_num_threads(threads)
-    return {"features_pixels_per_s": cells / t["features"], "svm_pixels_per_s": valid_cells / t["svm"],
-            "anomaly_pixels_per_s": cells / t["anomaly"]}
+    rates = {f"{k}_pixels_per_s": cells / v for k, v in t.items()}
+    rates["tile_pixels_per_s"] = cells / sum(t.values())
+    return rates
 
 
 _INGEST = """

@@ -26,7 +26,7 @@ def classify_survey(out: str, config: dict[str, Any] | str | None = None, model:
     progress = TileProgress(name or survey_name(out))
     tag_this_run(survey_name(cfg.inputs.survey or out), f"magpipe-{version()}")
     address = scheduler or cfg.runtime.scheduler
-    with dask_client(address, workers=cfg.runtime.workers) as client:
+    with dask_client(address, workers=cfg.runtime.workers, gpu=cfg.classify.device != "cpu") as client:
         if address:  # a cluster that outlives the run: its dashboard is worth a link
             get_run_logger().info("Dask cluster: %s (dashboard %s)", address, client.dashboard_link)
         else:  # a LocalCluster gone with the run: no link that would soon be dead

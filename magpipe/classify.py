@@ -1,28 +1,42 @@
 """Classify a window of the survey: classes, confidences and the reconstruction-error anomaly.
 
 A window is a raw (C, H + 2h, W + 2h) stack of the model's input grids carrying a halo of
-h = p // 2 plus the smoothing radius (the halo ``map_overlap`` would add); its interior's cells are classified from
-dense features, exactly as the per-patch reference would classify them. The survey-wide
-output (tiles in parallel, resumable) is :func:`magpipe.stages.classify.run_classify`.
+h = p // 2 plus the smoothing radius (the halo ``map_overlap`` would add); its interior's cells are
+classified from dense features, exactly as the per-patch reference would classify them. One pass
+of torch operations on one device (:class:`WindowClassifier`): standardisation, one encoder pass
+shared by the features and the anomaly, the SVM (:class:`magpipe.decision.Decision`), smoothing and
+the vote; on a GPU the tile's features never leave it. The survey-wide output (tiles in parallel,
+resumable) is :func:`magpipe.stages.classify.run_classify`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import dataclasses
+import time
+from collections.abc import Iterator
 from functools import lru_cache
 
 import numpy as np
 import torch
 
 from magpipe.bundle import ModelBundle, load_bundle
-from magpipe.features import window_input
+from magpipe.decision import Decision
+from magpipe.features import AEFeatures
 from magpipe.io.schema import NODATA_CLASS, Layout
 from magpipe.io.survey import open_inputs
 from magpipe.model import dense_anomaly
 from magpipe.patches import read_stack
-from magpipe.smoothing import smoothed_class, window_scores
+from magpipe.smoothing import smooth_scores
+from magpipe.svm import vote
 from magpipe.tiling import Tile
 
-__all__ = ["NODATA_CLASS", "classify_window", "classify_array", "classify_tile", "window_masks"]
+__all__ = ["NODATA_CLASS", "WindowClassifier", "classify_window", "classify_array", "classify_tile",
+           "window_masks"]
+
+# cells scored per SVM block: bounds the kernel block (cells x landmarks x 12 bytes) on each device
+SVM_BATCH = {"cpu": 2048, "cuda": 262144}
 
 
 def window_masks(patch_px: int, window: np.ndarray, smooth_px: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -37,13 +51,110 @@ def window_masks(patch_px: int, window: np.ndarray, smooth_px: int = 0) -> tuple
     return valid, (valid[h:-h, h:-h] if h else valid)
 
 
-def classify_window(bundle: ModelBundle, window: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+class WindowClassifier:
+    """A bundle made ready to classify windows on one torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+
+    On another device than the CPU the encoder is copied there, so the caller's bundle is left as it was.
+    Calling it with a window gives :func:`classify_window`'s arrays; ``timings`` (a dict) collects the
+    seconds of each stage (``input``, ``features``, ``svm``, ``smooth``, ``anomaly``, ``output``), the
+    device synchronised at each boundary.
+    """
+
+    def __init__(self, bundle: ModelBundle, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        if self.device.type != "cpu":
+            bundle = dataclasses.replace(bundle, model=copy.deepcopy(bundle.model).to(self.device))
+            for part in getattr(bundle.features, "parts", (bundle.features,)):
+                if isinstance(part, AEFeatures):  # ``random`` holds an encoder of its own
+                    part.model.to(self.device)
+        self.bundle = bundle
+        self.decision = Decision.of(bundle.svm, self.device)
+        channels = bundle.scaling.channels
+        self.mean = torch.tensor([s.mean for s in channels], dtype=torch.float64, device=self.device)[:, None, None]
+        self.std = torch.tensor([s.std for s in channels], dtype=torch.float64, device=self.device)[:, None, None]
+        # the default feature set reads the encoder the anomaly needs: one pass serves both
+        self.shares_encoder = isinstance(bundle.features, AEFeatures) and bundle.features.model is bundle.model
+        self.batch = SVM_BATCH.get(self.device.type, SVM_BATCH["cpu"])
+
+    def __call__(self, window: np.ndarray, timings: dict[str, float] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        with torch.no_grad(), _full_fp32():
+            return self._classify(window, timings)
+
+    def _classify(self, window: np.ndarray, timings: dict[str, float] | None) -> tuple[np.ndarray, ...]:
+        b, dev = self.bundle, self.device
+        clock = _Clock(dev, timings)
+        hp, r = b.patch_px // 2, b.smooth_px
+        w = torch.from_numpy(np.asarray(window)).to(dev)
+        valid = torch.isfinite(w).all(0)
+        h = hp + r
+        inner = valid[h:-h, h:-h]
+        if not inner.any():
+            shape = tuple(inner.shape)
+            return (np.full(shape, NODATA_CLASS, dtype="int16"), np.full(shape, np.nan, dtype="float32"),
+                    np.full(shape, np.nan, dtype="float32"))
+        # as StackScaling.apply: float64 standardisation, no data -> 0 (the mean)
+        x = torch.nan_to_num((w.double() - self.mean) / self.std, nan=0.0).float()[None]
+        del w
+        clock("input")
+        acts = b.model.encode(x) if self.shares_encoder else None
+        feats = b.features.dense(x, acts) if acts is not None else b.features.dense(x)
+        clock("features")
+        scores = self.decision.dense(feats, valid[hp:-hp, hp:-hp], batch=self.batch)  # interior + r
+        del feats
+        clock("svm")
+        cls, conf = vote(self.decision.classes, smooth_scores(scores[0], r), smooth_scores(scores[1], r), axis=0)
+        del scores
+        cls[~inner], conf[~inner] = NODATA_CLASS, float("nan")
+        clock("smooth")
+        a = dense_anomaly(b.model, x, valid[None, None], b.anomaly_px, code=None if acts is None else acts[-1],
+                          rows_per_step=32 if dev.type == "cpu" else 512)
+        del acts
+        anom = torch.full(inner.shape, float("nan"), dtype=torch.float32, device=dev)
+        anom[inner] = (a[r:-r, r:-r] if r else a)[inner]
+        clock("anomaly")
+        out = cls.cpu().numpy(), conf.cpu().numpy(), anom.cpu().numpy()
+        clock("output")
+        return out
+
+
+@contextlib.contextmanager
+def _full_fp32() -> Iterator[None]:
+    """No TF32 in convolutions and matrix products (cuDNN's default on Ampere and later): its 10-bit
+    mantissa moved features by ~1e-3 and flipped 10 of 786k classes against the CPU on an H200."""
+    conv, mm = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, mm
+
+
+class _Clock:
+    """Adds the seconds since the last call to ``timings[stage]``; nothing (no synchronisation) without one."""
+
+    def __init__(self, device: torch.device, timings: dict[str, float] | None):
+        self.device, self.timings, self.t = device, timings, time.perf_counter()
+
+    def __call__(self, stage: str) -> None:
+        if self.timings is None:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.timings[stage] = self.timings.get(stage, 0.0) + now - self.t
+        self.t = now
+
+
+def classify_window(bundle: ModelBundle, window: np.ndarray, device: str | torch.device = "cpu"
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Classify the interior of a raw (C, H + 2h, W + 2h) window (NaN = no data), h = ``bundle.halo_px``.
 
     ``window`` holds the bundle's input grids in their own units (the field in nT), in the order of
     ``bundle.inputs``; cells with no data, or beyond the survey's edge, are NaN. The halo is p // 2 for
     the patches plus the smoothing radius ``bundle.smooth_px`` (:mod:`magpipe.smoothing`), so a tile's
-    edge cells are smoothed over the same neighbours as any other.
+    edge cells are smoothed over the same neighbours as any other. ``device`` is the torch device the
+    work runs on (:class:`WindowClassifier`, which a caller classifying many windows should keep).
 
     Returns
     -------
@@ -52,24 +163,10 @@ def classify_window(bundle: ModelBundle, window: np.ndarray) -> tuple[np.ndarray
     anomaly : (H, W) float32, mean squared reconstruction error of the central
         ``anomaly_px`` window, standardised units.
     """
-    r = bundle.smooth_px
-    valid, inner = window_masks(bundle.patch_px, window, r)
-    shape = inner.shape
-    if not inner.any():
-        return (np.full(shape, NODATA_CLASS, dtype="int16"), np.full(shape, np.nan, dtype="float32"),
-                np.full(shape, np.nan, dtype="float32"))
-    x = window_input(bundle.scaling, window)  # one model input for the features and the anomaly
-    scores = window_scores(bundle.svm, bundle.features, bundle.scaling, window, x)  # interior + r
-    cls, conf = smoothed_class(bundle.svm, scores, r)
-    cls[~inner], conf[~inner] = NODATA_CLASS, np.nan
-    del scores
-    a = dense_anomaly(bundle.model, x, torch.from_numpy(valid)[None, None], bundle.anomaly_px).numpy()
-    anom = np.full(shape, np.nan, dtype="float32")
-    anom[inner] = (a[r:-r, r:-r] if r else a)[inner]
-    return cls, conf, anom
+    return WindowClassifier(bundle, device)(window)
 
 
-def classify_array(bundle: ModelBundle, grids: np.ndarray | list[np.ndarray]
+def classify_array(bundle: ModelBundle, grids: np.ndarray | list[np.ndarray], device: str | torch.device = "cpu"
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Single-process reference: the whole grid (one 2-D input, or a list of C) as one window.
 
@@ -79,7 +176,7 @@ def classify_array(bundle: ModelBundle, grids: np.ndarray | list[np.ndarray]
     """
     arrays = [grids] if isinstance(grids, np.ndarray) and grids.ndim == 2 else list(grids)
     ny, nx = arrays[0].shape
-    return classify_window(bundle, read_stack(arrays, 0, ny, 0, nx, bundle.halo_px))
+    return classify_window(bundle, read_stack(arrays, 0, ny, 0, nx, bundle.halo_px), device)
 
 
 @lru_cache(maxsize=4)
@@ -88,14 +185,22 @@ def cached_bundle(path: str) -> ModelBundle:
     return load_bundle(path)
 
 
-def classify_tile(run: str, bundle_path: str, tile: Tile) -> dict[str, np.ndarray]:
+@lru_cache(maxsize=4)
+def cached_classifier(path: str, device: str) -> WindowClassifier:
+    """Each worker process readies a bundle on a device once, however many tiles it runs."""
+    return WindowClassifier(cached_bundle(path), device)
+
+
+def classify_tile(run: str, bundle_path: str, tile: Tile, device: str = "cpu") -> dict[str, np.ndarray]:
     """The class, confidence and anomaly of one tile of the run in ``run`` (what a Dask task computes).
 
     Takes paths, not objects, so the task pickles cheaply; ``tile`` is (y0, y1, x0, x1) in cells and
-    each returned array is (y1 - y0, x1 - x0), as :func:`classify_window` describes.
+    each returned array is (y1 - y0, x1 - x0), as :func:`classify_window` describes; ``device`` is the
+    torch device of this worker.
     """
-    bundle = cached_bundle(bundle_path)
+    classifier = cached_classifier(bundle_path, device)
     y0, y1, x0, x1 = tile
-    window = read_stack(open_inputs(Layout(run), bundle.inputs), y0, y1, x0, x1, bundle.halo_px)
-    cls, conf, anom = classify_window(bundle, window)
+    window = read_stack(open_inputs(Layout(run), classifier.bundle.inputs), y0, y1, x0, x1,
+                        classifier.bundle.halo_px)
+    cls, conf, anom = classifier(window)
     return {"class": cls, "confidence": conf, "anomaly": anom}

@@ -38,6 +38,8 @@ ObjectiveOpt = Annotated[Optional[str], typer.Option(
 SchedOpt = Annotated[Optional[str], typer.Option("--scheduler", envvar="DASK_SCHEDULER_ADDRESS",
                                                  help="Existing Dask scheduler; default: a LocalCluster.")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="LocalCluster workers (default 2).")]
+DeviceOpt = Annotated[Optional[str], typer.Option(
+    "--device", help="Torch device of classification: cpu (default) or cuda (one Dask worker per GPU).")]
 SerialOpt = Annotated[bool, typer.Option("--serial", help="Classify in this process, without Dask.")]
 OutOpt = Annotated[str, typer.Option("--out", "-o", help="Output directory of the run.")]
 NodataOpt = Annotated[Optional[float], typer.Option("--nodata", help="Sentinel no-data value, e.g. -99999.")]
@@ -74,7 +76,7 @@ def main(ctx: typer.Context, debug: Annotated[bool, typer.Option("--debug", help
 
 def _config(config: str | None, *, run: str | None = None, patch_size=None, epochs=None, n_patches=None,
             nodata=None, band=None, variable=None, spacing=None, crs=None, scheduler=None, workers=None,
-            features=None, objective=None, **inputs) -> RunConfig:
+            features=None, objective=None, device=None, **inputs) -> RunConfig:
     """``config`` (else the run's saved config.json when ``run`` is given, else defaults) with the flags applied."""
     from magpipe.io.location import use_storage_options
 
@@ -89,6 +91,7 @@ def _config(config: str | None, *, run: str | None = None, patch_size=None, epoc
         patches={"patch_px": patch_size, "n_patches": n_patches},
         model={"epochs": epochs, "objective": objective},
         svm={"features": features},
+        classify={"device": device},
         runtime={"scheduler": scheduler, "workers": workers},
     )
     use_storage_options(cfg.runtime.storage_options)
@@ -128,7 +131,7 @@ def _client(cfg: RunConfig, serial: bool):
 
     if serial:
         return contextlib.nullcontext(None)
-    return dask_client(cfg.runtime.scheduler, workers=cfg.runtime.workers)
+    return dask_client(cfg.runtime.scheduler, workers=cfg.runtime.workers, gpu=cfg.classify.device != "cpu")
 
 
 def _with_client(cfg: RunConfig, serial: bool, fn, *args, **kwargs):
@@ -174,11 +177,11 @@ def train(out: OutOpt, config: ConfigOpt = None, patch_size: PatchOpt = None, ep
 @app.command()
 def classify(out: OutOpt, config: ConfigOpt = None, model: Annotated[Optional[str], typer.Option(
         "--model", help="Model bundle to apply (default OUT/model).")] = None, scheduler: SchedOpt = None,
-             workers: WorkersOpt = None, serial: SerialOpt = False) -> None:
+             workers: WorkersOpt = None, serial: SerialOpt = False, device: DeviceOpt = None) -> None:
     """Classify every valid cell of OUT/survey.zarr into OUT/classified.zarr."""
     from magpipe.pipeline import run_classify
 
-    cfg = _config(config, run=out, scheduler=scheduler, workers=workers)
+    cfg = _config(config, run=out, scheduler=scheduler, workers=workers, device=device)
     typer.echo(_guard(_with_client, cfg, serial, run_classify, out, cfg, bundle=model))
 
 
@@ -289,14 +292,14 @@ def run(survey: Annotated[Optional[str], typer.Argument(help="Survey file (defau
         nodata: NodataOpt = None, band: BandOpt = None, variable: VarOpt = None, spacing: SpacingOpt = None,
         crs: CrsOpt = None, patch_size: PatchOpt = None, epochs: EpochsOpt = None, n_patches: NPatchOpt = None,
         features: FeaturesOpt = None, objective: ObjectiveOpt = None, scheduler: SchedOpt = None,
-        workers: WorkersOpt = None, serial: SerialOpt = False) -> None:
+        workers: WorkersOpt = None, serial: SerialOpt = False, device: DeviceOpt = None) -> None:
     """Run every stage: ingest, labels, patches, train, classify, evaluate.
 
     To repeat a run: magpipe run --config OLD/config.json --out NEW (same inputs, same options).
     """
     cfg = _config(config, patch_size=patch_size, epochs=epochs, n_patches=n_patches, nodata=nodata, band=band,
                   variable=variable, spacing=spacing, crs=crs, scheduler=scheduler, workers=workers,
-                  features=features, objective=objective, survey=survey, labels=labels, label_field=label_field, classes=classes)
+                  features=features, objective=objective, device=device, survey=survey, labels=labels, label_field=label_field, classes=classes)
     _run(out, cfg, serial=serial)
 
 

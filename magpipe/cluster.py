@@ -6,6 +6,8 @@ import contextlib
 import os
 from collections.abc import Iterator
 
+from magpipe.errors import DeviceError
+
 # glibc returns each large array of a tile to the OS when it is freed and faults it back in for
 # the next tile. Dask's nanny makes that worse (MALLOC_TRIM_THRESHOLD_=65536): measured on a
 # 512 px tile, 6.4 s with Dask's setting, 4.3 s with glibc's, 3.3 s with these, which let a
@@ -14,7 +16,7 @@ WORKER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(256 * 2**20), "MALLOC_TRIM_TH
 
 
 @contextlib.contextmanager
-def dask_client(scheduler: str | None = None, *, workers: int = 2) -> Iterator[object]:
+def dask_client(scheduler: str | None = None, *, workers: int = 2, gpu: bool = False) -> Iterator[object]:
     """A client of ``scheduler`` (or ``$DASK_SCHEDULER_ADDRESS``), else of a new LocalCluster.
 
     The LocalCluster uses processes with one thread each: torch and libsvm are
@@ -27,6 +29,8 @@ def dask_client(scheduler: str | None = None, *, workers: int = 2) -> Iterator[o
     ----------
     scheduler : address of a running scheduler (``tcp://host:port``); its workers are used as they are.
     workers : worker processes of the LocalCluster when there is no scheduler.
+    gpu : the LocalCluster has one worker per visible GPU instead, each declaring the resource ``GPU=1``
+        and pinned to its own device (:class:`magpipe.process.GPUDevice`), for ``classify.device: cuda``.
 
     Yields
     ------
@@ -37,7 +41,7 @@ def dask_client(scheduler: str | None = None, *, workers: int = 2) -> Iterator[o
     import dask
     from distributed import Client, LocalCluster
 
-    from magpipe.process import WorkerSetup
+    from magpipe.process import GPUDevice, WorkerSetup
 
     address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if address:
@@ -45,16 +49,29 @@ def dask_client(scheduler: str | None = None, *, workers: int = 2) -> Iterator[o
             client.register_plugin(WorkerSetup())
             yield client
         return
+    gpus = _visible_gpus() if gpu else 0
+    if gpu and not gpus:
+        raise DeviceError("classify.device is cuda, but this machine has no CUDA device torch can use; "
+                          "classify on 'cpu', or point runtime.scheduler at a cluster with GPU workers")
     logging.getLogger("distributed").setLevel(logging.WARNING)  # the in-process scheduler's chatter
     env = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_MALLOC_ENV}
     # the nanny lets the parent's environment override pre-spawn-environ, and every nanny writes
     # its own values into the parent's environment: an earlier cluster in this process would win
     with _environ(WORKER_MALLOC_ENV), dask.config.set({"distributed.nanny.pre-spawn-environ": env}), \
-            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                         memory_limit="auto", silence_logs=logging.WARNING) as cluster, \
+            LocalCluster(n_workers=gpus or workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                         memory_limit="auto", silence_logs=logging.WARNING,
+                         resources={"GPU": 1} if gpus else None) as cluster, \
             Client(cluster, set_as_default=False) as client:
         client.register_plugin(WorkerSetup())
+        if gpus:
+            client.register_plugin(GPUDevice())
         yield client
+
+
+def _visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 @contextlib.contextmanager

@@ -231,6 +231,10 @@ class EvalConfig(_Section):
 
 class ClassifyConfig(_Section):
     chunk_px: int = Field(512, ge=32, description="Side of a classification tile (= one Zarr shard), in pixels.")
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$", description="Torch device tiles are classified on: "
+                        "'cpu', or 'cuda' (each Dask worker's GPU: tiles go only to workers that declare a GPU "
+                        "resource, one worker per GPU; a LocalCluster gets one such worker per visible GPU). "
+                        "Use larger tiles on a GPU (chunk_px 2048).")
 
 
 class RuntimeConfig(_Section):

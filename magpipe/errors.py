@@ -31,6 +31,9 @@ class StorageError(MagpipeError, OSError):
     """An output store cannot be written or is locked by another run."""
 
 
+class DeviceError(MagpipeError, RuntimeError):
+    """Work was asked of a device (a GPU) that is not there: none visible, or no worker declares one."""
+
 
 class OrchestrationError(MagpipeError, RuntimeError):
     """A remote stage (a deployment run, a cluster) did not finish."""

@@ -4,8 +4,9 @@ A feature set maps standardised patches to one vector per cell, two ways that mu
 
 - :meth:`FeatureSet.patches`: (n, C, p, p) patches centred on given cells -> (n, F); the
   reference path, used for the few labelled cells of training and evaluation;
-- :meth:`FeatureSet.dense`: a (1, C, H + 2h, W + 2h) window with a halo h = p // 2 ->
-  (F, H, W), every interior cell at once; the fast path of classification and similarity.
+- :meth:`FeatureSet.dense`: a (1, C, H + 2h, W + 2h) window tensor with a halo h = p // 2 ->
+  (F, H, W) tensor on the same device, every interior cell at once; the fast path of
+  classification and similarity, on the CPU or a GPU.
 
 Feature sets:
 
@@ -106,7 +107,7 @@ class FeatureSet(Protocol):
 
     def patches(self, x: np.ndarray) -> np.ndarray: ...
 
-    def dense(self, x: torch.Tensor) -> np.ndarray: ...
+    def dense(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -130,9 +131,10 @@ class AEFeatures:
         """(n, C, p, p) standardised patches -> (n, F) float32."""
         return patch_features(self.model, torch.from_numpy(x), self.layers, self.readout).numpy()
 
-    def dense(self, x: torch.Tensor) -> np.ndarray:
-        """(1, C, H + 2h, W + 2h) standardised window -> (F, H, W) float32."""
-        return dense_features(self.model, x, self.layers, self.readout).numpy()
+    def dense(self, x: torch.Tensor, acts: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """(1, C, H + 2h, W + 2h) standardised window -> (F, H, W) float32, on its device; ``acts`` are
+        ``self.model.encode(x)`` when the caller has them already."""
+        return dense_features(self.model, x, self.layers, self.readout, acts=acts)
 
 
 @dataclass(frozen=True)
@@ -149,11 +151,9 @@ class RawFeatures:
     def patches(self, x: np.ndarray) -> np.ndarray:
         return x.reshape(len(x), -1)
 
-    def dense(self, x: torch.Tensor) -> np.ndarray:
-        p = self.patch_px
-        view = np.lib.stride_tricks.sliding_window_view(x[0].numpy(), (p, p), axis=(1, 2))  # (C, H, W, p, p)
-        C, H, W = view.shape[:3]
-        return np.ascontiguousarray(view.transpose(0, 3, 4, 1, 2)).reshape(C * p * p, H, W)
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
+        p, (C, Hh, Wh) = self.patch_px, x.shape[1:]
+        return F.unfold(x.float(), p)[0].view(C * p * p, Hh - p + 1, Wh - p + 1)  # channel-major, like patches
 
 
 STAT_WINDOWS = (3, 5, 7, 11)  # nested window sides (cells), capped by the patch size
@@ -205,7 +205,7 @@ class StatsFeatures:
         return np.stack(cols, axis=1).astype("float32")
 
     @torch.no_grad()
-    def dense(self, x: torch.Tensor) -> np.ndarray:
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
         """(1, C, H + 2h, W + 2h) standardised window -> (F, H, W) float32, by box filters and pooling."""
         h = self.patch_px // 2
         H, W = x.shape[-2] - 2 * h, x.shape[-1] - 2 * h
@@ -222,7 +222,7 @@ class StatsFeatures:
                 var = (box_mean(xc * xc, w)[crop] - mean * mean).clamp(min=0)
                 gmean = box_mean(gc, w)[..., o - 1 : o - 1 + H, o - 1 : o - 1 + W]
                 maps += [mean, var.sqrt(), _box_max(xc, w)[crop], -_box_max(-xc, w)[crop], gmean]
-        return torch.cat(maps, dim=1)[0].numpy()
+        return torch.cat(maps, dim=1)[0]
 
 
 def _box_max(x: torch.Tensor, w: int) -> torch.Tensor:
@@ -247,8 +247,8 @@ class ConcatFeatures:
     def patches(self, x: np.ndarray) -> np.ndarray:
         return np.concatenate([p.patches(x) for p in self.parts], axis=1)
 
-    def dense(self, x: torch.Tensor) -> np.ndarray:
-        return np.concatenate([p.dense(x) for p in self.parts], axis=0)
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([p.dense(x) for p in self.parts], dim=0)
 
 
 def part_sizes(fs: FeatureSet) -> tuple[int, ...]:

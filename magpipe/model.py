@@ -211,20 +211,54 @@ def box_sum64(a: torch.Tensor, size: int) -> torch.Tensor:
     return s[..., size:, size:] - s[..., :-size, size:] - s[..., size:, :-size] + s[..., :-size, :-size]
 
 
+def box_mean_std(a: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (population) standard deviation over every size x size window of (N, C, H, W), valid
+    positions: two (N, C, H - size + 1, W - size + 1) tensors of ``a``'s dtype.
+
+    Window sums of a and a^2 come from a float64 summed-area table, where their difference keeps its
+    digits (float32 box means lose them where a channel varies little about a large mean). The table
+    is built in one buffer with in-place steps, on the CPU one channel at a time so that the buffer
+    stays in cache (3x faster than all channels at once, which were 3.4x faster than out-of-place
+    steps); on a GPU all channels at once.
+    """
+    N, C, H, W = a.shape
+    step = 1 if a.device.type == "cpu" else C
+    mean = torch.empty(N, C, H - size + 1, W - size + 1, dtype=a.dtype, device=a.device)
+    std = torch.empty_like(mean)
+    buf = torch.zeros(N, 2 * step, H + 1, W + 1, dtype=torch.float64, device=a.device)
+    n = float(size * size)
+    for c0 in range(0, C, step):
+        g = min(step, C - c0)
+        b = buf[:, : 2 * g]
+        b[:, :g, 1:, 1:] = a[:, c0 : c0 + g]
+        b[:, g:, 1:, 1:] = b[:, :g, 1:, 1:]
+        b[:, g:, 1:, 1:].square_()
+        b.cumsum_(-2).cumsum_(-1)
+        s = b[..., size:, size:] - b[..., :-size, size:]
+        s -= b[..., size:, :-size]
+        s += b[..., :-size, :-size]
+        m, var = s[:, :g].div_(n), s[:, g:].div_(n)
+        var -= m * m
+        mean[:, c0 : c0 + g] = m
+        std[:, c0 : c0 + g] = var.clamp_(min=0).sqrt_()  # the table's zero row and column stay zero
+    return mean, std
+
+
 @torch.no_grad()
 def dense_features(model: PatchAutoencoder, tile: torch.Tensor, layers: Sequence[int],
-                   readout: str = "mean_centre") -> torch.Tensor:
+                   readout: str = "mean_centre", acts: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Features of every pixel of a tile: (1, C, H + 2h, W + 2h) with halo h = p // 2 -> (F, H, W).
 
     ``tile`` is standardised (float32, no-data and the area beyond the survey filled with 0). Feature
     ``[:, i, j]`` equals :func:`patch_features` of the patch centred on interior cell (i, j), in the
-    same order, at the cost of one encoder pass over the tile instead of one per cell. Standard
-    deviations come from window sums of a and a^2 in float64 (:func:`box_sum64`), where their
-    difference keeps its digits.
+    same order, at the cost of one encoder pass over the tile instead of one per cell. With
+    ``mean_std_centre`` means and standard deviations come from one float64 summed-area table
+    (:func:`box_mean_std`). ``acts`` = ``model.encode(tile)`` when the caller has it (the anomaly
+    shares the pass). The result is on the tile's device.
     """
     model.check_readout(readout)
     h = model.patch_px // 2
-    acts = model.encode(tile)
+    acts = model.encode(tile) if acts is None else acts
     out = []
     for k in layers:
         a, r = acts[k], model.radii[k]
@@ -235,12 +269,7 @@ def dense_features(model: PatchAutoencoder, tile: torch.Tensor, layers: Sequence
         if readout == "mean_std_centre" and size == 1:
             out.append(centre)
             continue
-        out.append(box_mean(a, size))
-        if readout == "mean_std_centre":
-            a64 = a.double()
-            mean = box_sum64(a64, size)
-            out.append(((box_sum64(a64 * a64, size) - mean * mean / size**2).clamp(min=0) / size**2).sqrt()
-                       .to(a.dtype))
+        out.extend(box_mean_std(a, size) if readout == "mean_std_centre" else (box_mean(a, size),))
         out.append(centre)
     return torch.cat(out, dim=1)[0]
 
@@ -282,26 +311,27 @@ def patch_anomaly(model: PatchAutoencoder, patches: torch.Tensor, mask: torch.Te
 
 @torch.no_grad()
 def dense_anomaly(model: PatchAutoencoder, tile: torch.Tensor, mask: torch.Tensor, window_px: int,
-                  rows_per_step: int = 32) -> torch.Tensor:
+                  rows_per_step: int = 32, code: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`patch_anomaly` for every pixel of a tile (same layout as :func:`dense_features`): (H, W).
 
     ``tile`` is (1, C, H + 2h, W + 2h) standardised float32, ``mask`` (1, 1, H + 2h, W + 2h) bool
-    (True = data); the result is in squared standardised units, the tile's dtype. ``rows_per_step``
-    output rows are decoded at a time, which bounds the memory of the reconstructions.
+    (True = data); the result is in squared standardised units, the tile's dtype and device.
+    ``rows_per_step`` output rows are decoded at a time, which bounds the memory of the
+    reconstructions. ``code`` = ``model.encode(tile)[-1]`` when the caller has it.
 
     Only the decoder rows of the central window are evaluated, so this costs
     ``hidden * window_px**2`` per pixel and channel, not a full patch decode.
     """
     p, h, a, C = model.patch_px, model.patch_px // 2, window_px, model.in_channels
-    code = model.encode(tile)[-1][0]  # (C_code, H, W)
+    code = (model.encode(tile)[-1] if code is None else code)[0]  # (C_code, H, W)
     Cc, H, W = code.shape
-    idx = centre_window(p, a, C)
+    idx = centre_window(p, a, C).to(tile.device)
     lin1, lin2 = model.decoder[0], model.decoder[2]
     w2, b2 = lin2.weight[idx], lin2.bias[idx]
     off = h - a // 2
     core = tile[:, :, off : off + H + a - 1, off : off + W + a - 1]
     core_m = mask[:, :, off : off + H + a - 1, off : off + W + a - 1].float().expand(-1, C, -1, -1)
-    out = torch.empty(H, W, dtype=tile.dtype)
+    out = torch.empty(H, W, dtype=tile.dtype, device=tile.device)
     for r0 in range(0, H, rows_per_step):
         r1 = min(H, r0 + rows_per_step)
         z = code[:, r0:r1].permute(1, 2, 0).reshape(-1, Cc)

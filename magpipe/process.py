@@ -85,3 +85,16 @@ class WorkerSetup(WorkerPlugin):
 
     def setup(self, worker) -> None:
         configure_worker()
+
+
+class GPUDevice(WorkerPlugin):
+    """Pins the worker of a GPU LocalCluster to its own GPU: worker i (its name) uses ``cuda:i``, so tasks
+    asking for ``cuda`` (the current device) spread over the machine's GPUs, one worker each."""
+
+    name = "magpipe-gpu-device"
+
+    def setup(self, worker) -> None:
+        import torch
+
+        if torch.cuda.is_available() and str(worker.name).isdigit():
+            torch.cuda.set_device(int(worker.name) % torch.cuda.device_count())

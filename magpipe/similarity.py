@@ -90,7 +90,7 @@ def similarity_window(bundle: ModelBundle, window: np.ndarray, query: np.ndarray
     _, inner = window_masks(bundle.patch_px, window)
     out = np.full(inner.shape, np.nan, dtype="float32")
     if inner.any():
-        feats = bundle.features.dense(window_input(bundle.scaling, window))
+        feats = bundle.features.dense(window_input(bundle.scaling, window)).numpy()
         X = feature_scaler(bundle.svm).transform(feats[:, inner].T)
         out[inner] = _unit(X) @ query
     return out

@@ -18,11 +18,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from magpipe.decision import Decision
 from magpipe.evaluation import balanced_accuracy
 from magpipe.features import FeatureSet, StackScaling, window_input
 from magpipe.model import box_sum64
 from magpipe.patches import read_stack
-from magpipe.svm import best_class, class_scores
+from magpipe.svm import best_class
 
 
 def smooth_proba(proba: np.ndarray, radius: int) -> np.ndarray:
@@ -30,53 +31,34 @@ def smooth_proba(proba: np.ndarray, radius: int) -> np.ndarray:
 
     ``proba`` is (K, H + 2r, W + 2r) float32 with NaN at no-data cells: the interior and a halo of
     ``radius`` cells (beyond the survey's edge is no data). Returns the interior, (K, H, W) float32,
-    NaN where the centre cell is no data. Radius 0 returns ``proba`` itself.
+    NaN where the centre cell is no data. Radius 0 returns ``proba`` itself. (:func:`smooth_scores` on arrays.)
     """
+    return proba if radius == 0 else smooth_scores(torch.from_numpy(proba), radius).numpy()
+
+
+def smooth_scores(scores: torch.Tensor, radius: int) -> torch.Tensor:
+    """:func:`smooth_proba` of a tensor, on its device (float64 window sums)."""
     if radius == 0:
-        return proba
+        return scores
     size = 2 * radius + 1
-    valid = np.isfinite(proba[0])
-    sums = box_sum64(torch.from_numpy(np.where(valid, proba, 0.0))[None], size)[0].numpy()
-    counts = box_sum64(torch.from_numpy(valid.astype(np.float64))[None, None], size)[0, 0].numpy()
-    out = (sums / np.maximum(counts, 1.0)).astype(np.float32)
-    out[:, ~valid[radius:-radius, radius:-radius]] = np.nan
+    valid = torch.isfinite(scores[0])
+    sums = box_sum64(torch.where(valid, scores, 0.0)[None], size)[0]
+    counts = box_sum64(valid.double()[None, None], size)[0, 0]
+    out = (sums / counts.clamp(min=1.0)).float()
+    out[:, ~valid[radius:-radius, radius:-radius]] = float("nan")
     return out
 
 
-def dense_scores(svm, feats: np.ndarray, cells: np.ndarray, *, batch: int = 8192) -> np.ndarray:
-    """The SVM's votes and probabilities (2, K, H, W) float32 (:func:`magpipe.svm.class_scores`) of the
-    ``cells`` (H, W) bool of a dense (F, H, W) feature map, NaN elsewhere; predicted in row strips of
-    about ``batch`` cells, so the copy stays small."""
-    K, (H, W) = len(svm.classes_), cells.shape
-    out = np.full((2, K, H, W), np.nan, dtype=np.float32)
-    rows = max(1, batch // max(W, 1))
-    for r0 in range(0, H, rows):
-        sel = cells[r0 : r0 + rows]
-        if sel.any():
-            votes, proba = class_scores(svm, feats[:, r0 : r0 + rows][:, sel].T)
-            out[0, :, r0 : r0 + rows][:, sel], out[1, :, r0 : r0 + rows][:, sel] = votes.T, proba.T
-    return out
-
-
-def window_scores(svm, features: FeatureSet, scaling: StackScaling, window: np.ndarray,
-                  x: torch.Tensor | None = None) -> np.ndarray:
+def window_scores(svm, features: FeatureSet, scaling: StackScaling, window: np.ndarray) -> np.ndarray:
     """Votes and probabilities (2, K, H, W) of every valid cell of a raw (C, H + 2h, W + 2h) window with
-    halo h = p // 2 (NaN = no data; NaN out), from the dense features of ``features``. ``x`` is the
-    window's model input (:func:`magpipe.features.window_input`) when the caller has made it already."""
+    halo h = p // 2 (NaN = no data; NaN out), from the dense features of ``features`` scored by
+    :class:`magpipe.decision.Decision`: the arithmetic of the map's own tiles, on the CPU."""
     h = features.patch_px // 2
     valid = np.isfinite(window).all(0)
     cells = valid[h:-h, h:-h] if h else valid
     if not cells.any():
         return np.full((2, len(svm.classes_), *cells.shape), np.nan, dtype=np.float32)
-    return dense_scores(svm, features.dense(window_input(scaling, window) if x is None else x), cells)
-
-
-def smoothed_class(svm, scores: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
-    """Class and confidence (H, W) from votes and probabilities (2, K, H + 2r, W + 2r), each averaged
-    over the radius-r window (:func:`smooth_proba`): the class of the mean vote, the mean probability
-    of that class. Class 0 and confidence NaN at no-data cells."""
-    votes, proba = smooth_proba(scores[0], radius), smooth_proba(scores[1], radius)
-    return best_class(svm, votes, proba, axis=0)
+    return Decision.of(svm).dense(features.dense(window_input(scaling, window)), torch.from_numpy(cells)).numpy()
 
 
 def block_predictions(svm, features: FeatureSet, scaling: StackScaling, arrays: list, rows: np.ndarray,

@@ -18,6 +18,7 @@ import logging
 import warnings
 
 import numpy as np
+import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from sklearn.exceptions import FitFailedWarning
 from sklearn.model_selection import GridSearchCV, GroupKFold, StratifiedKFold
@@ -334,13 +335,25 @@ def class_scores(model, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def best_class(model, votes: np.ndarray, proba: np.ndarray, axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
     """Class = the SVM's vote (argmax of ``votes`` along ``axis``), confidence = that class's probability.
 
-    NaN votes mark no-data cells: class 0 and confidence NaN there.
+    NaN votes mark no-data cells: class 0 and confidence NaN there (:func:`vote`, on arrays).
     """
-    missing = np.isnan(votes).any(axis=axis)
-    best = np.expand_dims(np.nan_to_num(votes, nan=-np.inf).argmax(axis=axis), axis)
-    cls = np.where(missing, 0, np.asarray(model.classes_)[best.squeeze(axis)]).astype("int16")
-    conf = np.take_along_axis(proba, best, axis=axis).squeeze(axis)
-    return cls, np.where(missing, np.nan, conf).astype("float32")
+    classes = torch.as_tensor(np.asarray(model.classes_).astype(np.int64))
+    cls, conf = vote(classes, torch.from_numpy(np.asarray(votes)), torch.from_numpy(np.asarray(proba)), axis)
+    return cls.numpy(), conf.numpy()
+
+
+def vote(classes: torch.Tensor, votes: torch.Tensor, proba: torch.Tensor, axis: int = -1
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class codes ``classes`` (K,) of the argmax of ``votes`` along ``axis`` (the first of equals, as numpy),
+    and that class's probability; class 0 and confidence NaN where a vote is NaN (no data).
+
+    Returns int16 and float32 tensors on the votes' device.
+    """
+    missing = torch.isnan(votes).any(dim=axis)
+    best = torch.nan_to_num(votes, nan=-torch.inf).argmax(dim=axis, keepdim=True)
+    cls = torch.where(missing, 0, classes[best.squeeze(axis)]).to(torch.int16)
+    conf = torch.take_along_dim(proba, best, dim=axis).squeeze(axis)
+    return cls, torch.where(missing, float("nan"), conf).float()
 
 
 def predict_with_confidence(model: Pipeline, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -91,10 +91,12 @@ def stop_when(proc: subprocess.Popen, marker: str, sig: int, *, group: bool, aft
 
 
 @contextlib.contextmanager
-def external_cluster(workdir: Path, *, env: dict | None = None, cwd: Path | None = None) -> Iterator[str]:
+def external_cluster(workdir: Path, *, env: dict | None = None, cwd: Path | None = None,
+                     workers: list[list[str]] | None = None) -> Iterator[str]:
     """`dask scheduler` and `dask worker` (2 nanny-managed processes) started as separate programs, as on
     a real cluster, their files in ``workdir``; yields the scheduler's address. ``env`` adds variables
-    (a worker's storage credentials), ``cwd`` is the workers' directory."""
+    (a worker's storage credentials), ``cwd`` is the workers' directory, ``workers`` the arguments of each
+    `dask worker` program instead (e.g. ``["--name", "gpu0", "--resources", "GPU=1"]``)."""
     bin_dir = Path(sys.executable).parent
     info = workdir / "scheduler.json"
     common = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "start_new_session": True,
@@ -106,8 +108,9 @@ def external_cluster(workdir: Path, *, env: dict | None = None, cwd: Path | None
         deadline = time.time() + 60
         while not info.exists() and time.time() < deadline:
             time.sleep(0.2)
-        procs.append(subprocess.Popen([bin_dir / "dask", "worker", "--scheduler-file", info, "--nworkers", "2",
-                                       "--nthreads", "1", "--no-dashboard"], cwd=cwd, **common))
+        for args in workers or [["--nworkers", "2", "--nthreads", "1"]]:
+            procs.append(subprocess.Popen([bin_dir / "dask", "worker", "--scheduler-file", info, "--no-dashboard",
+                                           *args], cwd=cwd, **common))
         yield json.loads(info.read_text())["address"]
     finally:
         for p in reversed(procs):
@@ -154,3 +157,12 @@ def s3_server(log: Path) -> Iterator[dict[str, str]]:
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=20)
+
+
+def gpu_worker_tile(tile: tuple[int, int, int, int]) -> dict[str, np.ndarray]:
+    """A tile function that records where it ran: ``w`` = the GPUs its Dask worker declares (a
+    resource), for every cell of the tile."""
+    from distributed import get_worker
+
+    gpus = get_worker().state.total_resources.get("GPU", 0)
+    return {"w": np.full((tile[1] - tile[0], tile[3] - tile[2]), gpus, dtype="int16")}

@@ -97,7 +97,7 @@ def run_tile(tile_fn: TileFn, store: str, tile: Tile, tile_px: int, storage: dic
 
 def write_tiles(out: str | Path, template: xr.Dataset, tile_fn: TileFn, *, stage_hash: str, tile_px: int,
                 attrs: dict | None = None, client=None, progress: Callable[[int, int], None] | None = None,
-                name: str = "tiles") -> Path:
+                name: str = "tiles", resources: dict[str, float] | None = None) -> Path:
     """Fill the tiled output ``out`` with ``tile_fn`` of every tile; skip it when complete with
     ``stage_hash``, resume its partial store when that was made with the same hash.
 
@@ -112,6 +112,7 @@ def write_tiles(out: str | Path, template: xr.Dataset, tile_fn: TileFn, *, stage
     client : a ``distributed.Client``, or None to run in this process.
     progress : called with (tiles done, tiles in all) after every tile.
     name : prefix of the Dask task keys and of log lines.
+    resources : Dask resources each tile task needs (``{"GPU": 1}``: only workers declaring a GPU run it).
 
     Returns
     -------
@@ -141,7 +142,7 @@ def write_tiles(out: str | Path, template: xr.Dataset, tile_fn: TileFn, *, stage
     log.info("%s: %d of %d tiles (%d px) into %s", name, len(todo), len(grid), tile_px, out)
     finished = len(grid) - len(todo)
     with steps(name, len(grid), "tiles", done=finished) as step:
-        for _ in _run(tile_fn, str(tmp), todo, tile_px, client, key=f"{name}-{stage_hash}"):
+        for _ in _run(tile_fn, str(tmp), todo, tile_px, client, key=f"{name}-{stage_hash}", resources=resources):
             finished += 1
             step()
             if progress is not None:
@@ -151,7 +152,8 @@ def write_tiles(out: str | Path, template: xr.Dataset, tile_fn: TileFn, *, stage
     return out
 
 
-def _run(tile_fn: TileFn, store: str, todo: list[tuple[int, Tile]], tile_px: int, client, *, key: str):
+def _run(tile_fn: TileFn, store: str, todo: list[tuple[int, Tile]], tile_px: int, client, *, key: str,
+         resources: dict[str, float] | None = None):
     """Yield once per finished tile, in completion order."""
     if client is None:
         for _, t in todo:
@@ -160,7 +162,7 @@ def _run(tile_fn: TileFn, store: str, todo: list[tuple[int, Tile]], tile_px: int
     from distributed import as_completed
 
     storage = storage_options()
-    futures = [client.submit(run_tile, tile_fn, store, t, tile_px, storage, key=f"{key}-{i}", pure=False)
-               for i, t in todo]
+    futures = [client.submit(run_tile, tile_fn, store, t, tile_px, storage, key=f"{key}-{i}", pure=False,
+                             resources=resources) for i, t in todo]
     for fut in as_completed(futures, loop=client.loop):
         yield fut.result()

@@ -40,7 +40,7 @@ def test_dense_features_equal_per_cell_features_for_every_set(trained_run, bundl
     rows, cols = rng.integers(y0, y1, 50), rng.integers(x0, x1, 50)
     per_cell = cell_features(sets, arrays, bundle.scaling, rows, cols, batch=17)
     for name, fs in sets.items():
-        dense = fs.dense(x)
+        dense = fs.dense(x).numpy()
         assert dense.shape == (fs.n_features, y1 - y0, x1 - x0), name
         np.testing.assert_allclose(dense[:, rows - y0, cols - x0].T, per_cell[name], rtol=1e-4, atol=1e-5,
                                    err_msg=name)

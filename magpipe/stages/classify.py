@@ -16,7 +16,7 @@ import numpy as np
 from magpipe.bundle import verify_bundle
 from magpipe.classify import classify_tile
 from magpipe.config import RunConfig
-from magpipe.errors import DataValidationError
+from magpipe.errors import DataValidationError, DeviceError
 from magpipe.io import schema as S
 from magpipe.io.location import absolute, as_path
 from magpipe.io.schema import Layout
@@ -62,18 +62,21 @@ def run_classify(out: str | Path, cfg: RunConfig, *, bundle: str | Path | None =
     (see :func:`classified_variables`).
     """
     lay = Layout(out)
+    check_device(cfg.classify.device, client)  # before the config is saved with it
     cfg.save(lay.config)
     return classify_into(lay, as_path(bundle) if bundle else lay.model, lay.classified, tile_px=cfg.classify.chunk_px,
-                         client=client, progress=progress)
+                         client=client, progress=progress, device=cfg.classify.device)
 
 
 def classify_into(lay: Layout, bundle_path: Path, dest: Path, *, tile_px: int, client=None,
-                  progress: Callable[[int, int], None] | None = None) -> Path:
+                  progress: Callable[[int, int], None] | None = None, device: str = "cpu") -> Path:
     """Classify the run ``lay``'s survey with the bundle at ``bundle_path`` into the store ``dest``
     (``OUT/classified.zarr`` for the stage; any path for a comparison), resuming a partial one.
 
-    ``tile_px`` is the tile side in cells. Returns ``dest``; raises DataValidationError when the
-    survey is smaller than one patch.
+    ``tile_px`` is the tile side in cells; ``device`` the torch device of the tiles (``cuda``: with a
+    client, only on workers declaring a ``GPU`` resource). A GPU's store is not resumed on the CPU nor
+    the reverse: their numbers agree to float rounding, not bit for bit. Returns ``dest``; raises
+    DataValidationError when the survey is smaller than one patch, DeviceError when no GPU is there.
     """
     survey = open_store(lay.survey)
     # checked here, before any tile; the weights load in the workers (2 s of a 9 s 1k-survey run, in the driver)
@@ -83,9 +86,33 @@ def classify_into(lay: Layout, bundle_path: Path, dest: Path, *, tile_px: int, c
     if min(shape) < meta["patch_px"]:
         raise DataValidationError(f"{lay.survey}: survey of {shape[0]} x {shape[1]} cells is smaller than the "
                                   f"model's {meta['patch_px']} px patch ({bundle_path})")
+    gpu = device != "cpu"
+    resources = check_device(device, client)
     h = content_hash("classify-v1", str(survey.attrs.get(S.HASH)), str(meta.get("input_hash")), str(tile_px),
-                     str(meta["anomaly_px"]))
+                     str(meta["anomaly_px"]), *(["gpu"] if gpu else []))
     template = output_template(survey, classified_variables(meta["classes"]), tile_px)
-    tile_fn = functools.partial(classify_tile, absolute(lay.root), absolute(bundle_path))
+    tile_fn = functools.partial(classify_tile, absolute(lay.root), absolute(bundle_path), device=device)
     return write_tiles(dest, template, tile_fn, stage_hash=h, tile_px=tile_px, client=client, progress=progress,
-                       name="classify", attrs={S.SOURCE: lay.survey.name, S.CLASSES: meta["classes"]})
+                       name="classify", attrs={S.SOURCE: lay.survey.name, S.CLASSES: meta["classes"]},
+                       resources=resources)
+
+
+def check_device(device: str, client) -> dict[str, float] | None:
+    """The Dask resources a tile on ``device`` needs: None on the CPU; ``{"GPU": 1}`` on a GPU, after
+    checking that some worker of ``client`` declares a GPU, or without a client that torch sees one here.
+    Raises DeviceError otherwise."""
+    if device == "cpu":
+        return None
+    if client is None:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise DeviceError("classify.device is cuda, but torch sees no CUDA device in this process; "
+                              "classify on 'cpu'")
+        return None
+    workers = client.scheduler_info().get("workers", {}).values()
+    if not any(w.get("resources", {}).get("GPU", 0) >= 1 for w in workers):
+        raise DeviceError(f"classify.device is cuda, but no worker of the Dask cluster ({len(workers)} workers) "
+                          "declares a GPU resource: start one worker per GPU with `dask worker ADDRESS "
+                          "--nthreads 1 --resources GPU=1` (CUDA_VISIBLE_DEVICES=i for the i-th), or classify on 'cpu'")
+    return {"GPU": 1}
