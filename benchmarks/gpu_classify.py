@@ -31,6 +31,7 @@ import psutil
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from roofline import machine_ceilings, print_roofline, roofline, stage_work  # noqa: E402
 from run import benchmark_config, stage_rates, train, write_survey  # noqa: E402
 
 from magpipe.bundle import load_bundle  # noqa: E402
@@ -117,8 +118,12 @@ def main(argv: list[str] | None = None) -> dict:
     save("survey", {"generate_s": gen_s, "ingest_s": time.perf_counter() - t0 - gen_s})
 
     save("equality_vs_cpu", compare(bundle, survey, args.device))
-    save("stage_rates_device", stage_rates(survey, bundle, args.tile_px, n_tiles=2, device=args.device))
-    save("stage_rates_cpu_one_thread", stage_rates(survey, bundle, 512, n_tiles=2, device="cpu"))
+    for key, device, tile_px in (("device", args.device, args.tile_px), ("cpu_one_thread", "cpu", 512)):
+        rates = stage_rates(survey, bundle, tile_px, n_tiles=2, device=device)
+        ceilings = machine_ceilings(device, n_features=bundle.features.n_features)
+        table = roofline(rates, stage_work(bundle, tile_px), ceilings)
+        print_roofline(table, ceilings, device)
+        save(f"stage_rates_{key}", {**rates, "ceilings": ceilings, "roofline": table})
 
     cells = args.size * args.size
     dest = big / "classified.zarr"

@@ -45,6 +45,9 @@ import xarray as xr
 import zarr
 from threadpoolctl import threadpool_limits
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from roofline import machine_ceilings, print_roofline, roofline, stage_work  # noqa: E402  (beside this script)
+
 from magpipe.bundle import load_bundle
 from magpipe.classify import NODATA_CLASS, WindowClassifier
 from magpipe.config import RunConfig
@@ -454,6 +457,10 @@ def main(argv: list[str] | None = None) -> dict:
             row["valid_fraction"] = float(np.mean([valid[t[0]:t[1], t[2]:t[3]].mean()
                                                    for t in tiles(valid.shape, 2048)]))
             row.update(stage_rates(survey, bundle, tile_px))
+            if "ceilings" not in result:
+                result["ceilings"] = machine_ceilings("cpu", n_features=bundle.features.n_features)
+            row["roofline"] = roofline(row, stage_work(bundle, tile_px), result["ceilings"])
+            print_roofline(row["roofline"], result["ceilings"], "one CPU thread")
             runs = []
             for _ in range(repeats):
                 lo0 = loopback_bytes()

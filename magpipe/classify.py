@@ -108,7 +108,7 @@ class WindowClassifier:
         cls[~inner], conf[~inner] = NODATA_CLASS, float("nan")
         clock("smooth")
         a = dense_anomaly(b.model, x, valid[None, None], b.anomaly_px, code=None if acts is None else acts[-1],
-                          rows_per_step=32 if dev.type == "cpu" else 512)
+                          rows_per_step=8 if dev.type == "cpu" else 512)
         del acts
         anom = torch.full(inner.shape, float("nan"), dtype=torch.float32, device=dev)
         anom[inner] = (a[r:-r, r:-r] if r else a)[inner]

@@ -211,9 +211,10 @@ def box_sum64(a: torch.Tensor, size: int) -> torch.Tensor:
     return s[..., size:, size:] - s[..., :-size, size:] - s[..., size:, :-size] + s[..., :-size, :-size]
 
 
-def box_mean_std(a: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def box_mean_std(a: torch.Tensor, size: int, out: tuple[torch.Tensor, torch.Tensor] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and (population) standard deviation over every size x size window of (N, C, H, W), valid
-    positions: two (N, C, H - size + 1, W - size + 1) tensors of ``a``'s dtype.
+    positions: two (N, C, H - size + 1, W - size + 1) tensors of ``a``'s dtype (or written into ``out``).
 
     Window sums of a and a^2 come from a float64 summed-area table, where their difference keeps its
     digits (float32 box means lose them where a channel varies little about a large mean). The table
@@ -223,8 +224,10 @@ def box_mean_std(a: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor
     """
     N, C, H, W = a.shape
     step = 1 if a.device.type == "cpu" else C
-    mean = torch.empty(N, C, H - size + 1, W - size + 1, dtype=a.dtype, device=a.device)
-    std = torch.empty_like(mean)
+    if out is None:
+        out = (torch.empty(N, C, H - size + 1, W - size + 1, dtype=a.dtype, device=a.device),
+               torch.empty(N, C, H - size + 1, W - size + 1, dtype=a.dtype, device=a.device))
+    mean, std = out
     buf = torch.zeros(N, 2 * step, H + 1, W + 1, dtype=torch.float64, device=a.device)
     n = float(size * size)
     for c0 in range(0, C, step):
@@ -259,19 +262,23 @@ def dense_features(model: PatchAutoencoder, tile: torch.Tensor, layers: Sequence
     model.check_readout(readout)
     h = model.patch_px // 2
     acts = model.encode(tile) if acts is None else acts
-    out = []
+    H, W = tile.shape[-2] - 2 * h, tile.shape[-1] - 2 * h
+    out = torch.empty(model.feature_size(layers, readout), H, W, dtype=acts[0].dtype, device=tile.device)
+    f = 0  # each part is written into its rows of ``out``: no concatenation pass
     for k in layers:
         a, r = acts[k], model.radii[k]
-        size = model.map_px(k)  # side of the patch's layer-k map
+        size, c = model.map_px(k), a.shape[1]  # side of the patch's layer-k map, channels
         crop = h - r
-        H, W = a.shape[-2] - 2 * crop, a.shape[-1] - 2 * crop
-        centre = a[:, :, crop : crop + H, crop : crop + W]
-        if readout == "mean_std_centre" and size == 1:
-            out.append(centre)
-            continue
-        out.extend(box_mean_std(a, size) if readout == "mean_std_centre" else (box_mean(a, size),))
-        out.append(centre)
-    return torch.cat(out, dim=1)[0]
+        if not (readout == "mean_std_centre" and size == 1):
+            if readout == "mean_std_centre":
+                box_mean_std(a, size, out=(out[None, f : f + c], out[None, f + c : f + 2 * c]))
+                f += 2 * c
+            else:
+                out[f : f + c] = box_mean(a, size)[0]
+                f += c
+        out[f : f + c] = a[0, :, crop : crop + H, crop : crop + W]
+        f += c
+    return out
 
 
 def centre_window(patch_px: int, window_px: int, in_channels: int = 1) -> torch.Tensor:
@@ -335,9 +342,14 @@ def dense_anomaly(model: PatchAutoencoder, tile: torch.Tensor, mask: torch.Tenso
     for r0 in range(0, H, rows_per_step):
         r1 = min(H, r0 + rows_per_step)
         z = code[:, r0:r1].permute(1, 2, 0).reshape(-1, Cc)
-        recon = F.relu(lin1(z)) @ w2.T + b2  # (n, C*a*a), channel-major like unfold
-        target = F.unfold(core[:, :, r0 : r1 + a - 1], kernel_size=a)[0].T  # (n, C*a*a)
-        m = F.unfold(core_m[:, :, r0 : r1 + a - 1], kernel_size=a)[0].T
-        err = ((recon - target) ** 2 * m).sum(1) / m.sum(1).clamp(min=1)
+        recon = torch.addmm(b2, F.relu(lin1(z)), w2.T)  # (n, C*a*a), channel-major like unfold
+        recon -= F.unfold(core[:, :, r0 : r1 + a - 1], kernel_size=a)[0].T  # minus the target
+        recon.square_()
+        strip_m = core_m[:, :, r0 : r1 + a - 1]
+        if bool(strip_m.all()):  # every cell has data: a plain mean, no mask to unfold
+            err = recon.mean(1)
+        else:
+            m = F.unfold(strip_m, kernel_size=a)[0].T
+            err = (recon * m).sum(1) / m.sum(1).clamp(min=1)
         out[r0:r1] = err.view(r1 - r0, W)
     return out

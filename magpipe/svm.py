@@ -350,7 +350,8 @@ def vote(classes: torch.Tensor, votes: torch.Tensor, proba: torch.Tensor, axis: 
     Returns int16 and float32 tensors on the votes' device.
     """
     missing = torch.isnan(votes).any(dim=axis)
-    best = torch.nan_to_num(votes, nan=-torch.inf).argmax(dim=axis, keepdim=True)
+    # along a contiguous last axis: argmax over the first axis of (K, H, W) was 6x slower on the CPU
+    best = torch.nan_to_num(votes, nan=-torch.inf).movedim(axis, -1).contiguous().argmax(-1).unsqueeze(axis)
     cls = torch.where(missing, 0, classes[best.squeeze(axis)]).to(torch.int16)
     conf = torch.take_along_dim(proba, best, dim=axis).squeeze(axis)
     return cls, torch.where(missing, float("nan"), conf).float()
