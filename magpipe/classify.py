@@ -105,13 +105,13 @@ class WindowClassifier:
         clock("svm")
         cls, conf = vote(self.decision.classes, smooth_scores(scores[0], r), smooth_scores(scores[1], r), axis=0)
         del scores
-        cls[~inner], conf[~inner] = NODATA_CLASS, float("nan")
+        cls.masked_fill_(~inner, NODATA_CLASS)
+        conf.masked_fill_(~inner, float("nan"))
         clock("smooth")
         a = dense_anomaly(b.model, x, valid[None, None], b.anomaly_px, code=None if acts is None else acts[-1],
                           rows_per_step=8 if dev.type == "cpu" else 512)
         del acts
-        anom = torch.full(inner.shape, float("nan"), dtype=torch.float32, device=dev)
-        anom[inner] = (a[r:-r, r:-r] if r else a)[inner]
+        anom = torch.where(inner, a[r:-r, r:-r] if r else a, float("nan"))
         clock("anomaly")
         out = cls.cpu().numpy(), conf.cpu().numpy(), anom.cpu().numpy()
         clock("output")

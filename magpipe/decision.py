@@ -5,11 +5,11 @@ dense features are made, on the CPU or a GPU, and a tile's features never leave 
 :class:`Decision` holds the fitted pipeline's arrays (scaler, landmarks, linear weights, Platt
 sigmoids) as tensors and computes its decision function with fewer passes over memory: the
 scaling in float32, the RBF kernel's exponent -gamma |x - l|^2 as one fused matrix product
-(``addmm`` against landmarks pre-scaled by 2 gamma), then float64 decision values and
-probabilities. Its votes are sklearn's to ~1e-5 and its classes sklearn's except where the top two
-votes tie to float rounding (``tests/test_decision.py``). An exact-kernel SVC's one-vs-one vote is left to sklearn, on the CPU,
-after the kernel block is made on the device; bundles from before :class:`magpipe.svm.VoteWithProbabilities`
-are scored by sklearn altogether.
+(``addmm`` against landmarks pre-scaled by 2 gamma), then decision values (float32 products, float64
+sums) and probabilities. Its votes are sklearn's to ~1e-5 and its classes sklearn's except where
+the top two votes tie to float rounding (``tests/test_decision.py``). An exact-kernel SVC's
+one-vs-one vote is left to sklearn, on the CPU, after the kernel block is made on the device;
+bundles from before :class:`magpipe.svm.VoteWithProbabilities` are scored by sklearn altogether.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class Decision:
     landmark_term: torch.Tensor | None = None  # (m,) float32: -gamma |l|^2
     gamma: float = 1.0
     normalization: torch.Tensor | None = None  # (m, m) float32 Nystroem map not folded into coef
-    coef: torch.Tensor | None = None  # (K', m) float64 linear SVM; None: an exact SVC (sklearn votes)
+    coef: torch.Tensor | None = None  # (K', m) float32 linear SVM; None: an exact SVC (sklearn votes)
     intercept: torch.Tensor | None = None  # (K',) float64
     slope_platt: torch.Tensor | None = None  # (K,) float64; None: uncalibrated (probabilities NaN)
     intercept_platt: torch.Tensor | None = None
@@ -70,7 +70,7 @@ class Decision:
             landmarks_2g=t((landmarks * 2 * gamma).T.copy()), landmark_term=t(-gamma * (landmarks**2).sum(1)),
             gamma=gamma,
             normalization=None if kernel.normalization_ is None else t(kernel.normalization_),
-            coef=t(svc.coef_, torch.float64) if linear else None,
+            coef=t(svc.coef_) if linear else None,
             intercept=t(svc.intercept_, torch.float64) if linear else None,
             slope_platt=t(model.slope_, torch.float64) if calibrated else None,
             intercept_platt=t(model.intercept_, torch.float64) if calibrated else None,
@@ -93,8 +93,9 @@ class Decision:
         k.clamp_(max=0.0).exp_()
         if self.normalization is not None:
             k = k @ self.normalization
-        if self.coef is not None:
-            d = torch.addmm(self.intercept, k.double(), self.coef.T)
+        if self.coef is not None:  # float32 products, float64 sums with the intercept (a float64 product of
+            # the (n, m) block cost 5x as much; the votes move by ~1e-6, below any class's margin but a tie's)
+            d = (k @ self.coef.T).double() + self.intercept
             d = torch.cat([-d, d], 1) if d.shape[1] == 1 else d  # binary: one margin (decision_matrix)
         else:  # exact SVC: its one-vs-one vote on the CPU
             svc = _pipelines(self.model)[0].named_steps["svc"]

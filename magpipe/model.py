@@ -229,19 +229,20 @@ def box_mean_std(a: torch.Tensor, size: int, out: tuple[torch.Tensor, torch.Tens
                torch.empty(N, C, H - size + 1, W - size + 1, dtype=a.dtype, device=a.device))
     mean, std = out
     buf = torch.zeros(N, 2 * step, H + 1, W + 1, dtype=torch.float64, device=a.device)
+    sums = torch.empty(N, 2 * step, H - size + 1, W - size + 1, dtype=torch.float64, device=a.device)
     n = float(size * size)
     for c0 in range(0, C, step):
         g = min(step, C - c0)
-        b = buf[:, : 2 * g]
+        b, s = buf[:, : 2 * g], sums[:, : 2 * g]
         b[:, :g, 1:, 1:] = a[:, c0 : c0 + g]
         b[:, g:, 1:, 1:] = b[:, :g, 1:, 1:]
         b[:, g:, 1:, 1:].square_()
         b.cumsum_(-2).cumsum_(-1)
-        s = b[..., size:, size:] - b[..., :-size, size:]
+        torch.sub(b[..., size:, size:], b[..., :-size, size:], out=s)
         s -= b[..., size:, :-size]
         s += b[..., :-size, :-size]
         m, var = s[:, :g].div_(n), s[:, g:].div_(n)
-        var -= m * m
+        var.addcmul_(m, m, value=-1.0)
         mean[:, c0 : c0 + g] = m
         std[:, c0 : c0 + g] = var.clamp_(min=0).sqrt_()  # the table's zero row and column stay zero
     return mean, std
