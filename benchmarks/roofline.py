@@ -3,7 +3,8 @@
 For each stage of :class:`magpipe.classify.WindowClassifier` the work per cell is counted from the
 model (multiply-adds of the encoder, the SVM's kernel map and decision, the decoder rows of the
 anomaly) and the bytes a stage must at least move through memory; the ceilings are measured here on
-one thread (or the GPU): float32 GEMM FLOP/s on a matrix product of the SVM's shape, and read
+one thread (or the GPU): float32 GEMM FLOP/s on a matrix product of the SVM's shape (through the
+BLAS the SVM uses there: numpy's on the CPU, torch's on a GPU), and read
 bandwidth of a sum over an array far larger than the caches. A stage's roofline rate is the lower
 of FLOP/s / (2 x multiply-adds) and bandwidth / bytes; its fraction is the achieved rate over that.
 Elementwise work (the exponentials, float64 window sums, box filters) counts in bytes only.
@@ -40,7 +41,15 @@ def machine_ceilings(device: str = "cpu", *, n_features: int = 200, n_landmarks:
         x = torch.randn(n, n_features, device=dev)
         w = torch.randn(n_features, n_landmarks, device=dev)
         b = torch.zeros(n_landmarks, device=dev)
-        flops = 2 * n * n_features * n_landmarks / _timed(lambda: torch.addmm(b, x, w), dev)
+        if dev.type == "cpu":  # the product the CPU's SVM runs: numpy's BLAS (magpipe.decision)
+            from threadpoolctl import threadpool_limits
+
+            xn, wn = x.numpy(), w.numpy()
+            with threadpool_limits(1):
+                seconds = _timed(lambda: xn @ wn, dev)
+        else:
+            seconds = _timed(lambda: torch.addmm(b, x, w), dev)
+        flops = 2 * n * n_features * n_landmarks / seconds
         big = torch.ones((128 if dev.type == "cpu" else 2048) * 2**20 // 4, device=dev)  # 128 MiB / 2 GiB
         read = big.numel() * 4 / _timed(lambda: big.sum(), dev, repeats=5)
     finally:
