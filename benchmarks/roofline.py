@@ -19,7 +19,7 @@ import torch
 
 def _timed(fn, device: torch.device, repeats: int = 10, rounds: int = 5) -> float:
     """Seconds per call: the fastest of ``rounds`` rounds of ``repeats`` calls. A ceiling is the best
-    the machine does; one short round swung the CPU's GEMM between 45 and 72 GFLOP/s across runs."""
+    the machine does; one short round read the CPU's GEMM anywhere from 43 to 72 GFLOP/s across runs."""
     fn()
     best = float("inf")
     for _ in range(rounds):
