@@ -42,9 +42,9 @@ from magpipe.io.schema import Layout
 from magpipe.io.survey import read_label_grids, survey_attrs
 from magpipe.splits import Cells, blocked_folds, holdout_cells, labelled_split, spatial_split, subsample_per_class, \
     training_cells
-from magpipe.stages.inputs import input_stack
-from magpipe.stages.patches import resolved_config, training_patches
-from magpipe.stages.train import fit_autoencoder
+from magpipe.inputs import input_stack, training_patches
+from magpipe.resolve import resolved_config
+from magpipe.training import fit_autoencoder
 from magpipe.svm import fit_svm, predict_with_confidence
 
 log = logging.getLogger("magpipe.ablate")
@@ -146,7 +146,7 @@ def evaluate(variants: dict, split_sets: list[tuple[Cells, Cells, Cells, Cells]]
 
 def table(rows: list[dict], chosen: str) -> str:
     lines = ["| features | n features | val balanced | test pixel | test patch | test balanced | "
-             f"sparse pixel | sparse patch | sparse balanced |", "|---|---|---|---|---|---|---|---|---|"]
+             "sparse pixel | sparse patch | sparse balanced |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         mark = " **(chosen)**" if r["name"] == chosen else ""
         cells = [r[t][m] for t, m in (("val", "balanced_accuracy"), ("test", "pixel_accuracy"),

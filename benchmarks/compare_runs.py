@@ -1,7 +1,7 @@
 """Are two runs' results identical? The check behind "no change in results" refactors.
 
 Compares, cell for cell, every variable of ``classified.zarr`` (class, confidence, anomaly;
-NaN equal to NaN) and every number of ``report.json`` except wall-clock timings, and
+NaN equal to NaN) and every number of ``report.json`` except wall-clock timings (and the input hash), and
 prints each difference. Exit status 0 when identical, 1 otherwise.
 
     python benchmarks/compare_runs.py RUN_A RUN_B
@@ -19,7 +19,8 @@ import numpy as np
 from magpipe.io.schema import Layout
 from magpipe.io.stores import open_store
 
-TIMING_KEYS = {"seconds"}  # wall-clock times differ between identical runs
+# wall-clock times differ between identical runs; input_hash records what a report was made from, not a result
+IGNORED_KEYS = {"seconds", "input_hash"}
 
 
 def compare_maps(a: Path, b: Path) -> list[str]:
@@ -41,9 +42,9 @@ def compare_json(x, y, where: str = "report.json") -> list[str]:
     """Differences between two JSON values, ignoring timing keys."""
     if isinstance(x, dict) and isinstance(y, dict):
         out = [f"{where}.{k}: only in {'A' if k in x else 'B'}" for k in sorted(set(x) ^ set(y))
-               if k not in TIMING_KEYS]
+               if k not in IGNORED_KEYS]
         for k in x.keys() & y.keys():
-            if k not in TIMING_KEYS:
+            if k not in IGNORED_KEYS:
                 out += compare_json(x[k], y[k], f"{where}.{k}")
         return out
     if isinstance(x, list) and isinstance(y, list):

@@ -37,7 +37,7 @@ from magpipe.io.schema import Layout
 from magpipe.io.survey import open_inputs, read_label_grids
 from magpipe.patches import read_stack
 from magpipe.splits import labelled_split, training_cells
-from magpipe.stages.patches import resolved_config
+from magpipe.resolve import resolved_config
 from magpipe.svm import fit_svm
 from magpipe.tiling import tiles
 

@@ -40,9 +40,9 @@ from magpipe.io.survey import read_label_grids
 from magpipe.model import resolve_layers
 from magpipe.splits import split_config
 from magpipe.stages.evaluate import evaluate_split
-from magpipe.stages.inputs import input_stack
-from magpipe.stages.patches import resolved_config
-from magpipe.stages.train import fit_autoencoder, second_views
+from magpipe.inputs import input_stack
+from magpipe.resolve import resolved_config
+from magpipe.training import fit_autoencoder, second_views
 
 log = logging.getLogger("magpipe.objectives")
 VARIANTS = ("reconstruct:mean_centre", "reconstruct:mean_std_centre", "masked:mean_std_centre",

@@ -1,4 +1,4 @@
-"""The whole survey pipeline as one flow: ingest, labels, patches, train, classify, evaluate.
+"""The whole survey pipeline as one flow: ingest, labels, patch size, patches, train, classify, evaluate.
 
     python -m flows.pipeline [SURVEY LABELS OUT [--label-field F]]   # no server needed
 
@@ -20,7 +20,7 @@ from flows.train import train_remote_or_local
 from magpipe.config import RunConfig
 from magpipe.errors import InputError
 from magpipe.io.stores import version
-from magpipe.pipeline import run_evaluate, run_ingest, run_labels, run_patches
+from magpipe.pipeline import run_evaluate, run_ingest, run_labels, run_patch_size, run_patches
 
 IO_RETRIES = {"retries": 2, "retry_delay_seconds": [5, 30], "retry_condition_fn": retry_unless_bad_input}
 
@@ -33,6 +33,12 @@ def ingest(out: str, config: dict) -> str:
 @task(name="labels", **STAGE_TASK, **IO_RETRIES)
 def labels(out: str, config: dict) -> str:
     return str(run_labels(out, RunConfig.model_validate(config)))
+
+
+@task(name="patch-size", **STAGE_TASK, **IO_RETRIES)
+def patch_size(out: str, config: dict) -> str | None:
+    chosen = run_patch_size(out, RunConfig.model_validate(config))
+    return None if chosen is None else str(chosen)
 
 
 @task(name="patches", **STAGE_TASK, **IO_RETRIES)
@@ -85,6 +91,7 @@ def survey_pipeline(survey: str | None = None, labels_path: str | None = None, o
     with tags(*run_tags):
         ingest(out, conf)
         labels(out, conf)
+        patch_size(out, conf)
         patches(out, conf)
         model, where = train_remote_or_local(out, conf)
         classified = classify_survey(out, conf, model=model, scheduler=scheduler, name=name)

@@ -24,6 +24,7 @@ _EXPORTS = {
     "run_all": "magpipe.pipeline",
     "run_ingest": "magpipe.pipeline",
     "run_labels": "magpipe.pipeline",
+    "run_patch_size": "magpipe.pipeline",
     "run_patches": "magpipe.pipeline",
     "run_train": "magpipe.pipeline",
     "run_classify": "magpipe.pipeline",

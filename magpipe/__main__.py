@@ -1,3 +1,3 @@
-from magpipe.cli import app
+from magpipe.cli import main
 
-app(prog_name="magpipe")
+main()

@@ -25,45 +25,80 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 _state = {"debug": False}
 
+# Flags that set a config field: their help is the field's own description and default (one typed place).
+FLAG_FIELDS = {"--patch-size": ("patches", "patch_px"), "--epochs": ("model", "epochs"),
+               "--n-patches": ("patches", "n_patches"), "--features": ("svm", "features"),
+               "--objective": ("model", "objective"), "--scheduler": ("runtime", "scheduler"),
+               "--workers": ("runtime", "workers"), "--device": ("classify", "device"),
+               "--nodata": ("ingest", "nodata"), "--band": ("ingest", "band"), "--variable": ("ingest", "variable"),
+               "--spacing": ("ingest", "spacing"), "--crs": ("ingest", "crs"),
+               "--label-field": ("inputs", "label_field"), "--classes": ("inputs", "classes")}
+
+
+def field_help(flag: str) -> str:
+    """The help of a flag that sets a config field: the field's description, its default and its name."""
+    section, name = FLAG_FIELDS[flag]
+    field = RunConfig.model_fields[section].default_factory.model_fields[name]
+    default = "" if field.default is None else f" Default: {field.default}."
+    return f"{field.description}{default} (config: {section}.{name})"
+
+
+def _flag(flag: str, **kw):
+    return typer.Option(flag, help=field_help(flag), **kw)
+
+
 ConfigOpt = Annotated[Optional[str], typer.Option("--config", "-c", help="YAML/JSON config file (see magpipe.config).")]
-PatchOpt = Annotated[Optional[int], typer.Option(
-    "--patch-size", help="Patch side in px (odd); default: chosen on validation among patches.auto_sizes.")]
-EpochsOpt = Annotated[Optional[int], typer.Option("--epochs", help="Maximum autoencoder epochs (default 12).")]
-NPatchOpt = Annotated[Optional[int], typer.Option("--n-patches", help="Training patches to sample (default 8000).")]
-FeaturesOpt = Annotated[Optional[str], typer.Option(
-    "--features", help="Features the SVM reads: auto (chosen on validation; default), ae, stats, raw, random, or "
-    "several joined by '+' (e.g. ae+stats).")]
-ObjectiveOpt = Annotated[Optional[str], typer.Option(
-    "--objective", help="Encoder training objective: reconstruct (default), masked or contrastive.")]
-SchedOpt = Annotated[Optional[str], typer.Option("--scheduler", envvar="DASK_SCHEDULER_ADDRESS",
-                                                 help="Existing Dask scheduler; default: a LocalCluster.")]
-WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="LocalCluster workers (default 2).")]
-DeviceOpt = Annotated[Optional[str], typer.Option(
-    "--device", help="Torch device of classification: cpu (default) or cuda (one Dask worker per GPU).")]
+PatchOpt = Annotated[Optional[int], _flag("--patch-size")]
+EpochsOpt = Annotated[Optional[int], _flag("--epochs")]
+NPatchOpt = Annotated[Optional[int], _flag("--n-patches")]
+FeaturesOpt = Annotated[Optional[str], _flag("--features")]
+ObjectiveOpt = Annotated[Optional[str], _flag("--objective")]
+SchedOpt = Annotated[Optional[str], _flag("--scheduler", envvar="DASK_SCHEDULER_ADDRESS")]
+WorkersOpt = Annotated[Optional[int], _flag("--workers")]
+DeviceOpt = Annotated[Optional[str], _flag("--device")]
 SerialOpt = Annotated[bool, typer.Option("--serial", help="Classify in this process, without Dask.")]
 OutOpt = Annotated[str, typer.Option("--out", "-o", help="Output directory of the run.")]
-NodataOpt = Annotated[Optional[float], typer.Option("--nodata", help="Sentinel no-data value, e.g. -99999.")]
-BandOpt = Annotated[Optional[int], typer.Option("--band", help="1-based band of a multi-band raster.")]
-VarOpt = Annotated[Optional[str], typer.Option("--variable", help="Variable of a NetCDF/Zarr dataset.")]
-SpacingOpt = Annotated[Optional[float], typer.Option("--spacing", help="Grid spacing for line data (CRS units).")]
-CrsOpt = Annotated[Optional[str], typer.Option("--crs", help="Target CRS for line data, e.g. EPSG:27700.")]
-FieldOpt = Annotated[Optional[str], typer.Option("--label-field", help="Attribute holding the class of vector labels.")]
-ClassesOpt = Annotated[Optional[str], typer.Option("--classes", help="CSV naming label raster codes (code,name).")]
+NodataOpt = Annotated[Optional[float], _flag("--nodata")]
+BandOpt = Annotated[Optional[int], _flag("--band")]
+VarOpt = Annotated[Optional[str], _flag("--variable")]
+SpacingOpt = Annotated[Optional[float], _flag("--spacing")]
+CrsOpt = Annotated[Optional[str], _flag("--crs")]
+FieldOpt = Annotated[Optional[str], _flag("--label-field")]
+ClassesOpt = Annotated[Optional[str], _flag("--classes")]
 
 
-@app.callback()
-def main(ctx: typer.Context, debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
-         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
-         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Every step's detail (each SVM fit, each "
-                                               "split), at DEBUG.")] = False) -> None:
+def main() -> None:
+    """The installed ``magpipe`` command (and ``python -m magpipe``): the process's settings and signal
+    handling, then the command line. A test runs :data:`app` itself, in its own process."""
     from magpipe.process import configure_process, stop_on_signals
 
     configure_process()
     stop_on_signals()
+    app(prog_name="magpipe")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Log lines to whatever ``sys.stderr`` is when they are written (a progress bar or a test's runner
+    may have replaced it since the handler was made)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+@app.callback()
+def callback(ctx: typer.Context, debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
+         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Every step's detail (each SVM fit, each "
+                                               "split), at DEBUG.")] = False) -> None:
     _state["debug"] = debug
     log = logging.getLogger("magpipe")
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"))
         log.addHandler(handler)
     log.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
@@ -166,10 +201,11 @@ def labels(labels: str, out: OutOpt, label_field: FieldOpt = None, classes: Clas
 def train(out: OutOpt, config: ConfigOpt = None, patch_size: PatchOpt = None, epochs: EpochsOpt = None,
           n_patches: NPatchOpt = None, features: FeaturesOpt = None, objective: ObjectiveOpt = None) -> None:
     """Sample patches, train the autoencoder and the SVM -> OUT/patches.zarr, OUT/model/."""
-    from magpipe.pipeline import run_patches, run_train
+    from magpipe.pipeline import run_patch_size, run_patches, run_train
 
     cfg = _config(config, run=out, patch_size=patch_size, epochs=epochs, n_patches=n_patches, features=features,
                   objective=objective)
+    _guard(run_patch_size, out, cfg)
     _guard(run_patches, out, cfg)
     typer.echo(_guard(run_train, out, cfg))
 
@@ -270,7 +306,10 @@ def _run(out: str, cfg: RunConfig, *, serial: bool) -> None:
         _guard(_fail, f"no {' and no '.join(missing)}: give SURVEY and --labels, or a --config that names them "
                "(a run's config.json does)")
     t0 = time.perf_counter()
-    report = _guard(_with_client, cfg, serial, run_all, out, cfg)
+    if cfg.classify.device == "cpu":  # a cluster only to classify: bad input fails before one starts
+        report = _guard(run_all, out, cfg, cluster=lambda: _client(cfg, serial))
+    else:  # a GPU is checked against the cluster before any work
+        report = _guard(_with_client, cfg, serial, run_all, out, cfg)
     typer.echo("")
     typer.echo(terminal_summary(report))
     typer.echo(f"\n{report['n_train']} training / {report['n_test']} test cells, spatial holdout; "

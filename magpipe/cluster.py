@@ -21,7 +21,8 @@ def dask_client(scheduler: str | None = None, *, workers: int = 2, gpu: bool = F
 
     The LocalCluster uses processes with one thread each: torch and libsvm are
     then never oversubscribed, and a crashing tile cannot take the driver down.
-    Every worker runs :class:`magpipe.process.WorkerSetup` first. The client is never made
+    Every worker runs :class:`magpipe.process.WorkerSetup` first, and a LocalCluster's workers keep their
+    shutdown off the user's terminal (:class:`magpipe.process.QuietShutdown`). The client is never made
     dask's default: work is submitted to it explicitly, so clients opened by concurrent flows
     (threads) cannot leak a global scheduler setting.
 
@@ -41,7 +42,7 @@ def dask_client(scheduler: str | None = None, *, workers: int = 2, gpu: bool = F
     import dask
     from distributed import Client, LocalCluster
 
-    from magpipe.process import GPUDevice, WorkerSetup
+    from magpipe.process import GPUDevice, QuietShutdown, WorkerSetup
 
     address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if address:
@@ -55,14 +56,18 @@ def dask_client(scheduler: str | None = None, *, workers: int = 2, gpu: bool = F
                           "classify on 'cpu', or point runtime.scheduler at a cluster with GPU workers")
     logging.getLogger("distributed").setLevel(logging.WARNING)  # the in-process scheduler's chatter
     env = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_MALLOC_ENV}
-    # the nanny lets the parent's environment override pre-spawn-environ, and every nanny writes
-    # its own values into the parent's environment: an earlier cluster in this process would win
-    with _environ(WORKER_MALLOC_ENV), dask.config.set({"distributed.nanny.pre-spawn-environ": env}), \
+    # the nanny lets the parent's environment override pre-spawn-environ, and every nanny writes its own
+    # values (OMP_NUM_THREADS=1 among them) into the parent's environment: an earlier cluster in this process
+    # would win, and torch, first loaded after it, would run the driver's training on one thread. The
+    # driver's environment is restored when the cluster closes.
+    with _environ({k: str(v) for k, v in env.items()}), \
+            dask.config.set({"distributed.nanny.pre-spawn-environ": env}), \
             LocalCluster(n_workers=gpus or workers, threads_per_worker=1, processes=True, dashboard_address=None,
                          memory_limit="auto", silence_logs=logging.WARNING,
                          resources={"GPU": 1} if gpus else None) as cluster, \
             Client(cluster, set_as_default=False) as client:
         client.register_plugin(WorkerSetup())
+        client.register_plugin(QuietShutdown())
         if gpus:
             client.register_plugin(GPUDevice())
         yield client
@@ -76,14 +81,13 @@ def _visible_gpus() -> int:
 
 @contextlib.contextmanager
 def _environ(values: dict[str, str]) -> Iterator[None]:
-    """Set environment variables for the duration of a block, then restore them."""
-    old = {k: os.environ.get(k) for k in values}
+    """Set environment variables for the duration of a block, then restore the whole environment as it
+    was (variables others set meanwhile, such as a nanny's, included)."""
+    old = dict(os.environ)
     os.environ.update(values)
     try:
         yield
     finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        for k in set(os.environ) - set(old):
+            del os.environ[k]
+        os.environ.update(old)

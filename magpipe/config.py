@@ -118,8 +118,8 @@ class ModelConfig(_Section):
     )
     objective: Literal["reconstruct", "masked", "contrastive"] = Field(
         "masked", description="Self-supervised training objective: 'reconstruct' the patch (the paper's), "
-        "'masked' (rebuild hidden blocks only; the default, best on validation on Britain and Rondonia, see "
-        "benchmarks/objectives.py), or 'contrastive' (VICReg: nearby, flipped/rotated patches alike)."
+        "'masked' (rebuild hidden blocks only; the default: best on validation on Britain 1 km, second to "
+        "contrastive on Rondonia, see benchmarks/objectives.py), or 'contrastive' (VICReg: nearby, flipped/rotated patches alike)."
     )
     readout: Literal["mean_centre", "mean_std_centre"] = Field(
         "mean_std_centre", description="Features of each layer: channel means over the patch and values at its "
@@ -166,8 +166,8 @@ class SVMConfig(_Section):
         "pixel accuracy)."
     )
     smooth_px: Literal["auto"] | int = Field(
-        "auto", description="Radius (cells) over which the map averages class probabilities before taking the "
-        "most probable class (0 = none), or 'auto': the radius of `smooth_radii` with the best blocked-CV "
+        "auto", description="Radius (cells) over which the map averages the SVM's class scores before taking the "
+        "highest (0 = none), or 'auto': the radius of `smooth_radii` with the best blocked-CV "
         "balanced accuracy on the training region, by the one-standard-error rule (smallest first)."
     )
     smooth_radii: tuple[int, ...] = Field(
@@ -344,4 +344,14 @@ class RunConfig(_Section):
         except (OSError, ValueError, AttributeError):
             before = {}
         data["inputs"] = {k: v if v is not None else before.get(k) for k, v in data["inputs"].items()}
+        if before and _same_json(path, data):
+            return  # unchanged: a re-run touches nothing
         write_json(data, path)
+
+
+def _same_json(path, data: dict) -> bool:
+    """``path`` holds ``data`` already (compared as JSON values, not bytes)."""
+    try:
+        return json.loads(path.read_text()) == json.loads(json.dumps(data))
+    except (OSError, ValueError):
+        return False

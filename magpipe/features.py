@@ -33,7 +33,7 @@ import torch
 import xarray as xr
 from torch.nn import functional as F
 
-from magpipe.config import FEATURE_ATOMS, check_feature_name
+from magpipe.config import check_feature_name
 from magpipe.model import PatchAutoencoder, box_mean, dense_features, patch_features
 from magpipe.patches import stack_patches
 

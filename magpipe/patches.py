@@ -36,7 +36,6 @@ def cut_patches(window: np.ndarray, rows: np.ndarray, cols: np.ndarray, patch_px
     ``window`` is 2-D (H + 2h, W + 2h); ``rows``, ``cols`` are (n,) indices into its (H, W) interior.
     Returns (n, p, p), a copy in the window's dtype.
     """
-    h = patch_px // 2
     view = np.lib.stride_tricks.sliding_window_view(window, (patch_px, patch_px))
     # interior cell (r, c) is window cell (r + h, c + h), whose patch starts at (r, c)
     return np.ascontiguousarray(view[rows, cols])

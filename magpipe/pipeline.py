@@ -7,6 +7,9 @@ what depends on it. Paths of a run: :class:`magpipe.io.schema.Layout`.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager as ContextManager
 from pathlib import Path
 
 from magpipe.config import RunConfig
@@ -15,8 +18,8 @@ from magpipe.io.stores import check_output_path
 from magpipe.locking import locks_output
 from magpipe import stages
 
-__all__ = ["Layout", "run_all", "run_classify", "run_evaluate", "run_ingest", "run_labels", "run_patches",
-           "run_similar", "run_train"]
+__all__ = ["Layout", "run_all", "run_classify", "run_evaluate", "run_ingest", "run_labels", "run_patch_size",
+           "run_patches", "run_similar", "run_train"]
 
 
 def __getattr__(name: str):
@@ -27,13 +30,21 @@ def __getattr__(name: str):
 
 
 @locks_output
-def run_all(out: str | Path, cfg: RunConfig, *, client=None) -> dict:
-    """ingest, labels, patches, train, classify, evaluate of ``cfg.inputs`` into ``out``; returns the report.
+def run_all(out: str | Path, cfg: RunConfig, *, client=None,
+            cluster: Callable[[], ContextManager] | None = None) -> dict:
+    """Every stage of a run of ``cfg.inputs`` into ``out``, in order; returns the report.
 
-    ``client`` (a ``distributed.Client``) runs the classification tiles; None runs them here.
+    ``client`` (a ``distributed.Client``) runs the classification tiles; None runs them here. Or
+    ``cluster``, a function returning a context manager that yields a client: it is entered only
+    around classification, so bad input fails before a cluster starts and the cluster's workers hold
+    no memory while the model trains or the report is scored.
     """
     check_output_path(Layout(out).survey)
-    for stage in (stages.run_ingest, stages.run_labels, stages.run_patches, stages.run_train):
-        stage(out, cfg)
-    stages.run_classify(out, cfg, client=client)
+    stages.run_ingest(out, cfg)
+    stages.run_labels(out, cfg)
+    stages.run_patch_size(out, cfg)
+    stages.run_patches(out, cfg)
+    stages.run_train(out, cfg)
+    with cluster() if cluster is not None else contextlib.nullcontext(client) as tiles_client:
+        stages.run_classify(out, cfg, client=tiles_client)
     return stages.run_evaluate(out, cfg)

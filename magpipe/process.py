@@ -20,6 +20,12 @@ def configure_process() -> None:
     """Settings of a driver process: GDAL's cache (a user's own ``GDAL_CACHEMAX`` wins) and silence
     for third-party deprecation notices that are not the user's to fix."""
     os.environ.setdefault("GDAL_CACHEMAX", GDAL_CACHE_MB)
+    silence_third_party_notices()
+
+
+def silence_third_party_notices() -> None:
+    """Hide the deprecation notices of libraries magpipe calls (xrft through harmonica) that a user
+    cannot act on."""
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(xrft|harmonica)\b")
 
 
@@ -98,3 +104,27 @@ class GPUDevice(WorkerPlugin):
 
         if torch.cuda.is_available() and str(worker.name).isdigit():
             torch.cuda.set_device(int(worker.name) % torch.cuda.device_count())
+
+
+class _ShutdownHeartbeat:
+    """Drops a worker's report that its heartbeat found the scheduler gone (``CommClosedError`` with its
+    traceback). A LocalCluster's scheduler lives in the driver: when a run ends, or is stopped by a
+    signal while a tile computes, a worker can beat once more after the scheduler has closed. That is
+    the end of the run, not an error, and the worker's stderr is the user's terminal."""
+
+    def filter(self, record) -> bool:
+        return not str(record.msg).startswith("Failed to communicate with scheduler during heartbeat")
+
+
+class QuietShutdown(WorkerPlugin):
+    """Keeps a LocalCluster's shutdown off the user's terminal (:class:`_ShutdownHeartbeat`); registered
+    only on clusters magpipe starts, never on an external cluster's workers."""
+
+    name = "magpipe-quiet-shutdown"
+
+    def setup(self, worker) -> None:
+        import logging
+
+        logger = logging.getLogger("distributed.worker")
+        if not any(isinstance(f, _ShutdownHeartbeat) for f in logger.filters):
+            logger.addFilter(_ShutdownHeartbeat())

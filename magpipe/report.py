@@ -212,14 +212,14 @@ def markdown(report: dict) -> str:
 
 
 def write_report(report: dict, layout: Layout, *, embedding: tuple[np.ndarray, np.ndarray] | None = None) -> None:
-    """report.json, report.md and the figures of a run (the figures first: the JSON marks the report done).
+    """report.json, report.md and the figures of a run (the JSON last: it marks the report done).
 
     ``embedding`` is ((n, 2) coordinates, (n,) true class codes 1..K) of held-out cells, from
     :func:`magpipe.explore.embedding_2d`; without it no embedding.png is drawn.
     """
     write_figures(report, layout, embedding=embedding)
-    write_json(report, layout.report)
     write_text(markdown(report), layout.report_md)
+    write_json(report, layout.report)
 
 
 def _decimated(arr) -> np.ndarray:

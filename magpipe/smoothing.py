@@ -7,7 +7,7 @@ Map units are tens of cells across, while the SVM's errors are mostly single cel
 specks, so a probability averaged over a few neighbours is often the better guess. How far to
 average is a trade: a larger window also erodes thin units and shifts contacts. The radius is
 therefore chosen on validation inside the training region (:func:`radius_scores`, used by
-:func:`magpipe.stages.train.choose_smoothing`), never on test
+:func:`magpipe.selection.choose_smoothing`), never on test
 blocks, and radius 0 is plain per-cell classification.
 """
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,13 +36,66 @@ def tiny_config(**sections: dict) -> RunConfig:
     return RunConfig.model_validate(base)
 
 
-def run_cli(*args, cwd=None, env: dict | None = None) -> subprocess.CompletedProcess:
-    """``python -m magpipe ARGS`` in a fresh process, as a user runs it (``env`` adds variables)."""
+@dataclass
+class CliResult:
+    """What a user's terminal shows of one ``magpipe`` command: exit status, stdout and stderr."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args, cwd=None, env: dict | None = None) -> CliResult:
+    """``magpipe ARGS`` run in this process (typer's CliRunner), as a user's terminal would show it.
+
+    The same code path as the installed command after its process setup (:func:`magpipe.cli.main`:
+    signal handlers, GDAL's cache), without a cold start of Python, torch and the rest per call.
+    What a user would see on stderr is kept there: the command's own lines, the ``magpipe`` log,
+    warnings (with Python's default filters plus the CLI's), and the traceback of any exception that
+    escapes the command (so "no traceback" assertions can fail). ``env`` adds environment variables
+    for the call; ``cwd`` runs it from another directory. fsspec options a config sets are undone
+    after the call, as they would end with a user's process. :func:`run_cli_process` runs a real process.
+    """
+    import traceback
+    import warnings
+
+    import fsspec.config
+    from typer.testing import CliRunner
+
+    from magpipe import cli
+    from magpipe.io import location
+
+    saved = (json.dumps(fsspec.config.conf, default=str), json.dumps(location._configured, default=str))
+    with contextlib.chdir(cwd or os.getcwd()), warnings.catch_warnings(record=True) as caught:
+        warnings.resetwarnings()
+        warnings.simplefilter("default")
+        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+            warnings.simplefilter("ignore", category)  # hidden outside __main__ by Python's defaults
+        from magpipe.process import silence_third_party_notices
+
+        silence_third_party_notices()
+        try:
+            result = CliRunner().invoke(cli.app, [str(a) for a in args], env=env, prog_name="magpipe")
+        finally:
+            fsspec.config.conf.clear()
+            fsspec.config.conf.update(json.loads(saved[0]))
+            location._configured.clear()
+            location._configured.update(json.loads(saved[1]))
+    stderr = result.stderr + "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno)
+                                     for w in caught)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))
+    return CliResult(result.exit_code, result.stdout, stderr)
+
+
+def run_cli_process(*args, cwd=None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m magpipe ARGS`` in a fresh process, as a user runs it (``env`` adds variables): for what
+    only a real process shows (exit status through the interpreter, signal handling, import-time output)."""
     return subprocess.run([sys.executable, "-m", "magpipe", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, timeout=600, env=None if env is None else {**os.environ, **env})
 
 
-def assert_one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:
+def assert_one_line_error(r: CliResult | subprocess.CompletedProcess, *needles: str) -> None:
     """The command failed with exit status 2 and exactly one ``error:`` line holding every needle,
     and no traceback."""
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])

@@ -34,6 +34,7 @@ from magpipe.io.stores import (
     publish,
     store_attrs,
     tiles_done,
+    update_attrs,
     version,
     write_tile,
 )
@@ -132,8 +133,9 @@ def write_tiles(out: str | Path, template: xr.Dataset, tile_fn: TileFn, *, stage
     prev = store_attrs(tmp)
     if prev is None or prev.get(HASH) != stage_hash:
         template = template.copy()
-        template.attrs.update({**(attrs or {}), HASH: stage_hash, VERSION: version(), TILE_PX: tile_px})
+        template.attrs.update({**(attrs or {}), VERSION: version(), TILE_PX: tile_px})
         create_tiled_store(tmp, template, tile_px=tile_px)
+        update_attrs(tmp, {HASH: stage_hash})  # last: a partial store with the hash is whole (killed mid-creation: not)
         done = np.zeros(template[TILE_DONE].shape, dtype="uint8")
     else:
         done = tiles_done(tmp)

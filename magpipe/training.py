@@ -17,13 +17,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from magpipe.config import ModelConfig
+from magpipe.config import ModelConfig, RunConfig
+from magpipe.features import StackScaling
 from magpipe.io.location import as_path, write_bytes
 from magpipe.model import PatchAutoencoder
-from magpipe.objectives import masked_mse, objective_loss
+from magpipe.objectives import NEIGHBOUR_FRACTION, masked_mse, objective_loss
+from magpipe.patches import neighbour_centres, stack_patches
 from magpipe.progress import progress as steps
 
-__all__ = ["TrainResult", "masked_mse", "resolve_device", "train_autoencoder"]
+__all__ = ["TrainResult", "fit_autoencoder", "masked_mse", "resolve_device", "second_views", "train_autoencoder"]
 
 log = logging.getLogger("magpipe.train")
 
@@ -205,3 +207,31 @@ def _save_checkpoint(path: Path, model, opt, epoch, best, bad, best_state, histo
         buf,
     )
     write_bytes(buf.getvalue(), path)
+
+
+def fit_autoencoder(raw: np.ndarray, scaling: StackScaling, cfg: RunConfig, *, views: np.ndarray | None = None,
+                    checkpoint: Path | None = None, progress=None) -> TrainResult:
+    """The autoencoder of raw patches (n, C, p, p), NaN = no data: standardised, no-data masked from the loss.
+
+    ``views`` are the contrastive objective's second views, raw patches shaped as ``raw``
+    (see :func:`second_views`); ignored by the other objectives.
+    """
+    pairs = None
+    if cfg.model.objective == "contrastive":
+        pairs = (scaling.apply(views, axis=1), np.isfinite(views))
+    return train_autoencoder(scaling.apply(raw, axis=1), np.isfinite(raw), cfg.model, checkpoint=checkpoint,
+                             progress=progress, device=cfg.runtime.device, pairs=pairs)
+
+
+def second_views(arrays: list, rows: np.ndarray, cols: np.ndarray, cfg: RunConfig) -> np.ndarray | None:
+    """For the contrastive objective, the raw patch a few cells from each training patch's centre
+    (up to ``NEIGHBOUR_FRACTION`` of a patch width away); None for the other objectives.
+
+    ``arrays`` are the C input grids (2-D, y/x); ``rows``, ``cols`` the (n,) training centres in cells.
+    """
+    if cfg.model.objective != "contrastive":
+        return None
+    p = cfg.patches.patch_px
+    nrows, ncols = neighbour_centres(rows, cols, arrays[0].shape, max_offset=round(NEIGHBOUR_FRACTION * p),
+                                     seed=cfg.patches.seed + 1)
+    return stack_patches(arrays, nrows, ncols, p)

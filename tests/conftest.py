@@ -57,6 +57,40 @@ def trained_run(survey_files, tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="session")
+def finished_run(trained_run, tmp_path_factory) -> dict:
+    """``trained_run`` copied, then classified (in this process) and evaluated: a whole run for the tests that
+    only read one. Read-only, like ``trained_run``: a test that changes a run copies it first."""
+    import shutil
+
+    from magpipe.pipeline import run_classify, run_evaluate
+
+    out = tmp_path_factory.mktemp("finished") / "run"
+    shutil.copytree(trained_run["out"], out, ignore=shutil.ignore_patterns(".magpipe.lock"))
+    run_classify(out, trained_run["cfg"])
+    report = run_evaluate(out, trained_run["cfg"])
+    return {**trained_run, "out": out, "report": report}
+
+
+@pytest.fixture(scope="session")
+def reference_run(survey_files, tmp_path_factory) -> dict:
+    """An uninterrupted `magpipe run` in a real process (one evaluation split, no sparse draws): the reference
+    that killed-and-resumed runs and runs on a bucket must equal. Read-only: copy it to change it.
+
+    Runs compared bit for bit with it must also be real processes: a test process's own state (torch's
+    thread count after other tests, say) can move float results in their last digits."""
+    from magpipe.testing import run_cli_process
+
+    d = tmp_path_factory.mktemp("reference")
+    cfg = d / "quick.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config(evaluate={"splits": 1, "sparse_per_class": 0},
+                                              model={"epochs": 6, "patience": 6}).model_dump(mode="json")))
+    args = [survey_files["survey"], "--labels", survey_files["labels"], "--config", cfg]
+    r = run_cli_process("run", *args, "--out", d / "run")
+    assert r.returncode == 0, r.stderr
+    return {"args": args, "config": cfg, "out": d / "run"}
+
+
+@pytest.fixture(scope="session")
 def harness():
     """A temporary Prefect API (SQLite) for flow tests; started once per session."""
     from prefect.testing.utilities import prefect_test_harness

@@ -154,7 +154,7 @@ def test_a_class_that_cannot_be_scored_is_left_out_and_the_run_finishes(survey_f
     lab = write_labels_raster(_one_cell_of_class_3(survey_files["truth"]), survey_files["field"],
                               tmp_path / "labels.tif")
     out = tmp_path / "run"
-    r = magpipe("run", survey_files["survey"], "--labels", lab, "--config", config_file, "--out", out)
+    r = magpipe("run", survey_files["survey"], "--labels", lab, "--config", config_file, "--out", out, "--serial")
     assert r.returncode == 0, r.stderr
     assert "class_3" in r.stderr and "left out" in r.stderr
     report = json.loads((out / "report.json").read_text())

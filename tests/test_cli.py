@@ -1,6 +1,7 @@
 """The `magpipe` command end to end, and its answers to bad input, as a user runs it."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +9,8 @@ import pytest
 
 from magpipe.evaluation import best_by_validation
 from magpipe.io.stores import is_complete
-from magpipe.testing import assert_one_line_error, run_cli as magpipe
+from magpipe.locking import LOCK_NAME
+from magpipe.testing import assert_one_line_error, run_cli as magpipe, run_cli_process
 
 LAYOUT = ["survey.zarr", "patches.zarr", "model", "classified.zarr", "report.json", "report.md",
           "class_map.png", "confidence.png", "anomaly.png", "confusion.png", "embedding.png"]
@@ -27,11 +29,18 @@ def assert_no_secrets(*texts: str, root: Path | None = None) -> None:
             assert value not in text
 
 
+def _files(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file of a run but its lock: relative path -> (modification time in ns, size in bytes)."""
+    return {str(f.relative_to(root)): (f.stat().st_mtime_ns, f.stat().st_size) for f in root.rglob("*")
+            if f.is_file() and f.name != LOCK_NAME}
+
+
 @pytest.mark.slow
 def test_run_end_to_end_leaves_the_documented_layout(survey_files, config_file, tmp_path):
     out = tmp_path / "out"
-    r = magpipe("run", survey_files["survey"], "--labels", survey_files["labels"], "--out", out,
-                "--config", config_file, "--workers", 2, env=SECRETS)
+    # a real process: what the terminal shows includes what the Dask workers print
+    r = run_cli_process("run", survey_files["survey"], "--labels", survey_files["labels"], "--out", out,
+                        "--config", config_file, "--workers", 2, env=SECRETS)
     assert r.returncode == 0, r.stderr
     assert_no_secrets(r.stdout, r.stderr, root=out)
     for name in LAYOUT:
@@ -92,13 +101,16 @@ def test_run_end_to_end_leaves_the_documented_layout(survey_files, config_file, 
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.count("\n| ") == 3  # three rows under the header
     assert "pixel-wise accuracy" in r.stdout and "AE features" in r.stdout
-    # unchanged inputs and config: every stage is skipped
+    # unchanged inputs and config: every stage is skipped, and nothing in the run is written again
+    before = _files(out)
     again = magpipe("run", survey_files["survey"], "--labels", survey_files["labels"], "--out", out,
                     "--config", config_file, "--serial")
     assert again.returncode == 0, again.stderr
     for stage in ("ingest", "patches", "train"):
         assert f"{stage}: " in again.stderr and "up to date" in again.stderr
-    assert "classified.zarr is up to date" in again.stderr
+    assert "classified.zarr is up to date" in again.stderr and "report.json is up to date" in again.stderr
+    assert _files(out) == before  # report.json, report.md and the figures included
+    assert json.loads((out / "report.json").read_text())["headline"] in again.stdout  # the same summary
 
 
 def test_every_command_has_help():
@@ -106,6 +118,51 @@ def test_every_command_has_help():
                 "label-next", "similar"):
         r = magpipe(cmd, "--help")
         assert r.returncode == 0 and "Usage" in r.stdout, cmd
+
+
+def test_flag_help_shows_the_config_default():
+    """A flag that sets a config field documents that field's default, read from RunConfig, in every command."""
+    import typer.main
+
+    from magpipe.cli import FLAG_FIELDS, app
+    from magpipe.config import RunConfig
+
+    defaults = RunConfig().model_dump(mode="json")
+    seen = set()
+    for cmd in typer.main.get_command(app).commands.values():
+        for param in cmd.params:
+            flags = [f for f in param.opts if f in FLAG_FIELDS]
+            if not flags or "(config: " not in (param.help or ""):  # export's --variable is another option
+                # a number in a hand-written help is a default that can go stale
+                assert not re.search(r"default:? \d", getattr(param, "help", "") or ""), (cmd.name, param.opts)
+                continue
+            section, name = FLAG_FIELDS[flags[0]]
+            value = defaults[section][name]
+            assert f"config: {section}.{name}" in param.help, (cmd.name, flags)
+            assert value is None or f"Default: {value}." in param.help, (cmd.name, flags, param.help)
+            seen.add(flags[0])
+    assert seen == set(FLAG_FIELDS)  # every mapped flag exists on some command
+    r = magpipe("train", "--help")
+    assert "masked" in r.stdout and f"Default: {defaults['model']['epochs']}" in r.stdout
+
+
+def test_the_in_process_runner_shows_what_a_terminal_would(tmp_path, monkeypatch):
+    """run_cli (in this process) keeps a traceback that escapes a command on stderr, as a process would, so
+    "no traceback" checks can fail; and a stage's one-line error is the same as a real process's."""
+    from magpipe import cli
+    from magpipe.testing import run_cli_process
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("a bug deep inside")
+
+    monkeypatch.setattr(cli, "_config", boom)
+    r = magpipe("ingest", tmp_path / "x.tif", "--out", tmp_path / "o")
+    assert r.returncode == 1 and "Traceback" in r.stderr and "a bug deep inside" in r.stderr
+    monkeypatch.undo()
+    inproc = magpipe("ingest", tmp_path / "nope.tif", "--out", tmp_path / "o")
+    proc = run_cli_process("ingest", tmp_path / "nope.tif", "--out", tmp_path / "o")
+    assert (inproc.returncode, inproc.stderr, inproc.stdout) == (proc.returncode, proc.stderr, proc.stdout) \
+        and proc.returncode == 2
 
 
 def test_missing_survey_file(tmp_path, survey_files):
@@ -154,15 +211,19 @@ def test_debug_shows_the_traceback(tmp_path):
     assert r.returncode != 0 and "Traceback" in r.stderr
 
 
-def test_changing_only_the_tile_size_does_not_retrain(trained_run):
+def test_changing_only_the_tile_size_does_not_retrain(trained_run, tmp_path):
+    import shutil
+
     from magpipe.bundle import load_bundle
     from magpipe.pipeline import run_train
 
-    before = load_bundle(trained_run["out"] / "model").meta["input_hash"]
+    out = shutil.copytree(trained_run["out"], tmp_path / "run", ignore=shutil.ignore_patterns(".magpipe.lock"))
+    before = (out / "model" / "metadata.json").stat().st_mtime_ns
     cfg = trained_run["cfg"].model_copy(deep=True)
     cfg.classify.chunk_px = 128
-    run_train(trained_run["out"], cfg)
-    assert load_bundle(trained_run["out"] / "model").meta["input_hash"] == before
+    run_train(out, cfg)
+    assert (out / "model" / "metadata.json").stat().st_mtime_ns == before
+    assert load_bundle(out / "model").meta["input_hash"] == load_bundle(trained_run["out"] / "model").meta["input_hash"]
 
 
 @pytest.mark.slow

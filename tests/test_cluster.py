@@ -12,11 +12,15 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_local_workers_get_the_allocator_settings_and_one_thread():
     import os
 
+    before = dict(os.environ)
     with dask_client(None, workers=2) as client:
-        env = client.run(lambda: {k: os.environ.get(k) for k in WORKER_MALLOC_ENV})
+        env = client.run(lambda: {k: os.environ.get(k) for k in (*WORKER_MALLOC_ENV, "OMP_NUM_THREADS")})
         threads = client.nthreads()
-    assert len(env) == 2 and all(v == WORKER_MALLOC_ENV for v in env.values())
+    assert len(env) == 2 and all(v == {**WORKER_MALLOC_ENV, "OMP_NUM_THREADS": "1"} for v in env.values())
     assert sorted(threads.values()) == [1, 1]
+    # the workers' settings stay theirs: the driver's environment is as it was (torch loaded after a cluster
+    # once read OMP_NUM_THREADS=1 from it and trained the driver's model on one thread)
+    assert dict(os.environ) == before
 
 
 def test_container_dask_config_matches_the_local_cluster():

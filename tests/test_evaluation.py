@@ -139,3 +139,32 @@ def test_svm_search_folds_keep_a_patch_width_between_fitting_and_validation_cell
         d = np.maximum(np.abs(cells.rows[fit][:, None] - cells.rows[val][None]),
                        np.abs(cells.cols[fit][:, None] - cells.cols[val][None]))
         assert d.min() > 7  # no fitting patch centre within one patch width of a validation cell
+
+
+def test_evaluate_is_skipped_when_nothing_changed_and_runs_again_when_its_inputs_do(trained_run, tmp_path):
+    """Like every stage: the same model, map and options leave report.json and the figures untouched; another
+    split count scores again."""
+    import shutil
+
+    from magpipe.io.schema import Layout
+    from magpipe.pipeline import run_classify, run_evaluate, run_train
+
+    out = tmp_path / "run"
+    shutil.copytree(trained_run["out"], out, ignore=shutil.ignore_patterns(".magpipe.lock"))
+    cfg = trained_run["cfg"].model_copy(deep=True)
+    cfg.evaluate.splits, cfg.evaluate.sparse_per_class = 1, 0
+    for stage in (run_train, run_classify):
+        stage(out, cfg)
+    first = run_evaluate(out, cfg)
+    lay = Layout(out)
+    written = {f: f.stat().st_mtime_ns for f in (lay.report, lay.report_md, lay.figure("class_map"))}
+    again = run_evaluate(out, cfg)
+    assert {f: f.stat().st_mtime_ns for f in written} == written
+    assert again["balanced_accuracy"] == first["balanced_accuracy"] and again["input_hash"] == first["input_hash"]
+    lay.report_md.unlink()  # a report missing a part is made again
+    run_evaluate(out, cfg)
+    assert lay.report_md.exists() and lay.report.stat().st_mtime_ns != written[lay.report]
+    cfg.evaluate.splits = 2
+    for stage in (run_train, run_classify):
+        stage(out, cfg)
+    assert run_evaluate(out, cfg)["n_splits"] + len(run_evaluate(out, cfg)["splits_skipped"]) == 2

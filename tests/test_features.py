@@ -17,7 +17,6 @@ from magpipe.features import (
     untrained_encoder,
     window_input,
 )
-from magpipe.features import AEFeatures
 from magpipe.io.schema import Layout
 from magpipe.io.survey import open_inputs
 from magpipe.patches import read_stack

@@ -10,7 +10,7 @@ from magpipe.derived import derived_channels
 from magpipe.io.schema import Layout
 from magpipe.io.survey import open_inputs
 from magpipe.pipeline import run_all, run_ingest
-from magpipe.stages.inputs import ensure_inputs
+from magpipe.inputs import ensure_inputs
 from magpipe.testing import tiny_config
 
 

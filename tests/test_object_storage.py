@@ -18,8 +18,8 @@ import yaml
 
 from magpipe.io.stores import is_complete
 from magpipe.locking import LOCK_NAME, OutputLockedError, output_lock
-from magpipe.testing import (assert_one_line_error, external_cluster, run_cli as magpipe, start_cli, stop_when,
-                             tiny_config)
+from magpipe.testing import (assert_one_line_error, external_cluster, run_cli as magpipe, run_cli_process, start_cli,
+                             stop_when)
 
 MAPS = ("class", "confidence", "anomaly")
 
@@ -40,19 +40,6 @@ def _assert_same_maps(a, b) -> None:
         np.testing.assert_array_equal(ma[n], mb[n], err_msg=n)
 
 
-@pytest.fixture(scope="module")
-def local_run(survey_files, tmp_path_factory) -> dict:
-    """The reference: a whole run on local disk, with the config the bucket runs use."""
-    d = tmp_path_factory.mktemp("local")
-    cfg = d / "quick.yaml"
-    cfg.write_text(yaml.safe_dump(tiny_config(evaluate={"splits": 1, "sparse_per_class": 0},
-                                              model={"epochs": 6, "patience": 6}).model_dump(mode="json")))
-    r = magpipe("run", survey_files["survey"], "--labels", survey_files["labels"], "--config", cfg,
-                "--out", d / "run")
-    assert r.returncode == 0, r.stderr
-    return {"config": cfg, "out": d / "run"}
-
-
 # --- the lock: a conditionally created object ---------------------------------------------------------
 
 def _lock_body(fs, url: str) -> dict:
@@ -66,7 +53,7 @@ def test_one_writer_per_output_on_a_bucket(survey_files, bucket):
     with output_lock(out):
         body = _lock_body(fs, bucket)
         assert body["host"] == socket.gethostname() and isinstance(body["pid"], int)
-        r = magpipe("ingest", survey_files["survey"], "--out", out)  # a second writer, another process
+        r = run_cli_process("ingest", survey_files["survey"], "--out", out)  # a second writer, another process
         assert_one_line_error(r, out, "in use by another magpipe run", f"pid {body['pid']}")
     assert not fs.exists(lock)  # released: deleted
     # a lock left by a run that died on this host (its pid is gone) is taken over at once
@@ -94,17 +81,18 @@ def _try_lock(out: str) -> str:
 # --- whole runs --------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_run_with_inputs_and_outputs_on_a_bucket_equals_the_local_run(survey_files, local_run, bucket, s3, tmp_path):
+def test_run_with_inputs_and_outputs_on_a_bucket_equals_the_local_run(survey_files, reference_run, bucket, s3,
+                                                                      tmp_path):
     survey = _upload(survey_files["survey"], f"{bucket}/landing/survey.tif")
     labels = _upload(survey_files["labels"], f"{bucket}/landing/labels.tif")
     out = f"{bucket}/runs/a"
-    r = magpipe("run", survey, "--labels", labels, "--config", local_run["config"], "--out", out,
-                cwd=tmp_path)
+    r = run_cli_process("run", survey, "--labels", labels, "--config", reference_run["config"], "--out", out,
+                        cwd=tmp_path)  # a process, as the reference
     assert r.returncode == 0, r.stderr
-    _assert_same_maps(f"{out}/classified.zarr", local_run["out"] / "classified.zarr")
+    _assert_same_maps(f"{out}/classified.zarr", reference_run["out"] / "classified.zarr")
     fs = fsspec.filesystem("s3")
     a = json.loads(fs.cat_file(f"{out}/report.json"))
-    b = json.loads((local_run["out"] / "report.json").read_text())
+    b = json.loads((reference_run["out"] / "report.json").read_text())
     assert a["balanced_accuracy"] == b["balanced_accuracy"] and a["confusion"] == b["confusion"]
     keys = {k.removeprefix(out.removeprefix("s3://") + "/") for k in fs.find(out)}
     for name in ("survey.zarr/zarr.json", "patches.zarr/zarr.json", "model/metadata.json", "model/autoencoder.pt",
@@ -124,19 +112,19 @@ def test_run_with_inputs_and_outputs_on_a_bucket_equals_the_local_run(survey_fil
 
 
 @pytest.mark.slow
-def test_a_run_killed_while_classifying_on_a_bucket_resumes_to_the_same_maps(survey_files, local_run, bucket,
+def test_a_run_killed_while_classifying_on_a_bucket_resumes_to_the_same_maps(survey_files, reference_run, bucket,
                                                                                tmp_path):
     out = f"{bucket}/runs/killed"
-    args = [survey_files["survey"], "--labels", survey_files["labels"], "--config", local_run["config"], "--out", out]
+    args = [survey_files["survey"], "--labels", survey_files["labels"], "--config", reference_run["config"], "--out", out]
     proc = start_cli("run", *args)
     stop_when(proc, "classify 2/4 tiles", signal.SIGKILL, group=True, after_s=0.0)
     assert proc.returncode == -signal.SIGKILL
     assert not is_complete(f"{out}/classified.zarr")
     assert fsspec.filesystem("s3").exists(f"{out}/{LOCK_NAME}")  # left behind by the killed run
-    r = magpipe("run", *args)
+    r = run_cli_process("run", *args)  # a process, as the reference
     assert r.returncode == 0, r.stderr
     assert "taking over the lock" in r.stderr
-    _assert_same_maps(f"{out}/classified.zarr", local_run["out"] / "classified.zarr")
+    _assert_same_maps(f"{out}/classified.zarr", reference_run["out"] / "classified.zarr")
 
 
 @pytest.mark.slow
@@ -170,10 +158,11 @@ def test_bucket_errors_are_one_line(survey_files, bucket, s3, tmp_path):
     assert_one_line_error(r, f"{bucket}/landing/missing.tif", "file not found")
     r = magpipe("ingest", survey_files["survey"], "--out", "s3://no-such-bucket-magpipe/run")
     assert_one_line_error(r, "s3://no-such-bucket-magpipe/run", "bucket 'no-such-bucket-magpipe' does not exist")
-    r = magpipe("ingest", survey_files["survey"], "--out", out, env={"AWS_SECRET_ACCESS_KEY": "wrong-secret-0451"})
+    # credentials and endpoints from the environment: each a new process, as a user's shell starts one
+    r = run_cli_process("ingest", survey_files["survey"], "--out", out, env={"AWS_SECRET_ACCESS_KEY": "wrong-secret-0451"})
     assert_one_line_error(r, out, "access denied", "credentials")
     assert "wrong-secret-0451" not in r.stderr + r.stdout
-    r = magpipe("ingest", survey_files["survey"], "--out", out, env={"AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
+    r = run_cli_process("ingest", survey_files["survey"], "--out", out, env={"AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
     assert_one_line_error(r, out, "cannot reach the object store")
     assert not fsspec.filesystem("s3").exists(f"{out}/survey.zarr")
 
@@ -195,8 +184,8 @@ def test_storage_options_from_the_config_reach_the_store_and_are_never_saved(sur
     cfg = tmp_path / "store.yaml"
     cfg.write_text(yaml.safe_dump({"runtime": {"storage_options": {"s3": {"endpoint_url": s3["AWS_ENDPOINT_URL"]}}}}))
     out = f"{bucket}/runs/opts"
-    r = magpipe("ingest", survey_files["survey"], "--out", out, "--config", cfg,
-                env={"AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
+    r = run_cli_process("ingest", survey_files["survey"], "--out", out, "--config", cfg,
+                        env={"AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
     assert r.returncode == 0, r.stderr
     assert is_complete(f"{out}/survey.zarr")
     saved = fsspec.filesystem("s3").cat_file(f"{out}/config.json").decode()

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import zarr
 from hypothesis import given, settings, strategies as st
-from magpipe.testing import assert_one_line_error, external_cluster, run_cli as magpipe, start_cli, stop_when
+from magpipe.testing import (assert_one_line_error, external_cluster, run_cli as magpipe, run_cli_process, start_cli,
+                             stop_when)
 
 from magpipe.bundle import load_bundle
 from magpipe.classify import classify_array
@@ -152,7 +153,7 @@ def test_a_signal_stops_classification_cleanly_and_the_rerun_finishes_identical(
     gone, alive = psutil.wait_procs(children, timeout=10)
     assert not alive, [p.cmdline() for p in alive]  # no Dask worker outlives the run
     assert not is_complete(out / "classified.zarr")
-    r = magpipe("classify", "--out", out, "--config", small_tiles)  # the lock is free: resume
+    r = magpipe("classify", "--out", out, "--config", small_tiles, "--serial")  # the lock is free: resume
     assert r.returncode == 0, r.stderr
     field = zarr.open_array(out / "survey.zarr" / "field", mode="r")[:]
     np.testing.assert_array_equal(zarr.open_array(out / "classified.zarr" / "class", mode="r")[:],
@@ -175,40 +176,23 @@ def test_sigterm_during_training_leaves_a_checkpoint_the_rerun_resumes(survey_fi
     assert "resum" in r.stderr.lower(), r.stderr
 
 
-@pytest.fixture(scope="module")
-def quick_run(survey_files, tmp_path_factory) -> dict:
-    """An uninterrupted `magpipe run` (one evaluation split), the reference the killed runs must match."""
-    import yaml
-
-    from magpipe.testing import tiny_config
-
-    d = tmp_path_factory.mktemp("quick")
-    cfg = d / "quick.yaml"
-    cfg.write_text(yaml.safe_dump(tiny_config(evaluate={"splits": 1, "sparse_per_class": 0},
-                                              model={"epochs": 8, "patience": 8}).model_dump(mode="json")))
-    args = [survey_files["survey"], "--labels", survey_files["labels"], "--config", cfg]
-    r = magpipe("run", *args, "--out", d / "whole")
-    assert r.returncode == 0, r.stderr
-    return {"args": args, "whole": d / "whole"}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("marker", ["autoencoder 2/", "classify:", "classify 4/4 tiles"])
-def test_run_killed_at_any_stage_then_rerun_gives_the_identical_map(quick_run, tmp_path, marker):
+def test_run_killed_at_any_stage_then_rerun_gives_the_identical_map(reference_run, tmp_path, marker):
     """SIGKILL (no chance to clean up) of the whole process group while training, classifying or
     evaluating; the same command again finishes with the uninterrupted run's map and report."""
     import json
 
     out = tmp_path / "run"
-    proc = start_cli("run", *quick_run["args"], "--out", out)
+    proc = start_cli("run", *reference_run["args"], "--out", out)
     stop_when(proc, marker, signal.SIGKILL, group=True, after_s=1.0 if "4/4" in marker else 0.2)
     assert proc.returncode == -signal.SIGKILL
-    r = magpipe("run", *quick_run["args"], "--out", out)
+    r = run_cli_process("run", *reference_run["args"], "--out", out)  # a process, as the reference
     assert r.returncode == 0, r.stderr
     for name in ("class", "confidence", "anomaly"):
         np.testing.assert_array_equal(zarr.open_array(out / "classified.zarr" / name, mode="r")[:],
-                                      zarr.open_array(quick_run["whole"] / "classified.zarr" / name, mode="r")[:])
-    a, b = (json.loads((d / "report.json").read_text()) for d in (out, quick_run["whole"]))
+                                      zarr.open_array(reference_run["out"] / "classified.zarr" / name, mode="r")[:])
+    a, b = (json.loads((d / "report.json").read_text()) for d in (out, reference_run["out"]))
     assert a["balanced_accuracy"] == b["balanced_accuracy"] and a["confusion"] == b["confusion"]
 
 

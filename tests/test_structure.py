@@ -72,3 +72,46 @@ def test_importing_magpipe_changes_no_process_state():
     env = {k: v for k, v in __import__("os").environ.items() if k != "GDAL_CACHEMAX"}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def _stage_imports(source: str) -> list[str]:
+    """The magpipe.stages modules a module's source imports (``from magpipe.stages.x import``,
+    ``import magpipe.stages.x``, ``from magpipe.stages import x``, and ``import_module`` of one)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("magpipe.stages"):
+            found += [node.module] if node.module != "magpipe.stages" else [f"magpipe.stages.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.startswith("magpipe.stages.")]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("magpipe.stages."):
+            found.append(node.value)
+    return found
+
+
+def test_no_stage_module_imports_another():
+    """Stages are stages: what two of them share lives in the library, and magpipe.pipeline composes them."""
+    stages = [f for f in sorted((ROOT / "magpipe" / "stages").glob("*.py")) if f.name != "__init__.py"]
+    assert len(stages) >= 8
+    bad = [(f.name, m) for f in stages for m in _stage_imports(f.read_text())]
+    assert not bad, bad
+
+
+def test_the_stage_import_check_sees_stage_imports():  # the rule above can fail
+    code = ("from magpipe.stages.train import x\nimport magpipe.stages.patches\nfrom magpipe.stages import evaluate\n"
+            "def f():\n    from magpipe.stages.patch_size import y\n")
+    assert _stage_imports(code) == ["magpipe.stages.train", "magpipe.stages.patches", "magpipe.stages.evaluate",
+                                    "magpipe.stages.patch_size"]
+
+
+def test_run_all_lists_every_stage_it_runs_in_order():
+    """run_all calls each stage by name (no loop hiding one, no stage calling another)."""
+    from magpipe import stages
+
+    tree = ast.parse((ROOT / "magpipe" / "pipeline.py").read_text())
+    run_all = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "run_all")
+    calls = [n.func.attr for n in sorted(ast.walk(run_all), key=lambda n: (getattr(n, "lineno", 0), getattr(
+             n, "col_offset", 0))) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+             and isinstance(n.func.value, ast.Name) and n.func.value.id == "stages"]  # in source order
+    assert calls == ["run_ingest", "run_labels", "run_patch_size", "run_patches", "run_train", "run_classify",
+                     "run_evaluate"]
+    assert set(stages.__all__) - set(calls) == {"run_similar"}  # on demand, after a run

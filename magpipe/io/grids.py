@@ -108,7 +108,6 @@ def read_grid(
 
 
 def _read_raster(path: Path, *, band: int | None, chunk_px: int) -> xr.DataArray:
-    import rioxarray
     from rasterio.errors import RasterioIOError
 
     try:

@@ -182,7 +182,6 @@ def _rasterise_vector(path: Path, survey: xr.DataArray, *, label_field: str | No
 
 
 def _reproject_raster(path: Path, survey: xr.DataArray, *, classes: str | Path | None) -> tuple[np.ndarray, list[str]]:
-    import rioxarray
     from rasterio.enums import Resampling
     from rasterio.errors import RasterioIOError
 

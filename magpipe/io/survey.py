@@ -78,7 +78,7 @@ def write_labels(path: str | Path, codes: np.ndarray, classes: list[str], *, sou
 
 def open_inputs(layout: Layout, names: tuple[str, ...]) -> list:
     """The 2-D arrays of the model's input grids, in order: ``field`` from survey.zarr, derived
-    channels from inputs.zarr (which must be complete: see :mod:`magpipe.stages.inputs`).
+    channels from inputs.zarr (which must be complete: see :mod:`magpipe.inputs`).
 
     Each is a (y, x) float32 Zarr array in its own units (NaN = no data), read only where sliced.
     """

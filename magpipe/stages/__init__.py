@@ -3,14 +3,15 @@
 Each stage reads its inputs from the run directory (:class:`magpipe.io.schema.Layout`) and
 ``cfg`` (inputs in ``cfg.inputs``), records ``cfg`` as ``OUT/config.json``, holds the
 directory's writer lock, and skips its work when its output carries the content hash of
-the same inputs and options.
+the same inputs and options. No stage module imports another: what two stages share lives in
+the library (:mod:`magpipe.inputs`, :mod:`magpipe.selection`, :mod:`magpipe.resolve`, ...), and
+:func:`magpipe.pipeline.run_all` composes them in this order:
 
 ==========  ==========================================================
 ingest      survey file -> survey.zarr (field, valid, CRS, scaling)
 labels      label file -> survey.zarr:labels
-inputs      derived channels -> inputs.zarr (called by the stages that read inputs)
-patch_size  under patches.patch_px: auto, the size that validates best -> patch_size.json (run by patches)
-patches     training patches -> patches.zarr
+patch_size  under patches.patch_px: auto, the size that validates best -> patch_size.json
+patches     training patches -> patches.zarr (derived input channels -> inputs.zarr on first use)
 train       autoencoder + SVM -> model/
 classify    every cell -> classified.zarr (class, confidence, anomaly)
 evaluate    spatial holdouts -> report.json, report.md, figures
@@ -23,7 +24,7 @@ import importlib
 # Loaded on first use: a command that fails on its input (a missing file, a bad option) answers in a
 # second instead of first importing torch, scikit-learn and Dask for stages it never reaches.
 _STAGES = {f"run_{name}": f"magpipe.stages.{name}"
-           for name in ("classify", "evaluate", "ingest", "labels", "patches", "similar", "train")}
+           for name in ("classify", "evaluate", "ingest", "labels", "patch_size", "patches", "similar", "train")}
 __all__ = sorted(_STAGES)
 
 

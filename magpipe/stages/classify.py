@@ -17,12 +17,12 @@ from magpipe.bundle import verify_bundle
 from magpipe.classify import classify_tile
 from magpipe.config import RunConfig
 from magpipe.errors import DataValidationError, DeviceError
+from magpipe.inputs import input_stack
 from magpipe.io import schema as S
 from magpipe.io.location import absolute, as_path
 from magpipe.io.schema import Layout
 from magpipe.io.stores import content_hash, open_store
 from magpipe.locking import locks_output
-from magpipe.stages.inputs import input_stack
 from magpipe.tiling import output_template, write_tiles
 
 

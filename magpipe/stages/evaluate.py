@@ -11,26 +11,29 @@ differences; per-class F1, the confusion matrices and the embedding view come fr
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
-from magpipe.bundle import ModelBundle, load_bundle
+from magpipe.bundle import ModelBundle, load_bundle, read_bundle_meta
 from magpipe.config import RunConfig
 from magpipe.errors import DataValidationError
 from magpipe.evaluation import METRICS, best_by_validation, paired, score, sparse_label_scores, summarise, verdict
 from magpipe.explore import embedding_2d, label_next, top_anomalies
 from magpipe.features import FeatureSet, cell_features, part_sizes
+from magpipe.io import schema as S
 from magpipe.io.schema import Layout
-from magpipe.io.survey import LabelGrids, read_label_grids
+from magpipe.io.stores import content_hash, store_attrs
+from magpipe.io.survey import LabelGrids, read_label_grids, survey_attrs
 from magpipe.locking import locks_output
 from magpipe.splits import cv_folds, holdout_cells, labelled_split, split_config, training_cells
-from magpipe.stages.inputs import input_stack
-from magpipe.stages.patches import patch_size_record, resolved_config
+from magpipe.inputs import input_stack
 from magpipe.progress import progress as steps
+from magpipe.resolve import patch_size_record, resolved_config
+from magpipe.selection import candidates, choose_smoothing
 from magpipe.smoothing import block_predictions
-from magpipe.stages.train import candidates, choose_smoothing
 from magpipe.svm import fit_svm, predict_with_confidence
 
 log = logging.getLogger("magpipe")
@@ -61,7 +64,7 @@ def evaluate_split(cfg: RunConfig, bundle: ModelBundle, arrays: list, grids: Lab
     :func:`magpipe.evaluation.score` dicts; ``deployed@prior`` or ``deployed@balanced``: the deployed set
     under the other class weighting, unsmoothed; ``deployed@unsmoothed``: the deployed set without the
     map's smoothing), ``chosen`` (the set ``deployed`` is), ``smooth_px`` (its smoothing radius, chosen
-    as the map's is: :func:`magpipe.stages.train.choose_smoothing`), ``unscored`` (labelled classes with no
+    as the map's is: :func:`magpipe.selection.choose_smoothing`), ``unscored`` (labelled classes with no
     scored test cell on this split: too few training cells, or none held out), ``svm`` search summaries, cell
     counts, ``sparse`` scores (or None), and the deployed set's ``test_features`` (n, F) float32 with their
     ``test_labels`` (n,) for the embedding view.
@@ -180,7 +183,7 @@ def build_report(cfg: RunConfig, bundle: ModelBundle, splits: list[dict], skippe
 
 def deployed(cfg: RunConfig, bundle: ModelBundle, splits: list[dict], size: dict | None = None) -> dict:
     """What the map uses and how each part was chosen: the report's ``deployed``; ``size`` is the patch
-    size's selection (:func:`magpipe.stages.patches.patch_size_record`) when it was chosen."""
+    size's selection (:func:`magpipe.resolve.patch_size_record`) when it was chosen."""
     auto = cfg.svm.features == "auto"
     smoothing = bundle.meta.get("selection", {}).get("smoothing", {})
     return {"features": bundle.feature_set, "patch_px": bundle.patch_px, "smooth_px": bundle.smooth_px,
@@ -226,9 +229,38 @@ def _points(d: dict) -> str:
     return f"{100 * d['mean_diff']:+.1f} ± {100 * d['sd']:.1f} points, ahead on {d['wins']} of {d['n']} splits"
 
 
+def evaluate_hash(lay: Layout, cfg: RunConfig, meta: dict, size: dict | None) -> str:
+    """What a report depends on: the survey and its labels, the bundle (its training inputs and the checksums
+    of its files), the classified map (anomalies and where to label next are read from it), the patch-size
+    choice, and the options of the stages it repeats. Returns a 32-hex-digit content hash, stored as
+    report.json's ``input_hash``."""
+    attrs = survey_attrs(lay.survey)
+    classified = store_attrs(lay.classified) or {}
+    return content_hash("evaluate-v1", str(attrs.get(S.HASH)), str(attrs.get(S.LABELS_HASH)),
+                        str(meta.get("input_hash")), json.dumps(meta.get("files"), sort_keys=True),
+                        str(classified.get(S.HASH)), json.dumps(size, sort_keys=True),
+                        *(cfg.section_json(s) for s in ("patches", "model", "svm", "evaluate")))
+
+
+def up_to_date_report(lay: Layout, h: str) -> dict | None:
+    """The report at ``lay`` when it was made from ``h`` and its markdown and maps are there; else None.
+    report.json is written last (:func:`magpipe.report.write_report`), so its presence marks a whole report."""
+    try:
+        report = json.loads(lay.report.read_text())
+    except (OSError, ValueError):
+        return None
+    files = (lay.report_md, *(lay.figure(n) for n in ("class_map", "confidence", "anomaly", "confusion")))
+    if not isinstance(report, dict) or report.get("input_hash") != h or not all(f.exists() for f in files):
+        return None
+    return report
+
+
 @locks_output
 def run_evaluate(out: str | Path, cfg: RunConfig) -> dict:
     """Score the run's model on spatial holdouts; write report.json, report.md and the figures.
+
+    Skipped when report.json was made from the same survey, labels, model, map and options
+    (:func:`evaluate_hash`): re-running a finished run recomputes nothing.
 
     Returns
     -------
@@ -241,6 +273,11 @@ def run_evaluate(out: str | Path, cfg: RunConfig) -> dict:
     cfg.save(lay.config)
     size = patch_size_record(lay) if cfg.patches.patch_px == "auto" else None
     cfg = resolved_config(lay, cfg)
+    h = evaluate_hash(lay, cfg, read_bundle_meta(lay.model), size)
+    done = up_to_date_report(lay, h)
+    if done is not None:
+        log.info("evaluate: %s is up to date", lay.report)
+        return done
     bundle = load_bundle(lay.model, patch_px=cfg.patches.patch_px)  # the split's blocks are in patch widths
     arrays, _ = input_stack(lay, bundle.inputs)
     splits, skipped = score_splits(cfg, bundle, arrays, read_label_grids(lay.survey))
@@ -250,6 +287,6 @@ def run_evaluate(out: str | Path, cfg: RunConfig) -> dict:
     view = np.random.default_rng(cfg.evaluate.seed).choice(len(ty), min(len(ty), 3000), replace=False)
     emb, emb_method = embedding_2d(first["test_features"][view])
     report["embedding"] = {"method": emb_method, "n_cells": len(view)}
+    report["input_hash"] = h
     write_report(report, lay, embedding=(emb, ty[view]))
     return report
-

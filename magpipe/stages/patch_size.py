@@ -13,32 +13,51 @@ standard error of the best wins (the one-standard-error rule, as for the feature
 patch costs more per cell and blurs contacts, so it has to beat a smaller one by more than noise.
 
 The choice is made once, on the deployed (first) split's training region; the report says
-so. The patches stage calls this, and the later stages read the choice back
-(:func:`magpipe.stages.patches.resolved_config`), so a run with ``auto`` is a run with the
-chosen size, hashes included.
+so. :func:`magpipe.pipeline.run_all` runs this stage before ``patches``, and the later stages
+read the choice back (:func:`magpipe.resolve.resolved_config`), so a run with ``auto`` is a run
+with the chosen size, hashes included.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 from magpipe.config import RunConfig
 from magpipe.errors import DataValidationError
 from magpipe.evaluation import best_by_validation, cv_score
+from magpipe.inputs import input_stack, training_patches
 from magpipe.io import schema as S
 from magpipe.io.schema import Layout
 from magpipe.io.stores import content_hash, write_json
 from magpipe.io.survey import read_label_grids, survey_attrs, survey_shape
+from magpipe.locking import locks_output
+from magpipe.resolve import patch_size_record, with_patch_px
+from magpipe.selection import fit_candidates
 from magpipe.splits import Cells, labelled_split, training_cells
-from magpipe.stages.inputs import input_stack
-from magpipe.stages.patches import patch_size_record, training_patches, with_patch_px
-from magpipe.stages.train import fit_autoencoder, fit_candidates, second_views
+from magpipe.training import fit_autoencoder, second_views
 
 log = logging.getLogger("magpipe")
 
 SELECT_PATCHES = 2000  # training patches of each size's quick encoder
 SELECT_EPOCHS = 4  # and its epochs
+
+
+@locks_output
+def run_patch_size(out: str | Path, cfg: RunConfig) -> Path | None:
+    """With ``patches.patch_px: auto``, choose the patch size on validation (see the module docstring) into
+    ``OUT/patch_size.json`` and return that path; with a fixed size there is nothing to choose: None.
+
+    Skipped when ``patch_size.json`` holds the choice for the same survey, labels and options. Raises
+    DataValidationError when the labels cannot be split at the largest size tried, or no size fits.
+    """
+    lay = Layout(out)
+    cfg.save(lay.config)
+    if cfg.patches.patch_px != "auto":
+        return None
+    choose_patch_size(lay, cfg)
+    return lay.patch_size
 
 
 def sizes_for(cfg: RunConfig, shape: tuple[int, int]) -> list[int]:

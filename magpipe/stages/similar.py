@@ -9,13 +9,13 @@ from pathlib import Path
 from magpipe.bundle import load_bundle
 from magpipe.config import RunConfig
 from magpipe.explore import PICK_SPACING_PATCHES, top_blocks
+from magpipe.inputs import input_stack
 from magpipe.io import schema as S
 from magpipe.io.location import absolute, as_path
 from magpipe.io.schema import Layout
 from magpipe.io.stores import content_hash, open_store, write_json
 from magpipe.locking import locks_output
 from magpipe.similarity import query_cells, query_embedding, similarity_tile
-from magpipe.stages.inputs import input_stack
 from magpipe.tiling import output_template, write_tiles
 
 SIMILARITY = {"similarity": ("float32", float("nan"), {

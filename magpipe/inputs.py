@@ -1,6 +1,7 @@
-"""Stage ``inputs``: the grids the autoencoder reads, and derived channels written once per survey.
+"""The grids the autoencoder reads from a run, derived channels written once per survey, and training
+patches cut from them.
 
-``patches.inputs`` names them (``field`` and any of ``magpipe.derived.CHANNELS``). Derived
+``patches.inputs`` names the grids (``field`` and any of ``magpipe.derived.CHANNELS``). Derived
 channels are computed into ``OUT/inputs.zarr``, chunk by chunk with an overlap of
 :data:`DEPTH_PX` cells on the survey's fixed chunk grid, so memory stays flat whatever the
 survey size and every cell's value is the same whichever tile later reads it.
@@ -15,13 +16,15 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from magpipe.config import PatchConfig
 from magpipe.derived import derived_channels
-from magpipe.errors import InputError
+from magpipe.errors import DataValidationError, InputError
 from magpipe.features import Scaling, StackScaling, fit_scaling
 from magpipe.io import schema as S
 from magpipe.io.schema import Layout
 from magpipe.io.stores import content_hash, is_complete, open_array, open_store, store_attrs, write_store
-from magpipe.io.survey import open_inputs, survey_attrs
+from magpipe.io.survey import open_inputs, read_valid, survey_attrs, survey_shape
+from magpipe.patches import sample_centres, stack_patches
 from magpipe.tiling import tiles
 
 log = logging.getLogger("magpipe")
@@ -117,3 +120,25 @@ def _scalings(store, names: list[str]) -> dict:
         s = fit_scaling(ds[n])
         out[n] = [s.mean, max(s.std, 1e-12)]
     return {S.SCALINGS: out}
+
+
+def training_patches(lay: Layout, c: PatchConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Centres (rows, cols) and raw patches (n, C, p, p) of the run's inputs ``c.inputs``, sampled from
+    cells whose patch is at least ``c.min_valid_fraction`` valid; deterministic for ``c.seed``.
+
+    Rows and columns are (n,) int64, the patches float32 in each input's units, NaN = no data.
+    Raises DataValidationError when the survey is smaller than a patch or no centre qualifies.
+    """
+    ny, nx = survey_shape(lay.survey)
+    if min(ny, nx) < c.patch_px:
+        raise DataValidationError(
+            f"{lay.survey}: survey of {ny} x {nx} cells is smaller than one {c.patch_px} px patch; "
+            "use a smaller --patch-size"
+        )
+    try:
+        rows, cols = sample_centres(read_valid(lay.survey), patch_px=c.patch_px, n=c.n_patches,
+                                    min_valid_fraction=c.min_valid_fraction, seed=c.seed)
+    except ValueError as exc:
+        raise DataValidationError(f"{lay.survey}: {exc}") from None
+    arrays, _ = input_stack(lay, c.inputs)
+    return rows, cols, stack_patches(arrays, rows, cols, c.patch_px)

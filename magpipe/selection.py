@@ -1,0 +1,100 @@
+"""Choices made on validation inside the training region: the feature set the map uses and its
+smoothing radius.
+
+Each choice is scored by blocked cross-validation with a gap on the training cells
+(:func:`magpipe.splits.cv_folds`) and made by the one-standard-error rule
+(:func:`magpipe.evaluation.best_by_validation`): the simplest option within one standard error of
+the best. Test blocks are never seen. The train stage makes the choices for the map; the evaluate
+stage repeats them on each split's training region, so the reported scores are of the procedure.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from magpipe.config import RunConfig
+from magpipe.evaluation import best_by_validation, cv_score
+from magpipe.features import StackScaling, cell_features, feature_set, part_sizes
+from magpipe.model import resolve_layers
+from magpipe.smoothing import radius_scores
+from magpipe.splits import Cells, cv_folds
+from magpipe.svm import fit_svm
+
+log = logging.getLogger("magpipe")
+
+
+def candidates(cfg: RunConfig) -> tuple[str, ...]:
+    """The feature sets the deployed choice is made from: ``svm.candidates`` under ``auto``, else the one set."""
+    return cfg.svm.candidates if cfg.svm.features == "auto" else (cfg.svm.features,)
+
+
+def fit_candidates(model, arrays: list, scaling: StackScaling, cells: Cells, cfg: RunConfig) -> dict[str, tuple]:
+    """The SVM of each candidate feature set of ``model`` (:func:`candidates`) on the training ``cells``,
+    searched by blocked CV with a gap (:func:`magpipe.splits.cv_folds`): name -> (SVM, search summary).
+
+    ``arrays`` are the C input grids (2-D, y/x) the encoder reads, ``scaling`` their standardisation.
+    """
+    layers = resolve_layers(model, cfg.model.layers)
+    sets = {n: feature_set(n, model, layers, readout=cfg.model.readout, seed=cfg.model.seed) for n in candidates(cfg)}
+    X = cell_features(sets, arrays, scaling, cells.rows, cells.cols)
+    log.info("SVM on %d labelled cells (features %s)", len(cells.y),
+             ", ".join(f"{n}: {x.shape[1]}" for n, x in X.items()))
+    folds = cv_folds(cells, cfg)
+    return {n: fit_svm(X[n], cells.y, folds, cfg.svm, parts=part_sizes(fs)) for n, fs in sets.items()}
+
+
+def choose_features(fits: dict[str, tuple], cfg: RunConfig) -> tuple[str, object, dict, dict]:
+    """The configured feature set, or under ``features: auto`` the candidate chosen by blocked-CV balanced
+    accuracy and the one-standard-error rule (:func:`magpipe.evaluation.best_by_validation`), from
+    :func:`fit_candidates`' ``fits``.
+
+    Returns the chosen name, its fitted SVM and search summary, and the selection table (name -> CV summary).
+    """
+    names = candidates(cfg)
+    table = {name: info for name, (_, info) in fits.items()}
+    chosen = best_by_validation(table, names)
+    if len(names) > 1 and all(cv_score(table[n]) == -np.inf for n in names):
+        log.warning("train: validation could not score the feature sets (each blocked-CV fold's fitting side "
+                    "lacks a class: the labels cover too few blocks); %s, the simplest, is used", chosen)
+    elif len(names) > 1:
+        log.info("train: features %s chosen on validation (%s)", chosen, ", ".join(
+            f"{n} {table[n]['cv_balanced_accuracy']:.3f} ± {table[n].get('cv_se', float('nan')):.3f}" for n in names))
+    return chosen, *fits[chosen], table
+
+
+def smoothing_radii(cfg: RunConfig) -> tuple[int, ...]:
+    """The radii (px) ``smooth_px: auto`` tries: ``svm.smooth_radii`` up to one patch width, the CV folds'
+    gap, so a validation cell's window never reaches a cell the fold's SVM was fitted on."""
+    return tuple(r for r in cfg.svm.smooth_radii if r <= cfg.patches.patch_px) or (0,)
+
+
+def choose_smoothing(fs, arrays: list, scaling: StackScaling, cells: Cells, info: dict, cfg: RunConfig,
+                     *, level: int = logging.INFO) -> tuple[int, dict]:
+    """The map's smoothing radius (px): ``svm.smooth_px``, or under ``auto`` the radius of
+    :func:`smoothing_radii` chosen by blocked CV on the training ``cells`` with the one-standard-error rule
+    (smallest first).
+
+    Each fold refits the SVM of feature set ``fs`` with the searched C and gamma (``info``) on its fitting
+    cells and classifies its validation blocks densely, smoothed at every radius. Returns the radius and
+    the table (radius -> CV summary; empty when nothing was chosen); the choice is logged at ``level``
+    (evaluate repeats it on every split, at DEBUG).
+    """
+    if cfg.svm.smooth_px != "auto":
+        return int(cfg.svm.smooth_px), {}
+    radii = smoothing_radii(cfg)
+    if len(radii) == 1:
+        return radii[0], {}
+    X = cell_features({"set": fs}, arrays, scaling, cells.rows, cells.cols)["set"]
+    fixed = cfg.svm.model_copy(update={"C": (info["C"],), "gamma_scale": (info["gamma"] * X.shape[1],)})
+
+    def fit(idx: np.ndarray):
+        return fit_svm(X[idx], cells.y[idx], np.zeros(len(idx)), fixed, parts=part_sizes(fs))[0]
+
+    table = radius_scores(fit, fs, scaling, arrays, cells, cv_folds(cells, cfg), radii,
+                          block_px=cfg.evaluate.block_patches * cfg.patches.patch_px)
+    chosen = int(best_by_validation(table, [str(r) for r in radii]))
+    log.log(level, "train: smoothing radius %d chosen on validation (%s)", chosen, ", ".join(
+        f"{r}: {v['cv_balanced_accuracy']:.3f}" for r, v in table.items()))
+    return chosen, table
