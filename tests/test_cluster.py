@@ -29,3 +29,21 @@ def test_container_dask_config_matches_the_local_cluster():
     assert {k: str(v) for k, v in environ.items()} == WORKER_MALLOC_ENV
     for dockerfile in ("Dockerfile.cpu", "Dockerfile.cuda"):
         assert "deploy/dask.yaml /etc/dask/" in (ROOT / "deploy" / dockerfile).read_text()
+
+
+def _worker_logs(messages: list[str]) -> list[bool]:
+    """On a worker: whether each message would pass the filters of distributed's worker logger."""
+    import logging
+
+    logger = logging.getLogger("distributed.worker")
+    return [all(f.filter(logging.makeLogRecord({"msg": m, "levelno": logging.ERROR})) for f in logger.filters)
+            for m in messages]
+
+
+def test_local_workers_keep_their_shutdown_heartbeat_off_the_terminal():
+    """When the driver stops, a worker may beat once more at the closed scheduler: distributed logs that with a
+    traceback on the worker's stderr, the user's terminal. Only that report is dropped."""
+    messages = ["Failed to communicate with scheduler during heartbeat.", "Worker is at 95% memory usage."]
+    with dask_client(None, workers=1) as client:
+        passed = list(client.run(_worker_logs, messages).values())
+    assert passed == [[False, True]]

@@ -47,7 +47,8 @@ def test_local_stack_runs_the_pipeline_deployment(survey_files, tmp_path):
     port = _free_port()
     home = tmp_path / "prefect-home"
     env = {**os.environ, "PREFECT_PORT": str(port), "PREFECT_HOME": str(home), "PREFECT": str(BIN / "prefect"),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_WORKER_QUERY_SECONDS": "1"}  # workers poll every second, not 10: runs start at once
     env.pop("PREFECT_API_URL", None)
     # a shell started with SIGINT ignored (a background job of a non-interactive shell, as CI may run
     # pytest) cannot trap it: give the stack the default disposition, as a terminal's Ctrl-C would find
@@ -75,7 +76,8 @@ def test_local_stack_runs_the_pipeline_deployment(survey_files, tmp_path):
         assert len([p for p in started if "worker" in " ".join(p.cmdline())]) == 2
 
         params = {"survey": str(survey_files["survey"]), "labels_path": str(survey_files["labels"]),
-                  "out": str(tmp_path / "out"), "config": tiny_config().model_dump(mode="json")}
+                  "out": str(tmp_path / "out"),
+                  "config": tiny_config(evaluate={"splits": 1, "sparse_per_class": 0}).model_dump(mode="json")}
         client_env = {**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
         r = subprocess.run([sys.executable, "-c", RUN, json.dumps(params)], cwd=REPO, env=client_env,
                            capture_output=True, text=True, timeout=700)
