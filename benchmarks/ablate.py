@@ -9,14 +9,14 @@ What it varies (each against raw pixels of the same patch size and input channel
 
 Preprocessing is the pipeline's own (inputs.zarr, its scalings, its patch sampler and
 training). Honesty: the run's own spatial split holds out the test blocks. Variants are
-ranked by validation balanced accuracy: 3-fold spatially blocked cross-validation
-of the training cells, each fold's blocks held out with the same gap as the test
-blocks. Only then is every variant refitted on the whole training region and
+ranked by validation balanced accuracy: the pipeline's spatially blocked cross-validation
+of the training cells (``magpipe.splits.cv_folds``), each fold's blocks held out with the
+same gap as the test blocks. Only then is every variant refitted on the whole training region and
 scored once on the test blocks, so the test table is reported, never used to choose.
-Every variant sees the same cells: the report's blocks and split seeds
-(averaged over ``--splits`` of them), with the gap between sets widened to the
-largest patch size tried. The "sparse" columns retrain the test SVM on 30
-labelled cells per class (the paper's regime), over a few random draws.
+Every variant sees the same cells: the report's split seeds (averaged over ``--splits``
+of them), with the blocks and gaps of the largest patch size tried. The "sparse" columns are the report's sparse-label setting
+(``magpipe.evaluation.sparse_label_scores``): the test SVM refitted on 30 labelled cells
+per class (the paper's regime), C and gamma fixed, over a few random draws.
 
 Usage (after ``magpipe run ... --out RUN``)::
 
@@ -36,19 +36,17 @@ from pathlib import Path
 import numpy as np
 
 from magpipe.config import RunConfig
-from magpipe.evaluation import METRICS, score
+from magpipe.evaluation import METRICS, score, sparse_label_scores
 from magpipe.features import AEFeatures, RawFeatures, cell_features
 from magpipe.io.schema import Layout
 from magpipe.io.survey import read_label_grids, survey_attrs
-from magpipe.splits import Cells, blocked_folds, holdout_cells, labelled_split, spatial_split, subsample_per_class, \
-    training_cells
+from magpipe.splits import Cells, cv_folds, holdout_cells, labelled_split, split_config, training_cells
 from magpipe.inputs import input_stack, training_patches
-from magpipe.resolve import resolved_config
+from magpipe.resolve import resolved_config, with_patch_px
 from magpipe.training import fit_autoencoder
 from magpipe.svm import fit_svm, predict_with_confidence
 
 log = logging.getLogger("magpipe.ablate")
-VAL_FOLDS = 3
 SPARSE_PER_CLASS = 30
 DERIVED_SETS = ("field,tilt", "field,dz,thd,tilt,asa")
 
@@ -86,28 +84,23 @@ class Variant:
 
 
 def fit_score(Xtr, train: Cells, Xte, test: Cells, cfg: RunConfig, p: int, K: int) -> dict:
-    model, _ = fit_svm(Xtr, train.y, train.blocks, cfg.svm)
+    """The SVM of ``Xtr`` searched as the pipeline's (blocked CV with a gap: ``cfg``'s folds), scored on ``Xte``."""
+    model, _ = fit_svm(Xtr, train.y, cv_folds(train, cfg), cfg.svm)
     pred, _ = predict_with_confidence(model, Xte)
     s = score(test.rows, test.cols, test.y, pred, patch_px=p, n_classes=K)
     return {m: s[m] for m in METRICS}
 
 
-def splits(run: Path, cfg: RunConfig, gap_px: int, seed: int, grids) -> tuple[Cells, Cells, list, list[str]]:
-    """Training and test cells of the report's split ``seed`` (gap widened to ``gap_px``), and the
-    spatial validation folds of the training cells."""
-    _, grids = labelled_split(grids, cfg, need_test=True)  # drops classes like the report
-    labels, classes = grids.labels, grids.classes
-    block_px = max(cfg.evaluate.block_patches * cfg.patches.patch_px, gap_px)
-    split = spatial_split(labels, grids.valid, block_px=block_px, gap_px=gap_px,
-                          test_fraction=cfg.evaluate.test_fraction, seed=seed)
-    train = training_cells(split, labels, cfg)
-    test = holdout_cells(split, labels, cfg)
-    folds = blocked_folds(train.rows, train.cols, block_px=block_px, gap_px=gap_px, k=VAL_FOLDS, seed=seed,
-                          nbx=labels.shape[1] // block_px + 1)
-    folds = [(f, v) for f, v in folds if np.unique(train.y[f]).size > 1]  # an SVM needs two classes
+def splits(run: Path, cfg: RunConfig, grids) -> tuple[Cells, Cells, list, list[str]]:
+    """Training and test cells of the report's split (``cfg.evaluate.seed``), and the validation folds of the
+    training cells, all made by the pipeline's own functions (:mod:`magpipe.splits`) at ``cfg``'s patch size:
+    pass the largest size tried, so blocks and gaps suit every variant."""
+    split, grids = labelled_split(grids, cfg, need_test=True)  # drops classes like the report
+    train, test = training_cells(split, grids.labels, cfg), holdout_cells(split, grids.labels, cfg)
+    folds = [(f, v) for f, v in cv_folds(train, cfg) if np.unique(train.y[f]).size > 1]  # an SVM needs two classes
     if not folds:
         raise SystemExit(f"{run}: no validation fold leaves two classes to fit; label more, or use smaller blocks")
-    return train, test, folds, classes
+    return train, test, folds, grids.classes
 
 
 def _matrix(parts, cells: Cells, kind: str) -> np.ndarray:
@@ -130,9 +123,12 @@ def evaluate(variants: dict, split_sets: list[tuple[Cells, Cells, Cells, Cells]]
             fold_scores = [fit_score(Xtr[f], train.take(f), Xtr[v], train.take(v), cfg, p, K) for f, v in folds]
             acc["val"].append({m: float(np.mean([x[m] for x in fold_scores])) for m in METRICS})
             acc["test"].append(fit_score(Xtr, train, Xte, test, cfg, p, K))
-            for d in range(sparse_draws):
-                pick = subsample_per_class(train.y, SPARSE_PER_CLASS, 100 * s + d)
-                acc["sparse"].append(fit_score(Xtr[pick], train.take(pick), Xte, test, cfg, p, K))
+            # the report's sparse-label setting: the same draws for every variant, the SVM fixed (not searched)
+            sparse = sparse_label_scores({name: Xtr}, {name: Xte}, train.y, train.blocks,
+                                         (test.rows, test.cols, test.y), per_class=SPARSE_PER_CLASS,
+                                         repeats=sparse_draws, patch_px=p, n_classes=K, svm_cfg=cfg.svm,
+                                         seed=100 * s)
+            acc["sparse"] += [{m: x[m] for m in METRICS} for x in sparse["draws"][name]]
         row = {"name": name, "kind": kind, "n_features": int(Xtr.shape[1])}
         for tag, scores in acc.items():
             row[tag] = {m: float(np.mean([x[m] for x in scores])) for m in METRICS}
@@ -179,9 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     lay = Layout(args.run)
     split_sets, grids = [], read_label_grids(lay.survey)
-    for i in range(args.splits):
-        train, test, folds, classes = splits(args.run, cfg, gap_px=max(sizes), seed=cfg.evaluate.seed + i,
-                                             grids=grids)
+    for i in range(args.splits):  # blocks and gaps of the largest size: every variant sees the same cells
+        train, test, folds, classes = splits(args.run, with_patch_px(split_config(cfg, i), max(sizes)), grids)
         log.info("split %d: train %d, test %d cells; %d validation folds of the training cells", i, len(train.y),
                  len(test.y), len(folds))
         split_sets.append((train, test, folds))
@@ -223,9 +218,9 @@ def main(argv: list[str] | None = None) -> int:
             "cells": [{"train": len(a.y), "test": len(b.y), "validation_folds": len(c)} for a, b, c in split_sets],
             "splits": args.splits, "sparse_per_class": SPARSE_PER_CLASS, "sparse_draws": args.sparse_draws,
             "preprocessing": "the pipeline's: inputs.zarr (chunked derived channels) and its scalings",
-            "selection": f"highest validation balanced accuracy: {VAL_FOLDS}-fold spatially blocked CV of the "
-                         "training cells (gap as between training and test), mean over splits; test scores "
-                         "reported, never used to choose",
+            "selection": f"highest validation balanced accuracy: {cfg.svm.cv_folds}-fold spatially blocked CV of "
+                         "the training cells (magpipe.splits.cv_folds at the largest patch size: gap as between "
+                         "training and test), mean over splits; test scores reported, never used to choose",
             "chosen": {"ae": chosen, "raw": chosen_raw}, "rows": rows,
             "train_seconds": {f"p{p}": v.train_s for p, v in by_size.items()},
             "seconds": time.perf_counter() - t0, "machine": platform.platform(), "python": sys.version.split()[0],

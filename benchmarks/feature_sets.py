@@ -36,7 +36,7 @@ from magpipe.features import cell_features, part_sizes
 from magpipe.io.schema import Layout
 from magpipe.io.survey import open_inputs, read_label_grids
 from magpipe.patches import read_stack
-from magpipe.splits import labelled_split, training_cells
+from magpipe.splits import cv_folds, labelled_split, training_cells
 from magpipe.resolve import resolved_config
 from magpipe.svm import fit_svm
 from magpipe.tiling import tiles
@@ -71,7 +71,7 @@ def set_rates(run: Path, names: list[str], n_tiles: int, repeats: int, smooth_px
                                      smooth_px=0 if name == REFERENCE else base.smooth_px)
         fs = bundle.features
         X = cell_features({name: fs}, arrays, base.scaling, cells.rows, cells.cols)[name]
-        svm, info = fit_svm(X, cells.y, cells.blocks, cfg.svm, parts=part_sizes(fs))
+        svm, info = fit_svm(X, cells.y, cv_folds(cells, cfg), cfg.svm, parts=part_sizes(fs))  # as the pipeline's
         bundle = dataclasses.replace(bundle, svm=svm)
         best = np.inf
         with threadpool_limits(1):

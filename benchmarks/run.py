@@ -59,7 +59,7 @@ from magpipe.io.stores import open_array
 from magpipe.io.survey import open_inputs, read_label_grids
 from magpipe.patches import read_window
 from magpipe.pipeline import run_labels, run_patches, run_train
-from magpipe.splits import holdout_cells, labelled_split, training_cells
+from magpipe.splits import cv_folds, holdout_cells, labelled_split, training_cells
 from magpipe.svm import fit_svm, predict_with_confidence
 from magpipe.synthetic import synthetic_block, synthetic_large
 from magpipe.tiling import tiles
@@ -165,7 +165,7 @@ def train(root: Path, survey_tif: Path, size: int, cfg: RunConfig) -> dict:
     Xtr = cell_features({"ae": bundle.features}, arrays, bundle.scaling, train.rows, train.cols)["ae"]
     Xte = cell_features({"ae": bundle.features}, arrays, bundle.scaling, test.rows, test.cols)["ae"]
     for kernel in ("exact", "nystroem"):
-        svm, info = fit_svm(Xtr, train.y, train.blocks, cfg.svm.model_copy(update={"kernel": kernel}))
+        svm, info = fit_svm(Xtr, train.y, cv_folds(train, cfg), cfg.svm.model_copy(update={"kernel": kernel}))
         with threadpool_limits(1):
             t0 = time.perf_counter()
             pred, _ = predict_with_confidence(svm, Xte)

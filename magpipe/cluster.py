@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from magpipe.errors import DeviceError
 
 # glibc returns each large array of a tile to the OS when it is freed and faults it back in for
-# the next tile. Dask's nanny makes that worse (MALLOC_TRIM_THRESHOLD_=65536): measured on a
-# 512 px tile, 6.4 s with Dask's setting, 4.3 s with glibc's, 3.3 s with these, which let a
-# worker reuse up to 256 MiB it already holds at its peak. Set them on external workers too.
+# the next tile, and Dask's nanny makes that worse (MALLOC_TRIM_THRESHOLD_=65536). These let a worker
+# reuse up to 256 MiB it already holds at its peak, which halved a 512 px tile's time when measured
+# (CHANGELOG.md). Set them on external workers too (deploy/dask.yaml).
 WORKER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(256 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(256 * 2**20)}
 
 

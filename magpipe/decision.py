@@ -84,7 +84,7 @@ class Decision:
             return torch.from_numpy(votes).to(self.device), torch.from_numpy(proba).to(self.device)
         x = (X - self.mean).mul_(self.inv_scale)
         # -gamma |x - l|^2 = 2 gamma x.l - gamma |l|^2 - gamma |x|^2, at most 0
-        if self.device.type == "cpu":  # numpy's OpenBLAS: 63 GFLOP/s on a thread of CI's CPU, torch's MKL 45
+        if self.device.type == "cpu":  # numpy's OpenBLAS: faster than torch's MKL on the CPUs measured
             k = torch.from_numpy(np.matmul(x.numpy(), self.landmarks_2g.numpy()))
             k += self.landmark_term
         else:

@@ -7,8 +7,8 @@ overfitting to local texture and pick too-small kernels.
 Prediction cost, not training, is what scales with the survey, so the RBF kernel
 is computed by :class:`RBFFeatures` as one BLAS matrix product per batch and fed
 to ``SVC(kernel="precomputed")``: the same decision function as ``SVC(kernel="rbf")``
-(libsvm evaluates one kernel pair at a time: about 6k cells/s on one core
-against about 60k). ``kernel="nystroem"`` trades exactness for another factor
+(libsvm evaluates one kernel pair at a time, several times slower; figures in
+docs/performance.md). ``kernel="nystroem"`` trades exactness for another factor
 of several: a low-rank feature map on ``n_components`` landmarks and a linear SVM.
 """
 

@@ -115,3 +115,27 @@ def test_run_all_lists_every_stage_it_runs_in_order():
     assert calls == ["run_ingest", "run_labels", "run_patch_size", "run_patches", "run_train", "run_classify",
                      "run_evaluate"]
     assert set(stages.__all__) - set(calls) == {"run_similar"}  # on demand, after a run
+
+
+def _own_splits_and_scoring(source: str) -> list[str]:
+    """What a benchmark builds itself that the pipeline has: spatial splits, CV folds or sparse draws from
+    the low-level pieces, or an SVM searched over bare block ids (no gap) instead of the pipeline's folds."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Name) and node.id in ("blocked_folds", "spatial_split", "subsample_per_class"):
+            found.append(node.id)
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "fit_svm" \
+                and len(node.args) > 2 and isinstance(node.args[2], ast.Attribute) and node.args[2].attr == "blocks":
+            found.append(f"fit_svm(..., {ast.unparse(node.args[2])})")
+    return found
+
+
+def test_benchmarks_split_and_score_as_the_pipeline_does():
+    """Benchmarks call the library's folds (cv_folds), holdout and sparse-label scoring: a number they report
+    is one the pipeline would produce, and there is one copy of each procedure."""
+    bad = [(f.name, what) for f in sorted((ROOT / "benchmarks").glob("*.py"))
+           for what in _own_splits_and_scoring(f.read_text())]
+    assert not bad, bad
+    assert set(_own_splits_and_scoring("from magpipe.splits import spatial_split\nspatial_split(a)\n"
+                                       "fit_svm(X, y, train.blocks, cfg)\n")) == {"spatial_split",
+                                                                                  "fit_svm(..., train.blocks)"}
