@@ -48,7 +48,7 @@ def _flag(flag: str, **kw):
 
 
 ConfigOpt = Annotated[Optional[str], typer.Option("--config", "-c", help="YAML/JSON config file (see magpipe.config).")]
-PatchOpt = Annotated[Optional[int], _flag("--patch-size")]
+PatchOpt = Annotated[Optional[str], _flag("--patch-size")]  # a size, or auto (validated by the config)
 EpochsOpt = Annotated[Optional[int], _flag("--epochs")]
 NPatchOpt = Annotated[Optional[int], _flag("--n-patches")]
 FeaturesOpt = Annotated[Optional[str], _flag("--features")]
@@ -200,7 +200,8 @@ def labels(labels: str, out: OutOpt, label_field: FieldOpt = None, classes: Clas
 @app.command()
 def train(out: OutOpt, config: ConfigOpt = None, patch_size: PatchOpt = None, epochs: EpochsOpt = None,
           n_patches: NPatchOpt = None, features: FeaturesOpt = None, objective: ObjectiveOpt = None) -> None:
-    """Sample patches, train the autoencoder and the SVM -> OUT/patches.zarr, OUT/model/."""
+    """Choose the patch size (with auto), sample patches, train the autoencoder and the SVM -> OUT/patch_size.json,
+    OUT/patches.zarr, OUT/model/."""
     from magpipe.pipeline import run_patch_size, run_patches, run_train
 
     cfg = _config(config, run=out, patch_size=patch_size, epochs=epochs, n_patches=n_patches, features=features,
@@ -314,7 +315,8 @@ def _run(out: str, cfg: RunConfig, *, serial: bool) -> None:
     typer.echo(terminal_summary(report))
     typer.echo(f"\n{report['n_train']} training / {report['n_test']} test cells, spatial holdout; "
                f"{time.perf_counter() - t0:.0f} s")
-    typer.echo(f"results in {str(out).rstrip('/')}/: survey.zarr patches.zarr model/ classified.zarr report.json report.md *.png")
+    typer.echo(f"results in {str(out).rstrip('/')}/: survey.zarr patch_size.json patches.zarr model/ classified.zarr "
+               "report.json report.md *.png")
 
 
 def _fail(message: str):
@@ -332,7 +334,7 @@ def run(survey: Annotated[Optional[str], typer.Argument(help="Survey file (defau
         crs: CrsOpt = None, patch_size: PatchOpt = None, epochs: EpochsOpt = None, n_patches: NPatchOpt = None,
         features: FeaturesOpt = None, objective: ObjectiveOpt = None, scheduler: SchedOpt = None,
         workers: WorkersOpt = None, serial: SerialOpt = False, device: DeviceOpt = None) -> None:
-    """Run every stage: ingest, labels, patches, train, classify, evaluate.
+    """Run every stage: ingest, labels, patch size, patches, train, classify, evaluate.
 
     To repeat a run: magpipe run --config OLD/config.json --out NEW (same inputs, same options).
     """

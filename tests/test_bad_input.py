@@ -364,6 +364,7 @@ def test_a_config_file_that_is_missing(survey_files, tmp_path):
 @pytest.mark.parametrize("flags,needles", [
     (["--patch-size", "10"], ["patches.patch_px", "must be odd", "got 10"]),
     (["--patch-size", "3"], ["patches.patch_px", "at least 5", "got 3"]),
+    (["--patch-size", "big"], ["patches.patch_px", "valid integer", "'big'"]),  # a size or auto
     (["--workers", "0"], ["runtime.workers", "greater than or equal to 1"]),
     (["--n-patches", "-5"], ["patches.n_patches"]),
 ])
