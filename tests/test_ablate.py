@@ -4,9 +4,12 @@ import json
 import runpy
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_ablation_scores_every_variant_and_chooses_on_validation(trained_run, tmp_path):
     main = runpy.run_path(str(ROOT / "benchmarks" / "ablate.py"))["main"]
     cfg_file = tmp_path / "config.json"
@@ -30,6 +33,7 @@ def test_ablation_scores_every_variant_and_chooses_on_validation(trained_run, tm
         "n_features"] == 162
 
 
+@pytest.mark.slow
 def test_objectives_benchmark_scores_each_variant_against_its_controls(trained_run, tmp_path, capsys):
     main = runpy.run_path(str(ROOT / "benchmarks" / "objectives.py"))["main"]
     out = tmp_path / "objectives.json"

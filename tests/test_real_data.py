@@ -9,6 +9,7 @@ from magpipe.pipeline import run_all, run_evaluate
 from magpipe.testing import tiny_config
 
 
+@pytest.mark.slow
 def test_rondonia_vector_labels_in_another_crs_run_end_to_end(shared_data, tmp_path):
     """Survey in EPSG:4674 degrees, 8 lithology units as polygons with field SIGLA_UNID."""
     rondonia = shared_data / "rondonia-cprm"
