@@ -315,8 +315,16 @@ def _run(out: str, cfg: RunConfig, *, serial: bool) -> None:
     typer.echo(terminal_summary(report))
     typer.echo(f"\n{report['n_train']} training / {report['n_test']} test cells, spatial holdout; "
                f"{time.perf_counter() - t0:.0f} s")
-    typer.echo(f"results in {str(out).rstrip('/')}/: survey.zarr patch_size.json patches.zarr model/ classified.zarr "
-               "report.json report.md *.png")
+    typer.echo(f"results in {str(out).rstrip('/')}/: {' '.join(_results(out))} *.png")
+
+
+def _results(out: str) -> list[str]:
+    """The names of a finished run's outputs that are there (patch_size.json only with patches.patch_px: auto)."""
+    from magpipe.io.schema import Layout
+
+    lay = Layout(out)
+    paths = (lay.survey, lay.patch_size, lay.patches, lay.model, lay.classified, lay.report, lay.report_md)
+    return [p.name + ("/" if p == lay.model else "") for p in paths if p.exists()]
 
 
 def _fail(message: str):

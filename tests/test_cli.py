@@ -72,6 +72,8 @@ def test_run_end_to_end_leaves_the_documented_layout(survey_files, config_file, 
     assert all(0 <= d["wins"] <= d["n"] == report["n_splits"] for d in report["paired"])
     assert "untrained copy" in report["headline"] and report["headline"] in r.stdout
     assert len(r.stdout.splitlines()) <= 20 and "report.md" in r.stdout  # one screen; the rest is in report.md
+    where = r.stdout.splitlines()[-1]  # the outputs that are there: a fixed patch size writes no patch_size.json
+    assert "classified.zarr" in where and "model/" in where and "patch_size.json" not in where, where
     # the whole terminal: stage lines, periodic progress, the summary; no library warnings or Dask chatter
     noise = [x for x in r.stderr.splitlines() if "Warning" in x or "distributed" in x or "DEBUG" in x]
     assert not noise, noise
