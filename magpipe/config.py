@@ -119,7 +119,8 @@ class ModelConfig(_Section):
     objective: Literal["reconstruct", "masked", "contrastive"] = Field(
         "masked", description="Self-supervised training objective: 'reconstruct' the patch (the paper's), "
         "'masked' (rebuild hidden blocks only; the default: best on validation on Britain 1 km, second to "
-        "contrastive on Rondonia, see benchmarks/objectives.py), or 'contrastive' (VICReg: nearby, flipped/rotated patches alike)."
+        "contrastive on Rondonia, see benchmarks/objectives.py), or 'contrastive' (VICReg: nearby, "
+        "flipped/rotated patches alike)."
     )
     readout: Literal["mean_centre", "mean_std_centre"] = Field(
         "mean_std_centre", description="Features of each layer: channel means over the patch and values at its "
@@ -340,18 +341,11 @@ class RunConfig(_Section):
         path = as_path(path)
         data = self.saved()
         try:
-            before = json.loads(path.read_text()).get("inputs", {}) if path.exists() else {}
+            existing = json.loads(path.read_text()) if path.exists() else {}
+            before = existing.get("inputs", {})
         except (OSError, ValueError, AttributeError):
-            before = {}
+            existing, before = {}, {}
         data["inputs"] = {k: v if v is not None else before.get(k) for k, v in data["inputs"].items()}
-        if before and _same_json(path, data):
-            return  # unchanged: a re-run touches nothing
+        if existing == json.loads(json.dumps(data)):
+            return  # unchanged (compared as JSON values): a re-run touches nothing
         write_json(data, path)
-
-
-def _same_json(path, data: dict) -> bool:
-    """``path`` holds ``data`` already (compared as JSON values, not bytes)."""
-    try:
-        return json.loads(path.read_text()) == json.loads(json.dumps(data))
-    except (OSError, ValueError):
-        return False

@@ -56,6 +56,7 @@ def run_cli(*args, cwd=None, env: dict | None = None) -> CliResult:
     for the call; ``cwd`` runs it from another directory. fsspec options a config sets are undone
     after the call, as they would end with a user's process. :func:`run_cli_process` runs a real process.
     """
+    import copy
     import traceback
     import warnings
 
@@ -65,7 +66,7 @@ def run_cli(*args, cwd=None, env: dict | None = None) -> CliResult:
     from magpipe import cli
     from magpipe.io import location
 
-    saved = (json.dumps(fsspec.config.conf, default=str), json.dumps(location._configured, default=str))
+    saved = (copy.deepcopy(fsspec.config.conf), copy.deepcopy(location._configured))
     with contextlib.chdir(cwd or os.getcwd()), warnings.catch_warnings(record=True) as caught:
         warnings.resetwarnings()
         warnings.simplefilter("default")
@@ -77,10 +78,9 @@ def run_cli(*args, cwd=None, env: dict | None = None) -> CliResult:
         try:
             result = CliRunner().invoke(cli.app, [str(a) for a in args], env=env, prog_name="magpipe")
         finally:
-            fsspec.config.conf.clear()
-            fsspec.config.conf.update(json.loads(saved[0]))
-            location._configured.clear()
-            location._configured.update(json.loads(saved[1]))
+            for live, before in zip((fsspec.config.conf, location._configured), saved):
+                live.clear()
+                live.update(before)
     stderr = result.stderr + "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno)
                                      for w in caught)
     if result.exception is not None and not isinstance(result.exception, SystemExit):
