@@ -141,7 +141,8 @@ def save_bundle(bundle: ModelBundle, path: str | Path) -> Path:
         "features": bundle.feature_set,
         "readout": bundle.readout,
         "smooth_px": bundle.smooth_px,
-        "scalings": [{"mean": s.mean, "std": s.std} for s in bundle.scaling.channels],
+        "scalings": [{"mean": s.mean, "std": s.std, **({"clip": s.clip} if s.clip is not None else {})}
+                     for s in bundle.scaling.channels],
         "classes": bundle.classes,
         "versions": library_versions(),
         "files": {name: bytes_hash(data) for name, data in files.items()},

@@ -72,6 +72,9 @@ class WindowClassifier:
         channels = bundle.scaling.channels
         self.mean = torch.tensor([s.mean for s in channels], dtype=torch.float64, device=self.device)[:, None, None]
         self.std = torch.tensor([s.std for s in channels], dtype=torch.float64, device=self.device)[:, None, None]
+        lo, hi = bundle.scaling.bounds()
+        self.clip = (None if np.isinf(hi).all() else
+                     tuple(torch.tensor(b, dtype=torch.float64, device=self.device)[:, None, None] for b in (lo, hi)))
         # the default feature set reads the encoder the anomaly needs: one pass serves both
         self.shares_encoder = isinstance(bundle.features, AEFeatures) and bundle.features.model is bundle.model
         self.batch = SVM_BATCH.get(self.device.type, SVM_BATCH["cpu"])
@@ -93,8 +96,12 @@ class WindowClassifier:
             shape = tuple(inner.shape)
             return (np.full(shape, NODATA_CLASS, dtype="int16"), np.full(shape, np.nan, dtype="float32"),
                     np.full(shape, np.nan, dtype="float32"))
-        # as StackScaling.apply: float64 standardisation, no data -> 0 (the mean)
-        x = torch.nan_to_num((w.double() - self.mean) / self.std, nan=0.0).float()[None]
+        # as StackScaling.apply: float64 standardisation, clipped where a channel is, no data -> 0 (the mean)
+        z = (w.double() - self.mean) / self.std
+        if self.clip is not None:
+            z = torch.clamp(z, *self.clip)
+        x = torch.nan_to_num(z, nan=0.0).float()[None]
+        del z
         del w
         clock("input")
         acts = b.model.encode(x) if self.shares_encoder else None

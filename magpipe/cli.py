@@ -18,7 +18,7 @@ from typing import Annotated, Optional
 import typer
 
 from magpipe.config import RunConfig
-from magpipe.errors import MagpipeError
+from magpipe.errors import ConfigError, MagpipeError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Classify magnetic survey grids with autoencoder features and an SVM.")
@@ -65,6 +65,10 @@ SpacingOpt = Annotated[Optional[float], _flag("--spacing")]
 CrsOpt = Annotated[Optional[str], _flag("--crs")]
 FieldOpt = Annotated[Optional[str], _flag("--label-field")]
 ClassesOpt = Annotated[Optional[str], _flag("--classes")]
+LayerOpt = Annotated[Optional[list[str]], typer.Option(
+    "--layer", help="A further layer of the survey, NAME=PATH (NAME=PATH#BAND for one band; a multi-band file "
+    "without a band gives NAME_1 .. NAME_n); repeat for each. Resampled onto the survey's cells (bilinear; "
+    "other resampling in the config's inputs.layers). (config: inputs.layers)")]
 
 
 def main() -> None:
@@ -130,7 +134,25 @@ def _config(config: str | None, *, run: str | None = None, patch_size=None, epoc
         runtime={"scheduler": scheduler, "workers": workers},
     )
     use_storage_options(cfg.runtime.storage_options)
-    return cfg.with_inputs(**inputs)
+    if inputs.get("layers"):
+        inputs["layers"] = _guard(_layers, inputs["layers"])
+    return _guard(cfg.with_inputs, **inputs)
+
+
+def _layers(options: list[str]) -> dict[str, str]:
+    """``--layer NAME=PATH`` options as the config's name -> path mapping."""
+    from magpipe.config import parse_layer
+
+    out: dict[str, str] = {}
+    for text in options:
+        try:
+            name, path = parse_layer(text)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if name in out:
+            raise ConfigError(f"--layer {text!r}: layer name '{name}' is given twice; name each layer once")
+        out[name] = path
+    return out
 
 
 def _exists(path) -> bool:
@@ -178,12 +200,12 @@ def _with_client(cfg: RunConfig, serial: bool, fn, *args, **kwargs):
 
 @app.command()
 def ingest(survey: str, out: OutOpt, config: ConfigOpt = None, nodata: NodataOpt = None, band: BandOpt = None,
-           variable: VarOpt = None, spacing: SpacingOpt = None, crs: CrsOpt = None) -> None:
-    """Read a survey (GeoTIFF, NetCDF, Zarr, CSV/XYZ lines) into OUT/survey.zarr."""
+           variable: VarOpt = None, spacing: SpacingOpt = None, crs: CrsOpt = None, layer: LayerOpt = None) -> None:
+    """Read a survey (GeoTIFF, NetCDF, Zarr, CSV/XYZ lines), and any layers beside it, into OUT/survey.zarr."""
     from magpipe.pipeline import run_ingest
 
     cfg = _config(config, run=out, nodata=nodata, band=band, variable=variable, spacing=spacing, crs=crs,
-                  survey=survey)
+                  survey=survey, layers=layer)
     typer.echo(_guard(run_ingest, out, cfg))
 
 
@@ -341,14 +363,16 @@ def run(survey: Annotated[Optional[str], typer.Argument(help="Survey file (defau
         nodata: NodataOpt = None, band: BandOpt = None, variable: VarOpt = None, spacing: SpacingOpt = None,
         crs: CrsOpt = None, patch_size: PatchOpt = None, epochs: EpochsOpt = None, n_patches: NPatchOpt = None,
         features: FeaturesOpt = None, objective: ObjectiveOpt = None, scheduler: SchedOpt = None,
-        workers: WorkersOpt = None, serial: SerialOpt = False, device: DeviceOpt = None) -> None:
+        workers: WorkersOpt = None, serial: SerialOpt = False, device: DeviceOpt = None, layer: LayerOpt = None
+        ) -> None:
     """Run every stage: ingest, labels, patch size, patches, train, classify, evaluate.
 
     To repeat a run: magpipe run --config OLD/config.json --out NEW (same inputs, same options).
     """
     cfg = _config(config, patch_size=patch_size, epochs=epochs, n_patches=n_patches, nodata=nodata, band=band,
                   variable=variable, spacing=spacing, crs=crs, scheduler=scheduler, workers=workers,
-                  features=features, objective=objective, device=device, survey=survey, labels=labels, label_field=label_field, classes=classes)
+                  features=features, objective=objective, device=device, survey=survey, labels=labels,
+                  label_field=label_field, classes=classes, layers=layer)
     _run(out, cfg, serial=serial)
 
 

@@ -43,12 +43,70 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
 
+RESAMPLING = ("bilinear", "nearest", "cubic", "average", "mode", "min", "max", "med")
+LAYER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+RESERVED_NAMES = frozenset(CHANNELS) | {"valid", "labels"}  # variables a survey store already holds
+
+
+class LayerSource(_Section):
+    """One layer of a survey stack: a grid beside the magnetic one, brought onto the survey's cells."""
+
+    path: str = Field(description="Grid file (any format a survey may be), or a URL.")
+    band: int | None = Field(None, ge=1, description="1-based band; None reads every band of a multi-band file, "
+                             "as layers NAME_1 .. NAME_n.")
+    resampling: Literal[RESAMPLING] = Field(
+        "bilinear", description="How values are resampled onto the survey's cells where the layer's grid differs: "
+        "'bilinear' for continuous data, 'nearest' or 'mode' for classes, 'average' for a much finer layer.")
+
+
+def parse_layer(text: str) -> tuple[str, str]:
+    """``NAME=PATH`` (PATH may end in ``#BAND``) -> (name, path); ValueError naming the form otherwise."""
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise ValueError(f"--layer {text!r}: expected NAME=PATH or NAME=PATH#BAND")
+    return name.strip(), path.strip()
+
+
+def _layer_source(value: str | dict | LayerSource) -> LayerSource:
+    if isinstance(value, str):
+        path, sep, band = value.rpartition("#")
+        if sep and band.isdigit():
+            return LayerSource(path=path, band=int(band))
+        return LayerSource(path=value)
+    return value if isinstance(value, LayerSource) else LayerSource.model_validate(value)
+
+
 class InputsConfig(_Section):
     survey: str | None = Field(None, description="Survey file: GeoTIFF (any GDAL raster), NetCDF, Zarr or CSV/XYZ "
-                               "line data.")
+                               "line data. It is the reference grid (its cells, CRS and extent) and the magnetic "
+                               "layer, `field`.")
+    layers: dict[str, LayerSource] | None = Field(
+        None, description="Further layers of the survey (gamma-ray, terrain, imagery): name -> path "
+        "(`PATH#BAND` for one band) or {path, band, resampling}. Each is resampled onto the survey's cells at "
+        "ingest; a cell is valid where every layer has data; every stage reads the stack.")
     labels: str | None = Field(None, description="Label raster, or polygons/points (GeoPackage, GeoJSON, Shapefile).")
     label_field: str | None = Field(None, description="Attribute holding the class of vector labels.")
     classes: str | None = Field(None, description="CSV naming label raster codes (code,name).")
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _layer_sources(cls, v):
+        if v is None:
+            return None
+        if not isinstance(v, dict):
+            raise ValueError("layers must map names to paths (NAME: PATH) or to {path, band, resampling}")
+        return {k: _layer_source(x) for k, x in v.items()}
+
+    @field_validator("layers")
+    @classmethod
+    def _layer_names(cls, v: dict[str, LayerSource] | None) -> dict[str, LayerSource] | None:
+        for name in v or {}:
+            if not LAYER_NAME.match(name):
+                raise ValueError(f"layer name {name!r}: use letters, digits and '_', starting with a letter")
+            if name in RESERVED_NAMES:
+                raise ValueError(f"layer name {name!r} is taken (by the survey's own grids: "
+                                 f"{', '.join(sorted(RESERVED_NAMES))}); choose another")
+        return v or None
 
 
 class IngestConfig(_Section):
@@ -326,7 +384,15 @@ class RunConfig(_Section):
     def with_inputs(self, **inputs: str | Path | None) -> "RunConfig":
         """A copy with the given inputs set (paths made absolute, so the saved config works from anywhere)."""
         new = {k: (absolute(v) if k != "label_field" else str(v)) for k, v in inputs.items()
-               if v is not None}
+               if v is not None and k != "layers"}
+        if inputs.get("layers"):
+            try:
+                layers = InputsConfig(layers=inputs["layers"]).layers
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                where = ".".join(str(x) for x in ("inputs", *err["loc"]) if not _UNION_BRANCH.match(str(x)))
+                raise ConfigError(f"{where}: {err['msg'].removeprefix('Value error, ')}") from None
+            new["layers"] = {name: src.model_copy(update={"path": absolute(src.path)}) for name, src in layers.items()}
         return self.model_copy(update={"inputs": self.inputs.model_copy(update=new)})
 
     def saved(self) -> dict:

@@ -23,6 +23,7 @@ A new one implements ``patches``, ``dense`` and ``n_features``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -40,12 +41,18 @@ from magpipe.patches import stack_patches
 CELL_BATCH = 512  # patches cut and encoded at a time: bounds memory for any number of cells
 
 
+LAYER_CLIP = 10.0  # standardised values of a stack's layers are clipped to +- this (robust units)
+ROBUST_SAMPLE = 4_000_000  # cells read (on a regular stride) to fit a layer's robust scaling
+
+
 @dataclass(frozen=True)
 class Scaling:
-    """Standardisation of one input grid, fitted once on its valid cells (units of the grid)."""
+    """Standardisation of one input grid, fitted once on its valid cells (units of the grid):
+    ``(value - mean) / std``, then clipped to +- ``clip`` where set (a stack's layers)."""
 
     mean: float
     std: float
+    clip: float | None = None
 
 
 def fit_scaling(grid: xr.DataArray) -> Scaling:
@@ -64,6 +71,28 @@ def fit_scaling(grid: xr.DataArray) -> Scaling:
     mean = s1 / n
     std = max(np.sqrt(max(s2 / n - mean**2, 0.0)), 1e-12)
     return Scaling(mean=mean, std=std)
+
+
+def fit_robust_scaling(grid: xr.DataArray, *, clip: float = LAYER_CLIP, max_cells: int = ROBUST_SAMPLE) -> Scaling:
+    """A layer's scaling robust to heavy tails (ratio layers such as eTh/K): the median as centre and the
+    interquartile range / 1.349 as scale (the standard deviation, for normal data), with standardised
+    values clipped to +- ``clip``. Fitted on the valid cells of a regular subsample of at most about
+    ``max_cells`` cells, so memory stays flat whatever the grid's size.
+
+    Falls back to the standard deviation where the quartiles coincide (a layer mostly of one value).
+    Raises ValueError when the grid has no valid cell.
+    """
+    ny, nx = grid.shape
+    step = max(1, math.ceil(math.sqrt(ny * nx / max_cells)))
+    sample = np.asarray(grid[::step, ::step].values, dtype="float64")
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        raise ValueError("no valid cells")
+    q25, median, q75 = np.percentile(sample, [25, 50, 75])
+    scale = (q75 - q25) / 1.349
+    if scale <= 1e-12 * max(1.0, abs(median)):
+        scale = float(sample.std())
+    return Scaling(mean=float(median), std=max(float(scale), 1e-12), clip=clip)
 
 
 @dataclass(frozen=True)
@@ -89,7 +118,16 @@ class StackScaling:
         shape[axis] = len(self.channels)
         mean = np.array([s.mean for s in self.channels]).reshape(shape)
         std = np.array([s.std for s in self.channels]).reshape(shape)
-        return np.nan_to_num((v - mean) / std, nan=0.0).astype("float32")
+        z = (v - mean) / std
+        if any(s.clip is not None for s in self.channels):
+            lo, hi = self.bounds()
+            z = np.clip(z, lo.reshape(shape), hi.reshape(shape))
+        return np.nan_to_num(z, nan=0.0).astype("float32")
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(C,) lower and upper bounds of each standardised channel (+-inf where it is not clipped)."""
+        hi = np.array([np.inf if s.clip is None else s.clip for s in self.channels])
+        return -hi, hi
 
 
 def window_input(scaling: StackScaling, window: np.ndarray) -> torch.Tensor:

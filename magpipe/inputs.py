@@ -1,8 +1,9 @@
-"""The grids the autoencoder reads from a run, derived channels written once per survey, and training
+"""The grids the model reads from a run, derived channels written once per survey, and training
 patches cut from them.
 
-``patches.inputs`` names the grids (``field`` and any of ``magpipe.derived.CHANNELS``). Derived
-channels are computed into ``OUT/inputs.zarr``, chunk by chunk with an overlap of
+The model reads ``patches.inputs`` (``field`` and any of ``magpipe.derived.CHANNELS``, computed from
+the magnetic field only) followed by every layer of the survey's stack (:func:`model_inputs`).
+Derived channels are computed into ``OUT/inputs.zarr``, chunk by chunk with an overlap of
 :data:`DEPTH_PX` cells on the survey's fixed chunk grid, so memory stays flat whatever the
 survey size and every cell's value is the same whichever tile later reads it.
 """
@@ -17,19 +18,24 @@ import numpy as np
 import xarray as xr
 
 from magpipe.config import PatchConfig
-from magpipe.derived import derived_channels
+from magpipe.derived import CHANNELS, derived_channels
 from magpipe.errors import DataValidationError, InputError
 from magpipe.features import Scaling, StackScaling, fit_scaling
 from magpipe.io import schema as S
 from magpipe.io.schema import Layout
 from magpipe.io.stores import content_hash, is_complete, open_array, open_store, store_attrs, write_store
-from magpipe.io.survey import open_inputs, read_valid, survey_attrs, survey_shape
+from magpipe.io.survey import open_inputs, read_valid, survey_attrs, survey_layers, survey_shape
 from magpipe.patches import sample_centres, stack_patches
 from magpipe.tiling import tiles
 
 log = logging.getLogger("magpipe")
 
 DEPTH_PX = 64  # overlap each chunk's FFT sees beyond its edges
+
+
+def model_inputs(lay: Layout, c: PatchConfig) -> tuple[str, ...]:
+    """The grids a new model reads, in channel order: ``c.inputs``, then the survey's layers."""
+    return tuple(c.inputs) + survey_layers(lay.survey)
 
 
 def input_stack(lay: Layout, names: tuple[str, ...]) -> tuple[list, StackScaling]:
@@ -51,17 +57,24 @@ def ensure_inputs(lay: Layout, names: tuple[str, ...]) -> StackScaling:
     """Write the derived channels among ``names`` into inputs.zarr (if not up to date); their scalings.
 
     Returns one :class:`~magpipe.features.Scaling` per name, in order, each in its channel's units;
-    the field's is the one fitted at ingest.
+    the field's and the layers' are the ones fitted at ingest.
     """
     attrs = survey_attrs(lay.survey)
-    field_scaling = Scaling(attrs[S.SCALING_MEAN], attrs[S.SCALING_STD])
-    derived = sorted(n for n in names if n != S.FIELD)
-    if not derived:
-        return StackScaling(tuple(field_scaling for _ in names))
-    if not _holds(lay, str(attrs[S.HASH]), derived):
-        _write_derived(lay, derived, field_scaling.mean, int(attrs.get(S.CHUNK_PX, 1024)), str(attrs[S.HASH]))
-    saved = (store_attrs(lay.inputs) or {})[S.SCALINGS]
-    return StackScaling(tuple(field_scaling if n == S.FIELD else Scaling(*saved[n]) for n in names))
+    scalings = {S.FIELD: Scaling(attrs[S.SCALING_MEAN], attrs[S.SCALING_STD])}
+    scalings.update({n: Scaling(*v) for n, v in attrs.get(S.LAYER_SCALINGS, {}).items()})
+    derived = sorted(n for n in names if n in CHANNELS and n != S.FIELD)
+    if derived:
+        if not _holds(lay, str(attrs[S.HASH]), derived):
+            _write_derived(lay, derived, scalings[S.FIELD].mean, int(attrs.get(S.CHUNK_PX, 1024)),
+                           str(attrs[S.HASH]))
+        saved = (store_attrs(lay.inputs) or {})[S.SCALINGS]
+        scalings.update({n: Scaling(*saved[n]) for n in derived})
+    missing = [n for n in names if n not in scalings]
+    if missing:
+        raise InputError(f"{lay.survey}: has no layer {', '.join(repr(n) for n in missing)} (the survey holds "
+                         f"{', '.join(n for n in scalings if n not in CHANNELS or n == S.FIELD)}); ingest the "
+                         "survey with the layers the model reads")
+    return StackScaling(tuple(scalings[n] for n in names))
 
 
 def _holds(lay: Layout, survey_hash: str, derived: list[str]) -> bool:
@@ -123,7 +136,7 @@ def _scalings(store, names: list[str]) -> dict:
 
 
 def training_patches(lay: Layout, c: PatchConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Centres (rows, cols) and raw patches (n, C, p, p) of the run's inputs ``c.inputs``, sampled from
+    """Centres (rows, cols) and raw patches (n, C, p, p) of the model's inputs (:func:`model_inputs`), sampled from
     cells whose patch is at least ``c.min_valid_fraction`` valid; deterministic for ``c.seed``.
 
     Rows and columns are (n,) int64, the patches float32 in each input's units, NaN = no data.
@@ -140,5 +153,5 @@ def training_patches(lay: Layout, c: PatchConfig) -> tuple[np.ndarray, np.ndarra
                                     min_valid_fraction=c.min_valid_fraction, seed=c.seed)
     except ValueError as exc:
         raise DataValidationError(f"{lay.survey}: {exc}") from None
-    arrays, _ = input_stack(lay, c.inputs)
+    arrays, _ = input_stack(lay, model_inputs(lay, c))
     return rows, cols, stack_patches(arrays, rows, cols, c.patch_px)

@@ -81,7 +81,11 @@ def type_name(annotation) -> str:
 
 
 def default_text(value) -> str:
-    """A default as it would be written in a YAML config."""
+    """A default as it would be written in a YAML config ("required" where there is none)."""
+    from pydantic_core import PydanticUndefined
+
+    if value is PydanticUndefined:
+        return "required"
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -158,6 +162,14 @@ def render() -> str:
                 + (f": {cell(model.__doc__)}" if model.__doc__ else "") + ".", ""]
         out += field_rows(model, name, flag_of)
         out.append("")
+        if name == "inputs":  # the options of each layer, one level down
+            from magpipe.config import LayerSource
+
+            out += [f"Each layer of `inputs.layers.NAME` (`magpipe.config.LayerSource`): {cell(LayerSource.__doc__)}",
+                    "Written as a path alone, `PATH#BAND` names the band; `--layer NAME=PATH` on the command "
+                    "line.", ""]
+            out += field_rows(LayerSource, "inputs.layers.NAME", {})
+            out.append("")
     return "\n".join(out)
 
 

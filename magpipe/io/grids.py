@@ -107,6 +107,22 @@ def read_grid(
     return _normalise(da, path=path, nodata=nodata, crs=crs, chunk_px=chunk_px)
 
 
+def band_count(path: str | Path) -> int:
+    """Bands of a raster file (1 for any other format); raises InputError when it cannot be opened."""
+    path = input_path(path)
+    if grid_format(path) != "raster":
+        return 1
+    from rasterio.errors import RasterioIOError
+
+    try:
+        da = rioxarray.open_rasterio(str(path), **({"opener": path.fs} if is_url(path) else {}))
+    except (RasterioIOError, OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable raster ({_first_line(exc)})") from None
+    if isinstance(da, list):
+        raise InputError(f"{path}: holds several subdatasets; convert the one you want to GeoTIFF")
+    return int(da.sizes.get("band", 1))
+
+
 def _read_raster(path: Path, *, band: int | None, chunk_px: int) -> xr.DataArray:
     from rasterio.errors import RasterioIOError
 

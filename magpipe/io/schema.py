@@ -6,7 +6,8 @@ attributes through the constants here, so renaming one is a change in one place.
 Layout of an output directory::
 
     OUT/config.json        the full config of the run (inputs and method; see magpipe.config)
-    OUT/survey.zarr        field (float32, y/x), valid (uint8), labels (int16, 0 = unlabelled), CRS
+    OUT/survey.zarr        field (float32, y/x), the stack's layers (float32, y/x, by name), valid (uint8:
+                           every layer has data), labels (int16, 0 = unlabelled), CRS
     OUT/inputs.zarr        derived channels (dz, thd, tilt, asa) when patches.inputs names any
     OUT/patch_size.json    with patches.patch_px: auto, the size chosen on validation and its table
     OUT/patches.zarr       patch (n, C, p, p): raw training patches of C inputs; row/col/x/y
@@ -38,6 +39,9 @@ CRS_WKT = "crs_wkt"
 CLASSES = "classes"  # class names; code k (1-based) is classes[k - 1]
 LABELS_SOURCE = "labels_source"
 LABELS_HASH = "labels_hash"  # content hash of the labels on this survey
+LAYERS = "layers"  # names of the stack's further layers (variables beside the field), in order
+LAYER_SOURCES = "layer_sources"  # name -> {source, band, resampling, source_hash}
+LAYER_SCALINGS = "layer_scalings"  # name -> [centre, scale, clip] (robust; see magpipe.features)
 
 # --- inputs.zarr ----------------------------------------------------------------------------------
 CHANNELS = "channels"

@@ -168,7 +168,12 @@ def write_store(ds: xr.Dataset, path: str | Path, *, stage_hash: str, shard_px: 
         ds.to_zarr(str(tmp), mode="w", zarr_format=3, consolidated=False, encoding=enc)
     except OSError as exc:
         raise StorageError(f"{path}: cannot write store ({exc})") from exc
-    mark_complete(tmp, summary(tmp) if summary else None)
+    try:
+        extra = summary(tmp) if summary else None
+    except BaseException:  # a summary that refuses the data leaves nothing behind
+        remove(tmp)
+        raise
+    mark_complete(tmp, extra)
     publish(tmp, path)
     return path
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from magpipe.derived import CHANNELS
 from magpipe.errors import InputError
 from magpipe.io import schema as S
 from magpipe.io.location import as_path
@@ -76,12 +77,25 @@ def write_labels(path: str | Path, codes: np.ndarray, classes: list[str], *, sou
     update_attrs(path, {S.CLASSES: classes, S.LABELS_SOURCE: source, S.LABELS_HASH: labels_hash})
 
 
+def survey_layers(path: str | Path) -> tuple[str, ...]:
+    """Names of the layers the survey store holds beside its field (none for a one-grid survey)."""
+    return tuple(survey_attrs(path).get(S.LAYERS, ()))
+
+
 def open_inputs(layout: Layout, names: tuple[str, ...]) -> list:
-    """The 2-D arrays of the model's input grids, in order: ``field`` from survey.zarr, derived
-    channels from inputs.zarr (which must be complete: see :mod:`magpipe.inputs`).
+    """The 2-D arrays of the model's input grids, in order: ``field`` and the stack's layers from
+    survey.zarr, derived channels from inputs.zarr (which must be complete: see :mod:`magpipe.inputs`).
 
     Each is a (y, x) float32 Zarr array in its own units (NaN = no data), read only where sliced.
+    Raises InputError naming a layer the survey does not hold.
     """
-    if any(n != S.FIELD for n in names):
+    layers = survey_layers(layout.survey)
+    missing = [n for n in names if n not in layers and n not in CHANNELS]
+    if missing:
+        raise InputError(f"{layout.survey}: has no layer {', '.join(repr(n) for n in missing)} (the model reads "
+                         f"{', '.join(names)}; the survey holds {', '.join((S.FIELD, *layers))}); ingest the "
+                         "survey with the same layers")
+    if any(n in CHANNELS and n != S.FIELD for n in names):
         require_complete(layout.inputs)
-    return [open_array(layout.survey, n) if n == S.FIELD else open_array(layout.inputs, n) for n in names]
+    return [open_array(layout.inputs, n) if n in CHANNELS and n != S.FIELD
+            else open_array(layout.survey, n) for n in names]

@@ -27,7 +27,7 @@ from pathlib import Path
 from magpipe.config import RunConfig
 from magpipe.errors import DataValidationError
 from magpipe.evaluation import best_by_validation, cv_score
-from magpipe.inputs import input_stack, training_patches
+from magpipe.inputs import input_stack, model_inputs, training_patches
 from magpipe.io import schema as S
 from magpipe.io.schema import Layout
 from magpipe.io.stores import content_hash, write_json
@@ -79,7 +79,7 @@ def size_scores(lay: Layout, cfg: RunConfig, cells: Cells) -> dict[str, dict]:
     cfg = cfg.model_copy(update={"model": quick, "patches": cfg.patches.model_copy(
         update={"n_patches": min(cfg.patches.n_patches, SELECT_PATCHES)})})
     rows, cols, raw = training_patches(lay, cfg.patches)
-    arrays, scaling = input_stack(lay, cfg.patches.inputs)
+    arrays, scaling = input_stack(lay, model_inputs(lay, cfg.patches))
     model = fit_autoencoder(raw, scaling, cfg, views=second_views(arrays, rows, cols, cfg)).model
     # cv_folds at this size: blocks and gap grow with the patch
     return {n: {k: info[k] for k in ("cv_balanced_accuracy", "cv_se")}

@@ -8,7 +8,7 @@ from pathlib import Path
 import xarray as xr
 
 from magpipe.config import RunConfig
-from magpipe.inputs import training_patches
+from magpipe.inputs import model_inputs, training_patches
 from magpipe.io import schema as S
 from magpipe.io.schema import Layout
 from magpipe.io.stores import content_hash, is_complete, open_store, write_store
@@ -48,12 +48,13 @@ def run_patches(out: str | Path, cfg: RunConfig) -> Path:
         return lay.patches
     survey = open_store(lay.survey)
     rows, cols, raw = training_patches(lay, c)
+    names = model_inputs(lay, c)
     ds = xr.Dataset(
         {"patch": (("patch", "channel", "py", "px"), raw,
-                   {"long_name": f"raw values of {', '.join(c.inputs)}, NaN = no data"}),
+                   {"long_name": f"raw values of {', '.join(names)}, NaN = no data"}),
          "row": ("patch", rows.astype("int64")), "col": ("patch", cols.astype("int64")),
          "x": ("patch", survey.x.values[cols]), "y": ("patch", survey.y.values[rows])},
-        attrs={S.PATCH_PX: c.patch_px, S.SURVEY_HASH: attrs[S.HASH], S.INPUTS: list(c.inputs)},
+        attrs={S.PATCH_PX: c.patch_px, S.SURVEY_HASH: attrs[S.HASH], S.INPUTS: list(names)},
     )
     log.info("patches: %d patches of %d px -> %s", len(rows), c.patch_px, lay.patches)
     enc = {"patch": {"chunks": (min(len(rows), 4096), *raw.shape[1:])}}
