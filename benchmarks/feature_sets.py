@@ -61,8 +61,9 @@ def set_rates(run: Path, names: list[str], n_tiles: int, repeats: int, smooth_px
     cells = training_cells(split, grids.labels, cfg)
     grid = tiles(arrays[0].shape, cfg.classify.chunk_px)
     picks = grid[len(grid) // 2 : len(grid) // 2 + n_tiles]
-    # the reference classifies as the map did before smoothing (radius 0); every other set as the bundle does
-    windows = {r: [read_stack(arrays, *t, base.patch_px // 2 + r) for t in picks] for r in {0, base.smooth_px}}
+    # the reference classifies as the map did before smoothing (radius 0); every other set as the bundle does;
+    # each with the halo its features read (wide window statistics read beyond the patch)
+    windows: dict[int, list] = {}
     n_cells = sum((t[1] - t[0]) * (t[3] - t[2]) for t in picks)
     out = {}
     for name in dict.fromkeys([REFERENCE, *names]):
@@ -73,6 +74,8 @@ def set_rates(run: Path, names: list[str], n_tiles: int, repeats: int, smooth_px
         X = cell_features({name: fs}, arrays, base.scaling, cells.rows, cells.cols)[name]
         svm, info = fit_svm(X, cells.y, cv_folds(cells, cfg), cfg.svm, parts=part_sizes(fs))  # as the pipeline's
         bundle = dataclasses.replace(bundle, svm=svm)
+        if bundle.halo_px not in windows:  # read before the clock starts
+            windows[bundle.halo_px] = [read_stack(arrays, *t, bundle.halo_px) for t in picks]
         best = np.inf
         with threadpool_limits(1):
             threads = torch.get_num_threads()
@@ -80,7 +83,7 @@ def set_rates(run: Path, names: list[str], n_tiles: int, repeats: int, smooth_px
             try:
                 for _ in range(repeats):
                     t0 = time.perf_counter()
-                    for w in windows[bundle.smooth_px]:
+                    for w in windows[bundle.halo_px]:
                         classify_window(bundle, w)
                     best = min(best, time.perf_counter() - t0)
             finally:

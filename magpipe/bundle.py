@@ -25,7 +25,7 @@ import torch
 
 from magpipe.config import check_feature_name
 from magpipe.errors import InputError
-from magpipe.features import FeatureSet, Scaling, StackScaling, feature_set
+from magpipe.features import REACHES, FeatureSet, Scaling, StackScaling, feature_set
 from magpipe.io.location import as_path, is_url, remove, write_bytes
 from magpipe.io.stores import bytes_hash, partial_path, publish, version, write_json
 from magpipe.model import PatchAutoencoder
@@ -63,6 +63,8 @@ class ModelBundle:
     readout : how encoder layers become features (``mean_centre`` or ``mean_std_centre``).
     smooth_px : radius (cells) of the probability smoothing the map applies (:mod:`magpipe.smoothing`);
         0 = none, as in bundles from before it existed.
+    stats_reach : how far window statistics look (:func:`magpipe.features.stat_windows`); ``patch`` in
+        bundles from before it existed.
     """
 
     model: PatchAutoencoder
@@ -76,6 +78,7 @@ class ModelBundle:
     feature_set: str = "ae"
     readout: str = "mean_centre"
     smooth_px: int = 0
+    stats_reach: str = "patch"
 
     @property
     def patch_px(self) -> int:
@@ -84,8 +87,9 @@ class ModelBundle:
 
     @property
     def halo_px(self) -> int:
-        """Cells a tile's window reaches beyond it: half a patch, plus the smoothing radius."""
-        return self.patch_px // 2 + self.smooth_px
+        """Cells a tile's window reaches beyond it: half the window the features read (half a patch, or more
+        for wide window statistics), plus the smoothing radius."""
+        return max(self.patch_px, self.features.window_px) // 2 + self.smooth_px
 
     @cached_property
     def features(self) -> FeatureSet:
@@ -95,7 +99,7 @@ class ModelBundle:
     def named_features(self, name: str) -> FeatureSet:
         """Any feature set of this bundle's encoder, patch size and inputs (``random``: its initial weights)."""
         seed = int(self.meta.get("config", {}).get("model", {}).get("seed", 0))
-        return feature_set(name, self.model, self.layers, readout=self.readout, seed=seed)
+        return feature_set(name, self.model, self.layers, readout=self.readout, seed=seed, stats_reach=self.stats_reach)
 
 
 def library_versions() -> dict[str, str]:
@@ -141,6 +145,7 @@ def save_bundle(bundle: ModelBundle, path: str | Path) -> Path:
         "features": bundle.feature_set,
         "readout": bundle.readout,
         "smooth_px": bundle.smooth_px,
+        "stats_reach": bundle.stats_reach,
         "scalings": [{"mean": s.mean, "std": s.std, **({"clip": s.clip} if s.clip is not None else {})}
                      for s in bundle.scaling.channels],
         "classes": bundle.classes,
@@ -230,6 +235,9 @@ def load_bundle(path: str | Path, *, patch_px: int | None = None) -> ModelBundle
     smooth = meta.get("smooth_px", 0)
     if not isinstance(smooth, int) or isinstance(smooth, bool) or smooth < 0:
         raise InputError(f"{path / 'metadata.json'}: smooth_px must be a whole number of cells >= 0, not {smooth!r}")
+    reach = meta.get("stats_reach", "patch")
+    if reach not in REACHES:
+        raise InputError(f"{path / 'metadata.json'}: stats_reach must be one of {list(REACHES)}, not {reach!r}")
     model = PatchAutoencoder(meta["patch_px"], meta["channels"], meta["hidden"], in_channels=len(inputs))
     try:
         state = torch.load(io.BytesIO(files["autoencoder.pt"]), map_location="cpu", weights_only=True)
@@ -250,5 +258,5 @@ def load_bundle(path: str | Path, *, patch_px: int | None = None) -> ModelBundle
         scaling=StackScaling(tuple(Scaling(**s) for s in meta["scalings"])), classes=list(meta["classes"]),
         anomaly_px=int(meta["anomaly_px"]), meta=meta, inputs=inputs,
         feature_set=str(meta.get("features", "ae")), readout=str(meta.get("readout", "mean_centre")),
-        smooth_px=smooth,
+        smooth_px=smooth, stats_reach=reach,
     )

@@ -23,7 +23,7 @@ import torch
 
 from magpipe.bundle import ModelBundle, load_bundle
 from magpipe.decision import Decision
-from magpipe.features import AEFeatures
+from magpipe.features import AEFeatures, centred
 from magpipe.io.schema import NODATA_CLASS, Layout
 from magpipe.io.survey import open_inputs
 from magpipe.model import dense_anomaly
@@ -87,7 +87,7 @@ class WindowClassifier:
     def _classify(self, window: np.ndarray, timings: dict[str, float] | None) -> tuple[np.ndarray, ...]:
         b, dev = self.bundle, self.device
         clock = _Clock(dev, timings)
-        hp, r = b.patch_px // 2, b.smooth_px
+        hp, r = b.features.window_px // 2, b.smooth_px  # the features' halo: half a patch, or wider
         w = torch.from_numpy(np.asarray(window)).to(dev)
         valid = torch.isfinite(w).all(0)
         h = hp + r
@@ -115,7 +115,10 @@ class WindowClassifier:
         cls.masked_fill_(~inner, NODATA_CLASS)
         conf.masked_fill_(~inner, float("nan"))
         clock("smooth")
-        a = dense_anomaly(b.model, x, valid[None, None], b.anomaly_px, code=None if acts is None else acts[-1],
+        # the encoder reads half a patch around each cell: a wider halo (wide window statistics) is cut off
+        keep, full = 2 * (b.patch_px // 2 + r) + 1, 2 * h + 1
+        a = dense_anomaly(b.model, centred(x, keep, halo=full), centred(valid, keep, halo=full)[None, None],
+                          b.anomaly_px, code=None if acts is None else acts[-1],
                           rows_per_step=8 if dev.type == "cpu" else 512)
         del acts
         anom = torch.where(inner, a[r:-r, r:-r] if r else a, float("nan"))

@@ -87,6 +87,11 @@ class InputsConfig(_Section):
     labels: str | None = Field(None, description="Label raster, or polygons/points (GeoPackage, GeoJSON, Shapefile).")
     label_field: str | None = Field(None, description="Attribute holding the class of vector labels.")
     classes: str | None = Field(None, description="CSV naming label raster codes (code,name).")
+    groups: dict[str, list[str]] | None = Field(
+        None, description="Layer groups the report scores the map without, one group at a time: group -> layer "
+        "names (a multi-band layer by its own name). Layers not named here are grouped by name: magnetic (the "
+        "field and its derived channels), radiometric (K, eTh, eU, ratios, CT), terrain (SRTM, DEM), imagery "
+        "(Landsat, Sentinel), else a group of their own.")
 
     @field_validator("layers", mode="before")
     @classmethod
@@ -209,6 +214,11 @@ class SVMConfig(_Section):
         ("stats", "ae", "ae+stats"), description="Feature sets 'auto' chooses from, simplest first: a later one "
         "must beat every earlier one by more than the validation noise (one standard error) to be chosen."
     )
+    stats_windows: Literal["auto", "patch", "wide"] = Field(
+        "auto", description="How far window statistics look: 'patch' (windows of 3 to 11 cells, within the patch), "
+        "'wide' (also 2p - 1 and 3p cells: context as wide as a geological unit), or 'auto': chosen by blocked CV "
+        "balanced accuracy of `stats` on the first split's training region, by the one-standard-error rule "
+        "('patch' first).")
     C: tuple[float, ...] = Field((0.1, 1.0, 10.0, 100.0, 1000.0), description="SVC C values searched by blocked CV.")
     gamma_scale: tuple[float, ...] = Field(
         (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0), description="RBF gamma values searched, as multiples of "
@@ -284,6 +294,10 @@ class EvalConfig(_Section):
         "(the paper's sparse-label regime); 0 = skip."
     )
     sparse_repeats: int = Field(5, ge=1, description="Random draws of the sparse training cells per split, averaged.")
+    layer_ablation: bool = Field(
+        True, description="With two or more layer groups, also score the deployed feature set with each group's "
+        "layers held at their mean (the encoder is not retrained), paired against the whole stack on the same "
+        "splits: what each group adds. False skips it (one SVM fit per group and split).")
     top_k: int = Field(10, ge=1, description="Rows of the report's anomaly and label-next tables.")
     seed: int = Field(0, description="Seed of the block assignment.")
 

@@ -141,6 +141,9 @@ class FeatureSet(Protocol):
     patch_px: int
 
     @property
+    def window_px(self) -> int: ...  # side of the window a cell's features read (odd; the patch for most sets)
+
+    @property
     def n_features(self) -> int: ...
 
     def patches(self, x: np.ndarray) -> np.ndarray: ...
@@ -159,6 +162,10 @@ class AEFeatures:
 
     @property
     def patch_px(self) -> int:
+        return self.model.patch_px
+
+    @property
+    def window_px(self) -> int:
         return self.model.patch_px
 
     @property
@@ -183,6 +190,10 @@ class RawFeatures:
     in_channels: int
 
     @property
+    def window_px(self) -> int:
+        return self.patch_px
+
+    @property
     def n_features(self) -> int:
         return self.in_channels * self.patch_px**2
 
@@ -196,12 +207,21 @@ class RawFeatures:
 
 STAT_WINDOWS = (3, 5, 7, 11)  # nested window sides (cells), capped by the patch size
 STATS = ("mean", "std", "max", "min", "gradient")  # per window; plus the centre value, once
+REACHES = ("patch", "wide")  # how far window statistics look: within the patch, or up to 3 patch widths
 
 
-def stat_windows(patch_px: int) -> tuple[int, ...]:
-    """The window sides used at a patch size: odd, at most p - 2 (the gradient needs a neighbour)."""
+def stat_windows(patch_px: int, reach: str = "patch") -> tuple[int, ...]:
+    """The window sides used at a patch size: odd, at most p - 2 (the gradient needs a neighbour); with
+    ``reach='wide'`` also 2p - 1 and 3p, context as wide as a geological unit often is (the windows then
+    reach beyond the patch: :func:`stats_features` gives the set the wider window it needs)."""
     cap = patch_px - 2 if patch_px % 2 else patch_px - 3
-    return tuple(sorted({min(w, cap) for w in STAT_WINDOWS if cap >= 3}))
+    windows = {min(w, cap) for w in STAT_WINDOWS if cap >= 3}
+    if reach == "wide":
+        p = patch_px if patch_px % 2 else patch_px - 1
+        windows |= {2 * p - 1, 3 * p}
+    elif reach != "patch":
+        raise ValueError(f"unknown reach {reach!r}: use one of {list(REACHES)}")
+    return tuple(sorted(windows))
 
 
 @dataclass(frozen=True)
@@ -215,10 +235,17 @@ class StatsFeatures:
 
     patch_px: int
     in_channels: int
+    reach: str = "patch"
 
     @property
     def windows(self) -> tuple[int, ...]:
-        return stat_windows(self.patch_px)
+        return stat_windows(self.patch_px, self.reach)
+
+    @property
+    def window_px(self) -> int:
+        """Side of the window the features of a cell read: the patch, or the widest window plus the rim the
+        gradient needs (odd)."""
+        return max(self.patch_px, max(self.windows) + 2)
 
     @property
     def n_features(self) -> int:
@@ -244,8 +271,9 @@ class StatsFeatures:
 
     @torch.no_grad()
     def dense(self, x: torch.Tensor) -> torch.Tensor:
-        """(1, C, H + 2h, W + 2h) standardised window -> (F, H, W) float32, by box filters and pooling."""
-        h = self.patch_px // 2
+        """(1, C, H + 2h, W + 2h) standardised window, h = ``window_px // 2`` -> (F, H, W) float32, by box
+        filters and pooling."""
+        h = self.window_px // 2
         H, W = x.shape[-2] - 2 * h, x.shape[-1] - 2 * h
         x = x.float()
         grad = torch.hypot((x[..., 2:, 1:-1] - x[..., :-2, 1:-1]) / 2, (x[..., 1:-1, 2:] - x[..., 1:-1, :-2]) / 2)
@@ -279,14 +307,27 @@ class ConcatFeatures:
         return self.parts[0].patch_px
 
     @property
+    def window_px(self) -> int:
+        return max(p.window_px for p in self.parts)
+
+    @property
     def n_features(self) -> int:
         return sum(p.n_features for p in self.parts)
 
     def patches(self, x: np.ndarray) -> np.ndarray:
-        return np.concatenate([p.patches(x) for p in self.parts], axis=1)
+        """(n, C, w, w) patches, w = ``window_px``: each part reads its own centred window."""
+        return np.concatenate([p.patches(centred(x, p.window_px)) for p in self.parts], axis=1)
 
     def dense(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([p.dense(x) for p in self.parts], dim=0)
+        """(1, C, H + 2h, W + 2h), h = ``window_px // 2``: each part reads the halo it needs."""
+        return torch.cat([p.dense(centred(x, p.window_px, halo=self.window_px)) for p in self.parts], dim=0)
+
+
+def centred(x, window_px: int, *, halo: int | None = None):
+    """The centre of patches (..., w, w) cut to ``window_px``; with ``halo`` (the window side ``x`` was cut
+    for), the (..., H + 2h, W + 2h) window cut to the halo of ``window_px``. Either way a crop, not a copy."""
+    d = ((x.shape[-1] if halo is None else halo) - window_px) // 2
+    return x[..., d : x.shape[-2] - d, d : x.shape[-1] - d] if d > 0 else x
 
 
 def part_sizes(fs: FeatureSet) -> tuple[int, ...]:
@@ -305,11 +346,12 @@ def untrained_encoder(model: PatchAutoencoder, seed: int) -> PatchAutoencoder:
 
 
 def feature_set(name: str, model: PatchAutoencoder, layers: Sequence[int], *, readout: str = "mean_centre",
-                seed: int = 0) -> FeatureSet:
+                seed: int = 0, stats_reach: str = "patch") -> FeatureSet:
     """The feature set called ``name`` (see :func:`magpipe.config.check_feature_name`), of ``model``'s patch size and inputs.
 
     ``ae`` reads ``model`` out; ``random`` is the same architecture with the weights training started
-    from (``seed``); ``stats`` and ``raw`` use the model only for its patch size and input channels.
+    from (``seed``); ``stats`` and ``raw`` use the model only for its patch size and input channels
+    (``stats`` looks as far as ``stats_reach``: see :func:`stat_windows`).
     """
     if check_feature_name(name) == "auto":
         raise ValueError("'auto' names a choice, not a feature set; the train stage resolves it")
@@ -321,7 +363,7 @@ def feature_set(name: str, model: PatchAutoencoder, layers: Sequence[int], *, re
         elif part == "random":
             parts.append(AEFeatures(untrained_encoder(model, seed), tuple(layers), readout))
         elif part == "stats":
-            parts.append(StatsFeatures(p, C))
+            parts.append(StatsFeatures(p, C, stats_reach))
         else:
             parts.append(RawFeatures(p, C))
     return parts[0] if len(parts) == 1 else ConcatFeatures(tuple(parts))
@@ -333,7 +375,7 @@ def cell_features(sets: Mapping[str, FeatureSet], arrays: list, scaling: StackSc
 
     Parameters
     ----------
-    sets : name -> feature set; all of one patch size.
+    sets : name -> feature set (any windows: patches are cut at the widest, each set reads its centre).
     arrays : the C input grids (2-D, sliceable: zarr or numpy), in the model's order.
     scaling : their standardisation.
     rows, cols : (n,) cell indices.
@@ -342,14 +384,11 @@ def cell_features(sets: Mapping[str, FeatureSet], arrays: list, scaling: StackSc
     -------
     name -> (n, F) float32 features, in the order of the cells.
     """
-    sizes = {s.patch_px for s in sets.values()}
-    if len(sizes) != 1:
-        raise ValueError(f"feature sets of one patch size expected, got {sorted(sizes)}")
-    p = sizes.pop()
+    p = max(s.window_px for s in sets.values())  # cut once at the widest window, each set reads its centre
     out: dict[str, list[np.ndarray]] = {name: [] for name in sets}
     for b0 in range(0, len(rows), batch):
         x = scaling.apply(stack_patches(arrays, rows[b0 : b0 + batch], cols[b0 : b0 + batch], p), axis=1)
         for name, fs in sets.items():
-            out[name].append(fs.patches(x))
+            out[name].append(fs.patches(centred(x, fs.window_px)))
     return {name: np.concatenate(parts) if parts else np.zeros((0, sets[name].n_features), "float32")
             for name, parts in out.items()}

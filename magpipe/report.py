@@ -138,6 +138,24 @@ def selection_section(report: dict) -> list[str]:
     return lines
 
 
+def layer_group_section(report: dict) -> list[str]:
+    """What each group of layers adds: the deployed set (unsmoothed) without the group, paired against the
+    whole stack; nothing for a one-group survey."""
+    table = report.get("layer_groups") or {}
+    if not table:
+        return []
+    lines = ["| layer group | inputs | balanced without it | whole stack - without (points) | splits the whole "
+             "stack was ahead |", "|---|---|---|---|---|"]
+    for group, row in sorted(table.items(), key=lambda kv: -kv[1]["full_minus_without"]["mean_diff"]):
+        w, d = row["balanced_accuracy_without"], row["full_minus_without"]
+        lines.append(f"| {group} | {', '.join(row['inputs'])} | {w['mean']:.1%} ± {w['std']:.1%} | "
+                     f"{100 * d['mean_diff']:+.1f} ± {100 * d['sd']:.1f} | {d['wins']} of {d['n']} |")
+    return ["## What each layer group adds", "",
+            "The deployed feature set, unsmoothed, scored on the same splits with one group's layers held at their "
+            "mean (the encoder is not retrained; the SVM keeps its C and gamma): the larger the drop, the more "
+            "the map leans on that group.", "", *lines, ""]
+
+
 def markdown(report: dict) -> str:
     """report.md's text from a report (see :func:`magpipe.stages.evaluate.build_report`)."""
     classes = report["classes"]
@@ -169,6 +187,7 @@ def markdown(report: dict) -> str:
         "",
         *([paired_table(report), ""] if report.get("paired") else []),
         *selection_section(report),
+        *layer_group_section(report),
         *(["## Sparse labels", "",
            "The same test cells; each SVM trained on a random few labelled cells per class, as in the paper.",
            "", sparse_table(report), ""] if report.get("sparse") else []),

@@ -1,5 +1,5 @@
-"""Choices made on validation inside the training region: the feature set the map uses and its
-smoothing radius.
+"""Choices made on validation inside the training region: how far window statistics look, the feature
+set the map uses and its smoothing radius.
 
 Each choice is scored by blocked cross-validation with a gap on the training cells
 (:func:`magpipe.splits.cv_folds`) and made by the one-standard-error rule
@@ -16,7 +16,7 @@ import numpy as np
 
 from magpipe.config import RunConfig
 from magpipe.evaluation import best_by_validation, cv_score
-from magpipe.features import StackScaling, cell_features, feature_set, part_sizes
+from magpipe.features import REACHES, StackScaling, cell_features, feature_set, part_sizes
 from magpipe.model import resolve_layers
 from magpipe.smoothing import radius_scores
 from magpipe.splits import Cells, cv_folds
@@ -30,14 +30,41 @@ def candidates(cfg: RunConfig) -> tuple[str, ...]:
     return cfg.svm.candidates if cfg.svm.features == "auto" else (cfg.svm.features,)
 
 
-def fit_candidates(model, arrays: list, scaling: StackScaling, cells: Cells, cfg: RunConfig) -> dict[str, tuple]:
+def fixed_reach(cfg: RunConfig) -> str:
+    """``svm.stats_windows`` where it is set, else ``patch`` (what a choice made elsewhere starts from)."""
+    return "patch" if cfg.svm.stats_windows == "auto" else cfg.svm.stats_windows
+
+
+def choose_reach(model, arrays: list, scaling: StackScaling, cells: Cells, cfg: RunConfig) -> tuple[str, dict]:
+    """How far window statistics look (:data:`magpipe.features.REACHES`): ``svm.stats_windows``, or under
+    ``auto`` the reach whose ``stats`` set has the best blocked-CV balanced accuracy on the training
+    ``cells``, by the one-standard-error rule (``patch`` first). Returns the reach and the table (reach ->
+    CV summary; empty when nothing was chosen)."""
+    if cfg.svm.stats_windows != "auto" or not any("stats" in n.split("+") for n in candidates(cfg)):
+        return fixed_reach(cfg), {}
+    sets = {r: feature_set("stats", model, (), stats_reach=r) for r in REACHES}
+    X = cell_features(sets, arrays, scaling, cells.rows, cells.cols)
+    folds = cv_folds(cells, cfg)
+    table = {r: fit_svm(X[r], cells.y, folds, cfg.svm, parts=part_sizes(fs))[1] for r, fs in sets.items()}
+    chosen = best_by_validation(table, list(REACHES))
+    log.info("train: window statistics reach %s chosen on validation (%s)", chosen, ", ".join(
+        f"{r} ({max(sets[r].windows)} px) {table[r]['cv_balanced_accuracy']:.3f} ± {table[r].get('cv_se', float('nan')):.3f}"
+        for r in REACHES))
+    return chosen, table
+
+
+def fit_candidates(model, arrays: list, scaling: StackScaling, cells: Cells, cfg: RunConfig, *,
+                   stats_reach: str | None = None) -> dict[str, tuple]:
     """The SVM of each candidate feature set of ``model`` (:func:`candidates`) on the training ``cells``,
     searched by blocked CV with a gap (:func:`magpipe.splits.cv_folds`): name -> (SVM, search summary).
 
-    ``arrays`` are the C input grids (2-D, y/x) the encoder reads, ``scaling`` their standardisation.
+    ``arrays`` are the C input grids (2-D, y/x) the encoder reads, ``scaling`` their standardisation;
+    window statistics look as far as ``stats_reach`` (default: :func:`fixed_reach`).
     """
     layers = resolve_layers(model, cfg.model.layers)
-    sets = {n: feature_set(n, model, layers, readout=cfg.model.readout, seed=cfg.model.seed) for n in candidates(cfg)}
+    reach = stats_reach or fixed_reach(cfg)
+    sets = {n: feature_set(n, model, layers, readout=cfg.model.readout, seed=cfg.model.seed, stats_reach=reach)
+            for n in candidates(cfg)}
     X = cell_features(sets, arrays, scaling, cells.rows, cells.cols)
     log.info("SVM on %d labelled cells (features %s)", len(cells.y),
              ", ".join(f"{n}: {x.shape[1]}" for n, x in X.items()))

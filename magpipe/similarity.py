@@ -87,7 +87,7 @@ def similarity_window(bundle: ModelBundle, window: np.ndarray, query: np.ndarray
     ``window`` is a raw (C, H + 2h, W + 2h) stack (NaN = no data), ``query`` the (F,) unit vector of
     :func:`query_embedding`. Returns (H, W) float32 in -1..1.
     """
-    _, inner = window_masks(bundle.patch_px, window)
+    _, inner = window_masks(bundle.features.window_px, window)
     out = np.full(inner.shape, np.nan, dtype="float32")
     if inner.any():
         feats = bundle.features.dense(window_input(bundle.scaling, window)).numpy()
@@ -103,5 +103,5 @@ def similarity_tile(run: str, bundle: ModelBundle, query: np.ndarray, tile: Tile
     values a task of :func:`magpipe.tiling.write_tiles` writes.
     """
     y0, y1, x0, x1 = tile
-    window = read_stack(open_inputs(Layout(run), bundle.inputs), y0, y1, x0, x1, bundle.patch_px // 2)
+    window = read_stack(open_inputs(Layout(run), bundle.inputs), y0, y1, x0, x1, bundle.features.window_px // 2)
     return {"similarity": similarity_window(bundle, window, query)}

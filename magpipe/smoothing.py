@@ -51,9 +51,9 @@ def smooth_scores(scores: torch.Tensor, radius: int) -> torch.Tensor:
 
 def window_scores(svm, features: FeatureSet, scaling: StackScaling, window: np.ndarray) -> np.ndarray:
     """Votes and probabilities (2, K, H, W) of every valid cell of a raw (C, H + 2h, W + 2h) window with
-    halo h = p // 2 (NaN = no data; NaN out), from the dense features of ``features`` scored by
+    halo h = ``features.window_px // 2`` (NaN = no data; NaN out), from the dense features of ``features`` scored by
     :class:`magpipe.decision.Decision`: the arithmetic of the map's own tiles, on the CPU."""
-    h = features.patch_px // 2
+    h = features.window_px // 2
     valid = np.isfinite(window).all(0)
     cells = valid[h:-h, h:-h] if h else valid
     if not cells.any():
@@ -70,7 +70,7 @@ def block_predictions(svm, features: FeatureSet, scaling: StackScaling, arrays: 
     the largest radius, exactly as the map would be. Memory stays at one block's window.
     """
     rows, cols = np.asarray(rows), np.asarray(cols)
-    r_max, h = max(radii), features.patch_px // 2
+    r_max, h = max(radii), features.window_px // 2
     out = {r: np.zeros(len(rows), dtype=np.int16) for r in radii}
     block = (rows // block_px) * (int(cols.max(initial=0)) // block_px + 1) + cols // block_px
     for b in np.unique(block):

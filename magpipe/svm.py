@@ -195,7 +195,8 @@ class VoteWithProbabilities(ClassifierMixin, BaseEstimator):
 
     def proba_from_decision(self, d: np.ndarray) -> np.ndarray:
         """Calibrated probabilities (n, K) from decision values (n, K), without a second kernel pass."""
-        p = 1.0 / (1.0 + np.exp(-(d * self.slope_ + self.intercept_)))
+        with np.errstate(over="ignore"):  # exp overflows to inf far from the boundary: p = 0 there, as it should be
+            p = 1.0 / (1.0 + np.exp(-(d * self.slope_ + self.intercept_)))
         return p / np.maximum(p.sum(axis=1, keepdims=True), 1e-12)
 
     def predict_proba(self, X):

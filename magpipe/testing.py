@@ -116,6 +116,47 @@ def write_labels_raster(truth: np.ndarray, like: xr.DataArray, path: Path, *, x_
     return path
 
 
+def write_layer(path: Path, values: np.ndarray, *, crs: str | None, left: float, top: float, cell: float,
+                nodata: float | None = None) -> Path:
+    """``values`` ((ny, nx), or (bands, ny, nx)) as a float32 GeoTIFF of north-up ``cell`` cells from (left, top)."""
+    bands = values if values.ndim == 3 else values[None]
+    _, ny, nx = bands.shape
+    da = xr.DataArray(bands.astype("float32"), dims=("band", "y", "x"),
+                      coords={"band": np.arange(1, len(bands) + 1), "y": top - (np.arange(ny) + 0.5) * cell,
+                              "x": left + (np.arange(nx) + 0.5) * cell})
+    if crs is not None:
+        da = da.rio.write_crs(crs)
+    if nodata is not None:
+        da = da.rio.write_nodata(nodata)
+    da.rio.to_raster(path)
+    return path
+
+
+def synthetic_stack(d: Path, *, carrier: str, extra: dict[str, int] | None = None) -> dict:
+    """A survey stack whose classes live in one layer only: the field (a synthetic survey of other units),
+    layers ``alpha`` and ``beta`` of smooth noise, the ``carrier`` among them with its unit added (4 per
+    unit, against noise of sd 0.4), and ``extra`` layers of noise (name -> bands). All on the field's grid.
+
+    Returns the paths: ``survey``, ``labels`` (the units, left 80 columns) and ``layers`` (name -> path).
+    """
+    from scipy.ndimage import gaussian_filter
+
+    from magpipe.synthetic import synthetic_survey
+
+    _, truth = synthetic_survey((96, 128), n_units=3, seed=7, hole_fraction=0.0)
+    field, _ = synthetic_survey((96, 128), n_units=3, seed=8, hole_fraction=0.0)
+    left, _, _, top = field.rio.bounds()
+    grid = {"crs": str(field.rio.crs), "left": left, "top": top, "cell": float(field.rio.resolution()[0])}
+    rng = np.random.default_rng(9)
+    noise = {n: gaussian_filter(rng.normal(size=(b, *truth.shape)), (0, 2, 2)) * 3
+             for n, b in {"alpha": 1, "beta": 1, **(extra or {})}.items()}
+    noise[carrier] = noise[carrier] + 4.0 * truth
+    layers = {n: str(write_layer(d / f"{n}.tif", v if v.shape[0] > 1 else v[0], **grid)) for n, v in noise.items()}
+    field.rio.to_raster(d / "field.tif")
+    return {"survey": d / "field.tif", "labels": write_labels_raster(truth, field, d / "labels.tif", x_max=80),
+            "layers": layers}
+
+
 def start_cli(*args, env: dict | None = None) -> subprocess.Popen:
     """``magpipe ARGS`` in its own process group, as a terminal would run it, stderr piped line by line."""
     return subprocess.Popen([sys.executable, "-m", "magpipe", *map(str, args)], stdout=subprocess.DEVNULL,

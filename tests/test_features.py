@@ -27,18 +27,21 @@ def bundle(trained_run):
     return load_bundle(Layout(trained_run["out"]).model)
 
 
-@pytest.mark.parametrize("readout", ["mean_centre", "mean_std_centre"])
-def test_dense_features_equal_per_cell_features_for_every_set(trained_run, bundle, readout):
+@pytest.mark.parametrize("readout,reach", [("mean_centre", "patch"), ("mean_std_centre", "patch"),
+                                           ("mean_std_centre", "wide")])
+def test_dense_features_equal_per_cell_features_for_every_set(trained_run, bundle, readout, reach):
+    """Wide window statistics read beyond the patch; in a concatenation each part reads its own window."""
     arrays = open_inputs(Layout(trained_run["out"]), bundle.inputs)
-    p = bundle.patch_px
     names = ["ae", "raw", "stats", "random", "ae+stats", "random+stats+raw"]
-    sets = {n: feature_set(n, bundle.model, bundle.layers, readout=readout, seed=0) for n in names}
+    sets = {n: feature_set(n, bundle.model, bundle.layers, readout=readout, seed=0, stats_reach=reach)
+            for n in names}
+    assert (sets["stats"].window_px > bundle.patch_px) == (reach == "wide")
     y0, y1, x0, x1 = 10, 40, 70, 110  # a window crossing the survey's labelled edge and holes
-    x = window_input(bundle.scaling, read_stack(arrays, y0, y1, x0, x1, p // 2))
     rng = np.random.default_rng(1)
     rows, cols = rng.integers(y0, y1, 50), rng.integers(x0, x1, 50)
     per_cell = cell_features(sets, arrays, bundle.scaling, rows, cols, batch=17)
     for name, fs in sets.items():
+        x = window_input(bundle.scaling, read_stack(arrays, y0, y1, x0, x1, fs.window_px // 2))
         dense = fs.dense(x).numpy()
         assert dense.shape == (fs.n_features, y1 - y0, x1 - x0), name
         np.testing.assert_allclose(dense[:, rows - y0, cols - x0].T, per_cell[name], rtol=1e-4, atol=1e-5,
@@ -58,11 +61,13 @@ def test_named_sets_are_what_their_names_say(bundle):
             feature_set(bad, bundle.model, bundle.layers)
 
 
-def test_cell_features_refuse_sets_of_different_patch_sizes(trained_run, bundle):
+def test_cell_features_of_sets_of_different_windows_are_each_their_own(trained_run, bundle):
     arrays = open_inputs(Layout(trained_run["out"]), bundle.inputs)
-    with pytest.raises(ValueError, match="one patch size"):
-        cell_features({"a": RawFeatures(9, 1), "b": RawFeatures(11, 1)}, arrays, bundle.scaling,
-                      np.array([5]), np.array([5]))
+    rows, cols = np.array([5, 30, 60]), np.array([5, 40, 100])
+    both = cell_features({"a": RawFeatures(9, 1), "b": RawFeatures(11, 1)}, arrays, bundle.scaling, rows, cols)
+    for name, fs in (("a", RawFeatures(9, 1)), ("b", RawFeatures(11, 1))):
+        np.testing.assert_array_equal(both[name], cell_features({name: fs}, arrays, bundle.scaling, rows, cols)[name])
+    assert both["a"].shape == (3, 81) and both["b"].shape == (3, 121)
 
 
 def test_stack_scaling_standardises_each_channel_and_fills_no_data_with_zero():
@@ -74,6 +79,9 @@ def test_stack_scaling_standardises_each_channel_and_fills_no_data_with_zero():
 def test_stats_windows_fit_the_patch_and_count_21_features_for_one_channel():
     assert stat_windows(31) == (3, 5, 7, 11) and stat_windows(9) == (3, 5, 7) and stat_windows(5) == (3,)
     assert StatsFeatures(31, 1).n_features == 21 and StatsFeatures(31, 2).n_features == 42
+    assert stat_windows(11, "wide") == (3, 5, 7, 9, 21, 33) and StatsFeatures(11, 1, "wide").window_px == 35
+    with pytest.raises(ValueError, match="reach"):
+        stat_windows(11, "far")
 
 
 def test_stats_of_a_known_patch():

@@ -18,20 +18,7 @@ from magpipe.errors import ConfigError
 from magpipe.io.schema import Layout
 from magpipe.io.stores import store_attrs
 from magpipe.pipeline import run_all, run_ingest
-from magpipe.synthetic import synthetic_survey
-from magpipe.testing import assert_one_line_error, run_cli as magpipe, tiny_config, write_labels_raster
-
-
-def _layer(path, values: np.ndarray, *, crs: str | None, left: float, top: float, cell: float, nodata=None):
-    """Write ``values`` (ny, nx) as a GeoTIFF with north-up cells of ``cell`` from (left, top)."""
-    profile = {"driver": "GTiff", "height": values.shape[-2], "width": values.shape[-1],
-               "count": 1 if values.ndim == 2 else values.shape[0], "dtype": "float32",
-               "transform": rasterio.transform.from_origin(left, top, cell, cell), "nodata": nodata}
-    if crs is not None:
-        profile["crs"] = crs
-    with rasterio.open(path, "w", **profile) as f:
-        f.write(values.astype("float32"), 1 if values.ndim == 2 else None)
-    return path
+from magpipe.testing import assert_one_line_error, run_cli as magpipe, synthetic_stack, tiny_config, write_layer
 
 
 def _smooth(shape, seed: int) -> np.ndarray:
@@ -59,7 +46,7 @@ def test_a_layer_on_another_crs_and_resolution_lands_on_the_right_cells(survey_f
     left, top = left - 7.3 * cell, top + 5.1 * cell  # a margin, and cell edges that match nothing
     shape = (int((top - bottom) / cell) + 12, int((right - left) / cell) + 12)
     values = gaussian_filter(np.random.default_rng(1).normal(size=shape), 1.0) * 50 + 100
-    path = _layer(tmp_path / "k.tif", values, crs=crs, left=left, top=top, cell=cell)
+    path = write_layer(tmp_path / "k.tif", values, crs=crs, left=left, top=top, cell=cell)
     cfg = tiny_config(ingest={"chunk_px": 64}).with_inputs(survey=survey_files["survey"], layers={"K": str(path)})
     run_ingest(tmp_path / "out", cfg)
     expected = np.full(field.shape, np.nan, "float32")
@@ -77,13 +64,13 @@ def test_a_layer_on_another_crs_and_resolution_lands_on_the_right_cells(survey_f
     np.testing.assert_array_equal(valid, np.isfinite(field.values))
 
 
-def test_layers_on_the_survey_grid_are_taken_as_they_are_and_every_band_becomes_a_layer(survey_files, tmp_path):
+def test_layers_on_the_survey_grid_are_taken_as_they_are_and_every_band_becomes_awrite_layer(survey_files, tmp_path):
     field = survey_files["field"]
     left, _, _, top = field.rio.bounds()
     cell = float(field.rio.resolution()[0])
     bands = np.stack([_smooth(field.shape, s) for s in (2, 3)])
     bands[1, :10, :10] = -9999  # no data in one band: those cells leave the valid mask
-    multi = _layer(tmp_path / "ls.tif", bands, crs=str(field.rio.crs), left=left, top=top, cell=cell, nodata=-9999)
+    multi = write_layer(tmp_path / "ls.tif", bands, crs=str(field.rio.crs), left=left, top=top, cell=cell, nodata=-9999)
     cfg = tiny_config().with_inputs(survey=survey_files["survey"], layers={"LS": str(multi)})
     run_ingest(tmp_path / "out", cfg)
     attrs = store_attrs(Layout(tmp_path / "out").survey)
@@ -101,50 +88,36 @@ def test_a_changed_layer_file_makes_ingest_run_again(survey_files, tmp_path):
     field = survey_files["field"]
     left, _, _, top = field.rio.bounds()
     cell = float(field.rio.resolution()[0])
-    path = _layer(tmp_path / "k.tif", _smooth(field.shape, 4), crs=str(field.rio.crs), left=left, top=top, cell=cell)
+    path = write_layer(tmp_path / "k.tif", _smooth(field.shape, 4), crs=str(field.rio.crs), left=left, top=top, cell=cell)
     cfg = tiny_config().with_inputs(survey=survey_files["survey"], layers={"K": str(path)})
     out = tmp_path / "out"
     run_ingest(out, cfg)
     first = store_attrs(Layout(out).survey)["magpipe_hash"]
     run_ingest(out, cfg)
     assert store_attrs(Layout(out).survey)["magpipe_hash"] == first
-    _layer(path, _smooth(field.shape, 5), crs=str(field.rio.crs), left=left, top=top, cell=cell)
+    write_layer(path, _smooth(field.shape, 5), crs=str(field.rio.crs), left=left, top=top, cell=cell)
     run_ingest(out, cfg)
     assert store_attrs(Layout(out).survey)["magpipe_hash"] != first
     np.testing.assert_allclose(_stored(out, "K"), _smooth(field.shape, 5).astype("float32"))
 
 
-def _stack(tmp_path, *, carrier: str) -> dict:
-    """A 3-layer survey where only ``carrier`` tells the classes apart: the field and the other layer are
-    smooth noise unrelated to the units."""
-    _, truth = synthetic_survey((96, 128), n_units=3, seed=7, hole_fraction=0.0)
-    noise_field, _ = synthetic_survey((96, 128), n_units=3, seed=8, hole_fraction=0.0)
-    left, _, _, top = noise_field.rio.bounds()
-    cell = float(noise_field.rio.resolution()[0])
-    crs = str(noise_field.rio.crs)
-    rng = np.random.default_rng(9)
-    grids = {"U": gaussian_filter(rng.normal(size=truth.shape), 2) * 3,
-             "K": gaussian_filter(rng.normal(size=truth.shape), 2) * 3}
-    grids[carrier] = grids[carrier] + 4.0 * truth  # units 4 apart, noise sd about 0.4
-    paths = {n: str(_layer(tmp_path / f"{n}.tif", v, crs=crs, left=left, top=top, cell=cell)) for n, v in grids.items()}
-    survey = tmp_path / "field.tif"
-    noise_field.rio.to_raster(survey)
-    labels = write_labels_raster(truth, noise_field, tmp_path / "labels.tif", x_max=80)
-    return {"survey": survey, "labels": labels, "layers": paths}
-
-
 @pytest.mark.slow
 def test_a_stack_whose_classes_live_in_one_layer_is_classified_from_it(tmp_path):
-    s = _stack(tmp_path, carrier="K")
+    s = synthetic_stack(tmp_path, carrier="beta")
     # two thirds of the features are noise here: the SVM needs its usual search (gamma, C) and labels
     svm = {"features": "stats", "max_per_class": 400, "gamma_scale": [0.1, 0.3, 1.0], "C": [1.0, 10.0, 100.0]}
     cfg = tiny_config(svm=svm, evaluate={"sparse_per_class": 0}).with_inputs(
         survey=s["survey"], labels=s["labels"], layers=s["layers"])
     report = run_all(tmp_path / "out", cfg)
     meta = json.loads((tmp_path / "out" / "model" / "metadata.json").read_text())
-    assert meta["inputs"] == ["field", "U", "K"]
+    assert meta["inputs"] == ["field", "alpha", "beta"]
     assert [sc.get("clip") for sc in meta["scalings"]] == [None, 10.0, 10.0]
     assert report["feature_sets"]["deployed"]["balanced_accuracy"]["mean"] >= 0.9
+    groups = report["layer_groups"]
+    assert set(groups) == {"magnetic", "alpha", "beta"}
+    costs = {g: row["full_minus_without"]["mean_diff"] for g, row in groups.items()}
+    assert max(costs, key=costs.get) == "beta" and costs["beta"] > 0.2  # without it the map guesses
+    assert "What each layer group adds" in (tmp_path / "out" / "report.md").read_text()
     ds = xr.open_zarr(tmp_path / "out" / "classified.zarr", consolidated=False)
     valid = _stored(tmp_path / "out", "valid").astype(bool)
     assert np.array_equal(ds["class"].values > 0, valid)
@@ -168,11 +141,11 @@ def layer_cases(survey_files, tmp_path_factory) -> dict:
     left, bottom, right, top = field.rio.bounds()
     cell = float(field.rio.resolution()[0])
     crs = str(field.rio.crs)
-    far = _layer(d / "far.tif", _smooth((20, 20), 1), crs=crs, left=right + 1e5, top=top, cell=cell)
-    nocrs = _layer(d / "nocrs.tif", _smooth((30, 30), 1), crs=None, left=left, top=top, cell=cell * 2)
-    bands = _layer(d / "two.tif", np.stack([_smooth(field.shape, 1)] * 2), crs=crs, left=left, top=top, cell=cell)
-    empty = _layer(d / "empty.tif", np.full(field.shape, -1.0), crs=crs, left=left, top=top, cell=cell, nodata=-1)
-    ok = _layer(d / "ok.tif", _smooth(field.shape, 2), crs=crs, left=left, top=top, cell=cell)
+    far = write_layer(d / "far.tif", _smooth((20, 20), 1), crs=crs, left=right + 1e5, top=top, cell=cell)
+    nocrs = write_layer(d / "nocrs.tif", _smooth((30, 30), 1), crs=None, left=left, top=top, cell=cell * 2)
+    bands = write_layer(d / "two.tif", np.stack([_smooth(field.shape, 1)] * 2), crs=crs, left=left, top=top, cell=cell)
+    empty = write_layer(d / "empty.tif", np.full(field.shape, -1.0), crs=crs, left=left, top=top, cell=cell, nodata=-1)
+    ok = write_layer(d / "ok.tif", _smooth(field.shape, 2), crs=crs, left=left, top=top, cell=cell)
     return {
         "no '='": ([str(ok)], ["--layer", "NAME=PATH"]),
         "no overlap": ([f"K={far}"], ["far.tif", "'K'", "does not overlap the survey"]),
@@ -197,7 +170,7 @@ def test_unusable_layers_are_refused_in_one_line(survey_files, layer_cases, tmp_
 
 
 def test_a_model_of_a_stack_refuses_a_survey_without_one_of_its_layers(tmp_path):
-    s = _stack(tmp_path, carrier="U")
+    s = synthetic_stack(tmp_path, carrier="alpha")
     cfg = tiny_config(svm={"features": "stats"}, evaluate={"splits": 1, "sparse_per_class": 0}).with_inputs(
         survey=s["survey"], labels=s["labels"], layers=s["layers"])
     from magpipe.pipeline import run_labels, run_patches, run_train
@@ -207,7 +180,17 @@ def test_a_model_of_a_stack_refuses_a_survey_without_one_of_its_layers(tmp_path)
     run_patches(tmp_path / "a", cfg)
     run_train(tmp_path / "a", cfg)
     other = tmp_path / "b"
-    assert magpipe("ingest", s["survey"], "--out", other, "--layer", f"U={s['layers']['U']}").returncode == 0
+    assert magpipe("ingest", s["survey"], "--out", other, "--layer", f"alpha={s['layers']['alpha']}").returncode == 0
     r = magpipe("classify", "--out", other, "--model", tmp_path / "a" / "model", "--serial")
-    assert_one_line_error(r, "survey.zarr", "'K'")
+    assert_one_line_error(r, "survey.zarr", "'beta'")
     assert not (other / "classified.zarr").exists()
+
+
+def test_layers_are_grouped_by_their_names_unless_told():
+    from magpipe.layer_groups import layer_groups
+
+    inputs = ("field", "dz", "K", "eTh", "ThK", "SRTM", "Landsat_1", "Landsat_2", "slag")
+    assert layer_groups(inputs) == {"magnetic": [0, 1], "radiometric": [2, 3, 4], "terrain": [5],
+                                    "imagery": [6, 7], "slag": [8]}
+    assert layer_groups(inputs, {"waste": ["slag", "SRTM"], "optical": ["Landsat"]}) == {
+        "magnetic": [0, 1], "radiometric": [2, 3, 4], "waste": [5, 8], "optical": [6, 7]}

@@ -22,7 +22,8 @@ from magpipe.config import RunConfig
 from magpipe.errors import DataValidationError
 from magpipe.evaluation import METRICS, best_by_validation, paired, score, sparse_label_scores, summarise, verdict
 from magpipe.explore import embedding_2d, label_next, top_anomalies
-from magpipe.features import FeatureSet, cell_features, part_sizes
+from magpipe.features import FeatureSet, cell_features, part_sizes, stat_windows
+from magpipe.layer_groups import layer_groups, occluded
 from magpipe.io import schema as S
 from magpipe.io.schema import Layout
 from magpipe.io.stores import content_hash, store_attrs
@@ -106,6 +107,17 @@ def evaluate_split(cfg: RunConfig, bundle: ModelBundle, arrays: list, grids: Lab
     scores[f"deployed@{other}"] = score(test.rows, test.cols, test.y, predict_with_confidence(alt, X_te[chosen])[0],
                                         patch_px=p, n_classes=K)
     scores["deployed@unsmoothed"] = scores[chosen]  # what the smoothing added, on the same cells
+    groups = layer_groups(bundle.inputs, cfg.inputs.groups) if cfg.evaluate.layer_ablation else {}
+    if len(groups) > 1:  # the deployed set (unsmoothed) with each group of layers held at its mean
+        fixed = cfg.svm.model_copy(update={"C": (infos[chosen]["C"],),
+                                           "gamma_scale": (infos[chosen]["gamma"] * X_tr[chosen].shape[1],)})
+        for group, channels in groups.items():
+            hidden = occluded(bundle.scaling, channels)
+            tr, te = (cell_features({chosen: sets[chosen]}, arrays, hidden, c.rows, c.cols)[chosen]
+                      for c in (train, test))
+            model, _ = fit_svm(tr, train.y, folds, fixed, parts=parts[chosen])
+            scores[f"without {group}"] = score(test.rows, test.cols, test.y,
+                                               predict_with_confidence(model, te)[0], patch_px=p, n_classes=K)
     # the floor any classifier must clear: the most common class of the (unsubsampled) training region
     majority = np.bincount(grids.labels[split.train_rows, split.train_cols]).argmax()
     scores["majority"] = score(test.rows, test.cols, test.y, np.full_like(test.y, majority), patch_px=p, n_classes=K)
@@ -142,6 +154,23 @@ def score_splits(cfg: RunConfig, bundle: ModelBundle, arrays: list, grids: Label
     return splits, skipped
 
 
+def layer_group_table(cfg: RunConfig, bundle: ModelBundle, splits: list[dict]) -> dict:
+    """Group -> its inputs, the deployed set's balanced accuracy without them (mean, sd over the splits) and
+    the paired difference full stack - without (positive: the group helps); empty for fewer than two groups."""
+    groups = layer_groups(bundle.inputs, cfg.inputs.groups)
+    runs = [sp["scores"] for sp in splits]
+    if len(groups) < 2 or any(f"without {g}" not in r for g in groups for r in runs):
+        return {}
+    out = {}
+    for group, channels in groups.items():
+        without = np.array([r[f"without {group}"]["balanced_accuracy"] for r in runs])
+        out[group] = {"inputs": [bundle.inputs[c] for c in channels],
+                      "balanced_accuracy_without": {"mean": float(without.mean()), "std": float(without.std())},
+                      "full_minus_without": paired("deployed@unsmoothed", f"without {group}", "balanced_accuracy",
+                                                   runs)}
+    return out
+
+
 def build_report(cfg: RunConfig, bundle: ModelBundle, splits: list[dict], skipped: list, lay: Layout,
                  size: dict | None = None) -> dict:
     """report.json's content: headline means, per-split scores, the first split's details, and what to look at."""
@@ -167,6 +196,7 @@ def build_report(cfg: RunConfig, bundle: ModelBundle, splits: list[dict], skippe
         "splits": [{"seed": sp["seed"], "n_train": sp["n_train"], "n_test": sp["n_test"], "unscored": sp["unscored"],
                     **{m: {n: sp["scores"][n][m] for n in names} for m in METRICS}} for sp in splits],
         **controls(everything, [sp["scores"] for sp in splits], deployed(cfg, bundle, splits, size)),
+        "layer_groups": layer_group_table(cfg, bundle, splits),
         "f1": {"ae": dict(zip(classes, ae["f1"])), "raw": dict(zip(classes, raw["f1"])),
                "deployed": dict(zip(classes, dep["f1"]))},
         "confusion": {"ae": ae["confusion"], "raw": raw["confusion"], "deployed": dep["confusion"]},
@@ -186,7 +216,9 @@ def deployed(cfg: RunConfig, bundle: ModelBundle, splits: list[dict], size: dict
     size's selection (:func:`magpipe.resolve.patch_size_record`) when it was chosen."""
     auto = cfg.svm.features == "auto"
     smoothing = bundle.meta.get("selection", {}).get("smoothing", {})
+    reach = bundle.meta.get("selection", {}).get("stats_reach", {})
     return {"features": bundle.feature_set, "patch_px": bundle.patch_px, "smooth_px": bundle.smooth_px,
+            "stats_reach": bundle.stats_reach, "stats_windows": list(stat_windows(bundle.patch_px, bundle.stats_reach)),
             "objective": bundle.meta.get("training", {}).get("objective", "reconstruct"), "readout": bundle.readout,
             "chosen_by": {"features": "validation: blocked CV on the training region, among "
                           + ", ".join(candidates(cfg)) if auto else "configuration",
@@ -194,7 +226,10 @@ def deployed(cfg: RunConfig, bundle: ModelBundle, splits: list[dict], size: dict
                           + ", ".join(map(str, size["sizes"])) if size else "configuration",
                           "smooth_px": "validation: blocked CV on the training region, among radii "
                           + ", ".join(smoothing["cv"]) if smoothing.get("cv") else "configuration",
+                          "stats_reach": "validation: blocked CV of stats on the first split's training region, "
+                          "among " + ", ".join(reach["cv"]) if reach.get("cv") else "configuration",
                           "objective": "configuration"},
+            "stats_reach_validation": reach.get("cv", {}),
             "validation": bundle.meta.get("selection", {}).get("cv", {}),
             "smoothing_validation": smoothing.get("cv", {}),
             "per_split_smooth_px": [sp["smooth_px"] for sp in splits],
@@ -239,7 +274,8 @@ def evaluate_hash(lay: Layout, cfg: RunConfig, meta: dict, size: dict | None) ->
     return content_hash("evaluate-v1", str(attrs.get(S.HASH)), str(attrs.get(S.LABELS_HASH)),
                         str(meta.get("input_hash")), json.dumps(meta.get("files"), sort_keys=True),
                         str(classified.get(S.HASH)), json.dumps(size, sort_keys=True),
-                        *(cfg.section_json(s) for s in ("patches", "model", "svm", "evaluate")))
+                        *(cfg.section_json(s) for s in ("patches", "model", "svm", "evaluate")),
+                        *([json.dumps(cfg.inputs.groups, sort_keys=True)] if cfg.inputs.groups else []))
 
 
 def up_to_date_report(lay: Layout, h: str) -> dict | None:

@@ -19,7 +19,7 @@ from magpipe.io.survey import read_label_grids, survey_attrs
 from magpipe.locking import locks_output
 from magpipe.model import resolve_layers
 from magpipe.resolve import resolved_config
-from magpipe.selection import choose_features, choose_smoothing, fit_candidates
+from magpipe.selection import choose_features, choose_reach, choose_smoothing, fit_candidates
 from magpipe.splits import labelled_split, training_cells
 from magpipe.training import fit_autoencoder, second_views
 
@@ -71,22 +71,27 @@ def run_train(out: str | Path, cfg: RunConfig, *, progress=None) -> Path:
     views = second_views(arrays, pds["row"].values, pds["col"].values, cfg)
     result = fit_autoencoder(raw, scaling, cfg, views=views, checkpoint=lay.checkpoint(h), progress=progress)
     train_s = time.perf_counter() - t0
-    chosen, svm, svm_info, table = choose_features(fit_candidates(result.model, arrays, scaling, cells, cfg), cfg)
+    reach, reach_table = choose_reach(result.model, arrays, scaling, cells, cfg)
+    chosen, svm, svm_info, table = choose_features(
+        fit_candidates(result.model, arrays, scaling, cells, cfg, stats_reach=reach), cfg)
     if svm_info.get("cv_folds", 0) < 2:
         log.warning("train: the labelled cells fall in fewer than two spatial blocks, so C and gamma were not "
                     "searched (C = %g, gamma = 1 / n_features); more labelled area makes the fit better founded",
                     svm_info["C"])
     layers = resolve_layers(result.model, cfg.model.layers)
-    fs = feature_set(chosen, result.model, layers, readout=cfg.model.readout, seed=cfg.model.seed)
+    fs = feature_set(chosen, result.model, layers, readout=cfg.model.readout, seed=cfg.model.seed,
+                     stats_reach=reach)
     radius, smoothing = choose_smoothing(fs, arrays, scaling, cells, svm_info, cfg)
     bundle = ModelBundle(result.model, svm, layers, scaling, grids.classes, cfg.model.anomaly_px,
-                         inputs=names, feature_set=chosen, readout=cfg.model.readout, smooth_px=radius, meta={
+                         inputs=names, feature_set=chosen, readout=cfg.model.readout, smooth_px=radius,
+                         stats_reach=reach, meta={
         "input_hash": h, "config": cfg.saved(), "survey_source": sattrs.get(S.SOURCE),
         "training": {"objective": cfg.model.objective, "history": result.history, "best_epoch": result.best_epoch,
                      "best_val_loss": result.best_val_loss, "device": result.device, "seconds": train_s,
                      "n_patches": len(raw)},
         "svm": {**svm_info, "n_train": len(cells.y)},
         "selection": {"features": cfg.svm.features, "chosen": chosen, "cv": table,
+                      "stats_reach": {"stats_windows": cfg.svm.stats_windows, "chosen": reach, "cv": reach_table},
                       "smoothing": {"smooth_px": cfg.svm.smooth_px, "chosen": radius, "cv": smoothing}},
     })
     save_bundle(bundle, lay.model)
