@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from magpipe.bundle import ModelBundle
+from magpipe.bundle import ModelBundle, load_bundle
 from magpipe.config import RunConfig
 from magpipe.errors import DataValidationError
 from magpipe.evaluation import paired
@@ -54,7 +54,7 @@ def variant_scores(lay: Layout, cfg: RunConfig, objective: str, readout: str, n_
     """Train one variant's encoder and score its feature sets on ``n_splits`` spatial splits."""
     model_cfg = cfg.model.model_copy(update={"objective": objective, "readout": readout})
     svm_cfg = cfg.svm.model_copy(update={"features": "ae", "candidates": ("ae",)})
-    ev_cfg = cfg.evaluate.model_copy(update={"sparse_per_class": 0})
+    ev_cfg = cfg.evaluate.model_copy(update={"sparse_per_class": 0, "layer_ablation": False})
     cfg = cfg.model_copy(update={"model": model_cfg, "svm": svm_cfg, "evaluate": ev_cfg})
     pds = open_store(lay.patches)
     names = tuple(pds.attrs[S.INPUTS])
@@ -65,7 +65,8 @@ def variant_scores(lay: Layout, cfg: RunConfig, objective: str, readout: str, n_
     train_s = time.perf_counter() - t0
     grids = read_label_grids(lay.survey)
     bundle = ModelBundle(result.model, None, resolve_layers(result.model, cfg.model.layers), scaling, grids.classes,
-                         cfg.model.anomaly_px, meta={"config": cfg.saved()}, inputs=names, readout=readout)
+                         cfg.model.anomaly_px, meta={"config": cfg.saved()}, inputs=names, readout=readout,
+                         stats_reach=load_bundle(lay.model).stats_reach)  # the run's window statistics
     runs, val = [], {n: [] for n in SETS}
     for i in range(n_splits):
         try:

@@ -92,6 +92,15 @@ def out_run_name() -> str:
     return run_name(params.get("name") or config_survey(params.get("config")) or params.get("out", "run"))
 
 
+def layer_paths(layers: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A flow's ``layers`` parameter (name -> path, or {path, band, resampling}) with each path confined
+    like every other path parameter (:func:`data_path`)."""
+    if not layers:
+        return None
+    return {name: data_path(v, f"layers.{name}") if isinstance(v, str) else {**v, "path": data_path(v.get("path"),
+            f"layers.{name}")} for name, v in layers.items()}
+
+
 def config_survey(config) -> str | None:
     """The survey a flow's ``config`` parameter (a dict, as flows pass it) names, if any."""
     inputs = config.get("inputs") if isinstance(config, dict) else None

@@ -14,11 +14,13 @@ from typing import Any
 from prefect import flow, tags, task
 from prefect.futures import wait
 
-from flows._common import data_path, load_config, retry_unless_bad_input, run_name, survey_name, tag_this_run
+from flows._common import data_path, layer_paths, load_config, retry_unless_bad_input, run_name, survey_name, \
+    tag_this_run
 from flows.classify import classify_survey
 from magpipe.bundle import verify_bundle
 from magpipe.errors import InputError
 from magpipe.io.location import as_path, expand
+from magpipe.io.manifest import is_delivery, read_manifest
 from magpipe.io.schema import Layout
 from magpipe.io.stores import is_complete, version
 from magpipe.pipeline import run_ingest
@@ -32,10 +34,14 @@ def expand_surveys(surveys: list[str] | str) -> list[str]:
 
 @flow(name="backfill-survey", flow_run_name=lambda: run_name(_param("survey")), log_prints=True)
 def backfill_survey(survey: str, model: str, out: str, config: dict[str, Any] | None = None,
-                    scheduler: str | None = None) -> str:
-    """Ingest one survey and classify it with ``model``."""
+                    scheduler: str | None = None, layers: dict[str, Any] | None = None) -> str:
+    """Ingest one survey (a file, or a folder with a manifest: ``magpipe.io.manifest``; or a file and its
+    ``layers``) and classify it with ``model``."""
     survey, model, out = data_path(survey, "survey"), data_path(model, "model"), data_path(out, "out")
-    cfg = load_config(config).with_inputs(survey=survey)
+    if is_delivery(survey):
+        delivery = read_manifest(survey)
+        survey, layers = delivery.survey, delivery.layers
+    cfg = load_config(config).with_inputs(survey=survey, layers=layer_paths(layers))
     tag_this_run(survey_name(survey), f"model-{_model_name(model)}", f"magpipe-{version()}")
     run_ingest(out, cfg)
     return classify_survey(out, cfg.model_dump(mode="json"), model=model, scheduler=scheduler,

@@ -13,8 +13,8 @@ from prefect import flow, tags, task
 from prefect.states import Completed
 
 from flows._artifacts import publish_report
-from flows._common import STAGE_TASK, data_path, load_config, retry_unless_bad_input, run_name, survey_name, \
-    tag_this_run
+from flows._common import STAGE_TASK, data_path, layer_paths, load_config, retry_unless_bad_input, run_name, \
+    survey_name, tag_this_run
 from flows.classify import classify_survey
 from flows.train import train_remote_or_local
 from magpipe.config import RunConfig
@@ -58,7 +58,7 @@ def _run_name() -> str:
 
 
 def pipeline_config(survey: str | None, labels_path: str | None, label_field: str | None, classes: str | None,
-                    config: dict[str, Any] | str | None) -> RunConfig:
+                    config: dict[str, Any] | str | None, layers: dict[str, Any] | None = None) -> RunConfig:
     """The run's config with its inputs: the embedded Britain sample (and the demo's options, unless a
     config is given) when no survey is."""
     if isinstance(config, str):
@@ -72,18 +72,20 @@ def pipeline_config(survey: str | None, labels_path: str | None, label_field: st
     if labels_path is None:
         raise InputError("survey_pipeline needs labels_path for a survey (or neither, for the sample)")
     return load_config(config).with_inputs(survey=survey, labels=labels_path, label_field=label_field,
-                                           classes=classes)
+                                           classes=classes, layers=layers)
 
 
 @flow(name="survey-pipeline", flow_run_name=_run_name, log_prints=True)
 def survey_pipeline(survey: str | None = None, labels_path: str | None = None, out: str = "runs/britain-sample",
                     label_field: str | None = None, classes: str | None = None,
-                    config: dict[str, Any] | str | None = None, scheduler: str | None = None):
-    """Classify one survey end to end and publish its report, metrics table and maps."""
+                    config: dict[str, Any] | str | None = None, scheduler: str | None = None,
+                    layers: dict[str, Any] | None = None):
+    """Classify one survey end to end and publish its report, metrics table and maps. ``layers`` are the
+    survey's further layers (name -> path, as ``inputs.layers``)."""
     survey, labels_path, classes = (data_path(survey, "survey"), data_path(labels_path, "labels_path"),
                                     data_path(classes, "classes"))
     out = data_path(out, "out")
-    cfg = pipeline_config(survey, labels_path, label_field, classes, config)
+    cfg = pipeline_config(survey, labels_path, label_field, classes, config, layer_paths(layers))
     conf = cfg.model_dump(mode="json")
     name = survey_name(cfg.inputs.survey)
     run_tags = (name, f"magpipe-{version()}")

@@ -1,7 +1,9 @@
 """For the scheduled deployment: process the surveys in a landing folder that have no finished output.
 
 A survey with a labels file beside it (``<name>.labels.gpkg``, ``.geojson`` or ``.tif``) runs the
-full pipeline; any other is classified with the existing ``model`` (a backfill).
+full pipeline; any other is classified with the existing ``model`` (a backfill). A survey delivered as a
+folder of layers carries a manifest (``survey.yaml``: the survey file, its layers, optionally its labels;
+see :mod:`magpipe.io.manifest`); a bad manifest fails the run in one line naming it.
 
     python -m flows.watch LANDING OUT_ROOT [MODEL]
 """
@@ -18,6 +20,7 @@ from flows.backfill import backfill
 from flows.pipeline import survey_pipeline
 from magpipe.errors import InputError
 from magpipe.io.location import as_path
+from magpipe.io.manifest import is_delivery, read_manifest
 from magpipe.io.schema import Layout
 from magpipe.io.stores import is_complete
 
@@ -26,7 +29,9 @@ LABEL_SUFFIXES = (".labels.gpkg", ".labels.geojson", ".labels.tif")
 
 def pending_surveys(landing: str | Path, out_root: str | Path, pattern: str) -> list[Path]:
     """Surveys in ``landing`` matching ``pattern`` whose OUT_ROOT/<name>/classified.zarr is not complete."""
-    found = sorted((p for p in as_path(landing).glob(pattern) if ".labels." not in p.name), key=str)
+    root = as_path(landing)
+    found = sorted({*(p for p in root.glob(pattern) if ".labels." not in p.name),
+                    *(p for p in root.iterdir() if is_delivery(p))}, key=str)
     return [p for p in found if not is_complete(Layout(as_path(out_root) / survey_name(p)).classified)]
 
 
@@ -45,6 +50,15 @@ def watch_landing(landing: str, out_root: str = "runs/landing", model: str | Non
     log.info("%d new survey(s) in %s", len(todo), landing)
     unlabelled = []
     for s in todo:
+        if is_delivery(s):
+            d = read_manifest(s)  # a bad manifest fails here, before any work, naming it
+            if d.labels is not None:
+                survey_pipeline(d.survey, d.labels, str(as_path(out_root) / survey_name(s)),
+                                label_field=d.label_field or label_field, classes=d.classes, config=config,
+                                layers=d.layers)
+            else:
+                unlabelled.append(str(s))
+            continue
         lab = labels_for(s)
         if lab is not None:
             survey_pipeline(str(s), str(lab), str(as_path(out_root) / survey_name(s)), label_field=label_field,

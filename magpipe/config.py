@@ -179,11 +179,12 @@ class ModelConfig(_Section):
     layers: tuple[int, ...] | None = Field(
         None, description="Encoder layers (0-based) whose activations become features; None = all."
     )
-    objective: Literal["reconstruct", "masked", "contrastive"] = Field(
+    objective: Literal["reconstruct", "masked", "masked_layers", "contrastive"] = Field(
         "masked", description="Self-supervised training objective: 'reconstruct' the patch (the paper's), "
         "'masked' (rebuild hidden blocks only; the default: best on validation on Britain 1 km, second to "
-        "contrastive on Rondonia, see benchmarks/objectives.py), or 'contrastive' (VICReg: nearby, "
-        "flipped/rotated patches alike)."
+        "contrastive on Rondonia, see benchmarks/objectives.py), 'masked_layers' (for a survey stack: also "
+        "hide whole layers and rebuild them from the others; 'masked' on one grid), or 'contrastive' (VICReg: "
+        "nearby, flipped/rotated patches alike)."
     )
     readout: Literal["mean_centre", "mean_std_centre"] = Field(
         "mean_std_centre", description="Features of each layer: channel means over the patch and values at its "
@@ -278,6 +279,10 @@ class EvalConfig(_Section):
     block_patches: int = Field(
         3, ge=1, description="Side of a spatial split block, in patch widths."
     )
+    gap_patches: float = Field(
+        1.0, ge=1.0, description="Gap between training cells and held-out blocks (in the split and in every CV "
+        "fold), in patch widths. One patch width keeps patches apart; features that read further (wide window "
+        "statistics reach 1.5 patch widths) need 1.6 to keep a training cell's features off held-out cells.")
     test_fraction: float = Field(0.3, gt=0, lt=1, description="Share of labelled blocks held out for testing.")
     max_test_pixels: int = Field(20000, ge=10, description="Test pixels scored (subsampled when more).")
     drop_small_classes: bool = Field(

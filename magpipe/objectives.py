@@ -4,6 +4,9 @@
   by the patch's high-variance part (a regional gradient), so the code learns mostly that.
 - ``masked``: hide square blocks of the patch (zeros in, the standardised mean) and rebuild only
   the hidden cells: the encoder must model how cells relate, not copy them.
+- ``masked_layers``: for a survey stack, ``masked`` plus whole layers hidden (each with probability
+  :data:`LAYER_FRACTION`, never all of a patch's): the encoder must predict a layer from the others,
+  learning how the magnetic, gamma-ray and terrain layers relate. On one grid it is ``masked``.
 - ``contrastive``: VICReg on the layer-wise features of two views, a patch and one a few cells
   away, each flipped / rotated by 90 degrees at random (Tile2Vec's "nearby looks alike", VICReg's
   variance and covariance terms against collapse). The decoder still learns to reconstruct, from
@@ -20,9 +23,10 @@ from torch.nn import functional as F
 
 from magpipe.model import PatchAutoencoder
 
-OBJECTIVES = ("reconstruct", "masked", "contrastive")
+OBJECTIVES = ("reconstruct", "masked", "masked_layers", "contrastive")
 NEIGHBOUR_FRACTION = 0.25  # contrastive: the second view's centre is at most this share of p away
 MASK_FRACTION = 0.5  # masked: share of blocks hidden
+LAYER_FRACTION = 0.25  # masked_layers: chance that a layer is hidden whole
 VICREG = (25.0, 25.0, 1.0)  # invariance, variance and covariance weights of Bardes et al. (2022)
 
 
@@ -42,6 +46,16 @@ def block_mask(n: int, patch_px: int, gen: torch.Generator, fraction: float = MA
     k = -(-patch_px // b)
     hide = torch.rand(n, 1, k, k, generator=gen) < fraction
     return hide.repeat_interleave(b, 2).repeat_interleave(b, 3)[..., :patch_px, :patch_px]
+
+
+def layer_mask(n: int, channels: int, gen: torch.Generator, fraction: float = LAYER_FRACTION) -> torch.Tensor:
+    """(n, C, 1, 1) bool, True = the whole layer hidden, each with probability ``fraction``; where that would
+    hide every layer of an item, one drawn at random stays visible."""
+    hide = torch.rand(n, channels, 1, 1, generator=gen) < fraction
+    keep = torch.randint(0, channels, (n,), generator=gen)
+    everything = hide.all(dim=1).flatten()
+    hide[everything, keep[everything]] = False
+    return hide
 
 
 def dihedral(x: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
@@ -86,8 +100,11 @@ def objective_loss(objective: str, model: PatchAutoencoder, x: torch.Tensor, m: 
     """
     if objective == "reconstruct":
         return masked_mse(model(x), x, m)
-    if objective == "masked":
+    if objective == "masked" or (objective == "masked_layers" and x.shape[1] == 1):
         hidden = block_mask(len(x), model.patch_px, gen).to(x.device)
+        return masked_mse(model(x * ~hidden), x, m & hidden)
+    if objective == "masked_layers":
+        hidden = (block_mask(len(x), model.patch_px, gen) | layer_mask(len(x), x.shape[1], gen)).to(x.device)
         return masked_mse(model(x * ~hidden), x, m & hidden)
     if objective == "contrastive":
         if pair is None:

@@ -10,6 +10,7 @@ seeded function of the label grid and the config: the same split on every call.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -203,10 +204,16 @@ def _counts(classes: list[str], n_train: np.ndarray, n_test: np.ndarray) -> str:
     return ", ".join(f"{c}: {a} training, {b} test" for c, a, b in zip(classes, n_train, n_test) if a + b)
 
 
+def split_gap_px(cfg: RunConfig) -> int:
+    """The gap (cells) between training cells and held-out blocks, in the split and in the CV folds:
+    ``evaluate.gap_patches`` patch widths, rounded up."""
+    return int(math.ceil(cfg.evaluate.gap_patches * cfg.patches.patch_px))
+
+
 def _split(grids: LabelGrids, cfg: RunConfig) -> Split:
     p = cfg.patches.patch_px
     try:
-        return spatial_split(grids.labels, grids.valid, block_px=cfg.evaluate.block_patches * p, gap_px=p,
+        return spatial_split(grids.labels, grids.valid, block_px=cfg.evaluate.block_patches * p, gap_px=split_gap_px(cfg),
                              test_fraction=cfg.evaluate.test_fraction, seed=cfg.evaluate.seed)
     except ValueError as exc:
         raise DataValidationError(f"{grids.source}: labels cannot be split spatially: {exc}") from None
@@ -258,14 +265,14 @@ def training_cells(split: Split, labels: np.ndarray, cfg: RunConfig) -> Cells:
 
 def cv_folds(cells: Cells, cfg: RunConfig) -> list[tuple[np.ndarray, np.ndarray]]:
     """The SVM search's ``svm.cv_folds`` folds of training cells: blocks of ``evaluate.block_patches``
-    patch widths, and no fitting cell within one patch width of a validation block, as between training
+    patch widths, and no fitting cell within the gap (:func:`split_gap_px`) of a validation block, as between training
     and test. Without that gap, patches straddling a fold boundary share cells, which flatters large
     patches and context-rich features, and choices made on the score (feature set, patch size) follow."""
     p = cfg.patches.patch_px
     block = cfg.evaluate.block_patches * p
     nbx = int(cells.cols.max()) // block + 1 if len(cells.cols) else 1
-    return blocked_folds(cells.rows, cells.cols, block_px=block, gap_px=p, k=cfg.svm.cv_folds, seed=cfg.svm.seed,
-                         nbx=nbx)
+    return blocked_folds(cells.rows, cells.cols, block_px=block, gap_px=split_gap_px(cfg), k=cfg.svm.cv_folds,
+                         seed=cfg.svm.seed, nbx=nbx)
 
 
 def holdout_cells(split: Split, labels: np.ndarray, cfg: RunConfig) -> Cells:

@@ -63,8 +63,11 @@ def test_results_page_is_generated_from_the_results_json():
 
 
 def test_readme_headline_table_is_the_one_the_results_give():
-    assert _script("results_tables").headline_table() in README.read_text(encoding="utf-8"), \
+    tables, readme = _script("results_tables"), " ".join(README.read_text(encoding="utf-8").split())
+    assert " ".join(tables.headline_table().split()) in readme, \
         "README.md's results table differs from scripts/results_tables.py's headline_table()"
+    assert " ".join(tables.stack_headline().split()) in readme, \
+        "README.md's sentence on survey stacks differs from scripts/results_tables.py's stack_headline()"
 
 
 def test_every_docs_page_is_linked_from_the_readme_and_the_readme_is_short():

@@ -168,3 +168,29 @@ def test_evaluate_is_skipped_when_nothing_changed_and_runs_again_when_its_inputs
     for stage in (run_train, run_classify):
         stage(out, cfg)
     assert run_evaluate(out, cfg)["n_splits"] + len(run_evaluate(out, cfg)["splits_skipped"]) == 2
+
+
+def test_the_gap_in_patch_widths_holds_in_the_split_and_the_cv_folds(survey_files):
+    """evaluate.gap_patches widens the gap of both, for features that read beyond the patch."""
+    from magpipe.io.survey import LabelGrids
+    from magpipe.splits import cv_folds, labelled_split, split_gap_px, training_cells
+    from magpipe.testing import tiny_config
+
+    truth = survey_files["truth"]
+    grids = LabelGrids(truth, np.isfinite(survey_files["field"].values), ["a", "b", "c"], survey_files["survey"])
+    gaps = {}
+    for g in (1.0, 1.6):
+        cfg = tiny_config(evaluate={"gap_patches": g, "block_patches": 3})
+        gap = split_gap_px(cfg)
+        split, kept = labelled_split(grids, cfg, need_test=True)
+        tr = np.stack([split.train_rows, split.train_cols], 1)
+        te = np.stack([split.test_rows, split.test_cols], 1)
+        assert np.abs(tr[:, None, :] - te[None, :, :]).max(-1).min() >= gap
+        cells = training_cells(split, kept.labels, cfg)
+        for fit, val in cv_folds(cells, cfg):
+            d = np.maximum(np.abs(cells.rows[fit][:, None] - cells.rows[val][None]),
+                           np.abs(cells.cols[fit][:, None] - cells.cols[val][None]))
+            assert d.min() >= gap
+        gaps[g] = (gap, len(split.train_rows), len(split.test_rows))
+    assert gaps[1.0][0] == 9 and gaps[1.6][0] == 15  # ceil(1.6 * 9)
+    assert gaps[1.6][1] < gaps[1.0][1] and gaps[1.6][2] == gaps[1.0][2]  # the same test cells, fewer training ones

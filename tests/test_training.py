@@ -107,3 +107,30 @@ def test_masked_objective_scores_hidden_valid_cells_only():
     sel[..., 0, :2] = True
     recon[..., 3, 3] = 100.0  # an error where nothing is selected does not count
     assert float(masked_mse(recon, x, sel)) == 1.0
+
+
+def test_masked_layers_hides_whole_layers_never_all_and_is_masked_on_one_grid():
+    from magpipe.objectives import layer_mask, objective_loss
+    from magpipe.model import PatchAutoencoder
+
+    hide = layer_mask(2000, 3, torch.Generator().manual_seed(0))
+    assert hide.shape == (2000, 3, 1, 1) and not hide.all(dim=1).any()
+    assert 0.15 < hide.float().mean() < 0.3 and hide.any(dim=1).float().mean() > 0.3
+    model = PatchAutoencoder(9, (4, 8, 8, 8), 16, in_channels=1)
+    x = torch.randn(8, 1, 9, 9)
+    m = torch.ones_like(x, dtype=torch.bool)
+    one, two = (objective_loss(o, model, x, m, torch.Generator().manual_seed(1)) for o in ("masked", "masked_layers"))
+    assert torch.equal(one, two)  # one grid: nothing to hide but blocks, drawn alike
+
+
+def test_masked_layers_learns_a_stack_and_resumes(tmp_path):
+    x, m = _patches()
+    x2, m2 = np.stack([x, -x], axis=1), np.stack([m, m], axis=1)
+    cfg = CFG.model_copy(update={"objective": "masked_layers"})
+    full = train_autoencoder(x2, m2, cfg)
+    assert full.history[-1]["val_loss"] < full.history[0]["val_loss"]
+    ckpt = tmp_path / "train.ckpt"
+    train_autoencoder(x2, m2, cfg.model_copy(update={"epochs": 2}), checkpoint=ckpt)
+    resumed = train_autoencoder(x2, m2, cfg, checkpoint=ckpt)
+    for va, vb in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(va, vb)

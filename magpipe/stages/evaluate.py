@@ -29,7 +29,7 @@ from magpipe.io.schema import Layout
 from magpipe.io.stores import content_hash, store_attrs
 from magpipe.io.survey import LabelGrids, read_label_grids, survey_attrs
 from magpipe.locking import locks_output
-from magpipe.splits import cv_folds, holdout_cells, labelled_split, split_config, training_cells
+from magpipe.splits import cv_folds, holdout_cells, labelled_split, split_config, split_gap_px, training_cells
 from magpipe.inputs import input_stack
 from magpipe.progress import progress as steps
 from magpipe.resolve import patch_size_record, resolved_config
@@ -204,7 +204,7 @@ def build_report(cfg: RunConfig, bundle: ModelBundle, splits: list[dict], skippe
         "sparse": sparse,
         "svm": first["svm"],
         "training": bundle.meta.get("training", {}),
-        "split": {"block_px": cfg.evaluate.block_patches * p, "gap_px": p,
+        "split": {"block_px": cfg.evaluate.block_patches * p, "gap_px": split_gap_px(cfg),
                   "test_fraction": cfg.evaluate.test_fraction, "seed": cfg.evaluate.seed},
         "anomalies": top_anomalies(lay.classified, cfg.evaluate.top_k, patch_px=p),
         "label_next": label_next(lay.classified, cfg.evaluate.top_k, block=cfg.evaluate.block_patches * p),

@@ -206,3 +206,31 @@ def test_backfill_over_a_bucket_prefix_with_a_model_on_the_bucket(harness, train
         remote = zarr.open_group(f"{bucket}/backfill/{name}/classified.zarr", mode="r")
         assert remote.attrs["magpipe_complete"]
         np.testing.assert_array_equal(remote["class"][:], _maps(tmp_path / "ref", [name])[0])
+
+
+@pytest.mark.slow
+def test_the_landing_watch_runs_a_survey_delivered_as_a_folder_of_layers(harness, tmp_path):
+    """A folder with a manifest is one survey: its layers are ingested with it; a bad manifest fails in one line."""
+    import yaml
+
+    from flows.watch import watch_landing
+    from magpipe.testing import synthetic_stack
+
+    landing = tmp_path / "landing"
+    delivery = landing / "rondo"
+    delivery.mkdir(parents=True)
+    s = synthetic_stack(delivery, carrier="beta")
+    (delivery / "survey.yaml").write_text(yaml.safe_dump({
+        "survey": "field.tif", "labels": "labels.tif", "layers": {n: f"{n}.tif" for n in s["layers"]}}))
+    config = tiny_config(svm={"features": "stats"}, evaluate={"splits": 1, "sparse_per_class": 0}).model_dump(
+        mode="json")
+    done = watch_landing(str(landing), str(tmp_path / "out"), config=config)
+    assert done == [str(delivery)]
+    out = tmp_path / "out" / "rondo"
+    assert is_complete(out / "classified.zarr")
+    assert json.loads((out / "model" / "metadata.json").read_text())["inputs"] == ["field", "alpha", "beta"]
+    (landing / "broken").mkdir()
+    (landing / "broken" / "survey.yaml").write_text("survey: nowhere.tif\n")
+    state = watch_landing(str(landing), str(tmp_path / "out"), config=config, return_state=True)
+    assert state.is_failed() and "survey.yaml: survey 'nowhere.tif' is not in" in state.message
+    assert "\n" not in state.message
