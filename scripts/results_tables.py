@@ -45,6 +45,7 @@ DATES = {
     "accuracy-rondonia-default.json": "2026-12-06", "accuracy-demo-calibrated-argmax.json": "2026-11-26",
     "accuracy-demo-calibrated-vote.json": "2026-11-26", "accuracy-rondonia-stack.json": "2026-12-06",
     "peer-rondonia-stack.json": "2026-12-06", "accuracy-rondonia-stack-gap1.json": "2026-12-06",
+    "objectives-rondonia-stack.json": "2026-12-06",
     "accuracy-demo-deployed.json": "2026-11-25", "accuracy-britain-1km-deployed.json": "2026-11-25",
     "accuracy-britain-1km-auto-deployed.json": "2026-11-25", "accuracy-rondonia-deployed.json": "2026-11-25",
     "accuracy-demo-controls.json": "2026-11-25", "accuracy-britain-1km-controls.json": "2026-11-25",
@@ -648,6 +649,24 @@ def stack_headline() -> str:
             f"{closest['wins']} of {closest['n']} splits (`benchmarks/peer_predictive_mapping.py`).")
 
 
+def masked_layers_text() -> str:
+    """The stack's objectives (`benchmarks/objectives.py` on the stack run): masked against masked_layers."""
+    d = load("objectives-rondonia-stack.json")
+    rows = {v["objective"]: v for v in d["variants"]}
+    m, ml = rows["masked"], rows["masked_layers"]
+
+    def pair(v, a, b):
+        return diff(next(p for p in v["paired"] if (p["a"], p["b"]) == (a, b)))
+
+    return (f"`model.objective: masked_layers` (also hiding whole layers, to be rebuilt from the others) validated "
+            f"at {100 * ml['validation']['ae']:.1f} % (`ae`, blocked CV) against {100 * m['validation']['ae']:.1f} % "
+            f"for `masked`, so `masked` stays the default on stacks too. On the test blocks `ae` scored "
+            f"{100 * ml['test']['ae']:.1f} % against {100 * m['test']['ae']:.1f} %, and `ae+stats` - `stats` "
+            f"{pair(ml, 'ae+stats', 'stats')} against {pair(m, 'ae+stats', 'stats')} "
+            f"(`benchmarks/objectives.py`, `benchmarks/results/objectives-rondonia-stack.json`, "
+            f"{DATES['objectives-rondonia-stack.json']}; {d['epochs']} epochs, {d['n_patches']} patches).")
+
+
 def stacks_section() -> str:
     one, stack = (load(f) for f, _ in STACK)
     gap1, peer = load("accuracy-rondonia-stack-gap1.json"), load(PEER)
@@ -707,6 +726,7 @@ two on some splits). Balanced and pixel-wise accuracy in %, mean ± sd over 5 sp
   and ae_rnd['wins'] >= 4)} and {met(both is not None and both['mean_diff'] >= 0.015 and both['wins'] >= 4)}.
   On 14 channels the untrained encoder is a weak control (its random filters mix the layers blindly), and
   `stats` here is what validation chose, not the widest windows.
+- **Masked layer modelling does not help.** {masked_layers_text()}
 
 What each layer group adds (the deployed set, unsmoothed, with one group held at its mean on the same splits;
 `report.json` `layer_groups`; the encoder is not retrained):
