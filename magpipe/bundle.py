@@ -89,7 +89,7 @@ class ModelBundle:
     def halo_px(self) -> int:
         """Cells a tile's window reaches beyond it: half the window the features read (half a patch, or more
         for wide window statistics), plus the smoothing radius."""
-        return max(self.patch_px, self.features.window_px) // 2 + self.smooth_px
+        return self.features.window_px // 2 + self.smooth_px
 
     @cached_property
     def features(self) -> FeatureSet:

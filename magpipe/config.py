@@ -328,6 +328,19 @@ class RuntimeConfig(_Section):
         "(AWS_ACCESS_KEY_ID, ...). Like all of runtime, never written to config.json or a report.")
 
 
+def parse_layers(layers, *, prefix: str = "") -> dict[str, LayerSource]:
+    """``inputs.layers`` as given (name -> path, ``PATH#BAND`` or {path, band, resampling}) checked and parsed.
+
+    Raises ConfigError naming the option at fault (``{prefix}layers.NAME...``) and the problem, in one line.
+    """
+    try:
+        return InputsConfig(layers=layers).layers or {}
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"] if not _UNION_BRANCH.match(str(x)))
+        raise ConfigError(f"{prefix}{where}: {err['msg'].removeprefix('Value error, ')}") from None
+
+
 _UNION_BRANCH = re.compile(r"^(int|float|str|bool|none|literal\[.*\]|list\[.*\]|tuple\[.*\]|function-.*)$")
 
 
@@ -405,13 +418,8 @@ class RunConfig(_Section):
         new = {k: (absolute(v) if k != "label_field" else str(v)) for k, v in inputs.items()
                if v is not None and k != "layers"}
         if inputs.get("layers"):
-            try:
-                layers = InputsConfig(layers=inputs["layers"]).layers
-            except ValidationError as exc:
-                err = exc.errors()[0]
-                where = ".".join(str(x) for x in ("inputs", *err["loc"]) if not _UNION_BRANCH.match(str(x)))
-                raise ConfigError(f"{where}: {err['msg'].removeprefix('Value error, ')}") from None
-            new["layers"] = {name: src.model_copy(update={"path": absolute(src.path)}) for name, src in layers.items()}
+            new["layers"] = {name: src.model_copy(update={"path": absolute(src.path)})
+                             for name, src in parse_layers(inputs["layers"], prefix="inputs.").items()}
         return self.model_copy(update={"inputs": self.inputs.model_copy(update=new)})
 
     def saved(self) -> dict:

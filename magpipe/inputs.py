@@ -24,7 +24,7 @@ from magpipe.features import Scaling, StackScaling, fit_scaling
 from magpipe.io import schema as S
 from magpipe.io.schema import Layout
 from magpipe.io.stores import content_hash, is_complete, open_array, open_store, store_attrs, write_store
-from magpipe.io.survey import open_inputs, read_valid, survey_attrs, survey_layers, survey_shape
+from magpipe.io.survey import open_inputs, read_valid, require_layers, survey_attrs, survey_layers, survey_shape
 from magpipe.patches import sample_centres, stack_patches
 from magpipe.tiling import tiles
 
@@ -59,6 +59,7 @@ def ensure_inputs(lay: Layout, names: tuple[str, ...]) -> StackScaling:
     Returns one :class:`~magpipe.features.Scaling` per name, in order, each in its channel's units;
     the field's and the layers' are the ones fitted at ingest.
     """
+    require_layers(lay.survey, names)
     attrs = survey_attrs(lay.survey)
     scalings = {S.FIELD: Scaling(attrs[S.SCALING_MEAN], attrs[S.SCALING_STD])}
     scalings.update({n: Scaling(*v) for n, v in attrs.get(S.LAYER_SCALINGS, {}).items()})
@@ -69,11 +70,6 @@ def ensure_inputs(lay: Layout, names: tuple[str, ...]) -> StackScaling:
                            str(attrs[S.HASH]))
         saved = (store_attrs(lay.inputs) or {})[S.SCALINGS]
         scalings.update({n: Scaling(*saved[n]) for n in derived})
-    missing = [n for n in names if n not in scalings]
-    if missing:
-        raise InputError(f"{lay.survey}: has no layer {', '.join(repr(n) for n in missing)} (the survey holds "
-                         f"{', '.join(n for n in scalings if n not in CHANNELS or n == S.FIELD)}); ingest the "
-                         "survey with the layers the model reads")
     return StackScaling(tuple(scalings[n] for n in names))
 
 

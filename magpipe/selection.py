@@ -35,41 +35,49 @@ def fixed_reach(cfg: RunConfig) -> str:
     return "patch" if cfg.svm.stats_windows == "auto" else cfg.svm.stats_windows
 
 
-def choose_reach(model, arrays: list, scaling: StackScaling, cells: Cells, cfg: RunConfig) -> tuple[str, dict]:
+def choose_reach(model, arrays: list, scaling: StackScaling, cells: Cells, cfg: RunConfig
+                 ) -> tuple[str, dict, dict[str, tuple]]:
     """How far window statistics look (:data:`magpipe.features.REACHES`): ``svm.stats_windows``, or under
     ``auto`` the reach whose ``stats`` set has the best blocked-CV balanced accuracy on the training
-    ``cells``, by the one-standard-error rule (``patch`` first). Returns the reach and the table (reach ->
-    CV summary; empty when nothing was chosen)."""
+    ``cells``, by the one-standard-error rule (``patch`` first). Returns the reach, the table (reach ->
+    CV summary; empty when nothing was chosen) and the fitted ``stats`` SVM of the chosen reach
+    (``{"stats": (SVM, summary)}``, for :func:`fit_candidates` not to search it again; empty without a choice)."""
     if cfg.svm.stats_windows != "auto" or not any("stats" in n.split("+") for n in candidates(cfg)):
-        return fixed_reach(cfg), {}
+        return fixed_reach(cfg), {}, {}
     sets = {r: feature_set("stats", model, (), stats_reach=r) for r in REACHES}
     X = cell_features(sets, arrays, scaling, cells.rows, cells.cols)
     folds = cv_folds(cells, cfg)
-    table = {r: fit_svm(X[r], cells.y, folds, cfg.svm, parts=part_sizes(fs))[1] for r, fs in sets.items()}
+    fits = {r: fit_svm(X[r], cells.y, folds, cfg.svm, parts=part_sizes(fs)) for r, fs in sets.items()}
+    table = {r: info for r, (_, info) in fits.items()}
     chosen = best_by_validation(table, list(REACHES))
     log.info("train: window statistics reach %s chosen on validation (%s)", chosen, ", ".join(
         f"{r} ({max(sets[r].windows)} px) {table[r]['cv_balanced_accuracy']:.3f} ± {table[r].get('cv_se', float('nan')):.3f}"
         for r in REACHES))
-    return chosen, table
+    return chosen, table, {"stats": fits[chosen]}
 
 
 def fit_candidates(model, arrays: list, scaling: StackScaling, cells: Cells, cfg: RunConfig, *,
-                   stats_reach: str | None = None) -> dict[str, tuple]:
+                   stats_reach: str | None = None, fitted: dict[str, tuple] | None = None) -> dict[str, tuple]:
     """The SVM of each candidate feature set of ``model`` (:func:`candidates`) on the training ``cells``,
     searched by blocked CV with a gap (:func:`magpipe.splits.cv_folds`): name -> (SVM, search summary).
 
     ``arrays`` are the C input grids (2-D, y/x) the encoder reads, ``scaling`` their standardisation;
-    window statistics look as far as ``stats_reach`` (default: :func:`fixed_reach`).
+    window statistics look as far as ``stats_reach`` (default: :func:`fixed_reach`). Sets in ``fitted``
+    (name -> (SVM, summary), fitted on the same cells) are taken as they are.
     """
     layers = resolve_layers(model, cfg.model.layers)
     reach = stats_reach or fixed_reach(cfg)
     sets = {n: feature_set(n, model, layers, readout=cfg.model.readout, seed=cfg.model.seed, stats_reach=reach)
             for n in candidates(cfg)}
-    X = cell_features(sets, arrays, scaling, cells.rows, cells.cols)
     log.info("SVM on %d labelled cells (features %s)", len(cells.y),
-             ", ".join(f"{n}: {x.shape[1]}" for n, x in X.items()))
-    folds = cv_folds(cells, cfg)
-    return {n: fit_svm(X[n], cells.y, folds, cfg.svm, parts=part_sizes(fs)) for n, fs in sets.items()}
+             ", ".join(f"{n}: {fs.n_features}" for n, fs in sets.items()))
+    fits = {n: fit for n, fit in (fitted or {}).items() if n in sets}
+    todo = {n: fs for n, fs in sets.items() if n not in fits}
+    if todo:
+        X = cell_features(todo, arrays, scaling, cells.rows, cells.cols)
+        folds = cv_folds(cells, cfg)
+        fits.update({n: fit_svm(X[n], cells.y, folds, cfg.svm, parts=part_sizes(fs)) for n, fs in todo.items()})
+    return {n: fits[n] for n in sets}
 
 
 def choose_features(fits: dict[str, tuple], cfg: RunConfig) -> tuple[str, object, dict, dict]:

@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from pydantic import ValidationError
 
-from magpipe.config import InputsConfig
-from magpipe.errors import InputError
+from magpipe.config import parse_layers
+from magpipe.errors import ConfigError, InputError
 from magpipe.io.location import as_path, remote_errors
 
 MANIFEST = "survey.yaml"
@@ -86,11 +85,9 @@ def read_manifest(folder: str | Path) -> Delivery:
     layers = data.get("layers")
     if layers is not None:
         try:
-            parsed = InputsConfig(layers=layers).layers or {}
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(x) for x in err["loc"])
-            raise InputError(f"{path}: {where}: {err['msg'].removeprefix('Value error, ')}") from None
+            parsed = parse_layers(layers)
+        except ConfigError as exc:
+            raise InputError(f"{path}: {exc}") from None
         layers = {n: {**src.model_dump(), "path": local(f"layer {n}", src.path)} for n, src in parsed.items()}
     files = {k: local(k, data[k]) if isinstance(data.get(k), str) else None for k in ("survey", "labels", "classes")}
     return Delivery(folder, files["survey"], layers, files["labels"], data.get("label_field"), files["classes"])

@@ -82,6 +82,17 @@ def survey_layers(path: str | Path) -> tuple[str, ...]:
     return tuple(survey_attrs(path).get(S.LAYERS, ()))
 
 
+def require_layers(path: str | Path, names: tuple[str, ...]) -> None:
+    """Raise InputError naming each of ``names`` that is neither a channel of the field nor a layer the
+    survey store holds (a model of a stack applied to a survey without one of its layers)."""
+    layers = survey_layers(path)
+    missing = [n for n in names if n not in layers and n not in CHANNELS]
+    if missing:
+        raise InputError(f"{path}: has no layer {', '.join(repr(n) for n in missing)} (the model reads "
+                         f"{', '.join(names)}; the survey holds {', '.join((S.FIELD, *layers))}); ingest the "
+                         "survey with the same layers")
+
+
 def open_inputs(layout: Layout, names: tuple[str, ...]) -> list:
     """The 2-D arrays of the model's input grids, in order: ``field`` and the stack's layers from
     survey.zarr, derived channels from inputs.zarr (which must be complete: see :mod:`magpipe.inputs`).
@@ -89,12 +100,7 @@ def open_inputs(layout: Layout, names: tuple[str, ...]) -> list:
     Each is a (y, x) float32 Zarr array in its own units (NaN = no data), read only where sliced.
     Raises InputError naming a layer the survey does not hold.
     """
-    layers = survey_layers(layout.survey)
-    missing = [n for n in names if n not in layers and n not in CHANNELS]
-    if missing:
-        raise InputError(f"{layout.survey}: has no layer {', '.join(repr(n) for n in missing)} (the model reads "
-                         f"{', '.join(names)}; the survey holds {', '.join((S.FIELD, *layers))}); ingest the "
-                         "survey with the same layers")
+    require_layers(layout.survey, names)
     if any(n in CHANNELS and n != S.FIELD for n in names):
         require_complete(layout.inputs)
     return [open_array(layout.inputs, n) if n in CHANNELS and n != S.FIELD

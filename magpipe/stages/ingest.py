@@ -7,6 +7,8 @@ import json
 import logging
 from pathlib import Path
 
+import dask
+
 from magpipe.config import RunConfig
 from magpipe.errors import DataValidationError, InputError
 from magpipe.io import schema as S
@@ -104,20 +106,21 @@ def _layer_summary(store: Path, layers: list[Layer]) -> dict:
     from magpipe.features import fit_robust_scaling
 
     ds = open_store(store, partial=True)
-    field_valid = ds[S.FIELD].notnull()
-    n_field = int(field_valid.sum())
-    scalings, removed = {}, []
+    scalings = {}
     for layer in layers:
-        grid = ds[layer.name]
         try:
-            s = fit_robust_scaling(grid)
+            s = fit_robust_scaling(ds[layer.name])
         except ValueError:
             raise DataValidationError(f"{layer.path}: layer '{layer.name}' has no valid cell on the survey's "
                                       "cells (all no-data there)") from None
         scalings[layer.name] = [s.mean, s.std, s.clip]
-        lost = int((field_valid & grid.isnull()).sum())
-        removed.append(f"{layer.name} {100 * lost / max(n_field, 1):.1f} %")
-    if not int(ds[S.VALID].sum()):
+    # one pass over the store counts the field's cells, each layer's losses and the cells left
+    field_valid = ds[S.FIELD].notnull()
+    counts = dask.compute(field_valid.sum().data, ds[S.VALID].sum().data,
+                          *((field_valid & ds[layer.name].isnull()).sum().data for layer in layers))
+    n_field, n_valid, lost = int(counts[0]), int(counts[1]), counts[2:]
+    removed = [f"{layer.name} {100 * int(k) / max(n_field, 1):.1f} %" for layer, k in zip(layers, lost)]
+    if not n_valid:
         raise DataValidationError(f"{layers[0].path.parent}: no cell of the survey has data in every layer "
                                   f"({', '.join(layer.name for layer in layers)})")
     log.info("ingest: share of the survey's cells each layer removed (no data there): %s", ", ".join(removed))

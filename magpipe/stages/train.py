@@ -71,9 +71,9 @@ def run_train(out: str | Path, cfg: RunConfig, *, progress=None) -> Path:
     views = second_views(arrays, pds["row"].values, pds["col"].values, cfg)
     result = fit_autoencoder(raw, scaling, cfg, views=views, checkpoint=lay.checkpoint(h), progress=progress)
     train_s = time.perf_counter() - t0
-    reach, reach_table = choose_reach(result.model, arrays, scaling, cells, cfg)
+    reach, reach_table, stats_fit = choose_reach(result.model, arrays, scaling, cells, cfg)
     chosen, svm, svm_info, table = choose_features(
-        fit_candidates(result.model, arrays, scaling, cells, cfg, stats_reach=reach), cfg)
+        fit_candidates(result.model, arrays, scaling, cells, cfg, stats_reach=reach, fitted=stats_fit), cfg)
     if svm_info.get("cv_folds", 0) < 2:
         log.warning("train: the labelled cells fall in fewer than two spatial blocks, so C and gamma were not "
                     "searched (C = %g, gamma = 1 / n_features); more labelled area makes the fit better founded",
