@@ -2,10 +2,12 @@
 
     python benchmarks/gpu_classify.py --json out.json              # 16384^2 on cuda
     python benchmarks/gpu_classify.py --size 2048 --device cpu     # the same steps on the CPU (a dry run)
+    python benchmarks/gpu_classify.py --layers 9 --json out.json   # a 9-layer stack (clipped layer scalings)
 
 Steps, each timed and written to the JSON as it ends (a run cut short keeps what it measured):
-the model is trained on a 1024^2 labelled survey (``run.py``'s benchmark config: AE features,
-Nystroem SVM, no smoothing); the large survey is generated as a Zarr store and ingested; the
+the model is trained on a 1024^2 labelled survey (``--train-size``) (``run.py``'s benchmark config: AE features,
+Nystroem SVM, no smoothing); the large survey is generated as GeoTIFFs (``run.py``'s, with ``--layers``
+further layers) and ingested; the
 GPU tile classifier is compared cell for cell with the CPU one on 512 px tiles (classes, confidence,
 anomaly); each stage's rate on the device (:class:`magpipe.classify.WindowClassifier` timings,
 synchronised) and on one CPU thread; then the whole survey is classified in this process
@@ -38,10 +40,10 @@ from magpipe.bundle import load_bundle  # noqa: E402
 from magpipe.classify import WindowClassifier  # noqa: E402
 from magpipe.io.schema import Layout  # noqa: E402
 from magpipe.io.stores import open_array  # noqa: E402
-from magpipe.patches import read_window  # noqa: E402
+from magpipe.io.survey import open_inputs  # noqa: E402
+from magpipe.patches import read_stack  # noqa: E402
 from magpipe.pipeline import run_ingest  # noqa: E402
 from magpipe.stages.classify import classify_into  # noqa: E402
-from magpipe.synthetic import synthetic_large  # noqa: E402
 from magpipe.tiling import tiles  # noqa: E402
 
 
@@ -51,15 +53,16 @@ def device_name(device: str) -> str:
     return platform.processor() or platform.machine()
 
 
-def compare(bundle, survey: Path, device: str, n_tiles: int = 3, tile_px: int = 512) -> dict:
-    """The device's tiles against the CPU's, cell for cell: differing classes, largest differences."""
-    field = open_array(survey, "field")
-    grid = tiles(field.shape, tile_px)
+def compare(bundle, root: Path, device: str, n_tiles: int = 3, tile_px: int = 512) -> dict:
+    """The device's tiles of the run in ``root`` against the CPU's, cell for cell: differing classes,
+    largest differences."""
+    arrays = open_inputs(Layout(root), bundle.inputs)
+    grid = tiles(arrays[0].shape, tile_px)
     cpu, dev = WindowClassifier(bundle, "cpu"), WindowClassifier(bundle, device)
     out = {"cells": 0, "class_differs": 0, "confidence_max_abs_diff": 0.0, "anomaly_max_rel_diff": 0.0,
            "nan_pattern_equal": True}
     for y0, y1, x0, x1 in grid[:: max(1, len(grid) // n_tiles)][:n_tiles]:
-        window = read_window(field, y0, y1, x0, x1, bundle.halo_px)[None]
+        window = read_stack(arrays, y0, y1, x0, x1, bundle.halo_px)
         (c1, p1, a1), (c2, p2, a2) = cpu(window), dev(window)
         out["cells"] += c1.size
         out["class_differs"] += int((c1 != c2).sum())
@@ -80,6 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--no-dask", action="store_true", help="skip the LocalCluster run")
     ap.add_argument("--cpu-size", type=int, default=4096,
                     help="side of a second survey classified on this machine's CPU cores and on the device (0: none)")
+    ap.add_argument("--train-size", type=int, default=1024, help="side of the labelled survey the model is trained on")
+    ap.add_argument("--layers", type=int, default=1, help="layers of each survey stack (run.py's --layers)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -87,7 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     res: dict = {"date": time.strftime("%Y-%m-%d"), "machine": {
         "device": device_name(args.device), "cpus": os.cpu_count(), "torch": torch.__version__,
-        "memory_gib": psutil.virtual_memory().total / 2**30}, "size": args.size, "tile_px": args.tile_px}
+        "memory_gib": psutil.virtual_memory().total / 2**30}, "size": args.size, "tile_px": args.tile_px,
+        "layers": args.layers}
 
     def save(step: str, value) -> None:
         res[step] = value
@@ -100,9 +106,9 @@ def main(argv: list[str] | None = None) -> dict:
     small = work / "train"
     shutil.rmtree(small, ignore_errors=True)
     small.mkdir(parents=True)
-    write_survey(1024, small / "survey.tif")
-    run_ingest(small, cfg.with_inputs(survey=small / "survey.tif"))
-    tr = train(small, small / "survey.tif", 1024, cfg)
+    _, layers = write_survey(args.train_size, small / "survey.tif", args.layers)
+    run_ingest(small, cfg.with_inputs(survey=small / "survey.tif", layers=layers))
+    tr = train(small, small / "survey.tif", args.train_size, cfg, layers)
     save("training", {"seconds": time.perf_counter() - t0, "device": tr["device"], "patches_per_s": tr["patches_per_s"]})
     bundle_path = Layout(small).model
     bundle = load_bundle(bundle_path)
@@ -111,15 +117,13 @@ def main(argv: list[str] | None = None) -> dict:
     big = work / "big"
     shutil.rmtree(big, ignore_errors=True)
     big.mkdir(parents=True)
-    synthetic_large((args.size, args.size), chunk_px=2048).to_dataset(name="field").to_zarr(big / "input.zarr", mode="w")
-    gen_s = time.perf_counter() - t0
-    run_ingest(big, cfg.with_inputs(survey=big / "input.zarr"))
-    survey = Layout(big).survey
+    gen_s, layers = write_survey(args.size, big / "survey.tif", args.layers)
+    run_ingest(big, cfg.with_inputs(survey=big / "survey.tif", layers=layers))
     save("survey", {"generate_s": gen_s, "ingest_s": time.perf_counter() - t0 - gen_s})
 
-    save("equality_vs_cpu", compare(bundle, survey, args.device))
+    save("equality_vs_cpu", compare(bundle, big, args.device))
     for key, device, tile_px in (("device", args.device, args.tile_px), ("cpu_one_thread", "cpu", 512)):
-        rates = stage_rates(survey, bundle, tile_px, n_tiles=2, device=device)
+        rates = stage_rates(big, bundle, tile_px, n_tiles=2, device=device)
         ceilings = machine_ceilings(device, n_features=bundle.features.n_features)
         table = roofline(rates, stage_work(bundle, tile_px), ceilings)
         print_roofline(table, ceilings, device)
@@ -156,9 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
         mid = work / "cpu"
         shutil.rmtree(mid, ignore_errors=True)
         mid.mkdir(parents=True)
-        synthetic_large((args.cpu_size,) * 2, chunk_px=2048).to_dataset(name="field").to_zarr(mid / "input.zarr",
-                                                                                              mode="w")
-        run_ingest(mid, cfg.with_inputs(survey=mid / "input.zarr"))
+        _, layers = write_survey(args.cpu_size, mid / "survey.tif", args.layers)
+        run_ingest(mid, cfg.with_inputs(survey=mid / "survey.tif", layers=layers))
         row = {"size": args.cpu_size, "cpu_workers": os.cpu_count()}
         t0 = time.perf_counter()
         classify_into(Layout(mid), bundle_path, mid / "gpu.zarr", tile_px=args.tile_px, device=args.device)

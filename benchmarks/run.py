@@ -3,6 +3,7 @@
     python benchmarks/run.py                 # 1k, 4k and 16k surveys (about an hour on 2 cores)
     python benchmarks/run.py --quick         # one 3k survey, classified 3 times (about 10 minutes)
     python benchmarks/run.py --sizes 512 --naive-max 512 --json /tmp/b.json
+    python benchmarks/run.py --layers 9 --sizes 1024 16384 --efficiency-size 1024 --naive-max 0   # a 9-layer stack
 
 For each size a synthetic survey (float32, no-data holes) is written as a tiled
 GeoTIFF block by block, then measured: ingest to Zarr (MB/s of the GeoTIFF),
@@ -15,7 +16,10 @@ on the smallest survey's labelled strip, and reused for the others, as in a
 backfill. The naive reference is the paper's method done directly: one p x p
 patch cut per pixel in numpy, a forward pass per batch of patches, the same
 classifier, one process; its classes must equal magpipe's. Its cost per cell is constant, so on
-surveys larger than ``--naive-max`` it runs on a random sample of ``--naive-cells`` valid cells.
+surveys larger than ``--naive-max`` it runs on a random sample of ``--naive-cells`` valid cells (of a central
+block of ``NAIVE_BLOCK_PX`` a side, which it holds in memory). With ``--layers N`` each survey is a stack of N
+layers (the field and N - 1 more on its grid, ingested as ``--layer`` files), and every stage, the naive
+reference's included, reads all of them.
 Classification is repeated ``--repeats`` times (fresh processes), each run followed by a run of the
 naive reference; rates are medians, with the spread (max - min) / median, and the ratio is the median
 of the paired ratios (each magpipe run over the naive run beside it), with their spread.
@@ -57,11 +61,11 @@ from magpipe.features import cell_features
 from magpipe.io.schema import Layout
 from magpipe.io.stores import open_array
 from magpipe.io.survey import open_inputs, read_label_grids
-from magpipe.patches import read_window
+from magpipe.patches import read_stack
 from magpipe.pipeline import run_labels, run_patches, run_train
 from magpipe.splits import cv_folds, holdout_cells, labelled_split, training_cells
 from magpipe.svm import fit_svm, predict_with_confidence
-from magpipe.synthetic import synthetic_block, synthetic_large
+from magpipe.synthetic import synthetic_block, synthetic_large, synthetic_large_layers
 from magpipe.tiling import tiles
 
 GIB = 2**30
@@ -121,14 +125,21 @@ def benchmark_config(quick_train: bool) -> RunConfig:
                           evaluate={"max_test_pixels": 10000, "block_patches": 2})
 
 
-def write_survey(size: int, path: Path) -> float:
-    """Synthetic size x size survey as a tiled float32 GeoTIFF, written window by window; returns seconds."""
+def write_survey(size: int, path: Path, n_layers: int = 1) -> tuple[float, dict[str, str]]:
+    """Synthetic size x size survey as a tiled float32 GeoTIFF, written window by window, and with
+    ``n_layers`` > 1 its further layers as one band-interleaved GeoTIFF beside it (``layers.tif``).
+
+    Returns the seconds taken and ``inputs.layers`` for them ({"extra": path}: layers extra_1 .. extra_n).
+    """
     t0 = time.perf_counter()
-    da = synthetic_large((size, size), chunk_px=1024)
-    da.rio.write_nodata(np.nan, encoded=False, inplace=True)
-    da.rio.to_raster(path, tiled=True, blockxsize=512, blockysize=512, lock=threading.Lock(), driver="GTiff",
-                     BIGTIFF="IF_SAFER")
-    return time.perf_counter() - t0
+    grids = [(synthetic_large((size, size), chunk_px=1024), path)]
+    if n_layers > 1:
+        grids.append((synthetic_large_layers((size, size), n_layers - 1, chunk_px=1024), path.with_name("layers.tif")))
+    for da, out in grids:
+        da.rio.write_nodata(np.nan, encoded=False, inplace=True)
+        da.rio.to_raster(out, tiled=True, blockxsize=512, blockysize=512, lock=threading.Lock(), driver="GTiff",
+                         BIGTIFF="IF_SAFER", INTERLEAVE="BAND")
+    return time.perf_counter() - t0, ({"extra": str(grids[1][1])} if n_layers > 1 else {})
 
 
 def write_labels(size: int, path: Path, like: Path) -> None:
@@ -143,11 +154,11 @@ def write_labels(size: int, path: Path, like: Path) -> None:
     lab.rio.to_raster(path)
 
 
-def train(root: Path, survey_tif: Path, size: int, cfg: RunConfig) -> dict:
-    """Ingest, label, cut patches and train on the smallest survey; compare exact and Nystroem SVMs."""
+def train(root: Path, survey_tif: Path, size: int, cfg: RunConfig, layers: dict[str, str]) -> dict:
+    """Label, cut patches and train on the smallest (ingested) survey; compare exact and Nystroem SVMs."""
     labels_tif = root / "labels.tif"
     write_labels(size, labels_tif, survey_tif)
-    cfg = cfg.with_inputs(survey=survey_tif, labels=labels_tif)
+    cfg = cfg.with_inputs(survey=survey_tif, labels=labels_tif, layers=layers)
     run_labels(root, cfg)
     run_patches(root, cfg)
     run_train(root, cfg)
@@ -176,11 +187,11 @@ def train(root: Path, survey_tif: Path, size: int, cfg: RunConfig) -> dict:
     return out
 
 
-def stage_rates(survey: Path, bundle, tile_px: int, n_tiles: int = 2, device: str = "cpu") -> dict:
+def stage_rates(root: Path, bundle, tile_px: int, n_tiles: int = 2, device: str = "cpu") -> dict:
     """Single-thread rates of each per-tile stage of :class:`magpipe.classify.WindowClassifier` (its own
-    timings), on n tiles of the survey after one warm-up tile: cells of the tiles per second of each stage."""
-    field = open_array(survey, "field")
-    grid = tiles(field.shape, tile_px)
+    timings), on n tiles of the run's survey after one warm-up tile: cells of the tiles per second of each stage."""
+    arrays = open_inputs(Layout(root), bundle.inputs)
+    grid = tiles(arrays[0].shape, tile_px)
     picks = grid[len(grid) // 2 : len(grid) // 2 + n_tiles]
     picks = picks[:1] + picks  # the first, untimed: a warm-up
     classifier = WindowClassifier(bundle, device)
@@ -191,7 +202,7 @@ def stage_rates(survey: Path, bundle, tile_px: int, n_tiles: int = 2, device: st
         torch.set_num_threads(1)
         try:
             for i, (y0, y1, x0, x1) in enumerate(picks):
-                window = read_window(field, y0, y1, x0, x1, bundle.halo_px)[None]
+                window = read_stack(arrays, y0, y1, x0, x1, bundle.halo_px)
                 classifier(window, timings=t if i else {})
                 cells += (y1 - y0) * (x1 - x0) if i else 0
         finally:
@@ -208,7 +219,7 @@ from magpipe.pipeline import run_ingest
 from magpipe.process import configure_process
 configure_process()  # as the CLI does
 t0 = time.perf_counter()
-run_ingest(sys.argv[2], RunConfig().with_inputs(survey=sys.argv[1]))
+run_ingest(sys.argv[2], RunConfig().with_inputs(survey=sys.argv[1], layers=json.loads(sys.argv[3])))
 print(json.dumps({"seconds": time.perf_counter() - t0}))
 """
 
@@ -291,63 +302,74 @@ def object_storage(root: Path, bundle_path: Path, workers: int, tile_px: int, lo
             "peak_rss_gib": peak, "identical_to_local": same}
 
 
-def naive_classify(bundle, field: np.ndarray, batch: int = 4096, cells: tuple[np.ndarray, np.ndarray] | None = None
-                   ) -> np.ndarray:
-    """The paper's method, done directly: per valid pixel a p x p patch, a forward pass, the classifier.
+NAIVE_BLOCK_PX = 4096  # on larger surveys the naive method holds this central block in memory and samples it
 
-    Returns the (ny, nx) class map, or with ``cells`` = (rows, cols) only the classes of those cells."""
-    p, h = bundle.patch_px, bundle.patch_px // 2
-    padded = np.pad(field, h, constant_values=np.nan)
-    windows = np.lib.stride_tricks.sliding_window_view(padded, (p, p))
-    rows, cols = np.nonzero(np.isfinite(field)) if cells is None else cells
+
+def naive_patches(bundle, stack: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """The cut: a standardised copy (n, C, w, w) of the window each cell's features read (w =
+    ``bundle.features.window_px``), from ``stack`` (C, H + 2h, W + 2h), h = w // 2, at interior cells."""
+    w = bundle.features.window_px
+    windows = np.lib.stride_tricks.sliding_window_view(stack, (w, w), axis=(1, 2))  # (C, H, W, w, w), a view
+    return bundle.scaling.apply(np.moveaxis(windows[:, rows, cols], 0, 1), axis=1)
+
+
+def naive_classify(bundle, stack: np.ndarray, rows: np.ndarray, cols: np.ndarray, batch: int = 4096) -> np.ndarray:
+    """The paper's method, done directly: per cell a window of every input, its features, the classifier.
+
+    ``stack`` is the inputs (C, H + 2h, W + 2h) with the halo h the features read; returns the (n,) classes
+    of interior cells (rows, cols)."""
     out = np.full(len(rows), NODATA_CLASS, dtype="int16")
     for b0 in range(0, len(rows), batch):
-        r, c = rows[b0 : b0 + batch], cols[b0 : b0 + batch]
-        x = bundle.scaling.apply(windows[r, c][:, None], axis=1)  # the cut: a copy of every patch
-        feats = bundle.features.patches(x)
-        out[b0 : b0 + batch], _ = predict_with_confidence(bundle.svm, feats)
-    if cells is not None:
-        return out
-    full = np.full(field.shape, NODATA_CLASS, dtype="int16")
-    full[rows, cols] = out
-    return full
+        x = naive_patches(bundle, stack, rows[b0 : b0 + batch], cols[b0 : b0 + batch])
+        out[b0 : b0 + batch], _ = predict_with_confidence(bundle.svm, bundle.features.patches(x))
+    return out
 
 
 class NaiveReference:
-    """The naive method's timings on one survey: over every cell, or a seeded random sample of
-    ``sample`` valid cells (its cost per cell is constant), one timed pass per :meth:`timed` call so
-    the benchmark can interleave them with magpipe's runs."""
+    """The naive method's timings on one run's survey: over every valid cell, or a seeded random sample
+    of ``sample`` valid cells of a central block of at most ``NAIVE_BLOCK_PX`` a side (its cost per cell
+    is constant), one timed pass per :meth:`timed` call so the benchmark can interleave them with
+    magpipe's runs. Its inputs are read into memory before any clock starts."""
 
-    def __init__(self, bundle, survey: Path, sample: int | None):
-        self.bundle, self.field = bundle, open_array(survey, "field")[:]
-        if sample is None:
-            self.cells, self.n = None, self.field.size
-        else:
-            rows, cols = np.nonzero(np.isfinite(self.field))
+    def __init__(self, bundle, root: Path, sample: int | None):
+        arrays = open_inputs(Layout(root), bundle.inputs)
+        ny, nx = arrays[0].shape
+        by, bx = (ny, nx) if sample is None else (min(ny, NAIVE_BLOCK_PX), min(nx, NAIVE_BLOCK_PX))
+        y0, x0 = (ny - by) // 2, (nx - bx) // 2
+        self.block = (y0, y0 + by, x0, x0 + bx)
+        h = bundle.features.window_px // 2
+        self.bundle, self.stack = bundle, read_stack(arrays, *self.block, h)
+        self.valid = np.isfinite(self.stack[:, h : h + by, h : h + bx]).all(0)
+        rows, cols = np.nonzero(self.valid)
+        if sample is not None:
             pick = np.sort(np.random.default_rng(0).choice(len(rows), min(sample, len(rows)), replace=False))
-            self.cells, self.n = (rows[pick], cols[pick]), len(pick)
+            rows, cols = rows[pick], cols[pick]
+        self.cells, self.n, self.sampled = (rows, cols), len(rows), sample is not None
         self.rates: list[float] = []
         self.classes: np.ndarray | None = None
 
     def timed(self) -> float:
         """One naive pass; its cells/s."""
         t0 = time.perf_counter()
-        self.classes = naive_classify(self.bundle, self.field, cells=self.cells)
+        self.classes = naive_classify(self.bundle, self.stack, *self.cells)
         self.rates.append(self.n / (time.perf_counter() - t0))
         return self.rates[-1]
 
     def compare(self, classified: Path) -> dict:
-        """The rates, and how many cells magpipe's map in ``classified`` classes otherwise, with the largest
-        top-2 probability gap among them (float-order differences flip near-ties)."""
-        ours = open_array(classified, "class")[:]
-        mine = ours if self.cells is None else ours[self.cells]
-        diff = np.nonzero(self.classes != mine)
-        diff_r, diff_c = diff if self.cells is None else (self.cells[0][diff[0]], self.cells[1][diff[0]])
-        margins = tie_margins(self.bundle, self.field, diff_r, diff_c)
+        """The rates, and how many cells magpipe's map in ``classified`` classes otherwise (over every cell
+        of the survey when the naive method ran on all of them, no-data included), with the largest
+        :func:`vote_margins` among them (float-order differences flip near-ties)."""
+        y0, y1, x0, x1 = self.block
+        ours = open_array(classified, "class")[y0:y1, x0:x1]
+        rows, cols = self.cells
+        diff = np.nonzero(self.classes != ours[rows, cols])[0]
+        nodata_differs = 0 if self.sampled else int((ours[~self.valid] != NODATA_CLASS).sum())
+        margins = vote_margins(self.bundle, self.stack, rows[diff], cols[diff])
         return {"naive_pixels_per_s": float(np.median(self.rates)), "naive_pixels_per_s_runs": self.rates,
-                "naive_spread": spread(self.rates), "naive_cells": self.n, "naive_sampled": self.cells is not None,
-                "mismatched_cells": int(len(diff_r)), "identical_to_naive": bool(len(diff_r) == 0),
-                "max_tie_margin_of_mismatches": float(margins.max(initial=0))}
+                "naive_spread": spread(self.rates), "naive_cells": self.n, "naive_sampled": self.sampled,
+                "mismatched_cells": int(len(diff)) + nodata_differs,
+                "identical_to_naive": bool(len(diff) + nodata_differs == 0),
+                "max_vote_margin_of_mismatches": float(margins.max(initial=0))}
 
 
 def paired_ratio(magpipe: list[float], naive: list[float]) -> dict:
@@ -367,15 +389,24 @@ def spread(values: list[float]) -> float:
     return float((max(values) - min(values)) / np.median(values)) if values else 0.0
 
 
-def tie_margins(bundle, field: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Gap between the two most probable classes at given cells: float-order differences flip only near-ties."""
+def vote_margins(bundle, stack: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """How close each given cell's class is to flipping, in the SVM's own decision units: the smallest
+    |one-vs-one decision value| of the exact SVC (whose class is a vote of the pairs), or the gap between
+    the two largest one-vs-rest decisions of the Nystroem LinearSVC. Float summation order (a dense pass
+    against a per-cell one) flips only cells whose margin is near 0."""
+    import copy
+
+    from magpipe.svm import decision_matrix
+
     if len(rows) == 0:
         return np.zeros(0)
-    h = bundle.patch_px // 2
-    windows = np.lib.stride_tricks.sliding_window_view(np.pad(field, h, constant_values=np.nan), (2 * h + 1,) * 2)
-    x = bundle.scaling.apply(windows[rows, cols][:, None], axis=1)
-    proba = bundle.svm.predict_proba(bundle.features.patches(x))
-    top = np.sort(proba, axis=1)
+    X = bundle.features.patches(naive_patches(bundle, stack, rows, cols))
+    est = getattr(bundle.svm, "estimator_", bundle.svm)
+    name, clf = est.steps[-1]
+    if getattr(clf, "decision_function_shape", None) is not None:  # SVC: one vote per pair of classes
+        ovo = copy.deepcopy(est).set_params(**{f"{name}__decision_function_shape": "ovo"}).decision_function(X)
+        return np.abs(ovo).reshape(len(X), -1).min(axis=1)
+    top = np.sort(decision_matrix(est.decision_function(X)), axis=1)
     return top[:, -1] - top[:, -2]
 
 
@@ -429,6 +460,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--naive-cells", type=int, default=50_000,
                     help="cells the naive reference classifies on sizes above --naive-max (0: none)")
     ap.add_argument("--workers", type=int, default=2, help="LocalCluster workers (one thread each)")
+    ap.add_argument("--layers", type=int, default=1,
+                    help="layers of the survey stack: the field and N - 1 further layers on its grid (default 1)")
     ap.add_argument("--naive-max", type=int, default=1024, help="largest side the naive reference runs on")
     ap.add_argument("--efficiency-size", type=int, default=4096,
                     help="size classified with 1 worker too, for parallel efficiency (the largest run if absent)")
@@ -451,7 +484,7 @@ def main(argv: list[str] | None = None) -> dict:
         "python": platform.python_version(), "torch": torch.__version__},
         "config": {"patch_px": cfg.patches.patch_px, "channels": list(cfg.model.channels), "tile_px": tile_px,
                    "features": cfg.svm.features, "smooth_px": cfg.svm.smooth_px, "svm_kernel": cfg.svm.kernel,
-                   "n_components": cfg.svm.n_components, "workers": args.workers},
+                   "n_components": cfg.svm.n_components, "workers": args.workers, "layers": args.layers},
         "targets": TARGETS, "sizes": []}
     bundle_path = None
     try:
@@ -461,15 +494,15 @@ def main(argv: list[str] | None = None) -> dict:
             shutil.rmtree(root, ignore_errors=True)
             root.mkdir(parents=True)
             tif = root / "survey.tif"
-            gen_s = write_survey(size, tif)
-            mb = tif.stat().st_size / 1e6
-            ingest_s, ingest_peak = timed_process(_INGEST, tif, root)
+            gen_s, layers = write_survey(size, tif, args.layers)
+            mb = sum(Path(f).stat().st_size for f in [tif, *layers.values()]) / 1e6
+            ingest_s, ingest_peak = timed_process(_INGEST, tif, root, json.dumps(layers))
             print(f"generated {mb:.0f} MB in {gen_s:.0f} s; ingest {mb / ingest_s:.1f} MB/s "
                   f"(peak {ingest_peak:.2f} GiB)", flush=True)
             row = {"size": size, "cells": size * size, "geotiff_mb": mb, "ingest_mb_per_s": mb / ingest_s,
                    "ingest_peak_rss_gib": ingest_peak, "workers": args.workers}
             if bundle_path is None:
-                result["training"] = train(root, tif, size, cfg)
+                result["training"] = train(root, tif, size, cfg, layers)
                 bundle_path = Layout(root).model
                 tr = result["training"]
                 print(f"training: {tr['patches_per_s']:.0f} patches/s ({tr['device']}); SVM exact vs Nystroem: "
@@ -480,13 +513,13 @@ def main(argv: list[str] | None = None) -> dict:
             valid = open_array(survey, "valid")
             row["valid_fraction"] = float(np.mean([valid[t[0]:t[1], t[2]:t[3]].mean()
                                                    for t in tiles(valid.shape, 2048)]))
-            row.update(stage_rates(survey, bundle, tile_px))
+            row.update(stage_rates(root, bundle, tile_px))
             if "ceilings" not in result:
                 result["ceilings"] = machine_ceilings("cpu", n_features=bundle.features.n_features)
             row["roofline"] = roofline(row, stage_work(bundle, tile_px), result["ceilings"])
             print_roofline(row["roofline"], result["ceilings"], "one CPU thread")
             # magpipe and the naive method take turns, so each pair of runs sees the machine in the same state
-            naive = (NaiveReference(bundle, survey, None if size <= args.naive_max else args.naive_cells)
+            naive = (NaiveReference(bundle, root, None if size <= args.naive_max else args.naive_cells)
                      if size <= args.naive_max or args.naive_cells > 0 else None)
             runs = []
             for i in range(repeats):
@@ -516,7 +549,7 @@ def main(argv: list[str] | None = None) -> dict:
                       f"{row['magpipe_pixels_per_s']:.0f} px/s (spread {row['magpipe_spread']:.0%}); ratio "
                       f"{row['ratio']:.1f}x (runs {', '.join(f'{r:.1f}' for r in row['ratio_runs'])}, spread "
                       f"{row['ratio_spread']:.0%}); {row['mismatched_cells']} cells differ"
-                      + (f" (near-ties: top-2 probability gap <= {row['max_tie_margin_of_mismatches']:.1e})"
+                      + (f" (near-ties: decision margin <= {row['max_vote_margin_of_mismatches']:.1e})"
                          if row["mismatched_cells"] else ""), flush=True)
             if size == eff_size and args.workers > 1:
                 s1, _ = classify_timed(root, bundle_path, root / "classified-1.zarr", 1, tile_px)
@@ -533,7 +566,8 @@ def main(argv: list[str] | None = None) -> dict:
                       f"on local disk ({o['ratio_to_local']:.2f}x), {o['bytes_per_cell']:.1f} bytes moved per cell, "
                       f"map {'identical' if o['identical_to_local'] else 'DIFFERENT'}", flush=True)
             result["sizes"].append(row)
-            shutil.rmtree(tif, ignore_errors=True)
+            for f in [tif, *layers.values()]:
+                Path(f).unlink(missing_ok=True)
             shutil.rmtree(root / "classified.zarr", ignore_errors=True)
     finally:
         if args.workdir is None:
@@ -547,12 +581,17 @@ def main(argv: list[str] | None = None) -> dict:
     result["repeats"] = repeats
     rates = [r["magpipe_pixels_per_s"] for r in result["sizes"]]
     result["linearity"] = {"min_over_max_pixels_per_s": min(rates) / max(rates)}
-    path = args.json or Path(__file__).parent / "results" / f"{result['date']}-{result['machine']['name']}.json"
+    path = args.json or Path(__file__).parent / "results" / f"{result['date']}-{result['machine']['name']}{stack_suffix(args.layers)}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))
     print_summary(result)
     print(f"\nwrote {path}")
     return result
+
+
+def stack_suffix(layers: int) -> str:
+    """What names a stack's results file apart from one grid's."""
+    return f"-{layers}-layers" if layers > 1 else ""
 
 
 def print_summary(r: dict) -> None:

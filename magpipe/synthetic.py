@@ -151,17 +151,48 @@ def synthetic_large(shape: tuple[int, int], *, chunk_px: int = 1024, spacing_m: 
     ``kw`` goes to :func:`synthetic_block`. Returns a lazy float32 ``field`` (y, x) in nT, y descending,
     NaN holes; the truth is :func:`synthetic_block`'s for the same window.
     """
-    import dask.array as da
 
-    def block(block_info=None):
-        """The field of the dask block at ``block_info``'s location."""
-        (y0, y1), (x0, x1) = block_info[None]["array-location"]
+    def block(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         return synthetic_block(y0, y1, x0, x1, seed=seed, **kw)[0]
 
+    out = _lazy_grid(block, shape, chunk_px, spacing_m, bands=0).rename("field")
+    out.attrs["units"] = "nT"
+    return out
+
+
+def synthetic_large_layers(shape: tuple[int, int], n_layers: int, *, chunk_px: int = 1024, spacing_m: float = 100.0,
+                           seed: int = 0, **kw) -> xr.DataArray:
+    """Further layers of :func:`synthetic_large`'s survey on its grid, as a survey stack carries (gamma-ray,
+    terrain): layer k is a different saturating view of the field, so it carries the units, plus smooth
+    noise of its own wavelength, so no two layers are copies. Lazy (band, y, x) float32, bands 1..n,
+    with the field's no-data holes."""
+
+    def block(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        field = synthetic_block(y0, y1, x0, x1, seed=seed, **kw)[0].astype("float64") / 200.0
+        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
+        return np.stack([np.tanh((0.5 + 0.25 * k) * field + 0.3 * k)
+                         + 0.3 * _value_noise(yy, xx, 8.0 + 4.0 * k, seed + 100 + k)
+                         for k in range(n_layers)]).astype("float32")
+
+    return _lazy_grid(block, shape, chunk_px, spacing_m, bands=n_layers).rename("layers")
+
+
+def _lazy_grid(block, shape: tuple[int, int], chunk_px: int, spacing_m: float, *, bands: int) -> xr.DataArray:
+    """A dask-backed (y, x) grid, or (band, y, x) with ``bands`` > 0, whose blocks are ``block(y0, y1, x0, x1)``,
+    on :func:`synthetic_survey`'s georeferencing."""
+    import dask.array as da
+
+    def one(block_info=None):
+        (*_, (y0, y1), (x0, x1)) = block_info[None]["array-location"]
+        return block(y0, y1, x0, x1)
+
     ny, nx = shape
-    data = da.map_blocks(block, chunks=da.core.normalize_chunks(chunk_px, shape), dtype="float32",
-                         meta=np.empty((0, 0), "float32"))
-    x = 500_000 + spacing_m * (np.arange(nx) + 0.5)
-    y = 6_000_000 - spacing_m * (np.arange(ny) + 0.5)
-    out = xr.DataArray(data, dims=("y", "x"), coords={"y": y, "x": x}, name="field", attrs={"units": "nT"})
-    return out.rio.write_crs(CRS)
+    chunks = da.core.normalize_chunks(chunk_px, shape)
+    if bands:
+        chunks = ((bands,), *chunks)
+    data = da.map_blocks(one, chunks=chunks, dtype="float32", meta=np.empty((0,) * (2 + bool(bands)), "float32"))
+    coords = {"y": 6_000_000 - spacing_m * (np.arange(ny) + 0.5), "x": 500_000 + spacing_m * (np.arange(nx) + 0.5)}
+    dims: tuple[str, ...] = ("y", "x")
+    if bands:
+        coords["band"], dims = np.arange(1, bands + 1), ("band", "y", "x")
+    return xr.DataArray(data, dims=dims, coords=coords).rio.write_crs(CRS)

@@ -20,8 +20,9 @@ def test_benchmark_runs_and_matches_the_naive_method(tmp_path):
     main = runpy.run_path(str(ROOT / "benchmarks" / "run.py"))["main"]
     out = tmp_path / "bench.json"
     result = main(["--sizes", "320", "--quick", "--naive-max", "0", "--naive-cells", "4000", "--repeats", "2",
-                   "--json", str(out), "--workdir", str(tmp_path / "work"), "--object-storage"])
+                   "--json", str(out), "--workdir", str(tmp_path / "work"), "--object-storage", "--layers", "3"])
     saved = json.loads(out.read_text())
+    assert saved["config"]["layers"] == 3  # a survey stack: the field and two layers read by every stage
     assert saved["ratio_vs_naive"] == result["ratio_vs_naive"] > 1
     (row,) = saved["sizes"]
     for key in ("size", "magpipe_pixels_per_s", "naive_pixels_per_s", "peak_rss_gib", "workers",
@@ -38,7 +39,7 @@ def test_benchmark_runs_and_matches_the_naive_method(tmp_path):
     assert row["ratio_runs"] == ratios and saved["ratio_vs_naive"] == np.median(ratios)
     assert saved["ratio_spread"] == (max(ratios) - min(ratios)) / np.median(ratios)
     assert saved["ratio_spread_bound"] == row["magpipe_spread"] + row["naive_spread"] >= 0
-    assert row["max_tie_margin_of_mismatches"] < 1e-3
+    assert row["max_vote_margin_of_mismatches"] < 1e-2
     assert saved["parallel_efficiency"]["one_worker_pixels_per_s"] > 0
     assert {s["layout"] for s in saved["zarr_study"]} >= {"shard 512, chunk 256, zstd"}
     assert set(saved["training"]["svm"]) == {"exact", "nystroem"}
@@ -46,3 +47,43 @@ def test_benchmark_runs_and_matches_the_naive_method(tmp_path):
     assert store["identical_to_local"] and store["pixels_per_s"] > 0
     # at least the survey read (float32 field + mask) and the maps written, compressed, crossed to the server
     assert store["bytes_per_cell"] > 1
+
+
+@pytest.mark.slow
+def test_stack_rates_pair_every_set_with_its_naive_method(tmp_path):
+    main = runpy.run_path(str(ROOT / "benchmarks" / "stack_rates.py"))["main"]
+    out = tmp_path / "rates.json"
+    result = main(["--layers", "1", "3", "--size", "192", "--tile-px", "96", "--repeats", "2", "--naive-cells",
+                   "300", "--n-patches", "300", "--epochs", "1", "--json", str(out), "--workdir", str(tmp_path / "w")])
+    assert json.loads(out.read_text()) == result
+    assert set(result["stacks"]) == {"1", "3"}
+    for n, row in result["stacks"].items():
+        sets = row["sets"]
+        assert set(sets) == {"stats", "stats@wide", "ae", "ae+stats", "deployed"}
+        for name, s in sets.items():
+            assert len(s["cells_per_s_runs"]) == len(s["naive_cells_per_s_runs"]) == 2
+            ratios = [m / r for m, r in zip(s["cells_per_s_runs"], s["naive_cells_per_s_runs"])]
+            assert s["ratio"] == np.median(ratios) and s["cells_per_s"] == np.median(s["cells_per_s_runs"])
+            # the naive method of the same configuration classes every sampled cell alike (smoothing aside),
+            # but where float summation order flips a near-tie
+            if name == "deployed":
+                assert s["mismatched_cells"] is None
+            else:
+                assert s["mismatched_cells"] <= 1 and s["max_vote_margin_of_mismatches"] < 1e-2, (n, name)
+        # window statistics grow with the layers, the encoder's readout does not
+        assert sets["stats"]["n_features"] == int(n) * 21 and sets["ae"]["n_features"] == sets["deployed"]["n_features"]
+        assert sets["stats@wide"]["window_px"] > sets["stats"]["window_px"] == 11
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_dry_run_on_a_stack_matches_the_cpu(tmp_path):
+    """benchmarks/gpu_classify.py's steps on the CPU (its dry run), on a 3-layer stack: the tile comparison
+    it makes on a GPU finds nothing to report here, and every step writes its figures."""
+    main = runpy.run_path(str(ROOT / "benchmarks" / "gpu_classify.py"))["main"]
+    out = tmp_path / "gpu.json"
+    res = main(["--size", "256", "--train-size", "256", "--tile-px", "128", "--device", "cpu", "--cpu-size", "0",
+                "--layers", "3", "--json", str(out), "--workdir", str(tmp_path / "w")])
+    assert json.loads(out.read_text())["layers"] == 3
+    eq = res["equality_vs_cpu"]
+    assert eq["cells"] > 0 and eq["class_differs"] == 0 and eq["nan_pattern_equal"]
+    assert res["end_to_end_in_process"]["pixels_per_s"] > 0 and res["stage_rates_device"]["tile_pixels_per_s"] > 0

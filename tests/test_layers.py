@@ -186,6 +186,25 @@ def test_a_model_of_a_stack_refuses_a_survey_without_one_of_its_layers(tmp_path)
     assert not (other / "classified.zarr").exists()
 
 
+def test_the_patch_size_is_chosen_on_validation_from_the_whole_stack(tmp_path):
+    """The encoder's receptive field (``patches.patch_px: auto``) is chosen from quick encoders of the
+    stack: the classes live in one layer, so a choice made from the field alone would validate near chance."""
+    from magpipe.pipeline import run_labels, run_patch_size, run_patches, run_train
+
+    s = synthetic_stack(tmp_path, carrier="alpha")
+    svm = {"max_per_class": 400, "gamma_scale": [0.1, 0.3, 1.0], "C": [1.0, 10.0, 100.0]}
+    cfg = tiny_config(patches={"patch_px": "auto", "auto_sizes": [9, 13]}, svm=svm).with_inputs(
+        survey=s["survey"], labels=s["labels"], layers=s["layers"])
+    out = tmp_path / "out"
+    for stage in (run_ingest, run_labels, run_patch_size, run_patches, run_train):
+        stage(out, cfg)
+    choice = json.loads(Layout(out).patch_size.read_text())
+    assert choice["sizes"] == [9, 13] and choice["chosen"] in (9, 13)
+    assert max(choice["validation"][str(choice["chosen"])].values()) >= 0.7  # 3 classes: chance is 1/3
+    meta = json.loads((out / "model" / "metadata.json").read_text())
+    assert meta["inputs"] == ["field", "alpha", "beta"] and meta["patch_px"] == choice["chosen"]
+
+
 def test_layers_are_grouped_by_their_names_unless_told():
     from magpipe.layer_groups import layer_groups
 
