@@ -19,6 +19,7 @@ from flows.classify import classify_survey
 from flows.train import train_remote_or_local
 from magpipe.config import RunConfig
 from magpipe.errors import InputError
+from magpipe.explore import require_embedding
 from magpipe.io.stores import version
 from magpipe.pipeline import run_evaluate, run_ingest, run_labels, run_patch_size, run_patches
 
@@ -86,6 +87,7 @@ def survey_pipeline(survey: str | None = None, labels_path: str | None = None, o
                                     data_path(classes, "classes"))
     out = data_path(out, "out")
     cfg = pipeline_config(survey, labels_path, label_field, classes, config, layer_paths(layers))
+    require_embedding(cfg.evaluate.embedding)  # the report's last step: refused before the first
     conf = cfg.model_dump(mode="json")
     name = survey_name(cfg.inputs.survey)
     run_tags = (name, f"magpipe-{version()}")

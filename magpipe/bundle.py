@@ -157,6 +157,18 @@ def save_bundle(bundle: ModelBundle, path: str | Path) -> Path:
     return path
 
 
+def bundle_fingerprint(path: str | Path) -> str:
+    """What identifies a bundle's content: the hash of its ``metadata.json``, which holds the checksums of
+    its weights and SVM (so any retrain changes it). One small read: cheap enough to check per tile.
+
+    Raises InputError when ``path`` holds no bundle."""
+    meta_file = as_path(path) / "metadata.json"
+    try:
+        return bytes_hash(meta_file.read_bytes())
+    except FileNotFoundError:
+        raise InputError(f"{as_path(path)}: not a magpipe model bundle (no metadata.json)") from None
+
+
 def read_bundle_meta(path: str | Path) -> dict:
     """A bundle's metadata alone, checked for format: cheap, loads no weights.
 

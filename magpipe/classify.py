@@ -21,7 +21,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from magpipe.bundle import ModelBundle, load_bundle
+from magpipe.bundle import ModelBundle, bundle_fingerprint, load_bundle
 from magpipe.decision import Decision
 from magpipe.features import AEFeatures, centred
 from magpipe.io.schema import NODATA_CLASS, Layout
@@ -189,16 +189,26 @@ def classify_array(bundle: ModelBundle, grids: np.ndarray | list[np.ndarray], de
     return classify_window(bundle, read_stack(arrays, 0, ny, 0, nx, bundle.halo_px), device)
 
 
-@lru_cache(maxsize=4)
 def cached_bundle(path: str) -> ModelBundle:
-    """Each worker process loads a bundle once, however many tiles it runs."""
+    """Each worker process loads a bundle once, however many tiles it runs, and again when its content
+    changes (a model retrained into the same path): the cache is keyed by :func:`bundle_fingerprint`."""
+    return _bundle(path, bundle_fingerprint(path))
+
+
+def cached_classifier(path: str, device: str) -> WindowClassifier:
+    """Each worker process readies a bundle on a device once, however many tiles it runs, and again when
+    the bundle's content changes (keyed by :func:`bundle_fingerprint`, as :func:`cached_bundle`)."""
+    return _classifier(path, device, bundle_fingerprint(path))
+
+
+@lru_cache(maxsize=4)
+def _bundle(path: str, fingerprint: str) -> ModelBundle:
     return load_bundle(path)
 
 
 @lru_cache(maxsize=4)
-def cached_classifier(path: str, device: str) -> WindowClassifier:
-    """Each worker process readies a bundle on a device once, however many tiles it runs."""
-    return WindowClassifier(cached_bundle(path), device)
+def _classifier(path: str, device: str, fingerprint: str) -> WindowClassifier:
+    return WindowClassifier(_bundle(path, fingerprint), device)
 
 
 def classify_tile(run: str, bundle_path: str, tile: Tile, device: str = "cpu") -> dict[str, np.ndarray]:

@@ -275,6 +275,9 @@ class SVMConfig(_Section):
         return tuple(check_feature_name(n) for n in v)
 
 
+REPORT_ONLY = {"evaluate": ("embedding",)}  # fields that change the report, never a model or a choice
+
+
 class EvalConfig(_Section):
     block_patches: int = Field(
         3, ge=1, description="Side of a spatial split block, in patch widths."
@@ -304,6 +307,10 @@ class EvalConfig(_Section):
         "layers held at their mean (the encoder is not retrained), paired against the whole stack on the same "
         "splits: what each group adds. False skips it (one SVM fit per group and split).")
     top_k: int = Field(10, ge=1, description="Rows of the report's anomaly and label-next tables.")
+    embedding: Literal["pca", "umap"] = Field(
+        "pca", description="2-D view of the test cells' features in the report (embedding.png): 'pca', or 'umap' "
+        "(needs `pip install umap-learn`; refused before the run starts where it is missing). Recorded in "
+        "report.json `embedding.method`; never switched by what happens to be installed.")
     seed: int = Field(0, description="Seed of the block assignment.")
 
 
@@ -409,9 +416,12 @@ class RunConfig(_Section):
             got = "" if err["type"] in ("extra_forbidden", "value_error") else f", got {err['input']!r}"
             raise ConfigError(f"{path or 'config'}: {where}: {msg}{got}") from None
 
-    def section_json(self, name: str) -> str:
-        """Canonical JSON of one section: the part of a stage's content hash that is config."""
-        return json.dumps(getattr(self, name).model_dump(mode="json"), sort_keys=True)
+    def section_json(self, name: str, *, model_only: bool = False) -> str:
+        """Canonical JSON of one section: the part of a stage's content hash that is config. With
+        ``model_only``, less the fields that only change the report (``REPORT_ONLY``): what the model and
+        the choices made before it depend on."""
+        exclude = set(REPORT_ONLY.get(name, ())) if model_only else None
+        return json.dumps(getattr(self, name).model_dump(mode="json", exclude=exclude), sort_keys=True)
 
     def with_inputs(self, **inputs: str | Path | None) -> "RunConfig":
         """A copy with the given inputs set (paths made absolute, so the saved config works from anywhere)."""

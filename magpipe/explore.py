@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from magpipe.errors import ConfigError
 from magpipe.io.location import as_path
 from magpipe.io.stores import open_array
 
@@ -161,20 +162,35 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def embedding_2d(X: np.ndarray) -> tuple[np.ndarray, str]:
-    """2-D view of embeddings: UMAP when installed, else PCA of the standardised features.
+EMBEDDINGS = {"pca": "PCA", "umap": "UMAP"}  # evaluate.embedding -> the name on the figure's axes
 
-    ``X`` is (n, F) features; returns the (n, 2) coordinates and the method's name (``"UMAP"`` or
-    ``"PCA"``), for the axis labels. Seeded, so a report's view is reproducible.
+
+def require_embedding(method: str) -> None:
+    """Raise ConfigError, in one line, when the embedding ``method`` asked for cannot run here (``umap``
+    needs umap-learn): checked before a run starts, never discovered after its scoring."""
+    if method == "umap":
+        import importlib.util
+
+        if importlib.util.find_spec("umap") is None:
+            raise ConfigError("evaluate.embedding: 'umap' needs the umap-learn package (pip install umap-learn); "
+                              "or use 'pca', the default")
+
+
+def embedding_2d(X: np.ndarray, method: str = "pca") -> tuple[np.ndarray, str]:
+    """2-D view of embeddings: PCA (or UMAP, when asked) of the standardised features.
+
+    ``X`` is (n, F) features; returns the (n, 2) coordinates and the method's name (``"PCA"`` or
+    ``"UMAP"``), for the axis labels. Seeded, so a report's view is reproducible; the method is what
+    ``evaluate.embedding`` says, never what happens to be installed.
     """
     from sklearn.preprocessing import StandardScaler
 
+    require_embedding(method)
     Z = StandardScaler().fit_transform(X)
-    try:
-        import umap  # optional
+    if method == "umap":
+        import umap
 
-        return umap.UMAP(n_components=2, random_state=0).fit_transform(Z), "UMAP"
-    except ImportError:
-        from sklearn.decomposition import PCA
+        return umap.UMAP(n_components=2, random_state=0).fit_transform(Z), EMBEDDINGS[method]
+    from sklearn.decomposition import PCA
 
-        return PCA(n_components=2, random_state=0).fit_transform(Z), "PCA"
+    return PCA(n_components=2, random_state=0).fit_transform(Z), EMBEDDINGS["pca"]

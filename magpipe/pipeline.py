@@ -13,6 +13,7 @@ from contextlib import AbstractContextManager as ContextManager
 from pathlib import Path
 
 from magpipe.config import RunConfig
+from magpipe.explore import require_embedding
 from magpipe.io.schema import Layout
 from magpipe.io.stores import check_output_path
 from magpipe.locking import locks_output
@@ -40,6 +41,7 @@ def run_all(out: str | Path, cfg: RunConfig, *, client=None,
     no memory while the model trains or the report is scored.
     """
     check_output_path(Layout(out).survey)
+    require_embedding(cfg.evaluate.embedding)  # the report's last step: refused now, not after the training
     stages.run_ingest(out, cfg)
     stages.run_labels(out, cfg)
     stages.run_patch_size(out, cfg)

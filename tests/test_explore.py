@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -79,3 +80,54 @@ def test_similar_ranks_the_query_unit_above_the_others(trained_run, tmp_path):
     assert (out / "similar.png").exists() and (out / "similar.json").exists()
     with pytest.raises(InputError, match="outside the survey"):
         run_similar(out, trained_run["cfg"], point=(0.0, 0.0))
+
+
+def test_the_embedding_is_the_configured_method_whatever_is_installed(finished_run, tmp_path, monkeypatch):
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    from magpipe.explore import embedding_2d
+
+    assert finished_run["report"]["embedding"]["method"] == "PCA"  # the default, recorded in the report
+    # an importable `umap` (this one marks what it embeds) must not change the default's view
+    (tmp_path / "umap").mkdir()
+    (tmp_path / "umap" / "__init__.py").write_text(
+        "import numpy as np\nclass UMAP:\n    def __init__(self, **kw): pass\n"
+        "    def fit_transform(self, Z): return np.full((len(Z), 2), 7.0)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    X = np.random.default_rng(0).normal(size=(50, 6))
+    try:
+        coords, method = embedding_2d(X)
+        assert method == "PCA"
+        np.testing.assert_allclose(coords, PCA(n_components=2, random_state=0).fit_transform(
+            StandardScaler().fit_transform(X)))
+        coords, method = embedding_2d(X, "umap")  # asked for: the installed package draws it
+        assert method == "UMAP" and (coords == 7.0).all()
+    finally:
+        sys.modules.pop("umap", None)  # this process's later imports must not find the stand-in
+
+
+def test_an_embedding_that_cannot_run_here_is_refused_before_the_run(survey_files, tmp_path):
+    import importlib.util
+
+    from magpipe.testing import assert_one_line_error, run_cli
+
+    if importlib.util.find_spec("umap") is not None:
+        pytest.skip("umap-learn is installed here")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("evaluate:\n  embedding: umap\n")
+    r = run_cli("run", survey_files["survey"], "--labels", survey_files["labels"], "--config", cfg,
+                "--out", tmp_path / "out")
+    assert_one_line_error(r, "evaluate.embedding", "umap-learn")
+    assert not (tmp_path / "out" / "survey.zarr").exists()
+
+
+def test_the_embedding_changes_the_report_not_the_model():
+    from magpipe.config import RunConfig
+    from magpipe.stages.train import train_hash
+
+    pca, umap = RunConfig.load(None), RunConfig.load(None, evaluate={"embedding": "umap"})
+    assert train_hash("patches", "labels", pca) == train_hash("patches", "labels", umap)  # no retraining
+    assert pca.section_json("evaluate") != umap.section_json("evaluate")  # the report is made again
+    other_split = RunConfig.load(None, evaluate={"splits": 3})
+    assert train_hash("patches", "labels", pca) != train_hash("patches", "labels", other_split)

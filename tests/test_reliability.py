@@ -228,3 +228,30 @@ def test_a_stop_request_a_library_swallows_still_stops_the_next_step(monkeypatch
     finally:
         for s, h in handlers.items():
             signal.signal(s, h)
+
+
+def test_a_model_retrained_into_the_same_path_is_used_by_a_long_lived_cluster(trained_run, tmp_path):
+    """Workers cache a bundle by its content, not its path: after a retrain into the same OUT/model the
+    same `dask worker` processes classify with the new model."""
+    import shutil
+
+    from magpipe.pipeline import run_train
+    from magpipe.testing import tiny_config
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run["out"], run, ignore=shutil.ignore_patterns(".magpipe.lock"))
+    model, field = run / "model", zarr.open_array(run / "survey.zarr" / "field", mode="r")[:]
+    (tmp_path / "cluster").mkdir()
+    with external_cluster(tmp_path / "cluster") as address, dask_client(address, workers=2) as client:
+        client.wait_for_workers(2, timeout=60)
+        pids = client.run(os.getpid)
+        maps = []
+        for features in ("auto", "raw"):  # the run's own model, then one retrained into the same path
+            cfg = trained_run["cfg"].with_inputs(survey=trained_run["survey"], labels=trained_run["labels"])
+            run_train(run, cfg.model_copy(update={"svm": cfg.svm.model_copy(update={"features": features})}))
+            expected = classify_array(load_bundle(model), field)[0]
+            out = classify_into(Layout(run), model, tmp_path / f"{features}.zarr", tile_px=32, client=client)
+            maps.append(zarr.open_array(out / "class", mode="r")[:])
+            np.testing.assert_array_equal(maps[-1], expected)
+        assert client.run(os.getpid) == pids  # the same worker processes served both
+    assert (maps[0] != maps[1]).any()  # the two models differ, so a stale one would have shown

@@ -21,7 +21,7 @@ from magpipe.bundle import ModelBundle, load_bundle, read_bundle_meta
 from magpipe.config import RunConfig
 from magpipe.errors import DataValidationError
 from magpipe.evaluation import METRICS, best_by_validation, paired, score, sparse_label_scores, summarise, verdict
-from magpipe.explore import embedding_2d, label_next, top_anomalies
+from magpipe.explore import embedding_2d, label_next, require_embedding, top_anomalies
 from magpipe.features import FeatureSet, cell_features, part_sizes, stat_windows
 from magpipe.layer_groups import layer_groups, occluded
 from magpipe.io import schema as S
@@ -305,6 +305,7 @@ def run_evaluate(out: str | Path, cfg: RunConfig) -> dict:
     """
     from magpipe.report import write_report
 
+    require_embedding(cfg.evaluate.embedding)
     lay = Layout(out)
     cfg.save(lay.config)
     size = patch_size_record(lay) if cfg.patches.patch_px == "auto" else None
@@ -321,7 +322,7 @@ def run_evaluate(out: str | Path, cfg: RunConfig) -> dict:
     first = splits[0]
     ty = first["test_labels"]
     view = np.random.default_rng(cfg.evaluate.seed).choice(len(ty), min(len(ty), 3000), replace=False)
-    emb, emb_method = embedding_2d(first["test_features"][view])
+    emb, emb_method = embedding_2d(first["test_features"][view], cfg.evaluate.embedding)
     report["embedding"] = {"method": emb_method, "n_cells": len(view)}
     report["input_hash"] = h
     write_report(report, lay, embedding=(emb, ty[view]))

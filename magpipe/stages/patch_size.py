@@ -94,7 +94,7 @@ def choose_patch_size(lay: Layout, cfg: RunConfig) -> RunConfig:
     """
     attrs = survey_attrs(lay.survey)
     h = content_hash("patch-size-v2", str(attrs[S.HASH]), str(attrs.get(S.LABELS_HASH)),
-                     *(cfg.section_json(s) for s in ("patches", "model", "svm", "evaluate")))
+                     *(cfg.section_json(s, model_only=True) for s in ("patches", "model", "svm", "evaluate")))
     done = patch_size_record(lay)
     if done.get("hash") == h:
         log.info("patch size: %d px, chosen before (%s)", done["chosen"], lay.patch_size)

@@ -33,7 +33,7 @@ def train_hash(patches_hash: str, labels_hash: str, cfg: RunConfig) -> str:
     Returns a 32-hex-digit content hash, stored as the bundle's ``input_hash``.
     """
     return content_hash("train-v2", patches_hash, labels_hash, cfg.section_json("model"), cfg.section_json("svm"),
-                        cfg.section_json("evaluate"))
+                        cfg.section_json("evaluate", model_only=True))
 
 
 @locks_output
