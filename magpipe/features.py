@@ -35,7 +35,7 @@ import xarray as xr
 from torch.nn import functional as F
 
 from magpipe.config import check_feature_name
-from magpipe.model import PatchAutoencoder, box_mean, dense_features, patch_features
+from magpipe.model import PatchAutoencoder, box_mean, dense_features, patch_features, seeded_autoencoder
 from magpipe.patches import stack_patches
 
 CELL_BATCH = 512  # patches cut and encoded at a time: bounds memory for any number of cells
@@ -337,12 +337,10 @@ def part_sizes(fs: FeatureSet) -> tuple[int, ...]:
 
 
 def untrained_encoder(model: PatchAutoencoder, seed: int) -> PatchAutoencoder:
-    """The same architecture with the weights training started from (``torch.manual_seed(seed)``, as in
-    :func:`magpipe.training.train_autoencoder`): the control that isolates what training added."""
-    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
-        torch.manual_seed(seed)
-        return PatchAutoencoder(model.patch_px, [c.out_channels for c in model.encoder],
-                                model.decoder[0].out_features, in_channels=model.in_channels).eval()
+    """The same architecture with the weights training started from (:func:`magpipe.model.seeded_autoencoder`
+    of ``seed``, as in :func:`magpipe.training.train_autoencoder`): the control that isolates what training added."""
+    return seeded_autoencoder(seed, model.patch_px, [c.out_channels for c in model.encoder],
+                              model.decoder[0].out_features, in_channels=model.in_channels).eval()
 
 
 def feature_set(name: str, model: PatchAutoencoder, layers: Sequence[int], *, readout: str = "mean_centre",

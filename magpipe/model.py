@@ -140,6 +140,15 @@ class PatchAutoencoder(nn.Module):
         return sum(self.layer_feature_size(k, readout) for k in layers)
 
 
+def seeded_autoencoder(seed: int, patch_px: int, channels: Sequence[int], hidden: int, *, in_channels: int = 1
+                       ) -> PatchAutoencoder:
+    """A :class:`PatchAutoencoder` whose initial weights come from ``seed`` alone (the CPU generator seeded as
+    ``torch.manual_seed`` would), leaving the caller's random state, and every device's, as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        return PatchAutoencoder(patch_px, channels, hidden, in_channels=in_channels)
+
+
 def resolve_layers(model: PatchAutoencoder, layers: Sequence[int] | None) -> list[int]:
     """Validate a layer selection; None means every encoder layer.
 

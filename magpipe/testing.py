@@ -158,10 +158,21 @@ def synthetic_stack(d: Path, *, carrier: str, extra: dict[str, int] | None = Non
 
 
 def start_cli(*args, env: dict | None = None) -> subprocess.Popen:
-    """``magpipe ARGS`` in its own process group, as a terminal would run it, stderr piped line by line."""
+    """``magpipe ARGS`` in its own process group, as a terminal would run it, stderr piped line by line.
+
+    As from a terminal, the command starts with SIGINT and SIGTERM at their defaults and unblocked,
+    whatever the test process's own state: a child inherits an ignored or blocked signal across exec, and
+    the CLI keeps ignoring a SIGINT it was started ignoring (a background job's)."""
+    import signal
+
+    def as_from_a_terminal() -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT, signal.SIGTERM])
+
     return subprocess.Popen([sys.executable, "-m", "magpipe", *map(str, args)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env=None if env is None else {**os.environ, **env})
+                            env=None if env is None else {**os.environ, **env}, preexec_fn=as_from_a_terminal)
 
 
 def stop_when(proc: subprocess.Popen, marker: str, sig: int, *, group: bool, after_s: float = 1.0

@@ -20,7 +20,7 @@ import torch
 from magpipe.config import ModelConfig, RunConfig
 from magpipe.features import StackScaling
 from magpipe.io.location import as_path, write_bytes
-from magpipe.model import PatchAutoencoder
+from magpipe.model import PatchAutoencoder, seeded_autoencoder
 from magpipe.objectives import NEIGHBOUR_FRACTION, masked_mse, objective_loss
 from magpipe.patches import neighbour_centres, stack_patches
 from magpipe.progress import progress as steps
@@ -95,8 +95,7 @@ def train_autoencoder(
         raise ValueError("second views are given for, and only for, the contrastive objective")
     n, c_in, p, _ = inputs.shape
     device = resolve_device(device)
-    torch.manual_seed(cfg.seed)
-    model = PatchAutoencoder(p, cfg.channels, cfg.hidden, in_channels=c_in).to(device)
+    model = seeded_autoencoder(cfg.seed, p, cfg.channels, cfg.hidden, in_channels=c_in).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
     split = np.random.default_rng(cfg.seed).permutation(n)
     n_val = max(1, int(round(n * cfg.val_fraction)))

@@ -134,3 +134,27 @@ def test_masked_layers_learns_a_stack_and_resumes(tmp_path):
     resumed = train_autoencoder(x2, m2, cfg, checkpoint=ckpt)
     for va, vb in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
         torch.testing.assert_close(va, vb)
+
+
+def test_training_leaves_the_callers_random_state_alone():
+    """The weights come from the config's seed, and the caller's random numbers stay its own: a long-lived
+    process that trains between two draws gets the draws it would have got without training."""
+    from magpipe.features import untrained_encoder
+
+    x, m = _patches(n=120)
+    cfg = CFG.model_copy(update={"epochs": 1})
+    torch.manual_seed(123)
+    expected = torch.rand(5)
+    torch.manual_seed(123)
+    result = train_autoencoder(x, m, cfg)
+    assert torch.equal(torch.rand(5), expected)
+    # and the weights training started from are the seed's alone, whatever the caller's state was
+    torch.manual_seed(999)
+    again = train_autoencoder(x, m, cfg)
+    assert all(torch.equal(a, b) for a, b in zip(result.model.parameters(), again.model.parameters()))
+    start = untrained_encoder(result.model, cfg.seed)
+    torch.manual_seed(cfg.seed)
+    from magpipe.model import PatchAutoencoder
+
+    plain = PatchAutoencoder(9, cfg.channels, cfg.hidden)  # what torch.manual_seed(seed) used to give
+    assert all(torch.equal(a, b) for a, b in zip(start.parameters(), plain.parameters()))
