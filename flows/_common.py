@@ -14,7 +14,7 @@ from typing import Any
 
 from magpipe.config import RunConfig
 from magpipe.errors import ConfigError, InputError
-from magpipe.io.location import is_url, use_storage_options
+from magpipe.io.location import is_url
 from magpipe.process import configure_process
 from prefect.cache_policies import NO_CACHE
 
@@ -25,21 +25,25 @@ STAGE_TASK = {"cache_policy": NO_CACHE, "persist_result": False}
 def load_config(config: dict[str, Any] | str | None) -> RunConfig:
     """A flow's one config parameter: a dict of sections, a YAML/JSON path, or None for defaults.
 
-    Also makes the process-wide settings (:func:`magpipe.process.configure_process`): every flow
-    starts here.
+    Storage options (secrets, often) are refused in a dict: Prefect stores a flow's parameters in its
+    database and shows them in the UI. They belong in a config file the flow reads, or in the workers'
+    environment; the flow gives them to its own work with :func:`magpipe.io.location.storage_scope`
+    and passes :meth:`RunConfig.parameters` on. Also makes the process-wide settings
+    (:func:`magpipe.process.configure_process`): every flow starts here.
     """
     configure_process()
     if config is None:
         return RunConfig()
     if isinstance(config, dict):  # (a config path is checked by the flow against the data root)
+        if isinstance(config.get("runtime"), dict) and config["runtime"].get("storage_options"):
+            raise ConfigError("flow parameter 'config': runtime.storage_options would be stored with the run's "
+                              "parameters in Prefect's database; give them in a config file (config: PATH) or "
+                              "in the workers' environment")
         try:
-            cfg = RunConfig.model_validate(config)
+            return RunConfig.model_validate(config)
         except Exception as exc:  # pydantic's error, one line
             raise ConfigError(f"flow parameter 'config': {str(exc).splitlines()[0]}") from None
-    else:
-        cfg = RunConfig.load(config)
-    use_storage_options(cfg.runtime.storage_options)
-    return cfg
+    return RunConfig.load(config)
 
 
 DATA_ROOT_ENV = "MAGPIPE_DATA_ROOT"

@@ -19,7 +19,7 @@ from flows._common import data_path, layer_paths, load_config, retry_unless_bad_
 from flows.classify import classify_survey
 from magpipe.bundle import verify_bundle
 from magpipe.errors import InputError
-from magpipe.io.location import as_path, expand
+from magpipe.io.location import as_path, expand, storage_scope
 from magpipe.io.manifest import is_delivery, read_manifest
 from magpipe.io.schema import Layout
 from magpipe.io.stores import is_complete, version
@@ -33,19 +33,25 @@ def expand_surveys(surveys: list[str] | str) -> list[str]:
 
 
 @flow(name="backfill-survey", flow_run_name=lambda: run_name(_param("survey")), log_prints=True)
-def backfill_survey(survey: str, model: str, out: str, config: dict[str, Any] | None = None,
+def backfill_survey(survey: str, model: str, out: str, config: dict[str, Any] | str | None = None,
                     scheduler: str | None = None, layers: dict[str, Any] | None = None) -> str:
     """Ingest one survey (a file, or a folder with a manifest: ``magpipe.io.manifest``; or a file and its
     ``layers``) and classify it with ``model``."""
     survey, model, out = data_path(survey, "survey"), data_path(model, "model"), data_path(out, "out")
-    if is_delivery(survey):
-        delivery = read_manifest(survey)
-        survey, layers = delivery.survey, delivery.layers
-    cfg = load_config(config).with_inputs(survey=survey, layers=layer_paths(layers))
-    tag_this_run(survey_name(survey), f"model-{_model_name(model)}", f"magpipe-{version()}")
-    run_ingest(out, cfg)
-    return classify_survey(out, cfg.model_dump(mode="json"), model=model, scheduler=scheduler,
-                           name=survey_name(survey))
+    cfg = load_config(_config_path(config))
+    with storage_scope(cfg.runtime.storage_options):
+        if is_delivery(survey):
+            delivery = read_manifest(survey)
+            survey, layers = delivery.survey, delivery.layers
+        cfg = cfg.with_inputs(survey=survey, layers=layer_paths(layers))
+        tag_this_run(survey_name(survey), f"model-{_model_name(model)}", f"magpipe-{version()}")
+        run_ingest(out, cfg)
+        return classify_survey(out, cfg.parameters(), model=model, scheduler=scheduler, name=survey_name(survey))
+
+
+def _config_path(config: dict[str, Any] | str | None) -> dict[str, Any] | str | None:
+    """A flow's ``config`` parameter with a path confined like every path parameter (:func:`data_path`)."""
+    return data_path(config, "config") if isinstance(config, str) else config
 
 
 def _model_name(model: str) -> str:
@@ -61,15 +67,22 @@ def _param(name: str) -> str:
 
 
 @task(name="backfill-one", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_unless_bad_input)
-def backfill_one(survey: str, model: str, out: str, config: dict | None, scheduler: str | None) -> str:
+def backfill_one(survey: str, model: str, out: str, config: dict | str | None, scheduler: str | None) -> str:
     return backfill_survey(survey, model, out, config, scheduler)
 
 
 @flow(name="backfill", log_prints=True)
 def backfill(surveys: list[str] | str, model: str, out_root: str = "runs/backfill",
-             config: dict[str, Any] | None = None, max_concurrent: int = 2, scheduler: str | None = None) -> dict:
-    """Classify every survey in ``surveys`` (paths or globs) into OUT_ROOT/<survey name>/."""
+             config: dict[str, Any] | str | None = None, max_concurrent: int = 2, scheduler: str | None = None) -> dict:
+    """Classify every survey in ``surveys`` (paths or globs) into OUT_ROOT/<survey name>/. ``config`` (a dict,
+    or a path each survey's subflow reads again, storage options included) applies to every survey."""
     model, out_root = data_path(model, "model"), data_path(out_root, "out_root")
+    with storage_scope(load_config(_config_path(config)).runtime.storage_options):
+        return _backfill(surveys, model, out_root, config, max_concurrent, scheduler)
+
+
+def _backfill(surveys: list[str] | str, model: str, out_root: str, config: dict[str, Any] | str | None,
+              max_concurrent: int, scheduler: str | None) -> dict:
     patterns = [surveys] if isinstance(surveys, str) else list(surveys)
     paths = [data_path(p, "surveys") for p in expand_surveys([data_path(p, "surveys") for p in patterns])]
     if not paths:

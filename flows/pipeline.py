@@ -20,6 +20,7 @@ from flows.train import train_remote_or_local
 from magpipe.config import RunConfig
 from magpipe.errors import InputError
 from magpipe.explore import require_embedding
+from magpipe.io.location import storage_scope
 from magpipe.io.stores import version
 from magpipe.pipeline import run_evaluate, run_ingest, run_labels, run_patch_size, run_patches
 
@@ -88,11 +89,11 @@ def survey_pipeline(survey: str | None = None, labels_path: str | None = None, o
     out = data_path(out, "out")
     cfg = pipeline_config(survey, labels_path, label_field, classes, config, layer_paths(layers))
     require_embedding(cfg.evaluate.embedding)  # the report's last step: refused before the first
-    conf = cfg.model_dump(mode="json")
+    conf = cfg.parameters()  # what the tasks, subflows and the training deployment get: no storage options
     name = survey_name(cfg.inputs.survey)
     run_tags = (name, f"magpipe-{version()}")
     tag_this_run(*run_tags)
-    with tags(*run_tags):
+    with storage_scope(cfg.runtime.storage_options), tags(*run_tags):
         ingest(out, conf)
         labels(out, conf)
         patch_size(out, conf)

@@ -15,11 +15,11 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows._common import data_path, survey_name
-from flows.backfill import backfill
+from flows._common import data_path, load_config, survey_name
+from flows.backfill import _config_path, backfill
 from flows.pipeline import survey_pipeline
 from magpipe.errors import InputError
-from magpipe.io.location import as_path
+from magpipe.io.location import as_path, storage_scope
 from magpipe.io.manifest import is_delivery, read_manifest
 from magpipe.io.schema import Layout
 from magpipe.io.stores import is_complete
@@ -42,9 +42,17 @@ def labels_for(survey: Path) -> Path | None:
 
 @flow(name="watch-landing", log_prints=True)
 def watch_landing(landing: str, out_root: str = "runs/landing", model: str | None = None, pattern: str = "*.tif",
-                  label_field: str | None = None, config: dict[str, Any] | None = None) -> list[str]:
-    """Run the pipeline or a backfill on every new survey in ``landing``; returns what it processed."""
+                  label_field: str | None = None, config: dict[str, Any] | str | None = None) -> list[str]:
+    """Run the pipeline or a backfill on every new survey in ``landing``; returns what it processed. ``config``
+    (a dict, or a path each subflow reads again) applies to every survey."""
     landing, out_root, model = data_path(landing, "landing"), data_path(out_root, "out_root"), data_path(model, "model")
+    config = _config_path(config)
+    with storage_scope(load_config(config).runtime.storage_options):
+        return _watch(landing, out_root, model, pattern, label_field, config)
+
+
+def _watch(landing: str, out_root: str, model: str | None, pattern: str, label_field: str | None,
+           config: dict[str, Any] | str | None) -> list[str]:
     log = get_run_logger()
     todo = pending_surveys(landing, out_root, pattern)
     log.info("%d new survey(s) in %s", len(todo), landing)

@@ -432,6 +432,12 @@ class RunConfig(_Section):
                              for name, src in parse_layers(inputs["layers"], prefix="inputs.").items()}
         return self.model_copy(update={"inputs": self.inputs.model_copy(update=new)})
 
+    def parameters(self) -> dict:
+        """The config as flows hand it to their tasks, subflows and deployment runs, which Prefect stores
+        and shows: everything but ``runtime.storage_options`` (secrets stay in the process that read them;
+        the code a flow runs in that process keeps them through :func:`magpipe.io.location.storage_scope`)."""
+        return self.model_dump(mode="json", exclude={"runtime": {"storage_options"}})
+
     def saved(self) -> dict:
         """What ``config.json`` holds: every section but ``runtime``."""
         return self.model_dump(mode="json", exclude={"runtime"})

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from magpipe.errors import StorageError
-from magpipe.io.location import as_path, ensure_dir, is_url, remote_errors
+from magpipe.io.location import as_path, ensure_dir, is_url, remote_errors, storage_scope
 from magpipe.process import raise_if_interrupted
 
 LOCK_NAME = ".magpipe.lock"
@@ -191,15 +191,17 @@ _FULL_OR_READ_ONLY = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 
 
 def locks_output(fn: Callable) -> Callable:
-    """Run a stage function under the lock of its ``out`` argument."""
+    """Run a stage function under the lock of its ``out`` argument, with the storage options of its ``cfg``
+    (the lock itself may be an object on a bucket) added for the call only."""
     sig = inspect.signature(fn)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         """``fn`` under the lock of the ``out`` it is called with."""
-        out = sig.bind(*args, **kwargs).arguments["out"]
+        bound = sig.bind(*args, **kwargs).arguments
+        out, cfg = bound["out"], bound.get("cfg")
         raise_if_interrupted()
-        with output_lock(out):
+        with storage_scope(cfg.runtime.storage_options if cfg is not None else None), output_lock(out):
             try:
                 return fn(*args, **kwargs)
             except OSError as exc:

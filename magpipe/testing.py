@@ -53,20 +53,18 @@ def run_cli(*args, cwd=None, env: dict | None = None) -> CliResult:
     What a user would see on stderr is kept there: the command's own lines, the ``magpipe`` log,
     warnings (with Python's default filters plus the CLI's), and the traceback of any exception that
     escapes the command (so "no traceback" assertions can fail). ``env`` adds environment variables
-    for the call; ``cwd`` runs it from another directory. fsspec options a config sets are undone
-    after the call, as they would end with a user's process. :func:`run_cli_process` runs a real process.
+    for the call; ``cwd`` runs it from another directory. The command runs in a copy of this thread's
+    context, so storage options a config gives end with it, as they would with a user's process.
+    :func:`run_cli_process` runs a real process.
     """
-    import copy
+    import contextvars
     import traceback
     import warnings
 
-    import fsspec.config
     from typer.testing import CliRunner
 
     from magpipe import cli
-    from magpipe.io import location
 
-    saved = (copy.deepcopy(fsspec.config.conf), copy.deepcopy(location._configured))
     with contextlib.chdir(cwd or os.getcwd()), warnings.catch_warnings(record=True) as caught:
         warnings.resetwarnings()
         warnings.simplefilter("default")
@@ -75,12 +73,8 @@ def run_cli(*args, cwd=None, env: dict | None = None) -> CliResult:
         from magpipe.process import silence_third_party_notices
 
         silence_third_party_notices()
-        try:
-            result = CliRunner().invoke(cli.app, [str(a) for a in args], env=env, prog_name="magpipe")
-        finally:
-            for live, before in zip((fsspec.config.conf, location._configured), saved):
-                live.clear()
-                live.update(before)
+        result = contextvars.copy_context().run(CliRunner().invoke, cli.app, [str(a) for a in args], env=env,
+                                                prog_name="magpipe")
     stderr = result.stderr + "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno)
                                      for w in caught)
     if result.exception is not None and not isinstance(result.exception, SystemExit):
@@ -272,3 +266,29 @@ def gpu_worker_tile(tile: tuple[int, int, int, int]) -> dict[str, np.ndarray]:
 
     gpus = get_worker().state.total_resources.get("GPU", 0)
     return {"w": np.full((tile[1] - tile[0], tile[3] - tile[2]), gpus, dtype="int16")}
+
+
+def files_holding(needle: str, *roots: Path) -> list[str]:
+    """Every file under ``roots`` (files or directories) whose bytes contain ``needle``: where a secret
+    must not be. Reads files whole; for test directories, databases and logs."""
+    found = []
+    for root in map(Path, roots):
+        for f in [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()):
+            if needle.encode() in f.read_bytes():
+                found.append(str(f))
+    return found
+
+
+def prefect_database_files() -> list[Path]:
+    """The SQLite files (database, WAL) of the Prefect server this process talks to, once the logs and events
+    this process sent are flushed and the server has had time to store them (its persister writes every few
+    seconds)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
+
+    APILogWorker.drain_all()
+    EventsWorker.drain_all()
+    time.sleep(6)
+    db = Path(PREFECT_SERVER_DATABASE_CONNECTION_URL.value().split(":///", 1)[1])
+    return sorted(db.parent.glob(db.name + "*"))

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from magpipe.io.location import as_path, storage_options, use_storage_options
+from magpipe.io.location import as_path, storage_options, storage_scope
 from magpipe.io.schema import HASH, TILE_DONE, TILE_PX, VERSION
 from magpipe.io.stores import (
     check_output_path,
@@ -89,10 +89,10 @@ def output_template(grid: xr.Dataset, variables: dict[str, tuple[str, float, dic
 def run_tile(tile_fn: TileFn, store: str, tile: Tile, tile_px: int, storage: dict | None = None) -> Tile:
     """Compute one tile and write it into the partial ``store`` (the task each worker runs).
 
-    ``storage`` is the driver's :func:`magpipe.io.location.storage_options`, so a worker reaches the
-    same object store with the same options (held in memory only)."""
-    use_storage_options(storage)
-    write_tile(store, tile, tile_fn(tile), tile_px=tile_px)
+    ``storage`` is the driver's :func:`magpipe.io.location.storage_options` when the workers are the run's
+    own (a LocalCluster it started), for this task only; other workers use their own environment's."""
+    with storage_scope(storage):
+        write_tile(store, tile, tile_fn(tile), tile_px=tile_px)
     return tile
 
 
@@ -164,6 +164,11 @@ def _run(tile_fn: TileFn, store: str, todo: list[tuple[int, Tile]], tile_px: int
     from distributed import as_completed
 
     storage = storage_options()
+    if getattr(client, "cluster", None) is None:  # an external cluster: its workers bring their own
+        if storage:
+            log.warning("runtime.storage_options stay in this process: the external cluster's workers use the "
+                        "storage options and credentials of their own environment")
+        storage = None
     futures = [client.submit(run_tile, tile_fn, store, t, tile_px, storage, key=f"{key}-{i}", pure=False,
                              resources=resources) for i, t in todo]
     for fut in as_completed(futures, loop=client.loop):

@@ -192,3 +192,49 @@ def test_storage_options_from_the_config_reach_the_store_and_are_never_saved(sur
     assert is_complete(f"{out}/survey.zarr")
     saved = fsspec.filesystem("s3").cat_file(f"{out}/config.json").decode()
     assert "storage_options" not in saved and s3["AWS_ENDPOINT_URL"] not in saved
+
+
+def test_two_runs_in_one_process_keep_their_own_storage_options(survey_files, bucket, s3, monkeypatch):
+    """A long-lived worker process runs many flows: the storage options of one run (its credentials) are
+    never seen by another, whether they run one after another or side by side in two threads, and nothing
+    is left in fsspec's process-wide config."""
+    import threading
+
+    import fsspec.config
+
+    from magpipe.config import RunConfig
+    from magpipe.errors import StorageError
+    from magpipe.pipeline import run_ingest
+
+    good = {"s3": {"endpoint_url": s3["AWS_ENDPOINT_URL"], "key": s3["AWS_ACCESS_KEY_ID"],
+                   "secret": s3["AWS_SECRET_ACCESS_KEY"]}}
+    dead = {"s3": {"endpoint_url": "http://127.0.0.1:9", "key": "nobody", "secret": "nothing"}}
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name)  # the only credentials are each run's own
+    fsspec.get_filesystem_class("s3").clear_instance_cache()
+    conf_before = json.dumps(fsspec.config.conf, sort_keys=True)
+
+    def run(out: str, options: dict) -> str:
+        cfg = RunConfig(runtime={"storage_options": options}).with_inputs(survey=survey_files["survey"])
+        try:
+            run_ingest(out, cfg)
+            return "done"
+        except StorageError as exc:
+            return str(exc)
+
+    refused = f"{bucket}/two: "  # a one-line StorageError naming the output (which one depends on the fault)
+    assert run(f"{bucket}/one", good) == "done"
+    assert run(f"{bucket}/two", {}).startswith(refused)  # the first run's credentials are gone with it
+    assert run(f"{bucket}/two", dead).startswith(refused)
+    said: dict[str, str] = {}
+    threads = [threading.Thread(target=lambda k=k, o=o: said.__setitem__(k, run(f"{bucket}/{k}", o)))
+               for k, o in (("three", good), ("four", dead))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert said["three"] == "done" and said["four"].startswith(f"{bucket}/four: "), said
+    assert json.dumps(fsspec.config.conf, sort_keys=True) == conf_before
+    fs = fsspec.filesystem("s3", **good["s3"])
+    assert fs.exists(f"{bucket.removeprefix('s3://')}/three/survey.zarr/zarr.json")
+    assert not fs.exists(f"{bucket.removeprefix('s3://')}/four/survey.zarr")

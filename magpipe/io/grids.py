@@ -15,7 +15,7 @@ import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 
 from magpipe.errors import DataValidationError, InputError
-from magpipe.io.location import input_path, is_url, local_file, named_as, remote_errors
+from magpipe.io.location import input_path, is_url, local_file, named_as, remote_errors, zarr_options
 
 RASTER_SUFFIXES = {".tif", ".tiff", ".gtiff", ".vrt", ".img", ".grd", ".ers"}
 NETCDF_SUFFIXES = {".nc", ".nc4", ".cdf", ".h5"}
@@ -139,7 +139,7 @@ def _read_raster(path: Path, *, band: int | None, chunk_px: int) -> xr.DataArray
 def _read_dataset(path: Path, *, kind: str, variable: str | None, band: int | None, chunk_px: int) -> xr.DataArray:
     try:
         if kind == "zarr":
-            ds = xr.open_zarr(str(path), consolidated=None, decode_coords="all")
+            ds = xr.open_zarr(str(path), consolidated=None, decode_coords="all", **zarr_options(path))
         else:
             ds = xr.open_dataset(path, chunks={}, decode_coords="all")
     except Exception as exc:  # any backend failure means the same thing to the user

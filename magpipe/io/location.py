@@ -8,14 +8,20 @@ and there is no ``flock``, so the writer lock is a conditionally created object 
 
 Credentials and endpoints come from the environment the storage library reads (``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ``GOOGLE_APPLICATION_CREDENTIALS``, fsspec's own
-config files) or from ``runtime.storage_options`` of the config, which :func:`use_storage_options`
-hands to fsspec for this process and the Dask tasks that read or write. They are never written to
-a file, a report, a log or a Prefect parameter.
+config files, ``FSSPEC_S3_ENDPOINT_URL``-style variables) or from ``runtime.storage_options`` of the
+config. Those are held in a context variable, not in fsspec's process-wide config: :func:`storage_scope`
+gives them to the code inside it (its thread, and what Prefect runs from it), and every file system,
+store and path opened there is given them per call (:func:`as_path`, :func:`zarr_options`). Two runs in
+one long-lived process, one after another or side by side in threads, never see each other's options.
+They are never written to a file, a report, a log or a Prefect parameter; of the Dask workers, only
+those of a LocalCluster the run started itself are handed them (an external cluster's workers take
+theirs from their own environment).
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import io
 import os
 import shutil
@@ -25,7 +31,8 @@ from typing import Any
 
 from magpipe.errors import InputError, StorageError
 
-_configured: dict[str, dict[str, Any]] = {}
+Options = dict[str, dict[str, Any]]  # fsspec options per protocol: {"s3": {"endpoint_url": ...}}
+_options: contextvars.ContextVar[Options] = contextvars.ContextVar("magpipe_storage_options", default={})
 _cache_dir: Path | None = None
 
 
@@ -50,7 +57,7 @@ def as_path(p: str | os.PathLike) -> Path:
     s = os.fspath(p)
     if s.startswith("file://"):
         return Path(s.removeprefix("file://"))
-    return UPath(s) if is_url(s) else Path(s)
+    return UPath(s, **_protocol_options(s)) if is_url(s) else Path(s)
 
 
 def absolute(p: str | os.PathLike) -> str:
@@ -59,19 +66,42 @@ def absolute(p: str | os.PathLike) -> str:
     return str(p) if is_url(p) else str(p.expanduser().resolve())
 
 
-def use_storage_options(options: dict[str, dict[str, Any]] | None) -> None:
-    """Give fsspec per-protocol options (``{"s3": {"endpoint_url": ..., "anon": false}}``) for every
-    file system this process opens from now on; None or {} changes nothing."""
-    import fsspec.config
-
-    for protocol, opts in (options or {}).items():
-        fsspec.config.conf.setdefault(protocol, {}).update(opts)
-        _configured.setdefault(protocol, {}).update(opts)
+def use_storage_options(options: Options | None) -> None:
+    """Give per-protocol options (``{"s3": {"endpoint_url": ..., "anon": false}}``) to the rest of the
+    current context: for an entry point that owns its thread (the CLI's command). Anything that may share
+    its process with other runs uses :func:`storage_scope` instead. None or {} changes nothing."""
+    if options:
+        _options.set(_merged(_options.get(), options))
 
 
-def storage_options() -> dict[str, dict[str, Any]]:
-    """The options given with :func:`use_storage_options`: what a Dask task takes to its worker."""
-    return {k: dict(v) for k, v in _configured.items()}
+@contextlib.contextmanager
+def storage_scope(options: Options | None) -> Iterator[None]:
+    """Options added to those already in effect (a run's own win) for the code inside the block only:
+    its thread and the Prefect tasks and subflows started from it. None or {} keeps what is in effect."""
+    token = _options.set(_merged(_options.get(), options or {}))
+    try:
+        yield
+    finally:
+        _options.reset(token)
+
+
+def storage_options() -> Options:
+    """The options in effect here: what a Dask task takes to a worker of the run's own LocalCluster."""
+    return {k: dict(v) for k, v in _options.get().items()}
+
+
+def zarr_options(p: Any) -> dict[str, Any]:
+    """Keyword arguments that give Zarr and xarray the options in effect for ``p`` (none for a local path)."""
+    opts = _protocol_options(str(p)) if is_url(p) else {}
+    return {"storage_options": opts} if opts else {}
+
+
+def _protocol_options(url: str) -> dict[str, Any]:
+    return dict(_options.get().get(url.split("://", 1)[0], {}))
+
+
+def _merged(base: Options, extra: Options) -> Options:
+    return {k: {**base.get(k, {}), **extra.get(k, {})} for k in {*base, *extra}}
 
 
 def expand(pattern: str) -> list[str]:

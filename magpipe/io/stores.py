@@ -23,7 +23,7 @@ import xarray as xr
 import zarr
 
 from magpipe.errors import StorageError
-from magpipe.io.location import as_path, is_url, remove, write_bytes
+from magpipe.io.location import as_path, is_url, remove, write_bytes, zarr_options
 from magpipe.io.schema import COMPLETE, HASH, TILE_DONE, VERSION
 
 INNER_CHUNK_PX = 256
@@ -79,7 +79,7 @@ def store_attrs(path: str | Path) -> dict[str, Any] | None:
     if not (path / "zarr.json").exists():
         return None
     try:
-        return dict(zarr.open_group(str(path), mode="r").attrs)
+        return dict(zarr.open_group(str(path), mode="r", **zarr_options(path)).attrs)
     except Exception:
         return None
 
@@ -165,7 +165,7 @@ def write_store(ds: xr.Dataset, path: str | Path, *, stage_hash: str, shard_px: 
     ds = ds.copy()
     ds.attrs.update({HASH: stage_hash, VERSION: version()})
     try:
-        ds.to_zarr(str(tmp), mode="w", zarr_format=3, consolidated=False, encoding=enc)
+        ds.to_zarr(str(tmp), mode="w", zarr_format=3, consolidated=False, encoding=enc, **zarr_options(tmp))
     except OSError as exc:
         raise StorageError(f"{path}: cannot write store ({exc})") from exc
     try:
@@ -185,7 +185,7 @@ def mark_complete(path: str | Path, extra: dict | None = None) -> None:
 
 def update_attrs(path: str | Path, attrs: dict[str, Any]) -> None:
     """Add or change attributes of the group at ``path`` (its variables are untouched)."""
-    zarr.open_group(str(path), mode="r+").attrs.update(attrs)
+    zarr.open_group(str(path), mode="r+", **zarr_options(path)).attrs.update(attrs)
 
 
 def replace_dir(src: Path, dst: Path) -> None:
@@ -216,12 +216,12 @@ def open_store(path: str | Path, *, partial: bool = False) -> xr.Dataset:
     incomplete store.
     """
     path = as_path(path) if partial else require_complete(path)
-    return xr.open_zarr(str(path), consolidated=False, decode_coords="all")
+    return xr.open_zarr(str(path), consolidated=False, decode_coords="all", **zarr_options(path))
 
 
 def open_array(store: str | Path, name: str, *, mode: str = "r") -> zarr.Array:
     """One variable of a store as a Zarr array: sliced windows are read (or written) on demand."""
-    return zarr.open_array(str(as_path(store) / name), mode=mode)
+    return zarr.open_array(str(as_path(store) / name), mode=mode, **zarr_options(store))
 
 
 def add_variable(store: str | Path, name: str, values, *, like: str, attrs: dict[str, Any]) -> None:
@@ -231,7 +231,7 @@ def add_variable(store: str | Path, name: str, values, *, like: str, attrs: dict
     ``values`` is a 2-D (y, x) array of ``like``'s shape, stored in its own dtype with dims y, x and
     fill value 0; ``like``'s grid mapping is copied, so the CRS applies to it too.
     """
-    group = zarr.open_group(str(store), mode="r+")
+    group = zarr.open_group(str(store), mode="r+", **zarr_options(store))
     ref = group[like]
     if name in group:
         del group[name]
@@ -247,7 +247,8 @@ def create_tiled_store(path: str | Path, template: xr.Dataset, *, tile_px: int) 
     """Write a template's metadata and coordinates; its (lazy) data variables are filled later by tiles."""
     enc = grid_encoding(template, shard_px=tile_px)
     enc[TILE_DONE] = {"chunks": (1, 1)}
-    template.to_zarr(str(path), mode="w", zarr_format=3, consolidated=False, compute=False, encoding=enc)
+    template.to_zarr(str(path), mode="w", zarr_format=3, consolidated=False, compute=False, encoding=enc,
+                     **zarr_options(path))
 
 
 def write_tile(path: str | Path, tile: tuple[int, int, int, int], values: dict[str, Any], *, tile_px: int) -> None:
@@ -257,7 +258,7 @@ def write_tile(path: str | Path, tile: tuple[int, int, int, int], values: dict[s
     variable to its (y1 - y0, x1 - x0) array.
     """
     y0, y1, x0, x1 = tile
-    group = zarr.open_group(str(path), mode="r+")
+    group = zarr.open_group(str(path), mode="r+", **zarr_options(path))
     for name, v in values.items():
         group[name][y0:y1, x0:x1] = v
     group[TILE_DONE][y0 // tile_px, x0 // tile_px] = 1
@@ -265,7 +266,7 @@ def write_tile(path: str | Path, tile: tuple[int, int, int, int], values: dict[s
 
 def tiles_done(path: str | Path):
     """The ``tile_done`` grid of a tiled store being filled: (tile_y, tile_x) uint8, 1 = written."""
-    return zarr.open_array(str(as_path(path) / TILE_DONE), mode="r")[:]
+    return zarr.open_array(str(as_path(path) / TILE_DONE), mode="r", **zarr_options(path))[:]
 
 
 def write_json(obj: Any, path: str | Path) -> None:

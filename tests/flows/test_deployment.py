@@ -1,7 +1,8 @@
 """The real thing: deploy/local.sh starts `prefect server start`, pools, deployments and process
 workers; the survey-pipeline deployment runs on a tiny survey (training through the
 train-autoencoder deployment on the gpu pool); then the stack is stopped and every process it
-started must be gone."""
+started must be gone. The run's config is a file holding a secret storage option: the secret must be nowhere in
+the server's database, the stack's logs or the run's outputs."""
 
 import json
 import os
@@ -16,7 +17,7 @@ import psutil
 import pytest
 
 from magpipe.io.stores import is_complete
-from magpipe.testing import tiny_config
+from magpipe.testing import files_holding, tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -75,9 +76,13 @@ def test_local_stack_runs_the_pipeline_deployment(survey_files, tmp_path):
             time.sleep(0.25)
         assert len([p for p in started if "worker" in " ".join(p.cmdline())]) == 2
 
+        secret = f"sentinel-{os.urandom(8).hex()}"  # an option of a store this run never opens
+        conf = tiny_config(evaluate={"splits": 1, "sparse_per_class": 0}).model_dump(mode="json")
+        conf["runtime"]["storage_options"] = {"s3": {"secret": secret}}
+        (tmp_path / "private").mkdir()
+        (tmp_path / "private" / "run.json").write_text(json.dumps(conf))
         params = {"survey": str(survey_files["survey"]), "labels_path": str(survey_files["labels"]),
-                  "out": str(tmp_path / "out"),
-                  "config": tiny_config(evaluate={"splits": 1, "sparse_per_class": 0}).model_dump(mode="json")}
+                  "out": str(tmp_path / "out"), "config": str(tmp_path / "private" / "run.json")}
         client_env = {**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
         r = subprocess.run([sys.executable, "-c", RUN, json.dumps(params)], cwd=REPO, env=client_env,
                            capture_output=True, text=True, timeout=700)
@@ -99,3 +104,5 @@ def test_local_stack_runs_the_pipeline_deployment(survey_files, tmp_path):
     assert not alive, [p.cmdline() for p in alive]
     said = stack.stdout.read()
     assert "local stack stopped" in said and "killed" not in said, said  # every service stopped on SIGTERM
+    assert files_holding(str(tmp_path / "out"), home / "prefect.db"), "the scan must see the runs' parameters"
+    assert files_holding(secret, home, tmp_path / "out") == []

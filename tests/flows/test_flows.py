@@ -184,12 +184,17 @@ def test_backfill_killed_midway_resumes_to_the_uninterrupted_result(harness, tra
 
 
 @pytest.mark.slow
-def test_backfill_over_a_bucket_prefix_with_a_model_on_the_bucket(harness, trained_run, bucket, tmp_path):
+def test_backfill_over_a_bucket_prefix_with_a_model_on_the_bucket(harness, trained_run, bucket, s3, tmp_path,
+                                                                  monkeypatch):
     """Surveys landing in a bucket, the model in the bucket, the maps into the bucket: what the local
-    backfill makes, with nothing on the local disk."""
+    backfill makes, with nothing on the local disk. The bucket's endpoint and credentials come only from the
+    config file the flow is given (the environment names a dead endpoint): they reach every subflow and the
+    run's Dask workers, and the secret is nowhere in Prefect's database or in what the run wrote."""
     import fsspec
+    import yaml
 
     from flows.backfill import backfill
+    from magpipe.testing import files_holding, prefect_database_files
 
     fs = fsspec.filesystem("s3")
     surveys = _surveys(tmp_path)
@@ -199,13 +204,40 @@ def test_backfill_over_a_bucket_prefix_with_a_model_on_the_bucket(harness, train
     conf = tiny_config(runtime={"workers": 1}).model_dump(mode="json")  # two surveys at once on two cores
     reference = backfill([str(p) for p in surveys], str(trained_run["out"] / "model"), str(tmp_path / "ref"),
                          config=conf)
-    result = backfill(f"{bucket}/landing/area*.tif", f"{bucket}/models/m", f"{bucket}/backfill", config=conf)
+    secret = s3["AWS_SECRET_ACCESS_KEY"]  # the server checks it: only a run that has it completes
+    store = {"endpoint_url": s3["AWS_ENDPOINT_URL"], "key": s3["AWS_ACCESS_KEY_ID"], "secret": secret}
+    config_file = tmp_path / "private" / "bucket.yaml"
+    config_file.parent.mkdir()
+    config_file.write_text(yaml.safe_dump({**conf, "runtime": {"workers": 1, "storage_options": {"s3": store}}}))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    fsspec.get_filesystem_class("s3").clear_instance_cache()
+    result = backfill(f"{bucket}/landing/area*.tif", f"{bucket}/models/m", f"{bucket}/backfill",
+                      config=str(config_file))
     assert sorted(result["classified"]) == [f"{bucket}/landing/area0.tif", f"{bucket}/landing/area1.tif"]
     assert len(reference["classified"]) == 2
     for name in ("area0", "area1"):
-        remote = zarr.open_group(f"{bucket}/backfill/{name}/classified.zarr", mode="r")
+        remote = zarr.open_group(f"{bucket}/backfill/{name}/classified.zarr", mode="r", storage_options=store)
         assert remote.attrs["magpipe_complete"]
         np.testing.assert_array_equal(remote["class"][:], _maps(tmp_path / "ref", [name])[0])
+
+    database = prefect_database_files()
+    assert files_holding(bucket, *database), "the scan must see the runs' parameters"
+    assert files_holding(secret, *database) == []
+    written = tmp_path / "written"
+    fsspec.filesystem("s3", **store).get(f"{bucket.removeprefix('s3://')}/backfill", str(written), recursive=True)
+    assert files_holding("magpipe_complete", written) and files_holding(secret, written, tmp_path / "ref") == []
+
+
+def test_a_flow_refuses_storage_options_given_as_a_parameter(harness, tmp_path):
+    """Prefect stores a flow's parameters: storage options in a ``config`` dict are refused in one line."""
+    from flows.classify import classify_survey
+
+    conf = {"runtime": {"storage_options": {"s3": {"secret": "x"}}}}
+    state = classify_survey(str(tmp_path / "out"), config=conf, return_state=True)
+    assert state.is_failed() and "runtime.storage_options would be stored" in state.message
+    assert "config: PATH" in state.message and "\n" not in state.message
 
 
 @pytest.mark.slow
