@@ -28,6 +28,7 @@ from magpipe.errors import InputError
 from magpipe.features import REACHES, FeatureSet, Scaling, StackScaling, feature_set
 from magpipe.io.location import as_path, is_url, remove, write_bytes
 from magpipe.io.stores import bytes_hash, partial_path, publish, version, write_json
+from magpipe.locking import assert_owned
 from magpipe.model import PatchAutoencoder
 
 FORMAT = 1
@@ -152,6 +153,7 @@ def save_bundle(bundle: ModelBundle, path: str | Path) -> Path:
         "versions": library_versions(),
         "files": {name: bytes_hash(data) for name, data in files.items()},
     }
+    assert_owned(tmp)  # metadata.json marks the bundle whole: only while the output is still this run's
     write_json(meta, tmp / "metadata.json")
     publish(tmp, path)
     return path

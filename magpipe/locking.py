@@ -13,6 +13,15 @@ only if absent (``If-None-Match: *`` on S3, fsspec's ``mode="create"``), holding
 host, pid and a heartbeat the owner rewrites every :data:`HEARTBEAT_S` seconds, and deleted on
 release. A lock left by a killed run is stale, and taken over, when its owner was a process of
 this host that no longer exists, or when its heartbeat is older than :data:`STALE_S` seconds.
+
+A lock object can therefore be lost: taken over after its owner's beats failed for :data:`STALE_S`, or
+removed by hand. Its owner checks. Each beat first reads the object and stops beating when it holds
+another run's token; a run whose beats have failed for half of :data:`STALE_S` gives the lock up itself,
+before anyone could take it over; either way the run stops at its next step (every epoch, tile and split)
+with one line, its finished work kept. Before writing a completion marker, a writer reads the lock
+object once more (:func:`assert_owned`), so a run that lost its lock never marks an output complete.
+(The read and the rewrite of a beat are two requests: a takeover between them is overwritten once and
+seen by the next beat or the completion check.)
 """
 
 from __future__ import annotations
@@ -32,8 +41,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from magpipe.errors import StorageError
-from magpipe.io.location import as_path, ensure_dir, is_url, remote_errors, storage_scope
-from magpipe.process import raise_if_interrupted
+from magpipe.io.location import as_path, ensure_dir, first_line, is_url, remote_errors, storage_scope
+from magpipe.process import add_step_check, raise_if_interrupted
 
 LOCK_NAME = ".magpipe.lock"
 HEARTBEAT_S = 30.0  # how often the owner of a lock object on object storage refreshes it
@@ -42,6 +51,10 @@ STALE_S = 300.0  # a lock object not refreshed for this long belongs to a run th
 
 class OutputLockedError(StorageError):
     """Another run is writing the same output directory."""
+
+
+class LockLostError(StorageError):
+    """This run no longer holds its output's writer lock (object storage only): it stops writing."""
 
 
 _held: dict[str, tuple[object, int, int]] = {}  # lock -> (fd or remote lock, depth, owning thread id)
@@ -109,6 +122,8 @@ class _RemoteLock:
     def __init__(self, out: Path, token: str) -> None:
         self.out, self.token = out, token
         self.path = out / LOCK_NAME
+        self.lost: str | None = None  # why the lock is no longer this run's
+        self._last_beat = time.monotonic()
         self._stop = threading.Event()
         self._beat = threading.Thread(target=self._refresh, name="magpipe-lock-heartbeat", daemon=True)
         self._beat.start()
@@ -147,19 +162,76 @@ class _RemoteLock:
         raise OutputLockedError(f"{out}: another run took the lock at the same moment; re-run")
 
     def _refresh(self) -> None:
+        """Rewrite the heartbeat while the object is still this run's; give the lock up when it is not, or when
+        beats have failed for half of STALE_S (before another run could take it over)."""
+        import logging
+
+        log = logging.getLogger("magpipe.locking")
         while not self._stop.wait(HEARTBEAT_S):
             try:
+                self._check_token()
+                if self.lost:
+                    return
                 self.path.fs.pipe_file(self.path.path, self._body(self.token))
-            except Exception:  # a missed beat is only a risk after STALE_S; the next one retries
-                pass
+                self._last_beat = time.monotonic()
+            except Exception as exc:  # a missed beat is only a risk after STALE_S; the next one retries
+                failing = time.monotonic() - self._last_beat
+                if failing > STALE_S / 2:
+                    self.lost = (f"could not be refreshed for {failing:.0f} s ({first_line(exc)}); this run gave it "
+                                 f"up before another could take it over (after {STALE_S:.0f} s)")
+                    return
+                log.warning("%s: could not refresh the writer lock (%s); retrying", self.out, first_line(exc))
+
+    def _check_token(self) -> None:
+        """Set ``lost`` when the lock object is gone or holds another run's token."""
+        held = _read_lock(self.path)
+        if held is None:
+            self.lost = "was removed by someone else"
+        elif held.get("token") != self.token:
+            self.lost = f"was taken over by another run (pid {held.get('pid')} on {held.get('host')})"
+
+    def check(self, *, read: bool = False) -> None:
+        """Raise LockLostError if the lock is known lost (``read``: reading the lock object now to be sure)."""
+        if read and not self.lost:
+            with remote_errors(self.out):
+                self._check_token()
+        if self.lost:
+            raise LockLostError(f"{self.out}: the writer lock {self.lost}; stopped without marking anything "
+                                "complete (finished work is kept): run the same command again to go on")
 
     def release(self) -> None:
         self._stop.set()
         self._beat.join(timeout=5)
+        if self.lost:
+            return  # another run's now, or nobody's
         with contextlib.suppress(Exception):
             held = _read_lock(self.path)
             if held is not None and held.get("token") == self.token:
                 self.path.fs.rm(self.path.path)
+
+
+def _held_remote(prefix: str | None = None) -> list[_RemoteLock]:
+    """The lock objects this thread holds (of outputs holding ``prefix``, when given)."""
+    me = threading.get_ident()
+    with _guard:
+        locks = [fd for fd, _, owner in _held.values() if isinstance(fd, _RemoteLock) and owner == me]
+    return [lk for lk in locks if prefix is None or prefix == str(lk.out) or prefix.startswith(str(lk.out) + "/")]
+
+
+def check_locks() -> None:
+    """Stop this thread's run (LockLostError) if a lock object it holds is known lost; called at every step."""
+    for lock in _held_remote():
+        lock.check()
+
+
+def assert_owned(path: str | Path) -> None:
+    """Before a completion marker at ``path``: the writer lock of the output holding it is still this run's
+    (read from the store now). Nothing to check for a local output (``flock`` is never lost) or outside a lock."""
+    for lock in _held_remote(str(as_path(path)).rstrip("/")):
+        lock.check(read=True)
+
+
+add_step_check(check_locks)
 
 
 def _read_lock(path: Path) -> dict | None:

@@ -39,15 +39,25 @@ class Interrupted(KeyboardInterrupt):
 
 
 _received: list[int] = []  # signals whose Interrupted was raised, in order
+_step_checks: list = []  # more reasons to stop at the next step (a writer lock lost: magpipe.locking)
 
 
 def raise_if_interrupted() -> None:
-    """Raise Interrupted again for a signal already received. A signal handler runs between any two
-    bytecodes of the main thread, also inside a ``__del__`` or a library callback whose exceptions
-    are printed and dropped; the long loops (every epoch, tile and split, see :mod:`magpipe.progress`)
-    and every stage call this, so a stop request lost that way still stops the run at the next step."""
+    """Raise Interrupted again for a signal already received, or the error of any other reason to stop
+    (:func:`add_step_check`). A signal handler runs between any two bytecodes of the main thread, also
+    inside a ``__del__`` or a library callback whose exceptions are printed and dropped; the long loops
+    (every epoch, tile and split, see :mod:`magpipe.progress`) and every stage call this, so a stop
+    request lost that way still stops the run at the next step."""
     if _received:
         raise Interrupted(_received[-1])
+    for check in _step_checks:
+        check()
+
+
+def add_step_check(check) -> None:
+    """Have :func:`raise_if_interrupted` also call ``check()``, which raises to stop the calling thread's run."""
+    if check not in _step_checks:
+        _step_checks.append(check)
 
 
 def stop_on_signals() -> None:

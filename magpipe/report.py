@@ -10,6 +10,7 @@ from magpipe.explore import markdown_table
 from magpipe.io.schema import Layout
 from magpipe.io.location import save_figure
 from magpipe.io.stores import open_array, write_json, write_text
+from magpipe.locking import assert_owned
 
 MAX_FIGURE_PX = 1600  # maps larger than this are decimated for the figures only
 
@@ -238,6 +239,7 @@ def write_report(report: dict, layout: Layout, *, embedding: tuple[np.ndarray, n
     """
     write_figures(report, layout, embedding=embedding)
     write_text(markdown(report), layout.report_md)
+    assert_owned(layout.report)  # report.json marks the report whole: only while the output is this run's
     write_json(report, layout.report)
 
 

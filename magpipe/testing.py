@@ -292,3 +292,108 @@ def prefect_database_files() -> list[Path]:
     time.sleep(6)
     db = Path(PREFECT_SERVER_DATABASE_CONNECTION_URL.value().split(":///", 1)[1])
     return sorted(db.parent.glob(db.name + "*"))
+
+
+class FaultProxy:
+    """An HTTP proxy on loopback in front of an S3-protocol server that injects the faults of a real network
+    and store: refused requests (an S3 error status), dropped connections and slow replies, for the requests
+    a rule matches. Point a client's endpoint at :attr:`endpoint`; :meth:`fault` arms a rule, :meth:`clear`
+    disarms them all. Every request is forwarded whole (bodies buffered), one upstream connection per thread.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        import http.client
+        import http.server
+        import threading
+        import urllib.parse
+
+        self.upstream = urllib.parse.urlsplit(upstream)
+        self.rules: list[dict] = []
+        self.hits: list[tuple[str, str, str]] = []  # (method, path, fault) of every faulted request
+        self._lock = threading.Lock()
+        proxy = self
+        local = threading.local()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:  # the test's output is the client's, not the proxy's
+                pass
+
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                rule = proxy._match(self.command, self.path)
+                if rule is not None:
+                    if rule["kind"] == "drop":
+                        self.close_connection = True
+                        self.connection.shutdown(2)
+                        return
+                    if rule["kind"] == "slow":
+                        time.sleep(rule["seconds"])
+                    if rule["kind"] == "status":
+                        msg = (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{rule['code']}</Code><Message>"
+                               "injected by FaultProxy</Message></Error>").encode()
+                        self.send_response(rule["status"])
+                        self.send_header("Content-Type", "application/xml")
+                        self.send_header("Content-Length", str(len(msg)))
+                        self.end_headers()
+                        self.wfile.write(msg)
+                        return
+                conn = getattr(local, "conn", None)
+                if conn is None:
+                    conn = local.conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port,
+                                                                   timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+                try:
+                    conn.request(self.command, self.path, body=body or None, headers=headers)
+                    resp = conn.getresponse()
+                    data = resp.read()
+                except (OSError, http.client.HTTPException):
+                    local.conn = None
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                self.send_response(resp.status, resp.reason)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="fault-proxy", daemon=True)
+        self._thread.start()
+
+    def fault(self, kind: str, *, method: str | None = None, path: str = "", times: int | None = None,
+              status: int = 503, code: str = "SlowDown", seconds: float = 5.0) -> None:
+        """Arm a fault for requests of ``method`` (any if None) whose path contains ``path``: ``"status"``
+        answers ``status`` with the S3 error ``code`` (503 SlowDown, 403 AccessDenied...), ``"drop"``
+        closes the connection without a reply, ``"slow"`` waits ``seconds`` before forwarding. ``times``
+        limits how many requests it hits (None: until :meth:`clear`)."""
+        with self._lock:
+            self.rules.append({"kind": kind, "method": method, "path": path, "times": times, "status": status,
+                               "code": code, "seconds": seconds})
+
+    def clear(self) -> None:
+        with self._lock:
+            self.rules.clear()
+
+    def _match(self, method: str, path: str) -> dict | None:
+        with self._lock:
+            for rule in self.rules:
+                if (rule["method"] in (None, method)) and rule["path"] in path and rule["times"] != 0:
+                    if rule["times"] is not None:
+                        rule["times"] -= 1
+                    self.hits.append((method, path, rule["kind"]))
+                    return rule
+        return None
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

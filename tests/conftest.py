@@ -122,6 +122,21 @@ def s3(tmp_path_factory):
 
 
 @pytest.fixture
+def no_s3_environment(s3, monkeypatch):
+    """The S3 server's endpoint and credentials taken out of this process's environment for one test, so only
+    what a run is given reaches the store; s3fs's cached clients (made with the environment of their time) are
+    dropped before and after."""
+    import fsspec
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name)
+    cached = fsspec.get_filesystem_class("s3")
+    cached.clear_instance_cache()
+    yield s3
+    cached.clear_instance_cache()
+
+
+@pytest.fixture
 def bucket(s3) -> str:
     """A new, empty bucket on the test server: ``s3://<name>``."""
     import uuid

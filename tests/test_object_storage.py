@@ -194,7 +194,7 @@ def test_storage_options_from_the_config_reach_the_store_and_are_never_saved(sur
     assert "storage_options" not in saved and s3["AWS_ENDPOINT_URL"] not in saved
 
 
-def test_two_runs_in_one_process_keep_their_own_storage_options(survey_files, bucket, s3, monkeypatch):
+def test_two_runs_in_one_process_keep_their_own_storage_options(survey_files, bucket, s3, no_s3_environment):
     """A long-lived worker process runs many flows: the storage options of one run (its credentials) are
     never seen by another, whether they run one after another or side by side in two threads, and nothing
     is left in fsspec's process-wide config."""
@@ -209,9 +209,6 @@ def test_two_runs_in_one_process_keep_their_own_storage_options(survey_files, bu
     good = {"s3": {"endpoint_url": s3["AWS_ENDPOINT_URL"], "key": s3["AWS_ACCESS_KEY_ID"],
                    "secret": s3["AWS_SECRET_ACCESS_KEY"]}}
     dead = {"s3": {"endpoint_url": "http://127.0.0.1:9", "key": "nobody", "secret": "nothing"}}
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
-        monkeypatch.delenv(name)  # the only credentials are each run's own
-    fsspec.get_filesystem_class("s3").clear_instance_cache()
     conf_before = json.dumps(fsspec.config.conf, sort_keys=True)
 
     def run(out: str, options: dict) -> str:
@@ -238,3 +235,102 @@ def test_two_runs_in_one_process_keep_their_own_storage_options(survey_files, bu
     fs = fsspec.filesystem("s3", **good["s3"])
     assert fs.exists(f"{bucket.removeprefix('s3://')}/three/survey.zarr/zarr.json")
     assert not fs.exists(f"{bucket.removeprefix('s3://')}/four/survey.zarr")
+
+
+# --- an owned lock: lost, it stops the run -------------------------------------------------------------
+
+@pytest.fixture
+def quick_beats(monkeypatch):
+    """Heartbeats every 0.05 s and a lock stale after 1.5 s, so a test sees in seconds what takes minutes."""
+    from magpipe import locking
+
+    monkeypatch.setattr(locking, "HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(locking, "STALE_S", 1.5)
+    return locking
+
+
+def test_a_run_that_cannot_refresh_its_lock_stops_before_another_could_take_it(s3, bucket, quick_beats):
+    """The store refuses the lock's heartbeat writes (through a fault-injecting proxy): the run stops at its
+    next step, in one line, before STALE_S, and leaves the lock object as it was (no one's to delete)."""
+    from magpipe.io.location import storage_scope
+    from magpipe.locking import LockLostError
+    from magpipe.process import raise_if_interrupted
+    from magpipe.testing import FaultProxy
+
+    proxy = FaultProxy(s3["AWS_ENDPOINT_URL"])
+    try:
+        with storage_scope({"s3": {"endpoint_url": proxy.endpoint}}):
+            with pytest.raises(LockLostError) as err, output_lock(f"{bucket}/run"):
+                proxy.fault("status", method="PUT", path=LOCK_NAME, status=403, code="AccessDenied")
+                start = time.monotonic()
+                while time.monotonic() - start < 10:  # a run's steps
+                    raise_if_interrupted()
+                    time.sleep(0.02)
+            took = time.monotonic() - start
+    finally:
+        proxy.close()
+    msg = str(err.value)
+    assert took < quick_beats.STALE_S, took
+    assert "could not be refreshed" in msg, msg
+    assert "\n" not in msg and msg.startswith(f"{bucket}/run: the writer lock")
+    assert any(kind == "status" for _, _, kind in proxy.hits)
+
+
+def test_a_lock_taken_over_by_force_stops_the_first_writer_and_the_second_finishes_identical(trained_run, bucket,
+                                                                                          tmp_path, quick_beats):
+    """A run classifying into a bucket has its lock taken over by another run: it stops at its next tile in one
+    line with its tiles kept, marks nothing complete; the other run finishes; the map equals an uninterrupted
+    run's. A takeover the heartbeat has not seen yet is caught before the completion marker."""
+    import shutil
+
+    from magpipe.locking import LockLostError
+    from magpipe.pipeline import run_classify
+
+    fs = fsspec.filesystem("s3")
+    local = tmp_path / "local"
+    for name in ("survey.zarr", "model", "config.json"):
+        src = trained_run["out"] / name
+        shutil.copytree(src, local / name) if src.is_dir() else shutil.copy(src, local / name)
+    cfg = trained_run["cfg"]
+    run_classify(local, cfg)  # the uninterrupted reference, in this process as the runs below
+
+    def upload(out: str) -> str:
+        for name in ("survey.zarr", "model", "config.json"):
+            fs.put(str(local / name), f"{out.removeprefix('s3://')}/{name}", recursive=(local / name).is_dir())
+        return out
+
+    def take_over(out: str) -> None:  # what a run elsewhere that found this lock stale would write
+        fs.pipe_file(f"{out.removeprefix('s3://')}/{LOCK_NAME}", json.dumps(
+            {"host": "elsewhere", "pid": 7, "token": "theirs", "heartbeat": time.time()}).encode())
+
+    out = upload(f"{bucket}/runs/taken")
+
+    def at_tile(done: int, total: int) -> None:
+        if done == 1:
+            take_over(out)
+            time.sleep(10 * quick_beats.HEARTBEAT_S)  # the heartbeat reads the lock meanwhile
+
+    with pytest.raises(LockLostError) as err:
+        run_classify(out, cfg, progress=at_tile)
+    msg = str(err.value)
+    assert "taken over by another run (pid 7 on elsewhere)" in msg and "\n" not in msg, msg
+    assert not is_complete(f"{out}/classified.zarr")
+    assert json.loads(fs.cat_file(f"{out.removeprefix('s3://')}/{LOCK_NAME}"))["token"] == "theirs"  # left to them
+    done = zarr_tiles_done(f"{out}/classified.zarr")
+    assert 1 <= done < 4, done  # finished tiles are kept for the next run
+    fs.rm(f"{out.removeprefix('s3://')}/{LOCK_NAME}")  # the other run ends
+    run_classify(out, cfg)
+    _assert_same_maps(f"{out}/classified.zarr", local / "classified.zarr")
+
+    # a takeover at the last tile, before the heartbeat's next read: the completion check catches it
+    quick_beats.HEARTBEAT_S = 60.0
+    late = upload(f"{bucket}/runs/late")
+    with pytest.raises(LockLostError):
+        run_classify(late, cfg, progress=lambda done, total: take_over(late) if done == total else None)
+    assert not is_complete(f"{late}/classified.zarr")
+
+
+def zarr_tiles_done(store: str) -> int:
+    from magpipe.io.stores import partial_path, tiles_done
+
+    return int(tiles_done(partial_path(store)).sum())

@@ -15,7 +15,7 @@ import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 
 from magpipe.errors import DataValidationError, InputError
-from magpipe.io.location import input_path, is_url, local_file, named_as, remote_errors, zarr_options
+from magpipe.io.location import first_line, input_path, is_url, local_file, named_as, remote_errors, zarr_options
 
 RASTER_SUFFIXES = {".tif", ".tiff", ".gtiff", ".vrt", ".img", ".grd", ".ers"}
 NETCDF_SUFFIXES = {".nc", ".nc4", ".cdf", ".h5"}
@@ -117,7 +117,7 @@ def band_count(path: str | Path) -> int:
     try:
         da = rioxarray.open_rasterio(str(path), **({"opener": path.fs} if is_url(path) else {}))
     except (RasterioIOError, OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable raster ({_first_line(exc)})") from None
+        raise InputError(f"{path}: not a readable raster ({first_line(exc)})") from None
     if isinstance(da, list):
         raise InputError(f"{path}: holds several subdatasets; convert the one you want to GeoTIFF")
     return int(da.sizes.get("band", 1))
@@ -130,7 +130,7 @@ def _read_raster(path: Path, *, band: int | None, chunk_px: int) -> xr.DataArray
         da = rioxarray.open_rasterio(str(path), chunks={"x": chunk_px, "y": chunk_px}, masked=True,
                                      **({"opener": path.fs} if is_url(path) else {}))
     except (RasterioIOError, OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable raster ({_first_line(exc)})") from None
+        raise InputError(f"{path}: not a readable raster ({first_line(exc)})") from None
     if isinstance(da, list):
         raise InputError(f"{path}: holds several subdatasets; convert the one you want to GeoTIFF")
     return _pick_band(da, path=path, band=band)
@@ -143,7 +143,7 @@ def _read_dataset(path: Path, *, kind: str, variable: str | None, band: int | No
         else:
             ds = xr.open_dataset(path, chunks={}, decode_coords="all")
     except Exception as exc:  # any backend failure means the same thing to the user
-        raise InputError(f"{path}: not a readable {kind} dataset ({_first_line(exc)})") from None
+        raise InputError(f"{path}: not a readable {kind} dataset ({first_line(exc)})") from None
     candidates = [name for name, v in ds.data_vars.items() if v.ndim >= 2]
     if variable is not None:
         if variable not in ds.data_vars:
@@ -210,6 +210,3 @@ def _normalise(da: xr.DataArray, *, path: Path, nodata: float | None, crs: str |
     return da
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__

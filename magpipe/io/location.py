@@ -200,22 +200,22 @@ def remote_errors(p: Any, *, kind: type[Exception] = StorageError) -> Iterator[N
     try:
         yield
     except PermissionError as exc:
-        raise kind(f"{p}: access denied ({_first_line(exc)}); check the credentials "
+        raise kind(f"{p}: access denied ({first_line(exc)}); check the credentials "
                    "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or runtime.storage_options)") from None
     except (InputError, StorageError, FileNotFoundError):
         raise
     except OSError as exc:
         if not is_url(p):
             raise
-        raise kind(f"{p}: cannot reach the object store ({_first_line(exc)})") from None
+        raise kind(f"{p}: cannot reach the object store ({first_line(exc)})") from None
     except Exception as exc:  # botocore / aiohttp errors that fsspec passes through unmapped
         if not is_url(p) or type(exc).__module__.split(".")[0] not in {"botocore", "aiobotocore", "aiohttp",
                                                                        "s3fs", "gcsfs", "adlfs"}:
             raise
         if "Credentials" in type(exc).__name__:
-            raise kind(f"{p}: no credentials for the object store ({_first_line(exc)}); set AWS_ACCESS_KEY_ID and "
+            raise kind(f"{p}: no credentials for the object store ({first_line(exc)}); set AWS_ACCESS_KEY_ID and "
                        "AWS_SECRET_ACCESS_KEY (or the storage's own) in the environment") from None
-        raise kind(f"{p}: cannot reach the object store ({_first_line(exc)})") from None
+        raise kind(f"{p}: cannot reach the object store ({first_line(exc)})") from None
 
 
 @contextlib.contextmanager
@@ -232,5 +232,6 @@ def named_as(url: Path) -> Iterator[None]:
         raise type(exc)(msg) from None
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """An exception as one short line, for messages that name a file and a problem."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]

@@ -179,7 +179,11 @@ def write_store(ds: xr.Dataset, path: str | Path, *, stage_hash: str, shard_px: 
 
 
 def mark_complete(path: str | Path, extra: dict | None = None) -> None:
-    """Set ``magpipe_complete`` (and ``extra`` attributes) on a fully written store: its last write."""
+    """Set ``magpipe_complete`` (and ``extra`` attributes) on a fully written store: its last write, made only
+    while this run still holds the output's writer lock (:func:`magpipe.locking.assert_owned`)."""
+    from magpipe.locking import assert_owned
+
+    assert_owned(path)
     update_attrs(path, {**(extra or {}), COMPLETE: True})
 
 

@@ -185,7 +185,7 @@ def test_backfill_killed_midway_resumes_to_the_uninterrupted_result(harness, tra
 
 @pytest.mark.slow
 def test_backfill_over_a_bucket_prefix_with_a_model_on_the_bucket(harness, trained_run, bucket, s3, tmp_path,
-                                                                  monkeypatch):
+                                                                  request):
     """Surveys landing in a bucket, the model in the bucket, the maps into the bucket: what the local
     backfill makes, with nothing on the local disk. The bucket's endpoint and credentials come only from the
     config file the flow is given (the environment names a dead endpoint): they reach every subflow and the
@@ -209,10 +209,7 @@ def test_backfill_over_a_bucket_prefix_with_a_model_on_the_bucket(harness, train
     config_file = tmp_path / "private" / "bucket.yaml"
     config_file.parent.mkdir()
     config_file.write_text(yaml.safe_dump({**conf, "runtime": {"workers": 1, "storage_options": {"s3": store}}}))
-    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
-    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
-    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
-    fsspec.get_filesystem_class("s3").clear_instance_cache()
+    request.getfixturevalue("no_s3_environment")  # from here on, the config file is all the run has
     result = backfill(f"{bucket}/landing/area*.tif", f"{bucket}/models/m", f"{bucket}/backfill",
                       config=str(config_file))
     assert sorted(result["classified"]) == [f"{bucket}/landing/area0.tif", f"{bucket}/landing/area1.tif"]
