@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from magpipe.config import RunConfig
-from magpipe.errors import ConfigError, InputError
+from magpipe.errors import ConfigError, InputError, is_transient
 from magpipe.io.location import is_url
 from magpipe.process import configure_process
 from prefect.cache_policies import NO_CACHE
@@ -121,12 +121,11 @@ def tag_this_run(*new_tags: str) -> None:
         client.update_flow_run(run.id, tags=sorted(set(run.tags) | set(new_tags)))
 
 
-def retry_unless_bad_input(task, task_run, state) -> bool:
-    """Retry transient failures (I/O, a lost worker); never bad input or bad config."""
+def retry_if_transient(task, task_run, state) -> bool:
+    """Retry only failures a retry may cure (a store or network that did not answer, a lost Dask worker:
+    :func:`magpipe.errors.is_transient`); never bad input, bad config, a refused or lost lock, or a bug."""
     try:
         state.result()
-    except (InputError, ConfigError):
-        return False
-    except Exception:
-        return True
+    except Exception as exc:
+        return is_transient(exc)
     return False

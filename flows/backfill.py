@@ -14,7 +14,7 @@ from typing import Any
 from prefect import flow, tags, task
 from prefect.futures import wait
 
-from flows._common import data_path, layer_paths, load_config, retry_unless_bad_input, run_name, survey_name, \
+from flows._common import data_path, layer_paths, load_config, retry_if_transient, run_name, survey_name, \
     tag_this_run
 from flows.classify import classify_survey
 from magpipe.bundle import verify_bundle
@@ -66,7 +66,7 @@ def _param(name: str) -> str:
     return str(flow_run.parameters.get(name, "survey"))
 
 
-@task(name="backfill-one", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_unless_bad_input)
+@task(name="backfill-one", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_if_transient)
 def backfill_one(survey: str, model: str, out: str, config: dict | str | None, scheduler: str | None) -> str:
     return backfill_survey(survey, model, out, config, scheduler)
 

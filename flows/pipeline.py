@@ -13,7 +13,7 @@ from prefect import flow, tags, task
 from prefect.states import Completed
 
 from flows._artifacts import publish_report
-from flows._common import STAGE_TASK, data_path, layer_paths, load_config, retry_unless_bad_input, run_name, \
+from flows._common import STAGE_TASK, data_path, layer_paths, load_config, retry_if_transient, run_name, \
     survey_name, tag_this_run
 from flows.classify import classify_survey
 from flows.train import train_remote_or_local
@@ -24,7 +24,7 @@ from magpipe.io.location import storage_scope
 from magpipe.io.stores import version
 from magpipe.pipeline import run_evaluate, run_ingest, run_labels, run_patch_size, run_patches
 
-IO_RETRIES = {"retries": 2, "retry_delay_seconds": [5, 30], "retry_condition_fn": retry_unless_bad_input}
+IO_RETRIES = {"retries": 2, "retry_delay_seconds": [5, 30], "retry_condition_fn": retry_if_transient}
 
 
 @task(name="ingest", **STAGE_TASK, **IO_RETRIES)

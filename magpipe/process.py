@@ -7,6 +7,7 @@ or registers :class:`WorkerSetup` (Dask workers) before the work starts.
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 
@@ -17,10 +18,31 @@ GDAL_CACHE_MB = "128"
 
 
 def configure_process() -> None:
-    """Settings of a driver process: GDAL's cache (a user's own ``GDAL_CACHEMAX`` wins) and silence
-    for third-party deprecation notices that are not the user's to fix."""
+    """Settings of a driver process: GDAL's cache (a user's own ``GDAL_CACHEMAX`` wins), silence for
+    third-party deprecation notices that are not the user's to fix, and one line for each error of a
+    background I/O task (:class:`OneLineBackgroundErrors`)."""
     os.environ.setdefault("GDAL_CACHEMAX", GDAL_CACHE_MB)
     silence_third_party_notices()
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, OneLineBackgroundErrors) for f in asyncio_log.filters):
+        asyncio_log.addFilter(OneLineBackgroundErrors())
+
+
+class OneLineBackgroundErrors(logging.Filter):
+    """asyncio reports an exception nobody retrieved from a background task with its whole traceback, when
+    the task is collected: aiohttp writing to a connection the object store dropped (which s3fs retries) gave
+    a terminal 7 tracebacks for two short outages of a bucket. Each becomes one warning line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None:
+            first = (record.getMessage().splitlines() or [""])[0]
+            detail = (str(exc).strip().splitlines() or [""])[0][:200]
+            what = "a background I/O task failed" if first.startswith("Task exception was never retrieved") else first
+            record.msg, record.args = f"{what} ({type(exc).__name__}: {detail})", ()
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
 
 
 def silence_third_party_notices() -> None:

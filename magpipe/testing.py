@@ -309,6 +309,7 @@ class FaultProxy:
 
         self.upstream = urllib.parse.urlsplit(upstream)
         self.rules: list[dict] = []
+        self._down_until = 0.0
         self.hits: list[tuple[str, str, str]] = []  # (method, path, fault) of every faulted request
         self._lock = threading.Lock()
         proxy = self
@@ -354,17 +355,23 @@ class FaultProxy:
                     self.connection.shutdown(2)
                     return
                 self.send_response(resp.status, resp.reason)
-                for k, v in resp.getheaders():
-                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                for k, v in resp.getheaders():  # a HEAD's Content-Length is the object's size: kept
+                    if k.lower() not in ("transfer-encoding", "connection") and (
+                            k.lower() != "content-length" or self.command == "HEAD"):
                         self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
+                if self.command != "HEAD":
+                    self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(http.server.ThreadingHTTPServer):
+            def verify_request(self, request, client_address) -> bool:  # in an outage, new connections are cut
+                return time.monotonic() >= proxy._down_until
+
+        self._server = Server(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, name="fault-proxy", daemon=True)
@@ -374,8 +381,9 @@ class FaultProxy:
               status: int = 503, code: str = "SlowDown", seconds: float = 5.0) -> None:
         """Arm a fault for requests of ``method`` (any if None) whose path contains ``path``: ``"status"``
         answers ``status`` with the S3 error ``code`` (503 SlowDown, 403 AccessDenied...), ``"drop"``
-        closes the connection without a reply, ``"slow"`` waits ``seconds`` before forwarding. ``times``
-        limits how many requests it hits (None: until :meth:`clear`)."""
+        closes the connection without a reply, ``"slow"`` waits ``seconds`` before forwarding, ``"outage"``
+        drops every request for ``seconds`` from the first one it matches (the store gone for a while).
+        ``times`` limits how many requests it hits (None: until :meth:`clear`)."""
         with self._lock:
             self.rules.append({"kind": kind, "method": method, "path": path, "times": times, "status": status,
                                "code": code, "seconds": seconds})
@@ -383,10 +391,23 @@ class FaultProxy:
     def clear(self) -> None:
         with self._lock:
             self.rules.clear()
+            self._down_until = 0.0
 
     def _match(self, method: str, path: str) -> dict | None:
         with self._lock:
+            if time.monotonic() < self._down_until:
+                self.hits.append((method, path, "outage"))
+                return {"kind": "drop"}
             for rule in self.rules:
+                if rule["kind"] == "outage" and rule["method"] in (None, method) and rule["path"] in path \
+                        and rule["times"] != 0:
+                    rule["times"] = 0  # once
+                    self._down_until = time.monotonic() + rule["seconds"]
+                    self.hits.append((method, path, "outage"))
+                    return {"kind": "drop"}
+            for rule in self.rules:
+                if rule["kind"] == "outage":
+                    continue
                 if (rule["method"] in (None, method)) and rule["path"] in path and rule["times"] != 0:
                     if rule["times"] is not None:
                         rule["times"] -= 1

@@ -194,6 +194,7 @@ def test_storage_options_from_the_config_reach_the_store_and_are_never_saved(sur
     assert "storage_options" not in saved and s3["AWS_ENDPOINT_URL"] not in saved
 
 
+@pytest.mark.slow
 def test_two_runs_in_one_process_keep_their_own_storage_options(survey_files, bucket, s3, no_s3_environment):
     """A long-lived worker process runs many flows: the storage options of one run (its credentials) are
     never seen by another, whether they run one after another or side by side in two threads, and nothing
@@ -334,3 +335,108 @@ def zarr_tiles_done(store: str) -> int:
     from magpipe.io.stores import partial_path, tiles_done
 
     return int(tiles_done(partial_path(store)).sum())
+
+
+# --- faults of the network and the store ----------------------------------------------------------------
+
+def _classify_run_on(fs, trained_run, out: str) -> str:
+    for name in ("survey.zarr", "model", "config.json"):
+        src = trained_run["out"] / name
+        fs.put(str(src), f"{out.removeprefix('s3://')}/{name}", recursive=src.is_dir())
+    return out
+
+
+@pytest.mark.slow
+def test_dropped_connections_503s_and_slow_replies_leave_the_map_identical_and_no_traceback(trained_run, bucket, s3,
+                                                                                          tmp_path):
+    """Classification into a bucket through a proxy that drops connections, answers 503 SlowDown and delays
+    replies: the run completes with the map of a clean run, and the terminal shows no traceback (at most a
+    warning line per fault). Faults that do not end (every write refused) fail the run in one line with
+    nothing marked complete."""
+    import shutil
+
+    from magpipe.testing import FaultProxy
+
+    fs = fsspec.filesystem("s3")
+    local = tmp_path / "local"
+    for name in ("survey.zarr", "model", "config.json"):
+        src = trained_run["out"] / name
+        shutil.copytree(src, local / name) if src.is_dir() else shutil.copy(src, local / name)
+    r = run_cli_process("classify", "--out", local)
+    assert r.returncode == 0, r.stderr
+    proxy = FaultProxy(s3["AWS_ENDPOINT_URL"])
+    try:
+        out = _classify_run_on(fs, trained_run, f"{bucket}/runs/faults")
+        proxy.fault("drop", method="PUT", path="classified.zarr", times=3)
+        proxy.fault("status", method="GET", path="survey.zarr", times=3, status=503, code="SlowDown")
+        proxy.fault("slow", method="PUT", path="tile_done", times=2, seconds=2.0)
+        proxy.fault("outage", method="PUT", path="class/c", seconds=4.0)  # the store gone for 4 s mid-run
+        r = run_cli_process("classify", "--out", out, env={"AWS_ENDPOINT_URL": proxy.endpoint})
+        assert r.returncode == 0, r.stderr
+        faults = len(proxy.hits)
+        assert faults >= 6, proxy.hits
+        _assert_same_maps(f"{out}/classified.zarr", local / "classified.zarr")
+        assert "Traceback" not in r.stderr and "never retrieved\n" not in r.stderr, r.stderr[-3000:]
+        said = [line for line in r.stderr.splitlines() if line.strip() and " magpipe: classify " not in line
+                and " magpipe.tiling: " not in line]  # what is not progress: a line per fault at most
+        assert len(said) <= faults, r.stderr
+
+        proxy.clear()
+        broken = _classify_run_on(fs, trained_run, f"{bucket}/runs/refused")
+        proxy.fault("status", method="PUT", path="classified.zarr", status=403, code="AccessDenied")
+        r = run_cli_process("classify", "--out", broken, env={"AWS_ENDPOINT_URL": proxy.endpoint})
+    finally:
+        proxy.close()
+    assert_one_line_error(r, f"{broken}/classified.zarr", "access denied")
+    assert not is_complete(f"{broken}/classified.zarr")
+
+
+@pytest.mark.slow
+def test_a_store_that_does_not_answer_is_never_taken_for_an_absent_one(trained_run, bucket, s3, monkeypatch):
+    """Reading a store's attributes through dropped connections: a few are retried to the right answer; a store
+    that keeps not answering is StoreUnavailableError naming it (retried with backoff first, a warning each),
+    never None, which would recompute a finished stage or refuse an output as not magpipe's."""
+    from magpipe.errors import StoreUnavailableError
+    from magpipe.io import stores
+    from magpipe.io.location import storage_scope
+    from magpipe.testing import FaultProxy
+
+    monkeypatch.setattr(stores, "READ_RETRY_S", (0.05, 0.05))
+    out = _classify_run_on(fsspec.filesystem("s3"), trained_run, f"{bucket}/runs/unanswered")
+    url = f"{out}/survey.zarr"
+    proxy = FaultProxy(s3["AWS_ENDPOINT_URL"])
+    try:
+        # botocore gives up at the first failure here (s3fs still retries a few times, quickly)
+        once = {"endpoint_url": proxy.endpoint, "config_kwargs": {"retries": {"max_attempts": 1}}}
+        with storage_scope({"s3": once}):
+            assert stores.is_complete(url)
+            proxy.fault("drop", path="survey.zarr/zarr.json", times=2)
+            assert stores.is_complete(url)  # retried
+            proxy.fault("drop", path="survey.zarr/zarr.json")  # for good
+            with pytest.raises(StoreUnavailableError) as err:
+                stores.is_complete(url)
+            assert stores.store_attrs(f"{out}/absent.zarr") is None  # absent is still absent
+    finally:
+        proxy.close()
+    msg = str(err.value)
+    assert msg.startswith(f"{url}: cannot reach the object store") and "\n" not in msg, msg
+
+
+def test_only_failures_a_retry_may_cure_are_retried():
+    """What flows retry (flows._common.retry_if_transient): a store or network that did not answer, a lost worker;
+    not bad input, bad config, a lock held or lost, or a bug."""
+    import errno
+
+    from magpipe.errors import ConfigError, InputError, StorageError, StoreUnavailableError, is_transient
+    from magpipe.locking import LockLostError
+
+    class KilledWorker(Exception):  # distributed's, by name (magpipe never imports it to classify errors)
+        pass
+
+    for exc in (StoreUnavailableError("s3://b/x: cannot reach the object store"), TimeoutError(),
+                ConnectionResetError(), OSError(errno.ETIMEDOUT, "timed out"), KilledWorker("tile-3")):
+        assert is_transient(exc), exc
+    for exc in (InputError("a.tif: file not found"), ConfigError("x"), OutputLockedError("in use"),
+                LockLostError("taken over"), StorageError("s3://b/x: access denied"), ValueError("a bug"),
+                KeyError("a bug"), OSError(errno.ENOSPC, "no space left"), PermissionError("denied")):
+        assert not is_transient(exc), exc

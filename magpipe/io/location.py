@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from magpipe.errors import InputError, StorageError
+from magpipe.errors import InputError, StorageError, StoreUnavailableError
 
 Options = dict[str, dict[str, Any]]  # fsspec options per protocol: {"s3": {"endpoint_url": ...}}
 _options: contextvars.ContextVar[Options] = contextvars.ContextVar("magpipe_storage_options", default={})
@@ -157,7 +157,8 @@ def write_bytes(data: bytes, p: Path) -> None:
     """Write a file whole: a reader never sees half of it (a PUT is atomic on object storage; locally the
     bytes go aside and are renamed into place)."""
     if is_url(p):
-        p.write_bytes(data)
+        with remote_errors(p):
+            p.write_bytes(data)
         return
     tmp = p.with_name(p.name + ".partial")
     tmp.write_bytes(data)
@@ -196,7 +197,8 @@ def local_file(p: Path) -> Path:
 
 @contextlib.contextmanager
 def remote_errors(p: Any, *, kind: type[Exception] = StorageError) -> Iterator[None]:
-    """Turn the errors of an object store (wrong credentials, no endpoint) into one line naming ``p``."""
+    """Turn the errors of an object store into one line naming ``p``: wrong or missing credentials as ``kind``,
+    a store that does not answer as StoreUnavailableError (worth a retry, :func:`magpipe.errors.is_transient`)."""
     try:
         yield
     except PermissionError as exc:
@@ -207,7 +209,7 @@ def remote_errors(p: Any, *, kind: type[Exception] = StorageError) -> Iterator[N
     except OSError as exc:
         if not is_url(p):
             raise
-        raise kind(f"{p}: cannot reach the object store ({first_line(exc)})") from None
+        raise StoreUnavailableError(f"{p}: cannot reach the object store ({first_line(exc)})") from None
     except Exception as exc:  # botocore / aiohttp errors that fsspec passes through unmapped
         if not is_url(p) or type(exc).__module__.split(".")[0] not in {"botocore", "aiobotocore", "aiohttp",
                                                                        "s3fs", "gcsfs", "adlfs"}:
@@ -215,7 +217,7 @@ def remote_errors(p: Any, *, kind: type[Exception] = StorageError) -> Iterator[N
         if "Credentials" in type(exc).__name__:
             raise kind(f"{p}: no credentials for the object store ({first_line(exc)}); set AWS_ACCESS_KEY_ID and "
                        "AWS_SECRET_ACCESS_KEY (or the storage's own) in the environment") from None
-        raise kind(f"{p}: cannot reach the object store ({first_line(exc)})") from None
+        raise StoreUnavailableError(f"{p}: cannot reach the object store ({first_line(exc)})") from None
 
 
 @contextlib.contextmanager

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +24,11 @@ import rioxarray  # noqa: F401  (the .rio accessor, used on the grids and stores
 import xarray as xr
 import zarr
 
-from magpipe.errors import StorageError
-from magpipe.io.location import as_path, is_url, remove, write_bytes, zarr_options
+from magpipe.errors import StorageError, StoreUnavailableError
+from magpipe.io.location import as_path, first_line, is_url, remote_errors, remove, write_bytes, zarr_options
 from magpipe.io.schema import COMPLETE, HASH, TILE_DONE, VERSION
+
+log = logging.getLogger("magpipe")
 
 INNER_CHUNK_PX = 256
 
@@ -73,15 +77,49 @@ def file_hash(path: str | Path) -> str:
     return h.hexdigest()[:32]
 
 
+READ_RETRY_S = (0.5, 2.0, 5.0)  # waits before each new try of a store that did not answer
+
+
 def store_attrs(path: str | Path) -> dict[str, Any] | None:
-    """Attributes of the Zarr group at ``path``, or None when there is none."""
+    """Attributes of the Zarr group at ``path``, or None when there is none (no ``zarr.json``, or one that is not
+    a Zarr group's).
+
+    "Could not read" never passes for "absent", which would recompute a finished stage or refuse an output as
+    not magpipe's: a store that does not answer (a timeout, a dropped connection, a 5xx) is tried again after
+    each wait of :data:`READ_RETRY_S`, with a warning line, then StoreUnavailableError names it; a local store
+    that cannot be read is a StorageError at once.
+    """
     path = as_path(path)
-    if not (path / "zarr.json").exists():
-        return None
+    for wait in (*READ_RETRY_S, None):
+        try:
+            with remote_errors(path):
+                raw = _read_file(path / "zarr.json")
+            break
+        except FileNotFoundError:
+            return None
+        except StoreUnavailableError as exc:
+            if wait is None:
+                raise
+            log.warning("%s; trying again in %.1f s", exc, wait)
+            time.sleep(wait)
+        except NotADirectoryError:
+            return None  # a file at path: not a store
+        except OSError as exc:
+            if is_url(path) or isinstance(exc, StorageError):
+                raise
+            raise StorageError(f"{path}: cannot read the store ({exc.strerror or first_line(exc)})") from None
     try:
-        return dict(zarr.open_group(str(path), mode="r", **zarr_options(path)).attrs)
-    except Exception:
-        return None
+        meta = json.loads(raw)
+    except ValueError:
+        return None  # zarr.json that is not JSON: something else is here
+    attrs = meta.get("attributes", {}) if isinstance(meta, dict) and meta.get("node_type") == "group" else None
+    return dict(attrs) if isinstance(attrs, dict) else None
+
+
+def _read_file(p: Path) -> bytes:
+    """A file's bytes in one request on object storage (a GET: no HEAD first, whose failure a storage library
+    may report as 'not found')."""
+    return p.fs.cat_file(p.path) if is_url(p) else p.read_bytes()
 
 
 def is_complete(path: str | Path, stage_hash: str | None = None) -> bool:
@@ -165,7 +203,8 @@ def write_store(ds: xr.Dataset, path: str | Path, *, stage_hash: str, shard_px: 
     ds = ds.copy()
     ds.attrs.update({HASH: stage_hash, VERSION: version()})
     try:
-        ds.to_zarr(str(tmp), mode="w", zarr_format=3, consolidated=False, encoding=enc, **zarr_options(tmp))
+        with remote_errors(tmp):
+            ds.to_zarr(str(tmp), mode="w", zarr_format=3, consolidated=False, encoding=enc, **zarr_options(tmp))
     except OSError as exc:
         raise StorageError(f"{path}: cannot write store ({exc})") from exc
     try:
@@ -189,7 +228,8 @@ def mark_complete(path: str | Path, extra: dict | None = None) -> None:
 
 def update_attrs(path: str | Path, attrs: dict[str, Any]) -> None:
     """Add or change attributes of the group at ``path`` (its variables are untouched)."""
-    zarr.open_group(str(path), mode="r+", **zarr_options(path)).attrs.update(attrs)
+    with remote_errors(path):
+        zarr.open_group(str(path), mode="r+", **zarr_options(path)).attrs.update(attrs)
 
 
 def replace_dir(src: Path, dst: Path) -> None:
@@ -251,8 +291,9 @@ def create_tiled_store(path: str | Path, template: xr.Dataset, *, tile_px: int) 
     """Write a template's metadata and coordinates; its (lazy) data variables are filled later by tiles."""
     enc = grid_encoding(template, shard_px=tile_px)
     enc[TILE_DONE] = {"chunks": (1, 1)}
-    template.to_zarr(str(path), mode="w", zarr_format=3, consolidated=False, compute=False, encoding=enc,
-                     **zarr_options(path))
+    with remote_errors(path):
+        template.to_zarr(str(path), mode="w", zarr_format=3, consolidated=False, compute=False, encoding=enc,
+                         **zarr_options(path))
 
 
 def write_tile(path: str | Path, tile: tuple[int, int, int, int], values: dict[str, Any], *, tile_px: int) -> None:
@@ -262,10 +303,11 @@ def write_tile(path: str | Path, tile: tuple[int, int, int, int], values: dict[s
     variable to its (y1 - y0, x1 - x0) array.
     """
     y0, y1, x0, x1 = tile
-    group = zarr.open_group(str(path), mode="r+", **zarr_options(path))
-    for name, v in values.items():
-        group[name][y0:y1, x0:x1] = v
-    group[TILE_DONE][y0 // tile_px, x0 // tile_px] = 1
+    with remote_errors(path):
+        group = zarr.open_group(str(path), mode="r+", **zarr_options(path))
+        for name, v in values.items():
+            group[name][y0:y1, x0:x1] = v
+        group[TILE_DONE][y0 // tile_px, x0 // tile_px] = 1
 
 
 def tiles_done(path: str | Path):
