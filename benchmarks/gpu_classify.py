@@ -88,6 +88,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args(argv)
+    from magpipe.process import configure_process, full_fp32
+
+    configure_process()
+    full_fp32()  # this script classifies on the device in its own process: it owns the process's settings
     work = Path(args.workdir or tempfile.mkdtemp(prefix="magpipe-gpu-"))
     work.mkdir(parents=True, exist_ok=True)
     res: dict = {"date": time.strftime("%Y-%m-%d"), "machine": {

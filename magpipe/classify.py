@@ -11,11 +11,10 @@ resumable) is :func:`magpipe.stages.classify.run_classify`.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
+import os
 import time
-from collections.abc import Iterator
 from functools import lru_cache
 
 import numpy as np
@@ -78,10 +77,13 @@ class WindowClassifier:
         # the default feature set reads the encoder the anomaly needs: one pass serves both
         self.shares_encoder = isinstance(bundle.features, AEFeatures) and bundle.features.model is bundle.model
         self.batch = SVM_BATCH.get(self.device.type, SVM_BATCH["cpu"])
+        if self.device.type == "cuda" and torch.backends.cudnn.allow_tf32 and \
+                os.environ.get("NVIDIA_TF32_OVERRIDE") != "0":
+            _warn_tf32_once()
 
     def __call__(self, window: np.ndarray, timings: dict[str, float] | None = None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        with torch.no_grad(), _full_fp32():
+        with torch.no_grad():
             return self._classify(window, timings)
 
     def _classify(self, window: np.ndarray, timings: dict[str, float] | None) -> tuple[np.ndarray, ...]:
@@ -128,16 +130,13 @@ class WindowClassifier:
         return out
 
 
-@contextlib.contextmanager
-def _full_fp32() -> Iterator[None]:
-    """No TF32 in convolutions and matrix products (cuDNN's default on Ampere and later): its 10-bit
-    mantissa moved features by ~1e-3 and flipped 10 of 786k classes against the CPU on an H200."""
-    conv, mm = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, mm
+@lru_cache(maxsize=1)
+def _warn_tf32_once() -> None:
+    import logging
+
+    logging.getLogger("magpipe").warning(
+        "TF32 is allowed in this process: maps made on the GPU may differ from the CPU's at near-ties; call "
+        "magpipe.process.full_fp32() once at its start (magpipe's CLI, flows and Dask workers do)")
 
 
 class _Clock:

@@ -77,8 +77,8 @@ def main() -> None:
     from magpipe.process import configure_process, stop_on_signals
 
     configure_process()
-    stop_on_signals()
-    app(prog_name="magpipe")
+    with stop_on_signals():
+        app(prog_name="magpipe")
 
 
 class _StderrHandler(logging.StreamHandler):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 
 from magpipe.errors import DeviceError
@@ -47,14 +48,13 @@ def dask_client(scheduler: str | None = None, *, workers: int = 2, gpu: bool = F
     address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if address:
         with Client(address, set_as_default=False) as client:
-            client.register_plugin(WorkerSetup())
+            client.register_plugin(WorkerSetup(threads=None))  # its operator chose its threads
             yield client
         return
     gpus = _visible_gpus() if gpu else 0
     if gpu and not gpus:
         raise DeviceError("classify.device is cuda, but this machine has no CUDA device torch can use; "
                           "classify on 'cpu', or point runtime.scheduler at a cluster with GPU workers")
-    logging.getLogger("distributed").setLevel(logging.WARNING)  # the in-process scheduler's chatter
     env = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_MALLOC_ENV}
     # the nanny lets the parent's environment override pre-spawn-environ, and every nanny writes its own
     # values (OMP_NUM_THREADS=1 among them) into the parent's environment: an earlier cluster in this process
@@ -79,15 +79,28 @@ def _visible_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+_env_lock = threading.Lock()
+_env_state: dict = {"users": 0, "saved": {}}  # clusters of this process inside _environ, and the environment before
+
+
 @contextlib.contextmanager
 def _environ(values: dict[str, str]) -> Iterator[None]:
-    """Set environment variables for the duration of a block, then restore the whole environment as it
-    was (variables others set meanwhile, such as a nanny's, included)."""
-    old = dict(os.environ)
-    os.environ.update(values)
+    """Set environment variables while a block runs, then restore the whole environment as it was before
+    the first of the blocks open in this process (variables set meanwhile, such as a nanny's, included).
+    Safe for clusters started and closed by concurrent flows (threads): the environment comes back when the
+    last of them closes, never half way."""
+    with _env_lock:
+        if _env_state["users"] == 0:
+            _env_state["saved"] = dict(os.environ)
+        _env_state["users"] += 1
+        os.environ.update(values)
     try:
         yield
     finally:
-        for k in set(os.environ) - set(old):
-            del os.environ[k]
-        os.environ.update(old)
+        with _env_lock:
+            _env_state["users"] -= 1
+            if _env_state["users"] == 0:
+                saved = _env_state["saved"]
+                for k in set(os.environ) - set(saved):
+                    del os.environ[k]
+                os.environ.update(saved)

@@ -131,3 +131,24 @@ def test_every_deployable_feature_set_classifies_as_its_per_cell_features_say(tr
         svm, cell_features({name: fs}, arrays, base.scaling, q_rows, q_cols)[name])
     np.testing.assert_array_equal(cls[q_rows, q_cols], ref_cls)
     np.testing.assert_allclose(conf[q_rows, q_cols], ref_conf, atol=1e-4)
+
+
+def test_classifying_changes_no_process_wide_torch_setting(trained_run):
+    """TF32 and thread counts belong to the entry point that owns the process (a worker's setup, the CLI):
+    classifying leaves them as the caller set them, and magpipe.process.full_fp32 is the one switch."""
+    import torch
+
+    from magpipe.process import full_fp32
+
+    flags = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    threads = torch.get_num_threads()
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        field = xr.open_zarr(Layout(trained_run["out"]).survey, consolidated=False)["field"].values
+        classify_array(load_bundle(trained_run["out"] / "model"), field)
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+        assert torch.get_num_threads() == threads
+        full_fp32()
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags

@@ -47,3 +47,44 @@ def test_local_workers_keep_their_shutdown_heartbeat_off_the_terminal():
     with dask_client(None, workers=1) as client:
         passed = list(client.run(_worker_logs, messages).values())
     assert passed == [[False, True]]
+
+
+def test_clusters_of_concurrent_runs_leave_the_process_as_it_was():
+    """Two flows (threads) of one long-lived process start and close LocalClusters at once: each gets its
+    workers, and afterwards the environment and the ``distributed`` logger are as before (no cluster sets
+    process-wide state that outlives it)."""
+    import logging
+    import os
+    import threading
+
+    before, level = dict(os.environ), logging.getLogger("distributed").level
+    got: dict[int, int] = {}
+
+    def run(i: int) -> None:
+        with dask_client(None, workers=1) as client:
+            got[i] = client.submit(lambda x: x + 1, i, pure=False).result()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == {0: 1, 1: 2}
+    assert dict(os.environ) == before
+    assert logging.getLogger("distributed").level == level
+
+
+def test_an_external_clusters_workers_keep_their_own_torch_threads(tmp_path):
+    """magpipe sets one torch thread on the workers of a LocalCluster it starts (one per Dask thread); the
+    workers of an external cluster keep what their operator set up."""
+    import torch
+
+    from magpipe.testing import external_cluster
+
+    with external_cluster(tmp_path, env={"OMP_NUM_THREADS": "2"}, workers=[["--no-nanny", "--nthreads", "1"]]
+                          ) as address, dask_client(address) as client:
+        client.wait_for_workers(1, timeout=60)
+        threads = client.run(torch.get_num_threads)
+    assert list(threads.values()) == [2]
+    with dask_client(None, workers=1) as client:
+        assert list(client.run(torch.get_num_threads).values()) == [1]

@@ -212,19 +212,24 @@ def test_a_stop_request_a_library_swallows_still_stops_the_next_step(monkeypatch
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     monkeypatch.setattr(process, "_received", [])
     try:
-        process.stop_on_signals()
+        with process.stop_on_signals():
 
-        class Swallows:
-            def __del__(self):
-                os.kill(os.getpid(), signal.SIGTERM)
-                for _ in range(100_000):  # the handler runs in here; its exception is dropped
-                    pass
+            class Swallows:
+                def __del__(self):
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    for _ in range(100_000):  # the handler runs in here; its exception is dropped
+                        pass
 
-        Swallows()
-        assert process._received == [signal.SIGTERM]
-        with pytest.raises(process.Interrupted) as stop, progress("tiles", 3, "tiles") as step:
+            Swallows()
+            assert process._received == [signal.SIGTERM]
+            with pytest.raises(process.Interrupted) as stop, progress("tiles", 3, "tiles") as step:
+                step()
+            assert stop.value.signum == signal.SIGTERM
+        # the stop belonged to that command: the next one in this process starts clean, with the old handlers
+        assert process._received == []
+        with progress("tiles", 3, "tiles") as step:
             step()
-        assert stop.value.signum == signal.SIGTERM
+        assert {s: signal.getsignal(s) for s in handlers} == handlers
     finally:
         for s, h in handlers.items():
             signal.signal(s, h)
