@@ -7,14 +7,17 @@ its stage up to date completes at once without recomputing.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from magpipe.config import RunConfig
 from magpipe.errors import ConfigError, InputError, is_transient
-from magpipe.io.location import is_url
+from magpipe.io.location import is_url, storage_scope
+from magpipe.locking import waiting_for_locks
 from magpipe.process import configure_process
 from prefect.cache_policies import NO_CACHE
 
@@ -44,6 +47,19 @@ def load_config(config: dict[str, Any] | str | None) -> RunConfig:
         except Exception as exc:  # pydantic's error, one line
             raise ConfigError(f"flow parameter 'config': {str(exc).splitlines()[0]}") from None
     return RunConfig.load(config)
+
+
+# How long a flow run waits for an output another run is writing (a command is refused at once): runs of
+# one survey started together, by a schedule and a backfill say, then run one after the other.
+LOCK_WAIT_S = 6 * 3600.0
+
+
+@contextlib.contextmanager
+def run_context(cfg: RunConfig) -> Iterator[None]:
+    """What a flow's work runs inside: the run's storage options, for this process only (never passed on),
+    and waiting up to :data:`LOCK_WAIT_S` for an output that another run holds."""
+    with storage_scope(cfg.runtime.storage_options), waiting_for_locks(LOCK_WAIT_S):
+        yield
 
 
 DATA_ROOT_ENV = "MAGPIPE_DATA_ROOT"

@@ -14,12 +14,12 @@ from typing import Any
 from prefect import flow, tags, task
 from prefect.futures import wait
 
-from flows._common import data_path, layer_paths, load_config, retry_if_transient, run_name, survey_name, \
-    tag_this_run
+from flows._common import data_path, layer_paths, load_config, retry_if_transient, run_context, run_name, \
+    survey_name, tag_this_run
 from flows.classify import classify_survey
 from magpipe.bundle import verify_bundle
 from magpipe.errors import InputError
-from magpipe.io.location import as_path, expand, storage_scope
+from magpipe.io.location import as_path, expand
 from magpipe.io.manifest import is_delivery, read_manifest
 from magpipe.io.schema import Layout
 from magpipe.io.stores import is_complete, version
@@ -39,7 +39,7 @@ def backfill_survey(survey: str, model: str, out: str, config: dict[str, Any] | 
     ``layers``) and classify it with ``model``."""
     survey, model, out = data_path(survey, "survey"), data_path(model, "model"), data_path(out, "out")
     cfg = load_config(_config_path(config))
-    with storage_scope(cfg.runtime.storage_options):
+    with run_context(cfg):
         if is_delivery(survey):
             delivery = read_manifest(survey)
             survey, layers = delivery.survey, delivery.layers
@@ -77,7 +77,7 @@ def backfill(surveys: list[str] | str, model: str, out_root: str = "runs/backfil
     """Classify every survey in ``surveys`` (paths or globs) into OUT_ROOT/<survey name>/. ``config`` (a dict,
     or a path each survey's subflow reads again, storage options included) applies to every survey."""
     model, out_root = data_path(model, "model"), data_path(out_root, "out_root")
-    with storage_scope(load_config(_config_path(config)).runtime.storage_options):
+    with run_context(load_config(_config_path(config))):
         return _backfill(surveys, model, out_root, config, max_concurrent, scheduler)
 
 

@@ -7,9 +7,9 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows._artifacts import TileProgress
-from flows._common import data_path, load_config, out_run_name as _out_run_name, survey_name, tag_this_run
+from flows._common import data_path, load_config, out_run_name as _out_run_name, run_context, survey_name, \
+    tag_this_run
 from magpipe.cluster import dask_client
-from magpipe.io.location import storage_scope
 from magpipe.io.stores import version
 from magpipe.pipeline import run_classify
 
@@ -27,7 +27,7 @@ def classify_survey(out: str, config: dict[str, Any] | str | None = None, model:
     progress = TileProgress(name or survey_name(out))
     tag_this_run(survey_name(cfg.inputs.survey or out), f"magpipe-{version()}")
     address = scheduler or cfg.runtime.scheduler
-    with storage_scope(cfg.runtime.storage_options), \
+    with run_context(cfg), \
             dask_client(address, workers=cfg.runtime.workers, gpu=cfg.classify.device != "cpu") as client:
         if address:  # a cluster that outlives the run: its dashboard is worth a link
             get_run_logger().info("Dask cluster: %s (dashboard %s)", address, client.dashboard_link)

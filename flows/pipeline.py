@@ -13,14 +13,13 @@ from prefect import flow, tags, task
 from prefect.states import Completed
 
 from flows._artifacts import publish_report
-from flows._common import STAGE_TASK, data_path, layer_paths, load_config, retry_if_transient, run_name, \
-    survey_name, tag_this_run
+from flows._common import STAGE_TASK, data_path, layer_paths, load_config, retry_if_transient, run_context, \
+    run_name, survey_name, tag_this_run
 from flows.classify import classify_survey
 from flows.train import train_remote_or_local
 from magpipe.config import RunConfig
 from magpipe.errors import InputError
 from magpipe.explore import require_embedding
-from magpipe.io.location import storage_scope
 from magpipe.io.stores import version
 from magpipe.pipeline import run_evaluate, run_ingest, run_labels, run_patch_size, run_patches
 
@@ -93,7 +92,7 @@ def survey_pipeline(survey: str | None = None, labels_path: str | None = None, o
     name = survey_name(cfg.inputs.survey)
     run_tags = (name, f"magpipe-{version()}")
     tag_this_run(*run_tags)
-    with storage_scope(cfg.runtime.storage_options), tags(*run_tags):
+    with run_context(cfg), tags(*run_tags):
         ingest(out, conf)
         labels(out, conf)
         patch_size(out, conf)

@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows._common import load_config, out_run_name as _out_run_name, survey_name, tag_this_run
+from flows._common import load_config, out_run_name as _out_run_name, run_context, survey_name, tag_this_run
 from magpipe.errors import OrchestrationError
 from magpipe.io.schema import Layout
 from magpipe.io.stores import version
@@ -26,7 +26,8 @@ def train_autoencoder(out: str, config: dict[str, Any] | str | None = None) -> s
     def epoch(row: dict) -> None:
         log.info("epoch %d: train %.4f, val %.4f", row["epoch"], row["train_loss"], row["val_loss"])
 
-    return str(run_train(out, cfg, progress=epoch))
+    with run_context(cfg):
+        return str(run_train(out, cfg, progress=epoch))
 
 
 def train_remote_or_local(out: str, config: dict[str, Any]) -> tuple[str, str]:

@@ -15,11 +15,11 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows._common import data_path, load_config, survey_name
+from flows._common import data_path, load_config, run_context, survey_name
 from flows.backfill import _config_path, backfill
 from flows.pipeline import survey_pipeline
 from magpipe.errors import InputError
-from magpipe.io.location import as_path, storage_scope
+from magpipe.io.location import as_path
 from magpipe.io.manifest import is_delivery, read_manifest
 from magpipe.io.schema import Layout
 from magpipe.io.stores import is_complete
@@ -47,7 +47,7 @@ def watch_landing(landing: str, out_root: str = "runs/landing", model: str | Non
     (a dict, or a path each subflow reads again) applies to every survey."""
     landing, out_root, model = data_path(landing, "landing"), data_path(out_root, "out_root"), data_path(model, "model")
     config = _config_path(config)
-    with storage_scope(load_config(config).runtime.storage_options):
+    with run_context(load_config(config)):
         return _watch(landing, out_root, model, pattern, label_field, config)
 
 

@@ -20,13 +20,15 @@ another run's token; a run whose beats have failed for half of :data:`STALE_S` g
 before anyone could take it over; either way the run stops at its next step (every epoch, tile and split)
 with one line, its finished work kept. Before writing a completion marker, a writer reads the lock
 object once more (:func:`assert_owned`), so a run that lost its lock never marks an output complete.
-(The read and the rewrite of a beat are two requests: a takeover between them is overwritten once and
-seen by the next beat or the completion check.)
+On S3 a beat is a write conditional on the ETag of the run's own last write (``If-Match``), so it never
+overwrites a takeover; on a store without ETags the object is read first, and a takeover in the instant
+between that read and the write is overwritten once (the taker's next beat then sees it lost).
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import fcntl
 import functools
@@ -61,12 +63,29 @@ _held: dict[str, tuple[object, int, int]] = {}  # lock -> (fd or remote lock, de
 _guard = threading.Lock()
 
 
+LOCK_POLL_S = 2.0  # how often a run waiting for an output's lock tries again
+_wait_s: contextvars.ContextVar[float] = contextvars.ContextVar("magpipe_lock_wait_s", default=0.0)
+
+
+@contextlib.contextmanager
+def waiting_for_locks(seconds: float) -> Iterator[None]:
+    """Inside the block (its thread, and the Prefect tasks and subflows started from it), a run that finds its
+    output locked waits up to ``seconds`` for it, trying every :data:`LOCK_POLL_S`, instead of being refused at
+    once: flow runs on the same output then run one after the other. A command keeps refusing at once."""
+    token = _wait_s.set(seconds)
+    try:
+        yield
+    finally:
+        _wait_s.reset(token)
+
+
 @contextlib.contextmanager
 def output_lock(out: str | Path) -> Iterator[Path]:
     """Hold OUT's writer lock; re-entrant within one thread (run_all calls the stages).
 
-    Creates ``out`` if needed and yields it. Raises OutputLockedError at once (never waits) when
-    another process or thread holds the lock, StorageError when ``out`` cannot be created.
+    Creates ``out`` if needed and yields it. Raises OutputLockedError when another process or thread
+    holds the lock: at once, or after the wait of :func:`waiting_for_locks`; StorageError when ``out``
+    cannot be created.
     """
     out = as_path(out)
     try:
@@ -76,6 +95,39 @@ def output_lock(out: str | Path) -> Iterator[Path]:
     except OSError as exc:
         raise StorageError(f"{out}: cannot use as an output directory ({exc.strerror})") from None
     path = str(out / LOCK_NAME) if is_url(out) else str((out / LOCK_NAME).resolve())
+    deadline, said = time.monotonic() + _wait_s.get(), False
+    while True:
+        try:
+            _acquire(out, path)
+            break
+        except OutputLockedError as exc:
+            if time.monotonic() + LOCK_POLL_S > deadline:
+                raise
+            if not said:
+                import logging
+
+                logging.getLogger("magpipe.locking").info("%s; waiting for it (up to %.0f s)", exc,
+                                                          deadline - time.monotonic())
+                said = True
+            time.sleep(LOCK_POLL_S)
+            raise_if_interrupted()
+    try:
+        yield out
+    finally:
+        with _guard:
+            fd, depth, owner = _held[path]
+            if depth > 1:
+                _held[path] = (fd, depth - 1, owner)
+            else:
+                del _held[path]
+                if isinstance(fd, _RemoteLock):
+                    fd.release()
+                else:
+                    os.close(fd)  # releases the flock
+
+
+def _acquire(out: Path, path: str) -> None:
+    """Take (or re-enter) the lock at ``path`` for this thread, or raise OutputLockedError at once."""
     me = threading.get_ident()
     with _guard:
         if path in _held:
@@ -101,26 +153,14 @@ def output_lock(out: str | Path) -> Iterator[Path]:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
             _held[path] = (fd, 1, me)
-    try:
-        yield out
-    finally:
-        with _guard:
-            fd, depth, owner = _held[path]
-            if depth > 1:
-                _held[path] = (fd, depth - 1, owner)
-            else:
-                del _held[path]
-                if isinstance(fd, _RemoteLock):
-                    fd.release()
-                else:
-                    os.close(fd)  # releases the flock
 
 
 class _RemoteLock:
     """The lock object of an output on object storage, refreshed by a daemon thread while held."""
 
-    def __init__(self, out: Path, token: str) -> None:
+    def __init__(self, out: Path, token: str, etag: str | None = None) -> None:
         self.out, self.token = out, token
+        self.etag = etag  # of this run's last write, where the store reports one (S3): beats are then conditional
         self.path = out / LOCK_NAME
         self.lost: str | None = None  # why the lock is no longer this run's
         self._last_beat = time.monotonic()
@@ -141,8 +181,8 @@ class _RemoteLock:
         for _ in range(2):
             with remote_errors(out):
                 try:
-                    path.fs.pipe_file(path.path, cls._body(token), mode="create")
-                    return cls(out, token)
+                    created = path.fs.pipe_file(path.path, cls._body(token), mode="create")
+                    return cls(out, token, _etag(created))
                 except FileExistsError:
                     holder = _read_lock(path)
             if holder is None:  # released between our create and read: try again
@@ -169,10 +209,9 @@ class _RemoteLock:
         log = logging.getLogger("magpipe.locking")
         while not self._stop.wait(HEARTBEAT_S):
             try:
-                self._check_token()
+                self._beat_once()
                 if self.lost:
                     return
-                self.path.fs.pipe_file(self.path.path, self._body(self.token))
                 self._last_beat = time.monotonic()
             except Exception as exc:  # a missed beat is only a risk after STALE_S; the next one retries
                 failing = time.monotonic() - self._last_beat
@@ -181,6 +220,30 @@ class _RemoteLock:
                                  f"up before another could take it over (after {STALE_S:.0f} s)")
                     return
                 log.warning("%s: could not refresh the writer lock (%s); retrying", self.out, first_line(exc))
+
+    def _beat_once(self) -> None:
+        """Rewrite the heartbeat only while the object is this run's. On S3 the write is conditional on the ETag
+        of this run's last write (``If-Match``), so a takeover between two beats is never overwritten; where the
+        store has no ETag, or refuses the condition, the object is read first (a takeover in the instant
+        between the read and the write is overwritten once, and the taker's next beat sees it)."""
+        body = self._body(self.token)
+        if self.etag is not None:
+            try:
+                self.etag = _etag(self.path.fs.pipe_file(self.path.path, body, IfMatch=self.etag))
+                return
+            except FileNotFoundError:
+                self.lost = "was removed by someone else"
+                return
+            except OSError as exc:
+                if "pre-condition" not in str(exc).lower() and "precondition" not in str(exc).lower():
+                    self.etag = None  # conditional writes not understood here: read, then write
+                    raise
+                self._check_token()
+                self.lost = self.lost or "was rewritten by someone else"
+                return
+        self._check_token()
+        if not self.lost:
+            self.path.fs.pipe_file(self.path.path, body)
 
     def _check_token(self) -> None:
         """Set ``lost`` when the lock object is gone or holds another run's token."""
@@ -232,6 +295,11 @@ def assert_owned(path: str | Path) -> None:
 
 
 add_step_check(check_locks)
+
+
+def _etag(response) -> str | None:
+    """The ETag of a write, from the store's reply (s3fs returns S3's; other file systems return nothing)."""
+    return response.get("ETag") if isinstance(response, dict) else None
 
 
 def _read_lock(path: Path) -> dict | None:

@@ -87,3 +87,28 @@ def test_gpu_benchmark_dry_run_on_a_stack_matches_the_cpu(tmp_path):
     eq = res["equality_vs_cpu"]
     assert eq["cells"] > 0 and eq["class_differs"] == 0 and eq["nan_pattern_equal"]
     assert res["end_to_end_in_process"]["pixels_per_s"] > 0 and res["stage_rates_device"]["tile_pixels_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_load_benchmark_runs_many_flows_at_once_to_the_sequential_maps(harness, trained_run, tmp_path):
+    """benchmarks/load.py's two phases, small: 4 flow runs of 2 surveys at once on one Prefect server and one
+    external Dask cluster (pairs on one output) end with every map equal to its sequential run and nothing
+    left behind."""
+    from magpipe.synthetic import synthetic_survey
+    from magpipe.testing import external_cluster, tiny_config
+
+    load = runpy.run_path(str(ROOT / "benchmarks" / "load.py"))
+
+    surveys = []
+    for i in range(2):
+        grid, _ = synthetic_survey((96, 128), n_units=3, seed=i)
+        grid.rio.to_raster(tmp_path / f"area{i}.tif")
+        surveys.append(tmp_path / f"area{i}.tif")
+    (tmp_path / "cluster").mkdir()
+    with external_cluster(tmp_path / "cluster") as address:
+        res = load["run_load"](tmp_path / "work", surveys, trained_run["out"] / "model",
+                               tiny_config().parameters(), address, 4)
+    assert res["all_completed"] and res["states"] == ["Completed"] * 4, res
+    assert res["maps_identical_to_sequential"] == {"area0": True, "area1": True}
+    assert res["partial_stores_left"] == [] and res["locks_held_after"] == [] and res["scheduler_tasks_left"] == 0
+    assert res["sequential_s"] > 0 and res["concurrent_s"] > 0

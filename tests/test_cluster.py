@@ -81,7 +81,8 @@ def test_an_external_clusters_workers_keep_their_own_torch_threads(tmp_path):
 
     from magpipe.testing import external_cluster
 
-    with external_cluster(tmp_path, env={"OMP_NUM_THREADS": "2"}, workers=[["--no-nanny", "--nthreads", "1"]]
+    two = {k: "2" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}  # as its operator set
+    with external_cluster(tmp_path, env=two, workers=[["--no-nanny", "--nthreads", "1"]]
                           ) as address, dask_client(address) as client:
         client.wait_for_workers(1, timeout=60)
         threads = client.run(torch.get_num_threads)

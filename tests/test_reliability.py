@@ -27,6 +27,38 @@ from magpipe.patches import read_window
 from magpipe.tiling import tiles
 
 
+def test_flow_runs_on_one_output_wait_for_each_other_where_a_command_is_refused(tmp_path, monkeypatch):
+    """Inside waiting_for_locks (what every flow runs in), a second run on a held output waits and then gets it;
+    outside, it is refused at once naming the holder; a wait that runs out is refused the same way."""
+    import threading
+
+    from magpipe import locking
+
+    monkeypatch.setattr(locking, "LOCK_POLL_S", 0.05)
+    out, order = tmp_path / "out", []
+    held = threading.Event()
+
+    def first() -> None:
+        with locking.output_lock(out):
+            order.append("first in")
+            held.set()
+            time.sleep(0.5)
+            order.append("first out")
+
+    t = threading.Thread(target=first)
+    t.start()
+    held.wait()
+    with pytest.raises(locking.OutputLockedError, match="in use by another run"):
+        with locking.output_lock(out):
+            pass
+    with pytest.raises(locking.OutputLockedError), locking.waiting_for_locks(0.1), locking.output_lock(out):
+        pass
+    with locking.waiting_for_locks(30), locking.output_lock(out):
+        order.append("second in")
+    t.join()
+    assert order == ["first in", "first out", "second in"]
+
+
 def test_second_writer_is_refused_and_a_killed_holder_frees_the_output(survey_files, tmp_path):
     out = tmp_path / "out"
     holder = subprocess.Popen([sys.executable, "-c", (

@@ -158,3 +158,64 @@ def test_training_leaves_the_callers_random_state_alone():
 
     plain = PatchAutoencoder(9, cfg.channels, cfg.hidden)  # what torch.manual_seed(seed) used to give
     assert all(torch.equal(a, b) for a, b in zip(start.parameters(), plain.parameters()))
+
+
+TRAIN_BOTH = """
+import json, sys
+import torch
+from magpipe.config import RunConfig
+from magpipe.pipeline import run_ingest, run_labels, run_patches, run_train
+for name, conf in json.loads(sys.argv[1]).items():
+    cfg = RunConfig.model_validate(conf)
+    out = sys.argv[2] + "/" + name
+    for stage in (run_ingest, run_labels, run_patches, run_train):
+        stage(out, cfg)
+"""
+
+
+@pytest.mark.slow
+def test_two_runs_in_one_process_each_equal_their_own_run_in_a_fresh_process(survey_files, tmp_path):
+    """A long-lived worker trains for two runs with different seeds and devices, one after the other and then
+    in two threads at once: each gets the weights its own run gets in a fresh process (no random state,
+    device or setting of one run reaches the other)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    from magpipe.pipeline import run_ingest, run_labels, run_patches, run_train
+    from magpipe.testing import tiny_config
+
+    inputs = {"survey": survey_files["survey"], "labels": survey_files["labels"]}
+    cfgs = {"a": tiny_config(model={"seed": 1}, runtime={"device": "cpu"}).with_inputs(**inputs),
+            "b": tiny_config(model={"seed": 2}, patches={"seed": 5}, runtime={"device": "auto"}).with_inputs(**inputs)}
+    r = subprocess.run([sys.executable, "-c", TRAIN_BOTH, json.dumps({k: c.model_dump(mode="json")
+                                                                     for k, c in cfgs.items()}), str(tmp_path / "fresh")],
+                       capture_output=True, text=True, timeout=600,
+                       env={**os.environ, **{k: str(torch.get_num_threads())  # this process's torch threads
+                                             for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}})
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    def train(root: str, name: str) -> None:
+        out = tmp_path / root / name
+        for stage in (run_ingest, run_labels, run_patches, run_train):
+            stage(out, cfgs[name])
+
+    for name in cfgs:
+        train("in-turn", name)
+    threads = [threading.Thread(target=train, args=("threads", name)) for name in cfgs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    def weights(root: str, name: str) -> dict:
+        return torch.load(tmp_path / root / name / "model" / "autoencoder.pt", weights_only=True)
+
+    for name in cfgs:
+        fresh = weights("fresh", name)
+        for root in ("in-turn", "threads"):
+            got = weights(root, name)
+            assert all(torch.equal(fresh[k], got[k]) for k in fresh), (name, root)
+    assert not torch.equal(weights("fresh", "a")["encoder.0.weight"], weights("fresh", "b")["encoder.0.weight"])
