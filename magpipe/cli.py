@@ -56,7 +56,8 @@ ObjectiveOpt = Annotated[Optional[str], _flag("--objective")]
 SchedOpt = Annotated[Optional[str], _flag("--scheduler", envvar="DASK_SCHEDULER_ADDRESS")]
 WorkersOpt = Annotated[Optional[int], _flag("--workers")]
 DeviceOpt = Annotated[Optional[str], _flag("--device")]
-SerialOpt = Annotated[bool, typer.Option("--serial", help="Classify in this process, without Dask.")]
+SerialOpt = Annotated[bool, typer.Option("--serial", help="Classify (and score the splits) in this process, "
+                                                          "without Dask.")]
 OutOpt = Annotated[str, typer.Option("--out", "-o", help="Output directory of the run.")]
 NodataOpt = Annotated[Optional[float], _flag("--nodata")]
 BandOpt = Annotated[Optional[int], _flag("--band")]
@@ -245,13 +246,15 @@ def classify(out: OutOpt, config: ConfigOpt = None, model: Annotated[Optional[st
 
 
 @app.command()
-def evaluate(out: OutOpt, config: ConfigOpt = None, patch_size: PatchOpt = None) -> None:
-    """Score the learned features against their controls on spatial holdouts -> OUT/report.*, OUT/*.png."""
+def evaluate(out: OutOpt, config: ConfigOpt = None, patch_size: PatchOpt = None, scheduler: SchedOpt = None,
+             workers: WorkersOpt = None, serial: SerialOpt = False) -> None:
+    """Score the learned features against their controls on spatial holdouts -> OUT/report.*, OUT/*.png.
+    The splits run in parallel on the Dask cluster (a LocalCluster unless --scheduler)."""
     from magpipe.pipeline import run_evaluate
     from magpipe.report import terminal_summary
 
-    cfg = _config(config, run=out, patch_size=patch_size)
-    typer.echo(terminal_summary(_guard(run_evaluate, out, cfg)))
+    cfg = _config(config, run=out, patch_size=patch_size, scheduler=scheduler, workers=workers)
+    typer.echo(terminal_summary(_guard(_with_client, cfg, serial, run_evaluate, out, cfg)))
 
 
 @app.command()

@@ -73,6 +73,24 @@ def dask_client(scheduler: str | None = None, *, workers: int = 2, gpu: bool = F
         yield client
 
 
+def worker_storage_options(client) -> dict | None:
+    """The storage options in effect here, for tasks sent to ``client``'s workers when they are this run's own
+    (a LocalCluster started in this process); None for an external cluster's, which use their own environment
+    (a warning says so when options are in effect: they never leave this process)."""
+    import logging
+
+    from magpipe.io.location import storage_options
+
+    storage = storage_options()
+    if getattr(client, "cluster", None) is not None:
+        return storage
+    if storage:
+        logging.getLogger("magpipe").warning(
+            "runtime.storage_options stay in this process: the external cluster's workers use the storage "
+            "options and credentials of their own environment")
+    return None
+
+
 def _visible_gpus() -> int:
     import torch
 

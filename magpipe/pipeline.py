@@ -35,10 +35,10 @@ def run_all(out: str | Path, cfg: RunConfig, *, client=None,
             cluster: Callable[[], ContextManager] | None = None) -> dict:
     """Every stage of a run of ``cfg.inputs`` into ``out``, in order; returns the report.
 
-    ``client`` (a ``distributed.Client``) runs the classification tiles; None runs them here. Or
-    ``cluster``, a function returning a context manager that yields a client: it is entered only
-    around classification, so bad input fails before a cluster starts and the cluster's workers hold
-    no memory while the model trains or the report is scored.
+    ``client`` (a ``distributed.Client``) runs the classification tiles and the evaluation's splits; None
+    runs them here. Or ``cluster``, a function returning a context manager that yields a client: it is
+    entered only for classification and evaluation, so bad input fails before a cluster starts and the
+    cluster's workers hold no memory while the model trains.
     """
     check_output_path(Layout(out).survey)
     require_embedding(cfg.evaluate.embedding)  # the report's last step: refused now, not after the training
@@ -49,4 +49,4 @@ def run_all(out: str | Path, cfg: RunConfig, *, client=None,
     stages.run_train(out, cfg)
     with cluster() if cluster is not None else contextlib.nullcontext(client) as tiles_client:
         stages.run_classify(out, cfg, client=tiles_client)
-    return stages.run_evaluate(out, cfg)
+        return stages.run_evaluate(out, cfg, client=tiles_client)

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from magpipe.io.location import as_path, storage_options, storage_scope
+from magpipe.cluster import worker_storage_options
+from magpipe.io.location import as_path, storage_scope
 from magpipe.io.schema import HASH, TILE_DONE, TILE_PX, VERSION
 from magpipe.io.stores import (
     check_output_path,
@@ -163,12 +164,7 @@ def _run(tile_fn: TileFn, store: str, todo: list[tuple[int, Tile]], tile_px: int
         return
     from distributed import as_completed
 
-    storage = storage_options()
-    if getattr(client, "cluster", None) is None:  # an external cluster: its workers bring their own
-        if storage:
-            log.warning("runtime.storage_options stay in this process: the external cluster's workers use the "
-                        "storage options and credentials of their own environment")
-        storage = None
+    storage = worker_storage_options(client)
     futures = [client.submit(run_tile, tile_fn, store, t, tile_px, storage, key=f"{key}-{i}", pure=False,
                              resources=resources) for i, t in todo]
     for fut in as_completed(futures, loop=client.loop):

@@ -194,3 +194,36 @@ def test_the_gap_in_patch_widths_holds_in_the_split_and_the_cv_folds(survey_file
         gaps[g] = (gap, len(split.train_rows), len(split.test_rows))
     assert gaps[1.0][0] == 9 and gaps[1.6][0] == 15  # ceil(1.6 * 9)
     assert gaps[1.6][1] < gaps[1.0][1] and gaps[1.6][2] == gaps[1.0][2]  # the same test cells, fewer training ones
+
+
+@pytest.mark.slow
+def test_evaluation_on_a_cluster_gives_the_serial_report(finished_run, tmp_path):
+    """The splits as tasks on a LocalCluster, each reading the run from its stores, score exactly what they
+    score in this process: every figure of report.json is the same."""
+    import json
+    import math
+    import shutil
+
+    from magpipe.cluster import dask_client
+    from magpipe.pipeline import run_evaluate
+
+    out = tmp_path / "run"
+    shutil.copytree(finished_run["out"], out, ignore=shutil.ignore_patterns(".magpipe.lock", "report.json"))
+    with dask_client(None, workers=2) as client:
+        parallel = run_evaluate(out, finished_run["cfg"], client=client)
+
+    def leaves(tree, path=""):
+        if isinstance(tree, dict):
+            for k, v in tree.items():
+                yield from leaves(v, f"{path}/{k}")
+        elif isinstance(tree, list):
+            for i, v in enumerate(tree):
+                yield from leaves(v, f"{path}[{i}]")
+        else:
+            yield path, "nan" if isinstance(tree, float) and math.isnan(tree) else tree
+
+    serial = dict(leaves(json.loads((finished_run["out"] / "report.json").read_text())))
+    got = dict(leaves(json.loads((out / "report.json").read_text())))
+    assert serial.keys() == got.keys()
+    assert {k for k in serial if serial[k] != got[k]} == set()
+    assert parallel["balanced_accuracy"] == finished_run["report"]["balanced_accuracy"]

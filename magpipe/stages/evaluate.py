@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from pathlib import Path
 
 import numpy as np
 
 from magpipe.bundle import ModelBundle, load_bundle, read_bundle_meta
+from magpipe.cluster import worker_storage_options
 from magpipe.config import RunConfig
 from magpipe.errors import DataValidationError
 from magpipe.evaluation import METRICS, best_by_validation, paired, score, sparse_label_scores, summarise, verdict
@@ -25,6 +27,7 @@ from magpipe.explore import embedding_2d, label_next, require_embedding, top_ano
 from magpipe.features import FeatureSet, cell_features, part_sizes, stat_windows
 from magpipe.layer_groups import layer_groups, occluded
 from magpipe.io import schema as S
+from magpipe.io.location import absolute, storage_scope
 from magpipe.io.schema import Layout
 from magpipe.io.stores import content_hash, store_attrs
 from magpipe.io.survey import LabelGrids, read_label_grids, survey_attrs
@@ -133,25 +136,67 @@ def evaluate_split(cfg: RunConfig, bundle: ModelBundle, arrays: list, grids: Lab
             "sparse": sparse, "test_features": X_te[chosen], "test_labels": test.y}
 
 
-def score_splits(cfg: RunConfig, bundle: ModelBundle, arrays: list, grids: LabelGrids) -> tuple[list[dict], list]:
+def score_splits(cfg: RunConfig, bundle: ModelBundle, arrays: list, grids: LabelGrids, *, out: str | None = None,
+                 client=None) -> tuple[list[dict], list]:
     """Every evaluation split (the first is the deployed model's); a later split where a class falls
     short on one side is skipped with a warning and listed.
 
+    With a ``client`` (a ``distributed.Client``) each split is a task on its cluster, reading the run in
+    ``out`` from its stores (:func:`split_task`): the same results as in this process, split for split.
+
     Returns the :func:`evaluate_split` results and the skipped splits' ``{"seed", "reason"}``.
     """
+    n = cfg.evaluate.splits
+    if client is None:
+        results = (_split_or_skip(cfg, i, bundle, arrays, grids) for i in range(n))
+    else:
+        from distributed import as_completed
+
+        conf, storage = cfg.parameters(), worker_storage_options(client)
+        futures = [client.submit(split_task, str(out), conf, i, storage, pure=False,
+                                 key=f"evaluate-split-{i}-{uuid.uuid4().hex[:8]}") for i in range(n)]
+        done: dict[int, dict] = {}
+
+        def in_order():  # each split as soon as it and those before it are done, for the progress line
+            nxt = 0
+            for fut in as_completed(futures, loop=client.loop):
+                done[futures.index(fut)] = fut.result()
+                while nxt in done:
+                    yield done.pop(nxt)
+                    nxt += 1
+        results = in_order()
     splits, skipped = [], []
-    with steps("evaluate", cfg.evaluate.splits, "splits") as step:
-        splits.append(evaluate_split(cfg, bundle, arrays, grids, deployed=True))
-        step(balanced=splits[-1]["scores"]["deployed"]["balanced_accuracy"])
-        for i in range(1, cfg.evaluate.splits):
-            try:
-                splits.append(evaluate_split(split_config(cfg, i), bundle, arrays, grids, deployed=False))
-                step(balanced=splits[-1]["scores"]["deployed"]["balanced_accuracy"])
-            except DataValidationError as exc:
-                log.warning("evaluate: split seed %d skipped: %s", cfg.evaluate.seed + i, exc)
-                skipped.append({"seed": cfg.evaluate.seed + i, "reason": str(exc)})
+    with steps("evaluate", n, "splits") as step:
+        for i, result in enumerate(results):
+            if "skipped" in result:
+                log.warning("evaluate: split seed %d skipped: %s", cfg.evaluate.seed + i, result["skipped"])
+                skipped.append({"seed": cfg.evaluate.seed + i, "reason": result["skipped"]})
                 step()
+            else:
+                splits.append(result)
+                step(balanced=result["scores"]["deployed"]["balanced_accuracy"])
     return splits, skipped
+
+
+def _split_or_skip(cfg: RunConfig, i: int, bundle: ModelBundle, arrays: list, grids: LabelGrids) -> dict:
+    """Split ``i`` (0: the deployed model's) scored, or ``{"skipped": reason}`` where a later split cannot be."""
+    if i == 0:
+        return evaluate_split(cfg, bundle, arrays, grids, deployed=True)
+    try:
+        return evaluate_split(split_config(cfg, i), bundle, arrays, grids, deployed=False)
+    except DataValidationError as exc:
+        return {"skipped": str(exc)}
+
+
+def split_task(out: str, conf: dict, i: int, storage: dict | None = None) -> dict:
+    """One split on a Dask worker: the run's model, inputs and labels read from its stores in ``out``
+    (``storage``: the driver's storage options, for the workers of its own LocalCluster only)."""
+    cfg = RunConfig.model_validate(conf)
+    with storage_scope(storage):
+        lay = Layout(out)
+        bundle = load_bundle(lay.model, patch_px=cfg.patches.patch_px)
+        arrays, _ = input_stack(lay, bundle.inputs)
+        return _split_or_skip(cfg, i, bundle, arrays, read_label_grids(lay.survey))
 
 
 def layer_group_table(cfg: RunConfig, bundle: ModelBundle, splits: list[dict]) -> dict:
@@ -292,8 +337,9 @@ def up_to_date_report(lay: Layout, h: str) -> dict | None:
 
 
 @locks_output
-def run_evaluate(out: str | Path, cfg: RunConfig) -> dict:
-    """Score the run's model on spatial holdouts; write report.json, report.md and the figures.
+def run_evaluate(out: str | Path, cfg: RunConfig, *, client=None) -> dict:
+    """Score the run's model on spatial holdouts; write report.json, report.md and the figures. With a
+    ``client`` the splits run as tasks on its cluster (:func:`score_splits`), with the same results.
 
     Skipped when report.json was made from the same survey, labels, model, map and options
     (:func:`evaluate_hash`): re-running a finished run recomputes nothing.
@@ -317,7 +363,8 @@ def run_evaluate(out: str | Path, cfg: RunConfig) -> dict:
         return done
     bundle = load_bundle(lay.model, patch_px=cfg.patches.patch_px)  # the split's blocks are in patch widths
     arrays, _ = input_stack(lay, bundle.inputs)
-    splits, skipped = score_splits(cfg, bundle, arrays, read_label_grids(lay.survey))
+    splits, skipped = score_splits(cfg, bundle, arrays, read_label_grids(lay.survey), out=absolute(lay.root),
+                                   client=client)
     report = build_report(cfg, bundle, splits, skipped, lay, size)
     first = splits[0]
     ty = first["test_labels"]
