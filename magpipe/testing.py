@@ -268,6 +268,16 @@ def gpu_worker_tile(tile: tuple[int, int, int, int]) -> dict[str, np.ndarray]:
     return {"w": np.full((tile[1] - tile[0], tile[3] - tile[2]), gpus, dtype="int16")}
 
 
+def json_leaves(tree, path: str = "") -> dict[str, object]:
+    """Every number and string of a JSON document (report.json, say) by its path (``/svm/ae/C``, ``/splits[0]/...``),
+    NaN as the string "nan" so that two documents compare equal leaf for leaf."""
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in json_leaves(sub, f"{path}/{key}").items()}
+    if isinstance(tree, list):
+        return {k: v for i, sub in enumerate(tree) for k, v in json_leaves(sub, f"{path}[{i}]").items()}
+    return {path: "nan" if isinstance(tree, float) and tree != tree else tree}
+
+
 def files_holding(needle: str, *roots: Path) -> list[str]:
     """Every file under ``roots`` (files or directories) whose bytes contain ``needle``: where a secret
     must not be. Reads files whole; for test directories, databases and logs."""

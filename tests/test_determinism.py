@@ -9,7 +9,6 @@ training time per step, so it stays on). What the weights feed moves by as littl
 same. The number of Dask workers and the load on the machine change nothing at all."""
 
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 import torch
 import xarray as xr
 
-from magpipe.testing import run_cli_process
+from magpipe.testing import json_leaves, run_cli_process
 
 MAPS = ("class", "confidence", "anomaly")
 
@@ -41,20 +40,8 @@ def _maps(out: Path) -> dict[str, np.ndarray]:
     return {n: ds[n].values for n in MAPS}
 
 
-def _leaves(tree, path=""):
-    """Every number and string of a JSON document by its path (NaN compared as equal)."""
-    if isinstance(tree, dict):
-        for k, v in tree.items():
-            yield from _leaves(v, f"{path}/{k}")
-    elif isinstance(tree, list):
-        for i, v in enumerate(tree):
-            yield from _leaves(v, f"{path}[{i}]")
-    else:
-        yield path, "nan" if isinstance(tree, float) and math.isnan(tree) else tree
-
-
 def _report_differences(a: Path, b: Path) -> set[str]:
-    ra, rb = (dict(_leaves(json.loads((o / "report.json").read_text()))) for o in (a, b))
+    ra, rb = (json_leaves(json.loads((o / "report.json").read_text())) for o in (a, b))
     assert ra.keys() == rb.keys()
     # not results: how long training took, and the cache key that holds the bundle's metadata (which records it)
     return {k for k in ra if ra[k] != rb[k] and k not in ("/training/seconds", "/input_hash")}

@@ -201,29 +201,19 @@ def test_evaluation_on_a_cluster_gives_the_serial_report(finished_run, tmp_path)
     """The splits as tasks on a LocalCluster, each reading the run from its stores, score exactly what they
     score in this process: every figure of report.json is the same."""
     import json
-    import math
     import shutil
 
     from magpipe.cluster import dask_client
     from magpipe.pipeline import run_evaluate
+    from magpipe.testing import json_leaves
 
     out = tmp_path / "run"
     shutil.copytree(finished_run["out"], out, ignore=shutil.ignore_patterns(".magpipe.lock", "report.json"))
     with dask_client(None, workers=2) as client:
         parallel = run_evaluate(out, finished_run["cfg"], client=client)
 
-    def leaves(tree, path=""):
-        if isinstance(tree, dict):
-            for k, v in tree.items():
-                yield from leaves(v, f"{path}/{k}")
-        elif isinstance(tree, list):
-            for i, v in enumerate(tree):
-                yield from leaves(v, f"{path}[{i}]")
-        else:
-            yield path, "nan" if isinstance(tree, float) and math.isnan(tree) else tree
-
-    serial = dict(leaves(json.loads((finished_run["out"] / "report.json").read_text())))
-    got = dict(leaves(json.loads((out / "report.json").read_text())))
+    serial = json_leaves(json.loads((finished_run["out"] / "report.json").read_text()))
+    got = json_leaves(json.loads((out / "report.json").read_text()))
     assert serial.keys() == got.keys()
     assert {k for k in serial if serial[k] != got[k]} == set()
     assert parallel["balanced_accuracy"] == finished_run["report"]["balanced_accuracy"]
