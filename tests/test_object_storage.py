@@ -195,7 +195,8 @@ def test_storage_options_from_the_config_reach_the_store_and_are_never_saved(sur
 
 
 @pytest.mark.slow
-def test_two_runs_in_one_process_keep_their_own_storage_options(survey_files, bucket, s3, no_s3_environment):
+def test_two_runs_in_one_process_keep_their_own_storage_options(survey_files, bucket, s3, no_s3_environment,
+                                                                monkeypatch):
     """A long-lived worker process runs many flows: the storage options of one run (its credentials) are
     never seen by another, whether they run one after another or side by side in two threads, and nothing
     is left in fsspec's process-wide config."""
@@ -209,7 +210,11 @@ def test_two_runs_in_one_process_keep_their_own_storage_options(survey_files, bu
 
     good = {"s3": {"endpoint_url": s3["AWS_ENDPOINT_URL"], "key": s3["AWS_ACCESS_KEY_ID"],
                    "secret": s3["AWS_SECRET_ACCESS_KEY"]}}
-    dead = {"s3": {"endpoint_url": "http://127.0.0.1:9", "key": "nobody", "secret": "nothing"}}
+    dead = {"s3": {"endpoint_url": "http://127.0.0.1:9", "key": "nobody", "secret": "nothing",
+                   "config_kwargs": {"retries": {"max_attempts": 1}}}}  # fail at once, not after backoffs
+    from magpipe.io import stores
+
+    monkeypatch.setattr(stores, "READ_RETRY_S", (0.01,))
     conf_before = json.dumps(fsspec.config.conf, sort_keys=True)
 
     def run(out: str, options: dict) -> str:
