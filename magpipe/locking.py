@@ -15,8 +15,8 @@ release. A lock left by a killed run is stale, and taken over, when its owner wa
 this host that no longer exists, or when its heartbeat is older than :data:`STALE_S` seconds.
 
 A lock object can therefore be lost: taken over after its owner's beats failed for :data:`STALE_S`, or
-removed by hand. Its owner checks. Each beat first reads the object and stops beating when it holds
-another run's token; a run whose beats have failed for half of :data:`STALE_S` gives the lock up itself,
+removed by hand. Its owner checks. A beat that finds the object rewritten or removed by another run stops
+beating; a run whose beats have failed for half of :data:`STALE_S` gives the lock up itself,
 before anyone could take it over; either way the run stops at its next step (every epoch, tile and split)
 with one line, its finished work kept. Before writing a completion marker, a writer reads the lock
 object once more (:func:`assert_owned`), so a run that lost its lock never marks an output complete.
@@ -34,6 +34,7 @@ import fcntl
 import functools
 import inspect
 import json
+import logging
 import os
 import socket
 import threading
@@ -45,6 +46,8 @@ from pathlib import Path
 from magpipe.errors import StorageError
 from magpipe.io.location import as_path, ensure_dir, first_line, is_url, remote_errors, storage_scope
 from magpipe.process import add_step_check, raise_if_interrupted
+
+log = logging.getLogger("magpipe.locking")
 
 LOCK_NAME = ".magpipe.lock"
 HEARTBEAT_S = 30.0  # how often the owner of a lock object on object storage refreshes it
@@ -104,10 +107,7 @@ def output_lock(out: str | Path) -> Iterator[Path]:
             if time.monotonic() + LOCK_POLL_S > deadline:
                 raise
             if not said:
-                import logging
-
-                logging.getLogger("magpipe.locking").info("%s; waiting for it (up to %.0f s)", exc,
-                                                          deadline - time.monotonic())
+                log.info("%s; waiting for it (up to %.0f s)", exc, deadline - time.monotonic())
                 said = True
             time.sleep(LOCK_POLL_S)
             raise_if_interrupted()
@@ -194,9 +194,7 @@ class _RemoteLock:
                     f"{out}: in use by another magpipe run (pid {holder.get('pid')} on {holder.get('host')}, seen "
                     f"{age:.0f} s ago); wait for it, or stop it and re-run (finished work is kept). A lock not "
                     f"refreshed for {STALE_S:.0f} s is taken over") from None
-            import logging
-
-            logging.getLogger("magpipe.locking").warning("%s: taking over the lock of a run that %s", out, stale)
+            log.warning("%s: taking over the lock of a run that %s", out, stale)
             with remote_errors(out):
                 path.fs.rm(path.path)
         raise OutputLockedError(f"{out}: another run took the lock at the same moment; re-run")
@@ -204,9 +202,6 @@ class _RemoteLock:
     def _refresh(self) -> None:
         """Rewrite the heartbeat while the object is still this run's; give the lock up when it is not, or when
         beats have failed for half of STALE_S (before another run could take it over)."""
-        import logging
-
-        log = logging.getLogger("magpipe.locking")
         while not self._stop.wait(HEARTBEAT_S):
             try:
                 self._beat_once()
@@ -235,7 +230,7 @@ class _RemoteLock:
                 self.lost = "was removed by someone else"
                 return
             except OSError as exc:
-                if "pre-condition" not in str(exc).lower() and "precondition" not in str(exc).lower():
+                if "precondition" not in str(exc).lower().replace("-", ""):
                     self.etag = None  # conditional writes not understood here: read, then write
                     raise
                 self._check_token()

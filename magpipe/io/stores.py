@@ -27,6 +27,7 @@ import zarr
 from magpipe.errors import StorageError, StoreUnavailableError
 from magpipe.io.location import as_path, first_line, is_url, remote_errors, remove, write_bytes, zarr_options
 from magpipe.io.schema import COMPLETE, HASH, TILE_DONE, VERSION
+from magpipe.locking import assert_owned
 
 log = logging.getLogger("magpipe")
 
@@ -220,8 +221,6 @@ def write_store(ds: xr.Dataset, path: str | Path, *, stage_hash: str, shard_px: 
 def mark_complete(path: str | Path, extra: dict | None = None) -> None:
     """Set ``magpipe_complete`` (and ``extra`` attributes) on a fully written store: its last write, made only
     while this run still holds the output's writer lock (:func:`magpipe.locking.assert_owned`)."""
-    from magpipe.locking import assert_owned
-
     assert_owned(path)
     update_attrs(path, {**(extra or {}), COMPLETE: True})
 
