@@ -39,7 +39,7 @@ from magpipe.io.stores import open_store
 from magpipe.io.survey import read_label_grids
 from magpipe.model import resolve_layers
 from magpipe.splits import split_config
-from magpipe.stages.evaluate import evaluate_split
+from magpipe.split_scores import evaluate_split
 from magpipe.inputs import input_stack
 from magpipe.resolve import resolved_config
 from magpipe.training import fit_autoencoder, second_views

@@ -115,7 +115,8 @@ def sparse_label_scores(train: dict[str, np.ndarray], test: dict[str, np.ndarray
     for r in range(repeats):
         pick = subsample_per_class(y, per_class, seed + r)
         for name, X in train.items():
-            model, _ = fit_svm(X[pick], y[pick], groups[pick], svm_cfg, parts=(parts or {}).get(name))
+            model, _ = fit_svm(X[pick], y[pick], groups[pick], svm_cfg, parts=(parts or {}).get(name),
+                               calibrate=False)
             pred, _ = predict_with_confidence(model, test[name])
             runs[name].append(score(trow, tcol, ty, pred, patch_px=patch_px, n_classes=n_classes))
     return {"per_class": per_class, "repeats": repeats, "draws": runs}

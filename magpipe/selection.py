@@ -125,7 +125,7 @@ def choose_smoothing(fs, arrays: list, scaling: StackScaling, cells: Cells, info
     fixed = cfg.svm.model_copy(update={"C": (info["C"],), "gamma_scale": (info["gamma"] * X.shape[1],)})
 
     def fit(idx: np.ndarray):
-        return fit_svm(X[idx], cells.y[idx], np.zeros(len(idx)), fixed, parts=part_sizes(fs))[0]
+        return fit_svm(X[idx], cells.y[idx], np.zeros(len(idx)), fixed, parts=part_sizes(fs), calibrate=False)[0]
 
     table = radius_scores(fit, fs, scaling, arrays, cells, cv_folds(cells, cfg), radii,
                           block_px=cfg.evaluate.block_patches * cfg.patches.patch_px)

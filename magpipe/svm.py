@@ -20,8 +20,7 @@ import warnings
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
-from sklearn.exceptions import FitFailedWarning
-from sklearn.model_selection import GridSearchCV, GroupKFold, StratifiedKFold
+from sklearn.model_selection import GroupKFold, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
@@ -56,6 +55,10 @@ class RBFFeatures(TransformerMixin, BaseEstimator):
 
     def fit(self, X, y=None):
         """Keep the landmarks from training features X (n, F), and for Nystroem K(L, L)^-1/2 (m, m) float32."""
+        return self.fit_landmarks(X).fit_normalization()
+
+    def fit_landmarks(self, X) -> RBFFeatures:
+        """The landmarks alone (what does not depend on ``gamma``): all of X (n, F), or the Nystroem draw."""
         X = np.asarray(X, dtype=np.float32)
         if self.n_components is None or self.n_components >= len(X):
             self.landmarks_ = X.copy()
@@ -63,28 +66,49 @@ class RBFFeatures(TransformerMixin, BaseEstimator):
             pick = np.random.default_rng(self.random_state).choice(len(X), self.n_components, replace=False)
             self.landmarks_ = X[np.sort(pick)]
         self.landmark_sq_ = (self.landmarks_.astype(np.float64) ** 2).sum(1).astype(np.float32)
+        return self
+
+    def fit_normalization(self, landmark_distances: np.ndarray | None = None) -> RBFFeatures:
+        """For Nystroem, K(L, L)^-1/2 (m, m) float32 at the current ``gamma`` (from the landmarks' squared
+        distances when given, else computed); None for the exact kernel."""
         if self.n_components is None:
             self.normalization_ = None
         else:  # K_mm^-1/2 by SVD, as sklearn's Nystroem, but directions below float32 resolution are
             # dropped, not floored at 1e-12: their 1/sqrt(S) would amplify rounding of K into the decision
-            U, S, Vt = np.linalg.svd(self._kernel(self.landmarks_).astype(np.float64))
+            d = self.sq_distances(self.landmarks_) if landmark_distances is None else landmark_distances
+            U, S, Vt = np.linalg.svd(self.kernel_of(d).astype(np.float64))
             inv = np.where(S > 1e-5 * S[0], 1 / np.sqrt(np.maximum(S, 1e-300)), 0.0)
             self.normalization_ = ((U * inv) @ Vt).astype(np.float32)
         return self
 
-    def _kernel(self, X: np.ndarray) -> np.ndarray:
+    def sq_distances(self, X: np.ndarray) -> np.ndarray:
+        """Squared distances (n, m) float32 of features X (n, F) to the landmarks: what the kernel is of."""
         X = np.asarray(X, dtype=np.float32)
-        k = X @ self.landmarks_.T
-        k *= -2.0
-        k += (X.astype(np.float64) ** 2).sum(1).astype(np.float32)[:, None]
-        k += self.landmark_sq_
-        np.maximum(k, 0.0, out=k)
-        k *= -self.gamma
-        return np.exp(k, out=k)
+        d = X @ self.landmarks_.T
+        d *= -2.0
+        d += (X.astype(np.float64) ** 2).sum(1).astype(np.float32)[:, None]
+        d += self.landmark_sq_
+        return np.maximum(d, 0.0, out=d)
+
+    def kernel_of(self, sq_distances: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+        """exp(-gamma d) of squared distances, into ``out`` (may be the distances themselves) or a new array."""
+        if out is None:
+            out = sq_distances.copy()
+        elif out is not sq_distances:
+            np.copyto(out, sq_distances)
+        out *= -self.gamma
+        return np.exp(out, out=out)
+
+    def _kernel(self, X: np.ndarray) -> np.ndarray:
+        d = self.sq_distances(X)
+        return self.kernel_of(d, out=d)
 
     def transform(self, X):
         """Features X (n, F) -> (n, m) float32: K(X, landmarks), or the Nystroem map of it."""
-        k = self._kernel(X)
+        return self.map_kernel(self._kernel(X))
+
+    def map_kernel(self, k: np.ndarray) -> np.ndarray:
+        """Kernel values (n, m) -> the model's input: themselves (exact), or their Nystroem map."""
         return k if self.normalization_ is None else k @ self.normalization_
 
 
@@ -223,7 +247,7 @@ def calibrated(svm: Pipeline, n_min_class: int) -> VoteWithProbabilities | Pipel
 
 
 def fit_svm(X: np.ndarray, y: np.ndarray, groups: np.ndarray | list, cfg: SVMConfig, *,
-            parts: tuple[int, ...] | None = None) -> tuple[Pipeline, dict]:
+            parts: tuple[int, ...] | None = None, calibrate: bool = True) -> tuple[Pipeline, dict]:
     """Search C and gamma by blocked CV (balanced accuracy), then refit with calibrated probabilities.
 
     Parameters
@@ -235,10 +259,12 @@ def fit_svm(X: np.ndarray, y: np.ndarray, groups: np.ndarray | list, cfg: SVMCon
     cfg : the SVM section of the run config; gammas searched are ``cfg.gamma_scale / F``, scaled to the
         number of features so one grid suits any feature set.
     parts : for a concatenated feature set, its parts' feature counts (weighted equally).
+    calibrate : False where only the classes are wanted (scores, choices): the same classes without the
+        calibration's extra fits, and probabilities NaN (:func:`class_scores`).
 
     Returns
     -------
-    model : fitted classifier with ``predict_proba``.
+    model : fitted classifier, with ``predict_proba`` when calibrated.
     info : ``kernel``, ``C``, ``gamma``, ``cv_balanced_accuracy`` (NaN when the grid holds one pair, which is
         then used unsearched, or when fewer than 2 blocks left nothing to search: then the middle C and
         gamma = 1 / F are used), ``cv_se`` (its standard error over the folds), ``cv_folds``, ``n_support``.
@@ -256,20 +282,16 @@ def fit_svm(X: np.ndarray, y: np.ndarray, groups: np.ndarray | list, cfg: SVMCon
     if len(cfg.C) * len(cfg.gamma_scale) == 1:  # nothing to choose: no search, no CV score
         best, cv_score = {"svc__C": cfg.C[0], "kernel__gamma": cfg.gamma_scale[0] / n_features}, float("nan")
     elif folds >= 2 and np.unique(y).size > 1:
-        search = GridSearchCV(base, grid, cv=cv, scoring="balanced_accuracy", n_jobs=1)
-        with warnings.catch_warnings():  # a spatial fold may lack a class; the score handles it
-            warnings.simplefilter("ignore", UserWarning)
-            # a fold whose fitting side holds one class cannot be fit: its score, and so that point's
-            # mean, is NaN (``cv_balanced_accuracy`` NaN when every point has such a fold), not a fault
-            warnings.simplefilter("ignore", FitFailedWarning)
-            search.fit(X, y, groups=None if isinstance(groups, list) else groups)
-        best, cv_score = search.best_params_, float(search.best_score_)
-        cv_se = float(search.cv_results_["std_test_score"][search.best_index_]) / np.sqrt(folds)
+        fold_list = groups if isinstance(groups, list) else list(cv.split(X, y, groups))
+        results = grid_search(base, X, y, fold_list, C=grid["svc__C"], gamma=grid["kernel__gamma"])
+        i = results["best_index"]
+        best, cv_score = results["params"][i], float(results["mean_test_score"][i])
+        cv_se = float(results["std_test_score"][i]) / np.sqrt(folds)
     else:
         log.debug("only %d spatial fold(s) in training; C/gamma not searched", n_groups)  # the stage warns once
         best, cv_score = {"svc__C": cfg.C[len(cfg.C) // 2], "kernel__gamma": 1.0 / n_features}, float("nan")
     smallest = int(np.unique(y, return_counts=True)[1].min())
-    model = calibrated(base.set_params(**best), smallest)
+    model = calibrated(base.set_params(**best), smallest) if calibrate else base.set_params(**best)
     model.fit(X, y)
     fold_nystroem(model)
     info = {"kernel": cfg.kernel, "C": float(best["svc__C"]), "gamma": float(best["kernel__gamma"]),
@@ -277,6 +299,54 @@ def fit_svm(X: np.ndarray, y: np.ndarray, groups: np.ndarray | list, cfg: SVMCon
     log.debug("SVM (%s kernel): C=%g gamma=%.3g cv balanced acc %.3f, %s support vectors", cfg.kernel, info["C"],
              info["gamma"], cv_score, info["n_support"])
     return model, info
+
+
+def grid_search(base: Pipeline, X: np.ndarray, y: np.ndarray, folds: list, *, C, gamma) -> dict:
+    """Balanced accuracy of ``base`` (:func:`make_svm`) at every (gamma, C) on every (fit, validation) fold:
+    sklearn's ``GridSearchCV(base, {"svc__C": C, "kernel__gamma": gamma}, cv=folds,
+    scoring="balanced_accuracy")`` figure for figure (tested), without its refit, and with each fold's
+    scaling and squared distances to the landmarks computed once rather than once per grid point: the
+    search was most of the cost of choosing on validation and of evaluation.
+
+    Parameters
+    ----------
+    X, y : (n, F) features and (n,) classes.
+    folds : (fit, validation) index pairs.
+    C, gamma : the values searched.
+
+    Returns
+    -------
+    ``params`` (one dict per grid point, gamma outermost, as ``GridSearchCV`` orders them), their
+    ``mean_test_score`` and ``std_test_score`` over the folds (NaN where a fold's fitting side holds one
+    class: it cannot be fit, as with ``error_score=nan``), and ``best_index`` (the first of the best,
+    a NaN mean never best unless all are).
+    """
+    from sklearn.base import clone
+    from sklearn.metrics import balanced_accuracy_score
+
+    scores = np.full((len(gamma), len(C), len(folds)), np.nan)
+    for f, (fit, val) in enumerate(folds):
+        if np.unique(y[fit]).size < 2:
+            continue
+        scaler = clone(base.named_steps["scale"]).fit(X[fit])
+        feats = clone(base.named_steps["kernel"]).fit_landmarks(scaler.transform(X[fit]))
+        d_fit, d_val = feats.sq_distances(scaler.transform(X[fit])), feats.sq_distances(scaler.transform(X[val]))
+        d_mm = feats.sq_distances(feats.landmarks_) if feats.n_components is not None else None
+        for g, gam in enumerate(gamma):
+            feats.set_params(gamma=gam).fit_normalization(d_mm)
+            # in float64 once, as both SVCs would convert them on every fit and prediction
+            k_fit, k_val = (feats.map_kernel(feats.kernel_of(d)).astype(np.float64) for d in (d_fit, d_val))
+            for c, cc in enumerate(C):
+                svc = clone(base.named_steps["svc"]).set_params(C=cc).fit(k_fit, y[fit])
+                with warnings.catch_warnings():  # a spatial fold may lack a class; the score handles it
+                    warnings.simplefilter("ignore", UserWarning)
+                    scores[g, c, f] = balanced_accuracy_score(y[val], svc.predict(k_val))
+    scores = scores.reshape(len(gamma) * len(C), len(folds))
+    mean = np.average(scores, axis=1)
+    std = np.sqrt(np.average((scores - mean[:, None]) ** 2, axis=1))
+    ranked = np.nan_to_num(mean, nan=np.nanmin(mean) - 1) if not np.isnan(mean).all() else np.zeros_like(mean)
+    return {"params": [{"svc__C": cc, "kernel__gamma": gam} for gam in gamma for cc in C],
+            "mean_test_score": mean, "std_test_score": std, "best_index": int(np.argmax(ranked))}
 
 
 def _pipelines(model) -> list[Pipeline]:

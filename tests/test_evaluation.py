@@ -198,19 +198,28 @@ def test_the_gap_in_patch_widths_holds_in_the_split_and_the_cv_folds(survey_file
 
 @pytest.mark.slow
 def test_evaluation_on_a_cluster_gives_the_serial_report(finished_run, tmp_path):
-    """The splits as tasks on a LocalCluster, each reading the run from its stores, score exactly what they
-    score in this process: every figure of report.json is the same."""
+    """The splits' pieces as tasks on a LocalCluster, each worker reading the run from its stores, score exactly
+    what they score in this process: every figure of report.json is the same. The workers hold nothing of
+    the run afterwards."""
     import json
     import shutil
 
     from magpipe.cluster import dask_client
     from magpipe.pipeline import run_evaluate
+    from magpipe.stages import evaluate
     from magpipe.testing import json_leaves
 
     out = tmp_path / "run"
     shutil.copytree(finished_run["out"], out, ignore=shutil.ignore_patterns(".magpipe.lock", "report.json"))
-    with dask_client(None, workers=2) as client:
+    from distributed import get_task_stream
+
+    with dask_client(None, workers=2) as client, get_task_stream(client) as stream:
         parallel = run_evaluate(out, finished_run["cfg"], client=client)
+        held = client.run(lambda: len(evaluate._RUN_INPUTS))
+    assert held and set(held.values()) == {0}
+    tasks = {t["key"] for t in stream.data if str(t["key"]).startswith("evaluate-split-")}
+    n_sets = len(finished_run["report"]["feature_sets"]) - 4  # less deployed, its variants and the majority
+    assert len(tasks) == parallel["n_splits"] * (n_sets + 1)  # one per (split, feature set), one per split after
 
     serial = json_leaves(json.loads((finished_run["out"] / "report.json").read_text()))
     got = json_leaves(json.loads((out / "report.json").read_text()))

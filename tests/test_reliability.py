@@ -273,7 +273,6 @@ def test_a_model_retrained_into_the_same_path_is_used_by_a_long_lived_cluster(tr
     import shutil
 
     from magpipe.pipeline import run_train
-    from magpipe.testing import tiny_config
 
     run = tmp_path / "run"
     shutil.copytree(trained_run["out"], run, ignore=shutil.ignore_patterns(".magpipe.lock"))

@@ -10,7 +10,7 @@ from sklearn.svm import SVC
 
 from magpipe.bundle import TRUSTED_SKOPS_TYPES
 from magpipe.config import SVMConfig
-from magpipe.svm import RBFFeatures, fit_svm, fold_nystroem, make_svm, predict_with_confidence
+from magpipe.svm import RBFFeatures, fit_svm, fold_nystroem, grid_search, make_svm, predict_with_confidence
 
 
 def _blobs(n: int, f: int = 12, k: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -29,6 +29,38 @@ def test_exact_kernel_svm_is_sklearns_rbf_svc():
     np.testing.assert_allclose(ours.decision_function(Xt), ref.decision_function(Xt), rtol=1e-4, atol=1e-4)
     assert (ours.predict(Xt) == ref.predict(Xt)).mean() > 0.999
     assert ours.named_steps["svc"].support_.size == ref.named_steps["svc"].support_.size
+
+
+@pytest.mark.parametrize("kernel,weight", [("exact", "balanced"), ("exact", "prior"), ("nystroem", "balanced")])
+def test_grid_search_is_sklearns_figure_for_figure(kernel, weight):
+    """The cached search scores every grid point as GridSearchCV does, bit for bit, including a fold whose
+    fitting side holds one class (NaN) and a fold whose validation side lacks a class."""
+    import warnings
+
+    from sklearn.exceptions import FitFailedWarning
+    from sklearn.model_selection import GridSearchCV
+
+    X, y = _blobs(240, k=4)
+    order = np.argsort(y, kind="stable")
+    X, y = X[order], y[order]  # classes in runs, so folds of contiguous cells miss classes
+    idx = np.arange(len(y))
+    folds = [(idx[idx % 3 != 0], idx[idx % 3 == 0]), (idx[40:160], idx[:40]), (idx[y == 1], idx[y == 2]),
+             (idx[60:], idx[:60])]
+    base = make_svm(kernel=kernel, n_components=30, class_weight=weight, parts=(8, 4))
+    C, gamma = [0.1, 1.0, 10.0, 100.0], [0.01, 0.1, 1.0]
+    ours = grid_search(base, X, y, folds, C=C, gamma=gamma)
+    ref = GridSearchCV(base, {"svc__C": C, "kernel__gamma": gamma}, cv=folds, scoring="balanced_accuracy", n_jobs=1)
+    warnings.simplefilter("ignore", UserWarning)  # (pytest restores the filters after the test)
+    warnings.simplefilter("ignore", FitFailedWarning)
+    ref.fit(X, y)
+    np.testing.assert_array_equal(ours["mean_test_score"], ref.cv_results_["mean_test_score"])
+    np.testing.assert_array_equal(ours["std_test_score"], ref.cv_results_["std_test_score"])
+    assert ours["params"] == ref.cv_results_["params"] and ours["best_index"] == ref.best_index_
+    assert np.isnan(ours["mean_test_score"]).all()  # the one-class fold makes every mean NaN ...
+    three = folds[:2] + folds[3:]
+    ours, ref = grid_search(base, X, y, three, C=C, gamma=gamma), ref.set_params(cv=three).fit(X, y)
+    np.testing.assert_array_equal(ours["mean_test_score"], ref.cv_results_["mean_test_score"])
+    assert ours["best_index"] == ref.best_index_ and np.isfinite(ours["mean_test_score"]).all()  # ... and without it
 
 
 def test_nystroem_with_every_landmark_reproduces_the_kernel():

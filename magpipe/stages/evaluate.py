@@ -1,18 +1,16 @@
 """Stage ``evaluate``: the learned features against their controls on spatial holdouts -> ``OUT/report.*``.
 
-Every feature set is scored on the same splits and the same cells: ``ae`` (the trained
-encoder), ``raw`` (the paper's baseline), ``stats`` (window statistics, the strong classical
-control), ``random`` (the same encoder untrained: what training added), ``ae+stats``, and
-``deployed``: the set the map uses, chosen afresh on each split's training region when
-``svm.features`` is ``auto``. Metrics are means over ``evaluate.splits`` random spatial splits, with paired
-differences; per-class F1, the confusion matrices and the embedding view come from the first
-(the deployed model's) split.
+Every feature set is scored on the same splits and the same cells (:mod:`magpipe.split_scores`).
+Metrics are means over ``evaluate.splits`` random spatial splits, with paired differences; per-class F1,
+the confusion matrices and the embedding view come from the first (the deployed model's) split. With a
+Dask client the splits' pieces run as tasks on its cluster (:func:`score_splits`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import uuid
 from pathlib import Path
 
@@ -22,160 +20,80 @@ from magpipe.bundle import ModelBundle, load_bundle, read_bundle_meta
 from magpipe.cluster import worker_storage_options
 from magpipe.config import RunConfig
 from magpipe.errors import DataValidationError
-from magpipe.evaluation import METRICS, best_by_validation, paired, score, sparse_label_scores, summarise, verdict
+from magpipe.evaluation import METRICS, paired, summarise, verdict
 from magpipe.explore import embedding_2d, label_next, require_embedding, top_anomalies
-from magpipe.features import FeatureSet, cell_features, part_sizes, stat_windows
-from magpipe.layer_groups import layer_groups, occluded
+from magpipe.features import stat_windows
+from magpipe.inputs import input_stack
 from magpipe.io import schema as S
 from magpipe.io.location import absolute, storage_scope
 from magpipe.io.schema import Layout
 from magpipe.io.stores import content_hash, store_attrs
 from magpipe.io.survey import LabelGrids, read_label_grids, survey_attrs
+from magpipe.layer_groups import layer_groups
 from magpipe.locking import locks_output
-from magpipe.splits import cv_folds, holdout_cells, labelled_split, split_config, split_gap_px, training_cells
-from magpipe.inputs import input_stack
 from magpipe.progress import progress as steps
 from magpipe.resolve import patch_size_record, resolved_config
-from magpipe.selection import candidates, choose_smoothing
-from magpipe.smoothing import block_predictions
-from magpipe.svm import fit_svm, predict_with_confidence
+from magpipe.selection import candidates
+from magpipe.splits import split_config, split_gap_px
+from magpipe.split_scores import (OTHER_WEIGHT, evaluate_split, evaluation_sets, finish_split, score_set,
+                                         split_cells)
 
 log = logging.getLogger("magpipe")
 
 FEATURE_SETS = ("ae", "raw")  # the learned features and the paper's baseline: the report's headline keys
-SCORED = ("ae", "raw", "stats", "random", "ae+stats")  # always scored: the encoder and its controls
 CLASSICAL = ("raw", "stats")
-OTHER_WEIGHT = {"balanced": "prior", "prior": "balanced"}
-
-
-def evaluation_sets(bundle: ModelBundle, cfg: RunConfig) -> dict[str, FeatureSet]:
-    """Every feature set scored: the trained encoder ``ae``, its controls, the candidates of the deployed
-    choice and the bundle's own set, all of the bundle's encoder, patch size and inputs."""
-    names = dict.fromkeys((*SCORED, *candidates(cfg), bundle.feature_set))
-    return {name: bundle.named_features(name) for name in names}
-
-
-def evaluate_split(cfg: RunConfig, bundle: ModelBundle, arrays: list, grids: LabelGrids, *, deployed: bool) -> dict:
-    """Every feature set of :func:`evaluation_sets` on one spatial split (``cfg.evaluate.seed``).
-
-    The deployed split scores the bundle's own SVM for its feature set; every other (set, split) refits
-    its SVM on the split's training cells with the same search, so all feature sets are treated alike.
-    ``deployed`` is the procedure the map uses, repeated on each split: under ``svm.features: auto``
-    the candidate with the best blocked CV on that split's training cells (its test cells unseen).
-
-    ``arrays`` are the C input grids (2-D, y/x) in ``bundle.inputs`` order. Returns the split's
-    ``seed``, ``classes``, ``scores`` (every set, ``deployed`` and ``majority``:
-    :func:`magpipe.evaluation.score` dicts; ``deployed@prior`` or ``deployed@balanced``: the deployed set
-    under the other class weighting, unsmoothed; ``deployed@unsmoothed``: the deployed set without the
-    map's smoothing), ``chosen`` (the set ``deployed`` is), ``smooth_px`` (its smoothing radius, chosen
-    as the map's is: :func:`magpipe.selection.choose_smoothing`), ``unscored`` (labelled classes with no
-    scored test cell on this split: too few training cells, or none held out), ``svm`` search summaries, cell
-    counts, ``sparse`` scores (or None), and the deployed set's ``test_features`` (n, F) float32 with their
-    ``test_labels`` (n,) for the embedding view.
-    Raises DataValidationError when a class falls short on one side of the split.
-    """
-    labelled = np.flatnonzero(np.bincount(grids.labels.ravel(), minlength=len(grids.classes) + 1)[1:])
-    split, grids = labelled_split(grids, cfg, need_test=True)
-    train, test = training_cells(split, grids.labels, cfg), holdout_cells(split, grids.labels, cfg)
-    scored = set(np.unique(test.y).tolist())
-    unscored = [grids.classes[k] for k in labelled if k + 1 not in scored]
-    p, K = bundle.patch_px, len(grids.classes)
-    sets = evaluation_sets(bundle, cfg)
-    parts = {name: part_sizes(fs) for name, fs in sets.items()}
-    X_te = cell_features(sets, arrays, bundle.scaling, test.rows, test.cols)
-    X_tr = cell_features(sets, arrays, bundle.scaling, train.rows, train.cols)
-    log.debug("evaluate: split seed %d, %d training, %d test cells", cfg.evaluate.seed, len(train.y), len(test.y))
-    models, infos, folds = {}, {}, cv_folds(train, cfg)
-    for name in sets:
-        if name == bundle.feature_set and deployed:
-            models[name], infos[name] = bundle.svm, bundle.meta.get("svm", {})
-        else:
-            models[name], infos[name] = fit_svm(X_tr[name], train.y, folds, cfg.svm, parts=parts[name])
-    scores = {name: score(test.rows, test.cols, test.y, predict_with_confidence(models[name], X_te[name])[0],
-                          patch_px=p, n_classes=K) for name in sets}
-    chosen = bundle.feature_set if deployed else best_by_validation(infos, candidates(cfg))
-    # the map's smoothing: the bundle's radius, or the same choice made on this split's training cells
-    radius = bundle.smooth_px if deployed else \
-        choose_smoothing(sets[chosen], arrays, bundle.scaling, train, infos[chosen], cfg,
-                         level=logging.DEBUG)[0]
-    scores["deployed"] = scores[chosen]
-    if radius:
-        smoothed = block_predictions(models[chosen], sets[chosen], bundle.scaling, arrays, test.rows, test.cols,
-                                     (radius,), block_px=cfg.evaluate.block_patches * p)[radius]
-        scores["deployed"] = score(test.rows, test.cols, test.y, smoothed, patch_px=p, n_classes=K)
-    # the trade-off of the class weighting: the deployed set under the other one, on the same cells
-    other = OTHER_WEIGHT[cfg.svm.class_weight]
-    alt, _ = fit_svm(X_tr[chosen], train.y, folds, cfg.svm.model_copy(update={"class_weight": other}),
-                     parts=parts[chosen])
-    scores[f"deployed@{other}"] = score(test.rows, test.cols, test.y, predict_with_confidence(alt, X_te[chosen])[0],
-                                        patch_px=p, n_classes=K)
-    scores["deployed@unsmoothed"] = scores[chosen]  # what the smoothing added, on the same cells
-    groups = layer_groups(bundle.inputs, cfg.inputs.groups) if cfg.evaluate.layer_ablation else {}
-    if len(groups) > 1:  # the deployed set (unsmoothed) with each group of layers held at its mean
-        fixed = cfg.svm.model_copy(update={"C": (infos[chosen]["C"],),
-                                           "gamma_scale": (infos[chosen]["gamma"] * X_tr[chosen].shape[1],)})
-        for group, channels in groups.items():
-            hidden = occluded(bundle.scaling, channels)
-            tr, te = (cell_features({chosen: sets[chosen]}, arrays, hidden, c.rows, c.cols)[chosen]
-                      for c in (train, test))
-            model, _ = fit_svm(tr, train.y, folds, fixed, parts=parts[chosen])
-            scores[f"without {group}"] = score(test.rows, test.cols, test.y,
-                                               predict_with_confidence(model, te)[0], patch_px=p, n_classes=K)
-    # the floor any classifier must clear: the most common class of the (unsubsampled) training region
-    majority = np.bincount(grids.labels[split.train_rows, split.train_cols]).argmax()
-    scores["majority"] = score(test.rows, test.cols, test.y, np.full_like(test.y, majority), patch_px=p, n_classes=K)
-    sparse = None
-    if cfg.evaluate.sparse_per_class:
-        sparse = sparse_label_scores(X_tr, X_te, train.y, train.blocks, (test.rows, test.cols, test.y),
-                                     per_class=cfg.evaluate.sparse_per_class, repeats=cfg.evaluate.sparse_repeats,
-                                     patch_px=p, n_classes=K, svm_cfg=cfg.svm, seed=cfg.evaluate.seed, parts=parts)
-        sparse["draws"]["deployed"] = sparse["draws"][chosen]
-    return {"seed": cfg.evaluate.seed, "classes": grids.classes, "scores": scores, "chosen": chosen,
-            "smooth_px": int(radius), "unscored": unscored, "svm": infos,
-            "n_train": int(len(train.y)), "n_test": int(len(test.y)), "n_test_available": int(split.test_rows.size),
-            "sparse": sparse, "test_features": X_te[chosen], "test_labels": test.y}
 
 
 def score_splits(cfg: RunConfig, bundle: ModelBundle, arrays: list, grids: LabelGrids, *, out: str | None = None,
-                 client=None) -> tuple[list[dict], list]:
+                 client=None, key: str = "") -> tuple[list[dict], list]:
     """Every evaluation split (the first is the deployed model's); a later split where a class falls
     short on one side is skipped with a warning and listed.
 
-    With a ``client`` (a ``distributed.Client``) each split is a task on its cluster, reading the run in
-    ``out`` from its stores (:func:`split_task`): the same results as in this process, split for split.
+    With a ``client`` (a ``distributed.Client``) each (split, feature set) is a task on its cluster, and
+    each split's deployed choice a task after them (:mod:`magpipe.split_scores`), reading the run in
+    ``out`` from its stores (once per worker: ``key``, the report's input hash, says which run); the splits
+    take uneven time, and finer tasks share them out evenly. The results are those of this process,
+    split for split.
 
-    Returns the :func:`evaluate_split` results and the skipped splits' ``{"seed", "reason"}``.
+    Returns the :func:`magpipe.split_scores.evaluate_split` results and the skipped splits'
+    ``{"seed", "reason"}``.
     """
     n = cfg.evaluate.splits
     if client is None:
-        results = (_split_or_skip(cfg, i, bundle, arrays, grids) for i in range(n))
+        results = ((i, _split_or_skip(cfg, i, bundle, arrays, grids)) for i in range(n))
     else:
-        from distributed import as_completed
-
-        conf, storage = cfg.parameters(), worker_storage_options(client)
-        futures = [client.submit(split_task, str(out), conf, i, storage, pure=False,
-                                 key=f"evaluate-split-{i}-{uuid.uuid4().hex[:8]}") for i in range(n)]
-        done: dict[int, dict] = {}
-
-        def in_order():  # each split as soon as it and those before it are done, for the progress line
-            nxt = 0
-            for fut in as_completed(futures, loop=client.loop):
-                done[futures.index(fut)] = fut.result()
-                while nxt in done:
-                    yield done.pop(nxt)
-                    nxt += 1
-        results = in_order()
-    splits, skipped = [], []
+        results = _on_cluster(client, cfg, bundle, str(out), key, n)
+    done: dict[int, dict] = {}
     with steps("evaluate", n, "splits") as step:
-        for i, result in enumerate(results):
+        for i, result in results:
+            done[i] = result
             if "skipped" in result:
                 log.warning("evaluate: split seed %d skipped: %s", cfg.evaluate.seed + i, result["skipped"])
-                skipped.append({"seed": cfg.evaluate.seed + i, "reason": result["skipped"]})
                 step()
             else:
-                splits.append(result)
                 step(balanced=result["scores"]["deployed"]["balanced_accuracy"])
+    splits = [done[i] for i in range(n) if "skipped" not in done[i]]
+    skipped = [{"seed": cfg.evaluate.seed + i, "reason": done[i]["skipped"]} for i in range(n) if "skipped" in done[i]]
     return splits, skipped
+
+
+def _on_cluster(client, cfg: RunConfig, bundle: ModelBundle, out: str, key: str, n: int):
+    """(split index, result) of each split as it is done, from tasks on ``client``'s cluster; the workers
+    forget the run's inputs at the end."""
+    from distributed import as_completed
+
+    conf, storage, tag = cfg.parameters(), worker_storage_options(client), uuid.uuid4().hex[:8]
+    try:
+        tails = {}
+        for i in range(n):
+            sets = [client.submit(set_task, out, conf, i, name, storage, key, pure=False,
+                                  key=f"evaluate-split-{i}-{name}-{tag}") for name in evaluation_sets(bundle, cfg)]
+            tails[client.submit(finish_task, out, conf, i, storage, key, *sets, pure=False,
+                                key=f"evaluate-split-{i}-{tag}")] = i
+        for fut in as_completed(tails, loop=client.loop):
+            yield tails[fut], fut.result()
+    finally:
+        client.run(forget_run_inputs, key)
 
 
 def _split_or_skip(cfg: RunConfig, i: int, bundle: ModelBundle, arrays: list, grids: LabelGrids) -> dict:
@@ -188,15 +106,60 @@ def _split_or_skip(cfg: RunConfig, i: int, bundle: ModelBundle, arrays: list, gr
         return {"skipped": str(exc)}
 
 
-def split_task(out: str, conf: dict, i: int, storage: dict | None = None) -> dict:
-    """One split on a Dask worker: the run's model, inputs and labels read from its stores in ``out``
-    (``storage``: the driver's storage options, for the workers of its own LocalCluster only)."""
+_RUN_INPUTS: dict[tuple[str, str], tuple] = {}  # (out, key) -> (bundle, arrays, grids): one run's, per worker
+_RUN_INPUTS_LOCK = threading.Lock()
+
+
+def _run_inputs(out: str, cfg: RunConfig, storage: dict | None, key: str) -> tuple:
+    """The run's model, input grids and labels, read from its stores in ``out`` once per worker for all the
+    tasks of one evaluation (``key``: its input hash; another key replaces them)."""
+    with _RUN_INPUTS_LOCK:
+        if (out, key) not in _RUN_INPUTS:
+            with storage_scope(storage):
+                lay = Layout(out)
+                bundle = load_bundle(lay.model, patch_px=cfg.patches.patch_px)
+                arrays, _ = input_stack(lay, bundle.inputs)
+                _RUN_INPUTS.clear()
+                _RUN_INPUTS[out, key] = bundle, arrays, read_label_grids(lay.survey)
+        return _RUN_INPUTS[out, key]
+
+
+def forget_run_inputs(key: str) -> None:
+    """Drop the inputs :func:`_run_inputs` holds for evaluation ``key`` (run on every worker at its end)."""
+    with _RUN_INPUTS_LOCK:
+        for k in [k for k in _RUN_INPUTS if k[1] == key]:
+            del _RUN_INPUTS[k]
+
+
+def _task_split(out: str, conf: dict, i: int, storage: dict | None, key: str):
+    """Split ``i``'s config, the run's inputs and the split's cells, or a skip reason (splits after the first)."""
     cfg = RunConfig.model_validate(conf)
-    with storage_scope(storage):
-        lay = Layout(out)
-        bundle = load_bundle(lay.model, patch_px=cfg.patches.patch_px)
-        arrays, _ = input_stack(lay, bundle.inputs)
-        return _split_or_skip(cfg, i, bundle, arrays, read_label_grids(lay.survey))
+    bundle, arrays, grids = _run_inputs(out, cfg, storage, key)
+    cfg = split_config(cfg, i) if i else cfg
+    try:
+        return cfg, bundle, arrays, split_cells(cfg, grids)
+    except DataValidationError as exc:
+        if i == 0:
+            raise
+        return cfg, bundle, arrays, str(exc)
+
+
+def set_task(out: str, conf: dict, i: int, name: str, storage: dict | None, key: str) -> dict:
+    """Feature set ``name`` on split ``i``, on a Dask worker (:func:`magpipe.split_scores.score_set`);
+    ``storage``: the driver's storage options, for the workers of its own LocalCluster only."""
+    cfg, bundle, arrays, cells = _task_split(out, conf, i, storage, key)
+    if isinstance(cells, str):
+        return {"skipped": cells}
+    return score_set(cfg, bundle, arrays, cells, name, deployed=i == 0)
+
+
+def finish_task(out: str, conf: dict, i: int, storage: dict | None, key: str, *sets: dict) -> dict:
+    """Split ``i`` from its feature sets' :func:`set_task` results, on a Dask worker
+    (:func:`magpipe.split_scores.finish_split`), or ``{"skipped": reason}``."""
+    cfg, bundle, arrays, cells = _task_split(out, conf, i, storage, key)
+    if isinstance(cells, str):
+        return {"skipped": cells}
+    return finish_split(cfg, bundle, arrays, cells, dict(zip(evaluation_sets(bundle, cfg), sets)), deployed=i == 0)
 
 
 def layer_group_table(cfg: RunConfig, bundle: ModelBundle, splits: list[dict]) -> dict:
@@ -364,7 +327,7 @@ def run_evaluate(out: str | Path, cfg: RunConfig, *, client=None) -> dict:
     bundle = load_bundle(lay.model, patch_px=cfg.patches.patch_px)  # the split's blocks are in patch widths
     arrays, _ = input_stack(lay, bundle.inputs)
     splits, skipped = score_splits(cfg, bundle, arrays, read_label_grids(lay.survey), out=absolute(lay.root),
-                                   client=client)
+                                   client=client, key=h)
     report = build_report(cfg, bundle, splits, skipped, lay, size)
     first = splits[0]
     ty = first["test_labels"]
