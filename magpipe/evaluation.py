@@ -5,11 +5,11 @@ Which cells are held out is :mod:`magpipe.splits`; this module only scores predi
 
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score
+from sklearn.metrics import confusion_matrix, f1_score
 
+from magpipe.metrics import balanced_accuracy
 from magpipe.splits import subsample_per_class
 from magpipe.svm import fit_svm, predict_with_confidence
 
@@ -36,16 +36,6 @@ def patch_majorities(rows, cols, y_true, y_pred, patch_px: int) -> tuple[np.ndar
         truth.append(np.bincount(y_true[sel]).argmax())
         pred.append(np.bincount(y_pred[sel]).argmax())
     return np.array(truth), np.array(pred)
-
-
-def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Mean recall over the classes of ``y_true``. Predictions of classes absent from it (learnt, but not
-    held out on this split) count as errors, silently: they are expected, not a fault; so is a
-    validation fold that holds one class."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "y_pred contains classes not in y_true", UserWarning)
-        warnings.filterwarnings("ignore", "A single label was found", UserWarning)  # a one-class fold
-        return float(balanced_accuracy_score(y_true, y_pred))
 
 
 def score(rows, cols, y_true: np.ndarray, y_pred: np.ndarray, *, patch_px: int, n_classes: int) -> dict:

@@ -53,6 +53,18 @@ def input_stack(lay: Layout, names: tuple[str, ...]) -> tuple[list, StackScaling
     return open_inputs(lay, tuple(names)), scaling
 
 
+IN_MEMORY_BYTES = 256 * 2**20  # input grids up to this size, all channels together, are read into memory once
+
+
+def in_memory(arrays: list, max_bytes: int = IN_MEMORY_BYTES) -> list:
+    """The input grids as numpy arrays when together they hold at most ``max_bytes``, else as they are (read
+    lazily). Evaluation cuts tens of thousands of patches, each window a store read when the grids stay
+    in the store; a survey that fits in memory is read once instead. The values are the same either way."""
+    if sum(a.size * np.dtype(a.dtype).itemsize for a in arrays) > max_bytes:
+        return arrays
+    return [np.asarray(a[...]) for a in arrays]
+
+
 def ensure_inputs(lay: Layout, names: tuple[str, ...]) -> StackScaling:
     """Write the derived channels among ``names`` into inputs.zarr (if not up to date); their scalings.
 

@@ -47,7 +47,8 @@ def choose_reach(model, arrays: list, scaling: StackScaling, cells: Cells, cfg: 
     sets = {r: feature_set("stats", model, (), stats_reach=r) for r in REACHES}
     X = cell_features(sets, arrays, scaling, cells.rows, cells.cols)
     folds = cv_folds(cells, cfg)
-    fits = {r: fit_svm(X[r], cells.y, folds, cfg.svm, parts=part_sizes(fs)) for r, fs in sets.items()}
+    fits = {r: fit_svm(X[r], cells.y, folds, cfg.svm, parts=part_sizes(fs), calibrate=False)
+            for r, fs in sets.items()}
     table = {r: info for r, (_, info) in fits.items()}
     chosen = best_by_validation(table, list(REACHES))
     log.info("train: window statistics reach %s chosen on validation (%s)", chosen, ", ".join(
@@ -59,7 +60,9 @@ def choose_reach(model, arrays: list, scaling: StackScaling, cells: Cells, cfg: 
 def fit_candidates(model, arrays: list, scaling: StackScaling, cells: Cells, cfg: RunConfig, *,
                    stats_reach: str | None = None, fitted: dict[str, tuple] | None = None) -> dict[str, tuple]:
     """The SVM of each candidate feature set of ``model`` (:func:`candidates`) on the training ``cells``,
-    searched by blocked CV with a gap (:func:`magpipe.splits.cv_folds`): name -> (SVM, search summary).
+    searched by blocked CV with a gap (:func:`magpipe.splits.cv_folds`): name -> (SVM, search summary). The
+    SVMs are uncalibrated (a choice needs their classes only): :func:`magpipe.svm.with_probabilities`
+    calibrates the one kept.
 
     ``arrays`` are the C input grids (2-D, y/x) the encoder reads, ``scaling`` their standardisation;
     window statistics look as far as ``stats_reach`` (default: :func:`fixed_reach`). Sets in ``fitted``
@@ -76,7 +79,8 @@ def fit_candidates(model, arrays: list, scaling: StackScaling, cells: Cells, cfg
     if todo:
         X = cell_features(todo, arrays, scaling, cells.rows, cells.cols)
         folds = cv_folds(cells, cfg)
-        fits.update({n: fit_svm(X[n], cells.y, folds, cfg.svm, parts=part_sizes(fs)) for n, fs in todo.items()})
+        fits.update({n: fit_svm(X[n], cells.y, folds, cfg.svm, parts=part_sizes(fs), calibrate=False)
+                     for n, fs in todo.items()})
     return {n: fits[n] for n in sets}
 
 

@@ -15,7 +15,6 @@ of several: a low-rank feature map on ``n_components`` landmarks and a linear SV
 from __future__ import annotations
 
 import logging
-import warnings
 
 import numpy as np
 import torch
@@ -26,6 +25,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
 from magpipe.config import SVMConfig
+from magpipe.metrics import balanced_accuracy
 
 log = logging.getLogger("magpipe.svm")
 
@@ -246,6 +246,17 @@ def calibrated(svm: Pipeline, n_min_class: int) -> VoteWithProbabilities | Pipel
     return VoteWithProbabilities(svm, folds=folds)
 
 
+def with_probabilities(model: Pipeline, X: np.ndarray, y: np.ndarray) -> VoteWithProbabilities | Pipeline:
+    """An uncalibrated :func:`fit_svm` result refitted on X (n, F), y (n,) with calibrated probabilities:
+    the model ``fit_svm(..., calibrate=True)`` gives with the same C and gamma, for a choice among several
+    SVMs to calibrate only the one it keeps."""
+    from sklearn.base import clone
+
+    out = calibrated(clone(model), int(np.unique(y, return_counts=True)[1].min())).fit(X, y)
+    fold_nystroem(out)
+    return out
+
+
 def fit_svm(X: np.ndarray, y: np.ndarray, groups: np.ndarray | list, cfg: SVMConfig, *,
             parts: tuple[int, ...] | None = None, calibrate: bool = True) -> tuple[Pipeline, dict]:
     """Search C and gamma by blocked CV (balanced accuracy), then refit with calibrated probabilities.
@@ -322,7 +333,6 @@ def grid_search(base: Pipeline, X: np.ndarray, y: np.ndarray, folds: list, *, C,
     a NaN mean never best unless all are).
     """
     from sklearn.base import clone
-    from sklearn.metrics import balanced_accuracy_score
 
     scores = np.full((len(gamma), len(C), len(folds)), np.nan)
     for f, (fit, val) in enumerate(folds):
@@ -338,9 +348,7 @@ def grid_search(base: Pipeline, X: np.ndarray, y: np.ndarray, folds: list, *, C,
             k_fit, k_val = (feats.map_kernel(feats.kernel_of(d)).astype(np.float64) for d in (d_fit, d_val))
             for c, cc in enumerate(C):
                 svc = clone(base.named_steps["svc"]).set_params(C=cc).fit(k_fit, y[fit])
-                with warnings.catch_warnings():  # a spatial fold may lack a class; the score handles it
-                    warnings.simplefilter("ignore", UserWarning)
-                    scores[g, c, f] = balanced_accuracy_score(y[val], svc.predict(k_val))
+                scores[g, c, f] = balanced_accuracy(y[val], svc.predict(k_val))
     scores = scores.reshape(len(gamma) * len(C), len(folds))
     mean = np.average(scores, axis=1)
     std = np.sqrt(np.average((scores - mean[:, None]) ** 2, axis=1))

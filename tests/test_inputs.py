@@ -48,3 +48,15 @@ def test_a_run_with_derived_inputs_trains_classifies_and_scores_on_every_channel
     assert np.array_equal(ds["class"].values > 0, valid)
     assert np.isfinite(ds["anomaly"].values[valid]).all()
     assert 0 <= report["balanced_accuracy"]["ae"] <= 1 and report["sparse"] is not None
+
+
+def test_inputs_that_fit_are_read_into_memory_once_and_others_stay_in_the_store(tmp_path):
+    """Evaluation cuts its patches from memory when the grids fit (the same values), else from the store."""
+    from magpipe.inputs import in_memory
+
+    grid = zarr.create_array(tmp_path / "g.zarr", shape=(40, 30), chunks=(16, 16), dtype="float32")
+    grid[...] = np.arange(1200, dtype="float32").reshape(40, 30)
+    held = in_memory([grid, grid], max_bytes=2 * 1200 * 4)
+    assert all(isinstance(a, np.ndarray) for a in held)
+    np.testing.assert_array_equal(held[1], grid[...])
+    assert in_memory([grid, grid], max_bytes=2 * 1200 * 4 - 1)[0] is grid

@@ -10,7 +10,8 @@ from sklearn.svm import SVC
 
 from magpipe.bundle import TRUSTED_SKOPS_TYPES
 from magpipe.config import SVMConfig
-from magpipe.svm import RBFFeatures, fit_svm, fold_nystroem, grid_search, make_svm, predict_with_confidence
+from magpipe.svm import (RBFFeatures, fit_svm, fold_nystroem, grid_search, make_svm, predict_with_confidence,
+                         with_probabilities)
 
 
 def _blobs(n: int, f: int = 12, k: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -61,6 +62,41 @@ def test_grid_search_is_sklearns_figure_for_figure(kernel, weight):
     ours, ref = grid_search(base, X, y, three, C=C, gamma=gamma), ref.set_params(cv=three).fit(X, y)
     np.testing.assert_array_equal(ours["mean_test_score"], ref.cv_results_["mean_test_score"])
     assert ours["best_index"] == ref.best_index_ and np.isfinite(ours["mean_test_score"]).all()  # ... and without it
+
+
+@pytest.mark.parametrize("kernel", ["exact", "nystroem"])
+def test_an_svm_calibrated_after_the_choice_is_the_one_calibrated_at_once(kernel):
+    """A choice fits its candidates uncalibrated and calibrates the one it keeps: the same model, figure for
+    figure, as fitting it calibrated; uncalibrated, the classes are the same and the probabilities NaN."""
+    X, y = _blobs(240, k=4)
+    cfg = SVMConfig(kernel=kernel, n_components=40, C=(1.0, 10.0), gamma_scale=(0.3, 1.0))
+    at_once, info = fit_svm(X, y, np.arange(len(y)) % 6, cfg)
+    plain, plain_info = fit_svm(X, y, np.arange(len(y)) % 6, cfg, calibrate=False)
+    assert info == plain_info
+    later = with_probabilities(plain, X, y)
+    Xt, _ = _blobs(3000, k=4, seed=5)
+    np.testing.assert_array_equal(later.predict_proba(Xt), at_once.predict_proba(Xt))
+    cls, conf = predict_with_confidence(plain, Xt)
+    np.testing.assert_array_equal(cls, predict_with_confidence(at_once, Xt)[0])
+    assert np.isnan(conf).all()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_balanced_accuracy_is_sklearns_figure(seed):
+    """Counted directly, bit for bit sklearn's, with predicted classes absent from the truth and one-class truths."""
+    import warnings
+
+    from sklearn.metrics import balanced_accuracy_score
+
+    from magpipe.metrics import balanced_accuracy
+
+    rng = np.random.default_rng(seed)
+    n, k = int(rng.integers(1, 400)), int(rng.integers(1, 9))
+    y_true = np.ones(n, dtype=int) if seed == 0 else rng.integers(1, k + 1, n)  # seed 0: one class
+    y_pred = np.where(rng.random(n) < 0.6, y_true, rng.integers(1, k + 3, n))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        assert balanced_accuracy(y_true, y_pred) == balanced_accuracy_score(y_true, y_pred)
 
 
 def test_nystroem_with_every_landmark_reproduces_the_kernel():

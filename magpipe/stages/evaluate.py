@@ -23,7 +23,7 @@ from magpipe.errors import DataValidationError
 from magpipe.evaluation import METRICS, paired, summarise, verdict
 from magpipe.explore import embedding_2d, label_next, require_embedding, top_anomalies
 from magpipe.features import stat_windows
-from magpipe.inputs import input_stack
+from magpipe.inputs import in_memory, input_stack
 from magpipe.io import schema as S
 from magpipe.io.location import absolute, storage_scope
 from magpipe.io.schema import Layout
@@ -60,6 +60,7 @@ def score_splits(cfg: RunConfig, bundle: ModelBundle, arrays: list, grids: Label
     """
     n = cfg.evaluate.splits
     if client is None:
+        arrays = in_memory(arrays)
         results = ((i, _split_or_skip(cfg, i, bundle, arrays, grids)) for i in range(n))
     else:
         results = _on_cluster(client, cfg, bundle, str(out), key, n)
@@ -85,10 +86,10 @@ def _on_cluster(client, cfg: RunConfig, bundle: ModelBundle, out: str, key: str,
     conf, storage, tag = cfg.parameters(), worker_storage_options(client), uuid.uuid4().hex[:8]
     try:
         tails = {}
-        for i in range(n):
-            sets = [client.submit(set_task, out, conf, i, name, storage, key, pure=False,
+        for i in range(n):  # split by split (a higher priority first): the deployed split's failure comes first
+            sets = [client.submit(set_task, out, conf, i, name, storage, key, pure=False, priority=n - i,
                                   key=f"evaluate-split-{i}-{name}-{tag}") for name in evaluation_sets(bundle, cfg)]
-            tails[client.submit(finish_task, out, conf, i, storage, key, *sets, pure=False,
+            tails[client.submit(finish_task, out, conf, i, storage, key, *sets, pure=False, priority=n - i,
                                 key=f"evaluate-split-{i}-{tag}")] = i
         for fut in as_completed(tails, loop=client.loop):
             yield tails[fut], fut.result()
@@ -118,7 +119,7 @@ def _run_inputs(out: str, cfg: RunConfig, storage: dict | None, key: str) -> tup
             with storage_scope(storage):
                 lay = Layout(out)
                 bundle = load_bundle(lay.model, patch_px=cfg.patches.patch_px)
-                arrays, _ = input_stack(lay, bundle.inputs)
+                arrays = in_memory(input_stack(lay, bundle.inputs)[0])
                 _RUN_INPUTS.clear()
                 _RUN_INPUTS[out, key] = bundle, arrays, read_label_grids(lay.survey)
         return _RUN_INPUTS[out, key]

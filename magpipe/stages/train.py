@@ -9,7 +9,7 @@ from pathlib import Path
 from magpipe.bundle import ModelBundle, check_model_files, read_bundle_meta, save_bundle
 from magpipe.config import RunConfig
 from magpipe.errors import InputError
-from magpipe.features import feature_set
+from magpipe.features import cell_features, feature_set
 from magpipe.inputs import input_stack
 from magpipe.io import schema as S
 from magpipe.io.location import remove
@@ -21,6 +21,7 @@ from magpipe.model import resolve_layers
 from magpipe.resolve import resolved_config
 from magpipe.selection import choose_features, choose_reach, choose_smoothing, fit_candidates
 from magpipe.splits import labelled_split, training_cells
+from magpipe.svm import with_probabilities
 from magpipe.training import fit_autoencoder, second_views
 
 log = logging.getLogger("magpipe")
@@ -81,6 +82,8 @@ def run_train(out: str | Path, cfg: RunConfig, *, progress=None) -> Path:
     layers = resolve_layers(result.model, cfg.model.layers)
     fs = feature_set(chosen, result.model, layers, readout=cfg.model.readout, seed=cfg.model.seed,
                      stats_reach=reach)
+    X = cell_features({chosen: fs}, arrays, scaling, cells.rows, cells.cols)[chosen]
+    svm = with_probabilities(svm, X, cells.y)  # the kept SVM alone is calibrated
     radius, smoothing = choose_smoothing(fs, arrays, scaling, cells, svm_info, cfg)
     bundle = ModelBundle(result.model, svm, layers, scaling, grids.classes, cfg.model.anomaly_px,
                          inputs=names, feature_set=chosen, readout=cfg.model.readout, smooth_px=radius,
