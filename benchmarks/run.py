@@ -51,7 +51,8 @@ import zarr
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from roofline import machine_ceilings, print_roofline, roofline, stage_work  # noqa: E402  (beside this script)
+from default_run import default_config, measure_default  # noqa: E402  (beside this script)
+from roofline import machine_ceilings, print_roofline, roofline, stage_work  # noqa: E402
 
 from magpipe.bundle import load_bundle
 from magpipe.classify import NODATA_CLASS, WindowClassifier
@@ -465,6 +466,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--naive-max", type=int, default=1024, help="largest side the naive reference runs on")
     ap.add_argument("--efficiency-size", type=int, default=4096,
                     help="size classified with 1 worker too, for parallel efficiency (the largest run if absent)")
+    ap.add_argument("--default-repeats", type=int, default=5,
+                    help="paired repeats of the default configuration against its naive method, on the smallest "
+                         "survey (0: skip; see benchmarks/default_run.py)")
     ap.add_argument("--json", type=Path, default=None, help="where to write the figures")
     ap.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a temporary one)")
     ap.add_argument("--object-storage", action="store_true",
@@ -565,6 +569,16 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"object storage ({o['server']}): {o['pixels_per_s']:.0f} px/s against {o['local_pixels_per_s']:.0f} "
                       f"on local disk ({o['ratio_to_local']:.2f}x), {o['bytes_per_cell']:.1f} bytes moved per cell, "
                       f"map {'identical' if o['identical_to_local'] else 'DIFFERENT'}", flush=True)
+            if args.default_repeats and "default" not in result:  # the smallest survey: its labels are there
+                dcfg = default_config(args.quick, root / "labels.tif", tif, layers)
+                result["default"] = d = measure_default(
+                    root, size, dcfg, repeats=args.default_repeats, workers=args.workers, tile_px=tile_px,
+                    naive_cells=args.naive_cells or 50_000, classify_timed=classify_timed)
+                print(f"default configuration ({', '.join(f'{k} {v}' for k, v in d['config'].items())}): "
+                      f"{d['cells_per_s']:.0f} cells/s, naive {d['naive_cells_per_s']:.0f}, ratio "
+                      f"{d['ratio_vs_naive']:.1f}x (IQR {d['ratio_quartiles']['iqr'][0]:.1f} to "
+                      f"{d['ratio_quartiles']['iqr'][1]:.1f}); {d['mismatched_cells']} of {d['naive_cells']} "
+                      "cells differ", flush=True)
             result["sizes"].append(row)
             for f in [tif, *layers.values()]:
                 Path(f).unlink(missing_ok=True)

@@ -17,6 +17,7 @@ from flows._common import STAGE_TASK, data_path, layer_paths, load_config, retry
     run_name, survey_name, tag_this_run
 from flows.classify import classify_survey
 from flows.train import train_remote_or_local
+from magpipe.cluster import dask_client
 from magpipe.config import RunConfig
 from magpipe.errors import InputError
 from magpipe.explore import require_embedding
@@ -48,8 +49,12 @@ def patches(out: str, config: dict) -> str:
 
 
 @task(name="evaluate", **STAGE_TASK)
-def evaluate(out: str, config: dict) -> dict:
-    return run_evaluate(out, RunConfig.model_validate(config))
+def evaluate(out: str, config: dict, scheduler: str | None = None) -> dict:
+    """The report, its pieces as tasks on the run's cluster: ``scheduler`` (else ``runtime.scheduler``), or a
+    LocalCluster of ``runtime.workers`` for the stage."""
+    cfg = RunConfig.model_validate(config)
+    with dask_client(scheduler or cfg.runtime.scheduler, workers=cfg.runtime.workers) as client:
+        return run_evaluate(out, cfg, client=client)
 
 
 def _run_name() -> str:
@@ -99,7 +104,7 @@ def survey_pipeline(survey: str | None = None, labels_path: str | None = None, o
         patches(out, conf)
         model, where = train_remote_or_local(out, conf)
         classified = classify_survey(out, conf, model=model, scheduler=scheduler, name=name)
-        report = evaluate(out, conf)
+        report = evaluate(out, conf, scheduler)
         publish_report(report, out, name)
     result = {"out": out, "classified": classified, "model": model, "training": where,
               **{k: report[k] for k in ("pixel_accuracy", "patch_accuracy", "balanced_accuracy")}}

@@ -20,7 +20,8 @@ def test_benchmark_runs_and_matches_the_naive_method(tmp_path):
     main = runpy.run_path(str(ROOT / "benchmarks" / "run.py"))["main"]
     out = tmp_path / "bench.json"
     result = main(["--sizes", "320", "--quick", "--naive-max", "0", "--naive-cells", "4000", "--repeats", "2",
-                   "--json", str(out), "--workdir", str(tmp_path / "work"), "--object-storage", "--layers", "3"])
+                   "--json", str(out), "--workdir", str(tmp_path / "work"), "--object-storage", "--layers", "3",
+                   "--default-repeats", "2"])
     saved = json.loads(out.read_text())
     assert saved["config"]["layers"] == 3  # a survey stack: the field and two layers read by every stage
     assert saved["ratio_vs_naive"] == result["ratio_vs_naive"] > 1
@@ -47,6 +48,15 @@ def test_benchmark_runs_and_matches_the_naive_method(tmp_path):
     assert store["identical_to_local"] and store["pixels_per_s"] > 0
     # at least the survey read (float32 field + mask) and the maps written, compressed, crossed to the server
     assert store["bytes_per_cell"] > 1
+    # what `magpipe run` deploys with its defaults, paired with its own naive method, smoothing included
+    d = saved["default"]
+    assert d["config"]["svm_kernel"] == "exact" and d["config"]["features"] in ("stats", "ae", "ae+stats")
+    assert d["config"]["patch_px"] in (9, 15, 31, 47) and d["config"]["smooth_px"] >= 0
+    assert len(d["cells_per_s_runs"]) == len(d["naive_cells_per_s_runs"]) == 2
+    assert d["ratio_runs"] == [m / n for m, n in zip(d["cells_per_s_runs"], d["naive_cells_per_s_runs"])]
+    assert d["ratio_vs_naive"] == np.median(d["ratio_runs"]) == d["ratio_quartiles"]["median"]
+    assert d["naive_cells"] == 63 * 63  # the central block of about --naive-cells cells
+    assert d["mismatched_cells"] <= 0.001 * d["naive_cells"] and d["max_vote_margin_of_mismatches"] < 1e-2
 
 
 @pytest.mark.slow

@@ -1,0 +1,141 @@
+"""What ``magpipe run`` deploys with its defaults, timed against its own naive method (``run.py``'s ``default``).
+
+``run.py``'s main figure is a tuned configuration (AE features, 31 px, the Nystroem SVM, no smoothing). A user
+who runs ``magpipe run`` gets what validation chooses instead: the patch size, the feature set (window
+statistics so far), how far they look, the smoothing radius, with the exact SVM. This trains that, on the
+benchmark survey's labelled half, and times its classification against the same configuration done
+naively: per cell the window its features read, cut and standardised alone, the set's per-patch features,
+the deployed SVM's votes; then per cell the mean of the votes of its (2r + 1)^2 window (valid cells) and
+the class of that mean, as the map's smoothing defines it. The naive method runs on a contiguous central
+block (its cells' neighbours are in it, so its votes are computed once, as a per-cell method over a map
+would), of about ``naive_cells`` cells; its cost per cell is constant.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from magpipe.bundle import load_bundle
+from magpipe.config import RunConfig
+from magpipe.io.schema import Layout
+from magpipe.io.stores import open_array
+from magpipe.io.survey import open_inputs
+from magpipe.patches import read_stack
+from magpipe.pipeline import run_labels, run_patch_size, run_patches, run_train
+from magpipe.svm import best_class, class_scores
+
+
+def default_config(quick_train: bool, labels: Path, survey: Path, layers: dict[str, str]) -> RunConfig:
+    """The defaults, but for a shorter training (as the tuned configuration has) and the evaluation's
+    sizes the benchmark survey's strip of labels allows."""
+    return RunConfig.load(None, patches={"n_patches": 2000 if quick_train else 6000},
+                          model={"epochs": 2 if quick_train else 5},
+                          evaluate={"max_test_pixels": 10000, "block_patches": 2}
+                          ).with_inputs(survey=survey, labels=labels, layers=layers)
+
+
+def train_default(root: Path, cfg: RunConfig) -> Path:
+    """Train the default configuration in ``root / "default"`` on the survey ingested in ``root``; its model."""
+    run = root / "default"
+    shutil.rmtree(run, ignore_errors=True)
+    run.mkdir()
+    shutil.copytree(Layout(root).survey, Layout(run).survey)
+    for stage in (run_labels, run_patch_size, run_patches, run_train):
+        stage(run, cfg)
+    return Layout(run).model
+
+
+def chosen(bundle) -> dict:
+    """What validation chose, as the JSON records it."""
+    svm = bundle.meta.get("svm", {})
+    return {"features": bundle.feature_set, "patch_px": bundle.patch_px, "stats_reach": bundle.stats_reach,
+            "smooth_px": bundle.smooth_px, "svm_kernel": svm.get("kernel"), "C": svm.get("C"),
+            "gamma": svm.get("gamma"), "n_support": svm.get("n_support"), "n_features": bundle.features.n_features}
+
+
+class SmoothedNaive:
+    """The naive method of a deployed bundle, smoothing included, on a central block of ``side`` x ``side``
+    cells of the run in ``root`` (held in memory with its halo before any clock starts)."""
+
+    def __init__(self, bundle, root: Path, side: int):
+        arrays = open_inputs(Layout(root), bundle.inputs)
+        ny, nx = arrays[0].shape
+        side = min(side, ny, nx)
+        self.r, self.h = bundle.smooth_px, bundle.features.window_px // 2
+        y0, x0 = (ny - side) // 2, (nx - side) // 2
+        self.block = (y0, y0 + side, x0, x0 + side)
+        r = self.r  # votes are needed a radius beyond the block, features a window beyond those
+        self.stack = read_stack(arrays, y0 - r, y0 + side + r, x0 - r, x0 + side + r, self.h)
+        self.bundle, self.n = bundle, side * side
+        self.rates: list[float] = []
+        self.classes: np.ndarray | None = None
+        self.mean_votes: np.ndarray | None = None
+
+    def timed(self, batch: int = 4096) -> float:
+        """One naive pass over the block; its cells/s."""
+        b, h, r = self.bundle, self.h, self.r
+        w = b.features.window_px
+        t0 = time.perf_counter()
+        H, W = self.stack.shape[1] - 2 * h, self.stack.shape[2] - 2 * h  # the block and the radius around it
+        valid = np.isfinite(self.stack[:, h : h + H, h : h + W]).all(0)
+        votes = np.full((H, W, len(b.classes)), np.nan, dtype="float32")
+        rows, cols = np.nonzero(valid)
+        windows = np.lib.stride_tricks.sliding_window_view(self.stack, (w, w), axis=(1, 2))
+        for b0 in range(0, len(rows), batch):
+            rr, cc = rows[b0 : b0 + batch], cols[b0 : b0 + batch]
+            x = b.scaling.apply(np.moveaxis(windows[:, rr, cc], 0, 1), axis=1)
+            votes[rr, cc], _ = class_scores(b.svm, b.features.patches(x))
+        side = H - 2 * r
+        mean = np.full((side, side, votes.shape[2]), np.nan, dtype="float64")
+        for y in range(side):  # per cell: the mean vote of the valid cells of its window
+            for x in range(side):
+                if valid[y + r, x + r]:
+                    mean[y, x] = np.nanmean(votes[y : y + 2 * r + 1, x : x + 2 * r + 1].reshape(-1, votes.shape[2]),
+                                            axis=0, dtype=np.float64)
+        cls, _ = best_class(b.svm, mean.astype("float32"), mean.astype("float32"), axis=-1)
+        self.rates.append(self.n / (time.perf_counter() - t0))
+        self.classes, self.mean_votes = cls, mean
+        return self.rates[-1]
+
+    def compare(self, classified: Path) -> dict:
+        """How many cells of the block magpipe's map classes otherwise (no-data included), and how close the
+        largest of those came to a tie: the gap between its two highest mean votes."""
+        y0, y1, x0, x1 = self.block
+        ours = open_array(classified, "class")[y0:y1, x0:x1]
+        diff = self.classes != ours
+        top = np.sort(np.nan_to_num(self.mean_votes[diff], nan=0.0), axis=-1)
+        return {"naive_cells_per_s_runs": self.rates, "naive_cells_per_s": float(np.median(self.rates)),
+                "naive_cells": self.n, "mismatched_cells": int(diff.sum()), "identical_to_naive": not diff.any(),
+                "max_vote_margin_of_mismatches": float((top[:, -1] - top[:, -2]).max(initial=0))}
+
+
+def quartiles(values: list[float]) -> dict:
+    """Median and interquartile range of repeats."""
+    q1, med, q3 = np.percentile(values, [25, 50, 75])
+    return {"median": float(med), "iqr": [float(q1), float(q3)]}
+
+
+def measure_default(root: Path, size: int, cfg: RunConfig, *, repeats: int, workers: int, tile_px: int,
+                    naive_cells: int, classify_timed) -> dict:
+    """Train the default configuration on the run in ``root``, then ``repeats`` pairs of (its classification of
+    every cell in a fresh process, the naive method on a central block): cells/s of each, the paired ratios'
+    median and interquartile range, and whether the classes agree."""
+    model = train_default(root, cfg)
+    bundle, run = load_bundle(model), root / "default"
+    naive = SmoothedNaive(bundle, run, int(np.sqrt(naive_cells)))
+    ours = []
+    for i in range(repeats):
+        seconds, _ = classify_timed(run, model, run / "classified.zarr", workers, tile_px)
+        ours.append(size * size / seconds)
+        print(f"default, repeat {i + 1}/{repeats}: magpipe {ours[-1]:.0f} cells/s, naive {naive.timed():.0f} "
+              f"cells/s ({naive.n} cells)", flush=True)
+    cmp = naive.compare(run / "classified.zarr")
+    ratios = [m / n for m, n in zip(ours, naive.rates, strict=True)]
+    shutil.rmtree(run, ignore_errors=True)
+    return {"config": chosen(bundle), "repeats": repeats, "cells_per_s_runs": ours,
+            "cells_per_s": float(np.median(ours)), "cells_per_s_quartiles": quartiles(ours), **cmp,
+            "ratio_runs": ratios, "ratio_vs_naive": float(np.median(ratios)), "ratio_quartiles": quartiles(ratios)}
