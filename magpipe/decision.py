@@ -7,9 +7,12 @@ sigmoids) as tensors and computes its decision function with fewer passes over m
 scaling in float32, the RBF kernel's exponent -gamma |x - l|^2 as one fused matrix product
 (``addmm`` against landmarks pre-scaled by 2 gamma), then decision values (float32 products, float64
 sums) and probabilities. Its votes are sklearn's to ~1e-5 and its classes sklearn's except where
-the top two votes tie to float rounding (``tests/test_decision.py``). An exact-kernel SVC's
-one-vs-one vote is left to sklearn, on the CPU, after the kernel block is made on the device;
-bundles from before :class:`magpipe.svm.VoteWithProbabilities` are scored by sklearn altogether.
+the top two votes tie to float rounding (``tests/test_decision.py``). An exact-kernel SVC is scored
+against its support vectors alone: its one-vs-one decisions as one product with a (support vectors,
+pairs) matrix of its dual coefficients, then sklearn's one-vs-rest votes of them
+(``sklearn.utils.multiclass._ovr_decision_function``), all on the device; libsvm evaluated the kernel
+of every training cell and the pairs one cell at a time, most of a tile's cost with window statistics.
+Bundles from before :class:`magpipe.svm.VoteWithProbabilities` are scored by sklearn altogether.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from magpipe.svm import RBFFeatures, _pipelines, class_scores, decision_matrix
+from magpipe.svm import RBFFeatures, _pipelines, class_scores
 
 __all__ = ["Decision"]
 
@@ -40,8 +43,9 @@ class Decision:
     landmark_term: torch.Tensor | None = None  # (m,) float32: -gamma |l|^2
     gamma: float = 1.0
     normalization: torch.Tensor | None = None  # (m, m) float32 Nystroem map not folded into coef
-    coef: torch.Tensor | None = None  # (K', m) float32 linear SVM; None: an exact SVC (sklearn votes)
+    coef: torch.Tensor | None = None  # (K', m) float32: a linear SVM's, or an exact SVC's pairs (one-vs-one)
     intercept: torch.Tensor | None = None  # (K',) float64
+    pairs: torch.Tensor | None = None  # (K', K) float64: +1 at each pair's first class, -1 at its second
     slope_platt: torch.Tensor | None = None  # (K,) float64; None: uncalibrated (probabilities NaN)
     intercept_platt: torch.Tensor | None = None
 
@@ -63,15 +67,19 @@ class Decision:
 
         gamma = float(kernel.gamma)
         landmarks = np.asarray(kernel.landmarks_, dtype=np.float64)
-        linear = hasattr(svc, "coef_")
+        if hasattr(svc, "coef_"):  # linear (Nystroem)
+            coef, intercept, pairs = svc.coef_, svc.intercept_, None
+        else:  # exact SVC: its support vectors are the landmarks that count
+            landmarks = landmarks[svc.support_]
+            coef, intercept, pairs = one_vs_one(svc)
         return cls(
             model, device, classes,
             mean=t(scaler.mean_), inv_scale=t(1.0 / np.asarray(scaler.scale_, dtype=np.float64)),
             landmarks_2g=t((landmarks * 2 * gamma).T.copy()), landmark_term=t(-gamma * (landmarks**2).sum(1)),
             gamma=gamma,
             normalization=None if kernel.normalization_ is None else t(kernel.normalization_),
-            coef=t(svc.coef_) if linear else None,
-            intercept=t(svc.intercept_, torch.float64) if linear else None,
+            coef=t(coef), intercept=t(intercept, torch.float64),
+            pairs=None if pairs is None else t(pairs, torch.float64),
             slope_platt=t(model.slope_, torch.float64) if calibrated else None,
             intercept_platt=t(model.intercept_, torch.float64) if calibrated else None,
         )
@@ -93,13 +101,13 @@ class Decision:
         k.clamp_(max=0.0).exp_()
         if self.normalization is not None:
             k = k @ self.normalization
-        if self.coef is not None:  # float32 products, float64 sums with the intercept (a float64 product of
-            # the (n, m) block cost 5x as much; the votes move by ~1e-6, below any class's margin but a tie's)
-            d = (k @ self.coef.T).double() + self.intercept
-            d = torch.cat([-d, d], 1) if d.shape[1] == 1 else d  # binary: one margin (decision_matrix)
-        else:  # exact SVC: its one-vs-one vote on the CPU
-            svc = _pipelines(self.model)[0].named_steps["svc"]
-            d = torch.from_numpy(decision_matrix(svc.decision_function(k.cpu().numpy()))).to(self.device)
+        # float32 products, float64 sums with the intercept (a float64 product of the (n, m) block cost 5x as
+        # much; the votes move by ~1e-6, below any class's margin but a tie's)
+        d = (k @ self.coef.T).double() + self.intercept
+        if self.pairs is not None:  # one-vs-one decisions -> sklearn's one-vs-rest votes
+            d = ovr_votes(d, self.pairs)
+        elif d.shape[1] == 1:  # binary: one margin (decision_matrix)
+            d = torch.cat([-d, d], 1)
         if self.slope_platt is None:
             return d.float(), torch.full_like(d, float("nan"), dtype=torch.float32)
         p = torch.sigmoid(d * self.slope_platt + self.intercept_platt)
@@ -130,3 +138,33 @@ class Decision:
         if holes:
             out[:, :, ~valid] = float("nan")
         return out.view(2, K, H, W)
+
+
+def one_vs_one(svc) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """A fitted exact SVC's decision as products with its support vectors' kernel values (n, S):
+    ``d = k @ coef.T + intercept``, with the (P, S) coefficients and (P,) intercepts of its P class pairs
+    (libsvm's order: (0, 1), (0, 2), .., (1, 2), ..) and the (P, K) pair matrix (+1 at the first class of a
+    pair, -1 at its second) for :func:`ovr_votes`; a binary SVC is one pair, its margin, and no matrix."""
+    dual, counts = np.asarray(svc.dual_coef_, dtype=np.float64), np.asarray(svc.n_support_)
+    K = len(counts)
+    if K == 2:
+        return dual, np.asarray(svc.intercept_, dtype=np.float64), None
+    start = np.concatenate([[0], np.cumsum(counts)])
+    pairs = [(i, j) for i in range(K) for j in range(i + 1, K)]
+    coef, sign = np.zeros((len(pairs), dual.shape[1])), np.zeros((len(pairs), K))
+    for p, (i, j) in enumerate(pairs):  # libsvm: the SVs of class i weigh by row j - 1, those of j by row i
+        coef[p, start[i] : start[i + 1]] = dual[j - 1, start[i] : start[i + 1]]
+        coef[p, start[j] : start[j + 1]] = dual[i, start[j] : start[j + 1]]
+        sign[p, i], sign[p, j] = 1.0, -1.0
+    return coef, np.asarray(svc.intercept_, dtype=np.float64), sign
+
+
+def ovr_votes(d: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+    """sklearn's one-vs-rest votes (n, K) from one-vs-one decisions (n, P): a pair's vote goes to its first
+    class where its decision is >= 0, else to its second, plus each class's summed confidence c (its pairs'
+    decisions, signed) squashed as c / (3 (|c| + 1)), which breaks ties of votes without ever outweighing one
+    (``sklearn.utils.multiclass._ovr_decision_function``)."""
+    first = (d >= 0).double()
+    votes = first @ pairs.clamp(min=0) + (1 - first) @ (-pairs).clamp(min=0)
+    conf = d @ pairs
+    return votes + conf / (3 * (conf.abs() + 1))
