@@ -226,3 +226,19 @@ def test_evaluation_on_a_cluster_gives_the_serial_report(finished_run, tmp_path)
     assert serial.keys() == got.keys()
     assert {k for k in serial if serial[k] != got[k]} == set()
     assert parallel["balanced_accuracy"] == finished_run["report"]["balanced_accuracy"]
+
+
+def test_a_worker_holds_the_inputs_of_a_bounded_number_of_evaluations(trained_run):
+    """Evaluations sharing a cluster each read their run once per worker; a worker holds at most RUNS_HELD of
+    them (the oldest goes first) and none after each says it is done."""
+    from magpipe.stages import evaluate
+
+    out, cfg = str(trained_run["out"]), trained_run["cfg"]
+    first = evaluate._run_inputs(out, cfg, None, "a")
+    assert evaluate._run_inputs(out, cfg, None, "a") is first  # read once
+    for key in ("b", "c"):
+        evaluate._run_inputs(out, cfg, None, key)
+    assert [k for _, k in evaluate._RUN_INPUTS] == ["b", "c"] and evaluate.RUNS_HELD == 2
+    for key in ("b", "c"):
+        evaluate.forget_run_inputs(key)
+    assert not evaluate._RUN_INPUTS

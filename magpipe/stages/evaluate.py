@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 import uuid
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -107,21 +108,25 @@ def _split_or_skip(cfg: RunConfig, i: int, bundle: ModelBundle, arrays: list, gr
         return {"skipped": str(exc)}
 
 
-_RUN_INPUTS: dict[tuple[str, str], tuple] = {}  # (out, key) -> (bundle, arrays, grids): one run's, per worker
+_RUN_INPUTS: OrderedDict[tuple[str, str], tuple] = OrderedDict()  # (out, key) -> (bundle, arrays, grids)
 _RUN_INPUTS_LOCK = threading.Lock()
+RUNS_HELD = 2  # evaluations whose inputs a worker holds at once (runs sharing a cluster); the oldest goes first
 
 
 def _run_inputs(out: str, cfg: RunConfig, storage: dict | None, key: str) -> tuple:
     """The run's model, input grids and labels, read from its stores in ``out`` once per worker for all the
-    tasks of one evaluation (``key``: its input hash; another key replaces them)."""
+    tasks of one evaluation (``key``: its input hash), until :func:`forget_run_inputs` or ``RUNS_HELD`` newer
+    evaluations on the same worker."""
     with _RUN_INPUTS_LOCK:
         if (out, key) not in _RUN_INPUTS:
             with storage_scope(storage):
                 lay = Layout(out)
                 bundle = load_bundle(lay.model, patch_px=cfg.patches.patch_px)
                 arrays = in_memory(input_stack(lay, bundle.inputs)[0])
-                _RUN_INPUTS.clear()
                 _RUN_INPUTS[out, key] = bundle, arrays, read_label_grids(lay.survey)
+            while len(_RUN_INPUTS) > RUNS_HELD:
+                _RUN_INPUTS.popitem(last=False)
+        _RUN_INPUTS.move_to_end((out, key))
         return _RUN_INPUTS[out, key]
 
 
