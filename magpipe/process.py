@@ -19,22 +19,29 @@ from collections.abc import Iterator
 GDAL_CACHE_MB = "128"
 
 
+# loggers whose errors come with a traceback of a background task: asyncio's, and Dask's batched comms, which
+# log a worker's connection closing under them (a worker killed after Ctrl-C while it sends) with its traceback
+ONE_LINE_LOGGERS = ("asyncio", "distributed.batched")
+
+
 def configure_process() -> None:
     """Settings of a driver process: GDAL's cache (a user's own ``GDAL_CACHEMAX`` wins), silence for
     third-party deprecation notices that are not the user's to fix, and one line for each error of a
-    background I/O task (:class:`OneLineBackgroundErrors`)."""
+    background I/O task and of a Dask connection closed under it (:class:`OneLineBackgroundErrors`)."""
     os.environ.setdefault("GDAL_CACHEMAX", GDAL_CACHE_MB)
     os.environ.setdefault("NVIDIA_TF32_OVERRIDE", "0")  # cuBLAS and cuDNN in full fp32 (see full_fp32)
     silence_third_party_notices()
-    asyncio_log = logging.getLogger("asyncio")
-    if not any(isinstance(f, OneLineBackgroundErrors) for f in asyncio_log.filters):
-        asyncio_log.addFilter(OneLineBackgroundErrors())
+    for name in ONE_LINE_LOGGERS:
+        log = logging.getLogger(name)
+        if not any(isinstance(f, OneLineBackgroundErrors) for f in log.filters):
+            log.addFilter(OneLineBackgroundErrors())
 
 
 class OneLineBackgroundErrors(logging.Filter):
     """asyncio reports an exception nobody retrieved from a background task with its whole traceback, when
     the task is collected: aiohttp writing to a connection the object store dropped (which s3fs retries) gave
-    a terminal 7 tracebacks for two short outages of a bucket. Each becomes one warning line."""
+    a terminal 7 tracebacks for two short outages of a bucket. Each becomes one warning line; so does a Dask
+    comm closed under a worker that a stop killed (``ONE_LINE_LOGGERS``)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None

@@ -291,3 +291,23 @@ def test_a_model_retrained_into_the_same_path_is_used_by_a_long_lived_cluster(tr
             np.testing.assert_array_equal(maps[-1], expected)
         assert client.run(os.getpid) == pids  # the same worker processes served both
     assert (maps[0] != maps[1]).any()  # the two models differ, so a stale one would have shown
+
+
+def test_a_dask_comm_closed_under_a_stopped_worker_is_one_line(caplog):
+    """A worker killed after Ctrl-C while it sends makes Dask log the closed comm with its traceback; the CLI's
+    process settings make that one warning line (the signal test's 'no Traceback' depends on it)."""
+    import logging
+
+    from magpipe.process import configure_process
+
+    configure_process()
+    log = logging.getLogger("distributed.batched")
+    try:
+        raise ConnectionError("stream closed")
+    except ConnectionError:
+        with caplog.at_level(logging.INFO, logger="distributed.batched"):
+            log.info("Batched Comm Closed <TCP (closed) local=tcp://127.0.0.1:1>", exc_info=True)
+    (record,) = [r for r in caplog.records if r.name == "distributed.batched"]
+    assert record.exc_info is None and record.levelname == "WARNING"
+    assert record.getMessage() == "Batched Comm Closed <TCP (closed) local=tcp://127.0.0.1:1> " \
+                                  "(ConnectionError: stream closed)"
