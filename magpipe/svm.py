@@ -339,8 +339,9 @@ def grid_search(base: Pipeline, X: np.ndarray, y: np.ndarray, folds: list, *, C,
         if np.unique(y[fit]).size < 2:
             continue
         scaler = clone(base.named_steps["scale"]).fit(X[fit])
-        feats = clone(base.named_steps["kernel"]).fit_landmarks(scaler.transform(X[fit]))
-        d_fit, d_val = feats.sq_distances(scaler.transform(X[fit])), feats.sq_distances(scaler.transform(X[val]))
+        z_fit = scaler.transform(X[fit])
+        feats = clone(base.named_steps["kernel"]).fit_landmarks(z_fit)
+        d_fit, d_val = feats.sq_distances(z_fit), feats.sq_distances(scaler.transform(X[val]))
         d_mm = feats.sq_distances(feats.landmarks_) if feats.n_components is not None else None
         for g, gam in enumerate(gamma):
             feats.set_params(gamma=gam).fit_normalization(d_mm)
