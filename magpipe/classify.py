@@ -31,7 +31,7 @@ from magpipe.smoothing import smooth_scores
 from magpipe.svm import vote
 from magpipe.tiling import Tile
 
-__all__ = ["NODATA_CLASS", "WindowClassifier", "classify_window", "classify_array", "classify_tile",
+__all__ = ["NODATA_CLASS", "WindowClassifier", "ClassifyTile", "classify_window", "classify_array", "classify_tile",
            "window_masks"]
 
 # cells scored per SVM block: bounds the kernel block (cells x landmarks x 12 bytes) on each device
@@ -210,16 +210,34 @@ def _classifier(path: str, device: str, fingerprint: str) -> WindowClassifier:
     return WindowClassifier(_bundle(path, fingerprint), device)
 
 
-def classify_tile(run: str, bundle_path: str, tile: Tile, device: str = "cpu") -> dict[str, np.ndarray]:
-    """The class, confidence and anomaly of one tile of the run in ``run`` (what a Dask task computes).
+@dataclasses.dataclass(frozen=True)
+class ClassifyTile:
+    """The class, confidence and anomaly of a tile of the run in ``run`` with the bundle at ``bundle_path``
+    on a torch ``device`` (what a Dask task computes): a :class:`magpipe.tiling.StagedTile`.
 
-    Takes paths, not objects, so the task pickles cheaply; ``tile`` is (y0, y1, x0, x1) in cells and
-    each returned array is (y1 - y0, x1 - x0), as :func:`classify_window` describes; ``device`` is the
-    torch device of this worker.
+    Holds paths, not objects, so the task pickles cheaply; each worker process loads the bundle once
+    (:func:`cached_classifier`). ``read`` reads the tile's window with its halo (I/O only, so it can
+    overlap another tile's compute); ``compute`` classifies it. A ``tile`` is (y0, y1, x0, x1) in cells
+    and each returned array is (y1 - y0, x1 - x0), as :func:`classify_window` describes.
     """
-    classifier = cached_classifier(bundle_path, device)
-    y0, y1, x0, x1 = tile
-    window = read_stack(open_inputs(Layout(run), classifier.bundle.inputs), y0, y1, x0, x1,
-                        classifier.bundle.halo_px)
-    cls, conf, anom = classifier(window)
-    return {"class": cls, "confidence": conf, "anomaly": anom}
+
+    run: str
+    bundle_path: str
+    device: str = "cpu"
+
+    def read(self, tile: Tile) -> np.ndarray:
+        y0, y1, x0, x1 = tile
+        bundle = cached_bundle(self.bundle_path)
+        return read_stack(open_inputs(Layout(self.run), bundle.inputs), y0, y1, x0, x1, bundle.halo_px)
+
+    def compute(self, tile: Tile, window: np.ndarray) -> dict[str, np.ndarray]:
+        cls, conf, anom = cached_classifier(self.bundle_path, self.device)(window)
+        return {"class": cls, "confidence": conf, "anomaly": anom}
+
+    def __call__(self, tile: Tile) -> dict[str, np.ndarray]:
+        return self.compute(tile, self.read(tile))
+
+
+def classify_tile(run: str, bundle_path: str, tile: Tile, device: str = "cpu") -> dict[str, np.ndarray]:
+    """:class:`ClassifyTile` of one tile, in one call."""
+    return ClassifyTile(run, bundle_path, device)(tile)

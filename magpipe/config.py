@@ -320,6 +320,14 @@ class ClassifyConfig(_Section):
                         "'cpu', or 'cuda' (each Dask worker's GPU: tiles go only to workers that declare a GPU "
                         "resource, one worker per GPU; a LocalCluster gets one such worker per visible GPU). "
                         "Use larger tiles on a GPU (chunk_px 2048).")
+    overlap_io: bool | None = Field(None, description="Read the next tiles while one is classified, and compress "
+                                    "and write finished tiles from a pool of threads; None: on a GPU only (on a CPU "
+                                    "worker of one thread the threads compete with the compute). The maps are the "
+                                    "same either way.")
+
+    def overlaps_io(self) -> bool:
+        """``overlap_io`` resolved: as given, else on for a GPU device."""
+        return self.device != "cpu" if self.overlap_io is None else self.overlap_io
 
 
 class RuntimeConfig(_Section):

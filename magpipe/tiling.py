@@ -12,13 +12,24 @@ A tiled output (``classified.zarr``, ``similar.zarr``) is made by one function o
 
 With a ``distributed.Client`` tiles run on its workers (``tile_fn`` must pickle: a
 ``functools.partial`` of a module-level function of paths); without one, in this process.
+
+**Overlapped I/O.** A tile function that is a :class:`StagedTile` (``read`` then ``compute``) can run
+its tiles as a pipeline (``overlap=True``): the next tiles' reads and decompression run in a thread
+while this tile computes, and finished tiles are compressed and written from a pool of threads. On a
+GPU the device then waits for neither; on a CPU worker of one thread the threads only compete with
+the compute, so it is off there by default. On a cluster a task then runs a short run of tiles.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
-from collections.abc import Callable
+import math
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import xarray as xr
@@ -45,6 +56,26 @@ log = logging.getLogger("magpipe.tiling")
 
 Tile = tuple[int, int, int, int]  # y0, y1, x0, x1
 TileFn = Callable[[Tile], dict[str, np.ndarray]]
+
+PREFETCH = 2  # tiles read ahead of the one computing: each holds its window (C x (tile + 2 halo)^2 float32)
+WRITERS = 2  # threads compressing and writing finished tiles; as many finished tiles wait at most
+TASKS_PER_WORKER = 4  # with overlap on a cluster: tiles are cut into about this many runs per worker
+
+
+@runtime_checkable
+class StagedTile(Protocol):
+    """A tile function in two steps, so that one tile's read can overlap another's compute.
+
+    ``read(tile)`` does the I/O (reading and decompressing the tile's window; no device work) and
+    ``compute(tile, data)`` turns it into the tile's ``{variable: (y1 - y0, x1 - x0) array}``;
+    calling it with a tile does both.
+    """
+
+    def read(self, tile: Tile) -> Any: ...
+
+    def compute(self, tile: Tile, data: Any) -> dict[str, np.ndarray]: ...
+
+    def __call__(self, tile: Tile) -> dict[str, np.ndarray]: ...
 
 
 def tiles(shape: tuple[int, int], tile_px: int) -> list[Tile]:
@@ -97,9 +128,66 @@ def run_tile(tile_fn: TileFn, store: str, tile: Tile, tile_px: int, storage: dic
     return tile
 
 
+def run_tiles(tile_fn: StagedTile, store: str, batch: Sequence[Tile], tile_px: int,
+              storage: dict | None = None) -> list[Tile]:
+    """Compute and write a run of tiles with overlapped I/O (the task of a worker when ``overlap`` is on).
+
+    Returns the tiles, each written and marked done; ``storage`` as in :func:`run_tile`."""
+    with storage_scope(storage):
+        return list(overlapped(tile_fn, store, batch, tile_px))
+
+
+def overlapped(tile_fn: StagedTile, store: str, batch: Sequence[Tile], tile_px: int, *,
+               prefetch: int = PREFETCH, writers: int = WRITERS) -> Iterator[Tile]:
+    """Yield each tile of ``batch`` once it is written, reading up to ``prefetch`` tiles ahead of the one
+    computing (in one thread, in order) and writing up to ``writers`` tiles at once (in a pool).
+
+    Tiles are computed in this thread, in the order given; they are yielded in that order too. Memory
+    holds at most ``prefetch`` read windows and ``writers`` finished tiles besides the one computing. On
+    an error (a read, the compute or a write) nothing further is started, the writes already under way
+    finish (their tiles are whole and marked done, so a re-run skips them) and the error is raised.
+    The threads run in this thread's context, storage options included.
+    """
+    if not batch:
+        return
+    reads: deque[Future] = deque()
+    writes: deque[tuple[Tile, Future]] = deque()
+    with ThreadPoolExecutor(1, thread_name_prefix="tile-read") as reader, \
+            ThreadPoolExecutor(writers, thread_name_prefix="tile-write") as writer:
+        def submit(pool: ThreadPoolExecutor, fn: Callable, *args, **kw) -> Future:
+            return pool.submit(contextvars.copy_context().run, fn, *args, **kw)
+
+        ahead = iter(batch)
+        try:
+            for t in ahead:
+                reads.append(submit(reader, tile_fn.read, t))
+                if len(reads) > prefetch:
+                    break
+            for t in batch:
+                data = reads.popleft().result()
+                nxt = next(ahead, None)
+                if nxt is not None:
+                    reads.append(submit(reader, tile_fn.read, nxt))
+                values = tile_fn.compute(t, data)
+                del data
+                while len(writes) >= writers:
+                    done, fut = writes.popleft()
+                    fut.result()
+                    yield done
+                writes.append((t, submit(writer, write_tile, store, t, values, tile_px=tile_px)))
+                del values
+            while writes:
+                done, fut = writes.popleft()
+                fut.result()
+                yield done
+        finally:
+            for f in reads:
+                f.cancel()
+
+
 def write_tiles(out: str | Path, template: xr.Dataset, tile_fn: TileFn, *, stage_hash: str, tile_px: int,
                 attrs: dict | None = None, client=None, progress: Callable[[int, int], None] | None = None,
-                name: str = "tiles", resources: dict[str, float] | None = None) -> Path:
+                name: str = "tiles", resources: dict[str, float] | None = None, overlap: bool = False) -> Path:
     """Fill the tiled output ``out`` with ``tile_fn`` of every tile; skip it when complete with
     ``stage_hash``, resume its partial store when that was made with the same hash.
 
@@ -115,6 +203,8 @@ def write_tiles(out: str | Path, template: xr.Dataset, tile_fn: TileFn, *, stage
     progress : called with (tiles done, tiles in all) after every tile.
     name : prefix of the Dask task keys and of log lines.
     resources : Dask resources each tile task needs (``{"GPU": 1}``: only workers declaring a GPU run it).
+    overlap : run the tiles with overlapped I/O (:func:`overlapped`; ``tile_fn`` must be a
+        :class:`StagedTile`), on a cluster as runs of tiles, about ``TASKS_PER_WORKER`` per worker.
 
     Returns
     -------
@@ -126,6 +216,8 @@ def write_tiles(out: str | Path, template: xr.Dataset, tile_fn: TileFn, *, stage
         If ``out`` exists and is not a magpipe store.
     """
     out = as_path(out)
+    if overlap and not isinstance(tile_fn, StagedTile):
+        raise TypeError(f"overlap needs a StagedTile (read, compute), not {tile_fn!r}")
     check_output_path(out)
     if is_complete(out, stage_hash):
         log.info("%s is up to date; nothing to do", out)
@@ -145,9 +237,10 @@ def write_tiles(out: str | Path, template: xr.Dataset, tile_fn: TileFn, *, stage
     log.info("%s: %d of %d tiles (%d px) into %s", name, len(todo), len(grid), tile_px, out)
     finished = len(grid) - len(todo)
     with steps(name, len(grid), "tiles", done=finished) as step:
-        for _ in _run(tile_fn, str(tmp), todo, tile_px, client, key=f"{name}-{stage_hash}", resources=resources):
-            finished += 1
-            step()
+        for n in _run(tile_fn, str(tmp), todo, tile_px, client, key=f"{name}-{stage_hash}", resources=resources,
+                      overlap=overlap):
+            finished += n
+            step(n)
             if progress is not None:
                 progress(finished, len(grid))
     mark_complete(tmp)
@@ -156,16 +249,39 @@ def write_tiles(out: str | Path, template: xr.Dataset, tile_fn: TileFn, *, stage
 
 
 def _run(tile_fn: TileFn, store: str, todo: list[tuple[int, Tile]], tile_px: int, client, *, key: str,
-         resources: dict[str, float] | None = None):
-    """Yield once per finished tile, in completion order."""
+         resources: dict[str, float] | None = None, overlap: bool = False) -> Iterator[int]:
+    """Yield the number of tiles just finished (1, or a task's run of them), in completion order."""
     if client is None:
-        for _, t in todo:
-            yield run_tile(tile_fn, store, t, tile_px)
+        if overlap:
+            yield from (1 for _ in overlapped(tile_fn, store, [t for _, t in todo], tile_px))
+        else:
+            for _, t in todo:
+                run_tile(tile_fn, store, t, tile_px)
+                yield 1
         return
     from distributed import as_completed
 
     storage = worker_storage_options(client)
-    futures = [client.submit(run_tile, tile_fn, store, t, tile_px, storage, key=f"{key}-{i}", pure=False,
-                             resources=resources) for i, t in todo]
+    if overlap:
+        runs = task_runs(todo, _workers(client, resources))
+        futures = [client.submit(run_tiles, tile_fn, store, [t for _, t in run], tile_px, storage,
+                                 key=f"{key}-{run[0][0]}", pure=False, resources=resources) for run in runs]
+    else:
+        futures = [client.submit(run_tile, tile_fn, store, t, tile_px, storage, key=f"{key}-{i}", pure=False,
+                                 resources=resources) for i, t in todo]
     for fut in as_completed(futures, loop=client.loop):
-        yield fut.result()
+        done = fut.result()
+        yield len(done) if overlap else 1
+
+
+def task_runs(todo: list[tuple[int, Tile]], workers: int) -> list[list[tuple[int, Tile]]]:
+    """``todo`` cut into consecutive runs, about ``TASKS_PER_WORKER`` per worker (fewer when tiles are few):
+    long enough that most reads overlap a compute, short enough to balance the workers and show progress."""
+    size = max(1, math.ceil(len(todo) / (max(1, workers) * TASKS_PER_WORKER)))
+    return [todo[i:i + size] for i in range(0, len(todo), size)]
+
+
+def _workers(client, resources: dict[str, float] | None) -> int:
+    """How many of ``client``'s workers can run a task needing ``resources``."""
+    workers = client.scheduler_info().get("workers", {}).values()
+    return sum(all(w.get("resources", {}).get(k, 0) >= v for k, v in (resources or {}).items()) for w in workers)

@@ -96,7 +96,9 @@ def test_gpu_benchmark_dry_run_on_a_stack_matches_the_cpu(tmp_path):
     assert json.loads(out.read_text())["layers"] == 3
     eq = res["equality_vs_cpu"]
     assert eq["cells"] > 0 and eq["class_differs"] == 0 and eq["nan_pattern_equal"]
-    assert res["end_to_end_in_process"]["pixels_per_s"] > 0 and res["stage_rates_device"]["tile_pixels_per_s"] > 0
+    assert res["end_to_end_in_process_overlapped_io"]["pixels_per_s"] > 0
+    assert res["stage_rates_device"]["tile_pixels_per_s"] > 0
+    assert res["overlap_speedup"]["class_differs"] == 0 and res["overlap_speedup"]["ratio"] > 0
 
 
 @pytest.mark.slow

@@ -50,6 +50,24 @@ def test_dask_tiles_equal_single_process_run(trained_run, client, tmp_path, smoo
     assert np.all(np.isnan(conf) == ~valid)
 
 
+@pytest.mark.parametrize("on_cluster", [False, True])
+def test_overlapped_io_makes_the_same_map(trained_run, client, tmp_path, on_cluster):
+    """Reading ahead and writing from a pool (classify.overlap_io, on by default on a GPU) changes no cell;
+    on a cluster each task runs a run of tiles."""
+    from magpipe.tiling import task_runs
+
+    lay, model = Layout(trained_run["out"]), trained_run["out"] / "model"
+    serial = classify_into(lay, model, tmp_path / "serial.zarr", tile_px=32)
+    seen = []
+    out = classify_into(lay, model, tmp_path / "overlapped.zarr", tile_px=32, overlap=True,
+                        client=client if on_cluster else None, progress=lambda d, t: seen.append((d, t)))
+    for a, b in zip(_arrays(serial), _arrays(out)):
+        np.testing.assert_array_equal(a, b)
+    n_tiles = seen[-1][1]
+    runs = len(task_runs([(i, None) for i in range(n_tiles)], workers=2)) if on_cluster else n_tiles
+    assert seen[-1][0] == n_tiles and len(seen) == runs < (n_tiles if on_cluster else n_tiles + 1)
+
+
 def test_interrupted_classification_resumes_to_the_same_result(trained_run, tmp_path):
     model = trained_run["out"] / "model"
     whole = tmp_path / "whole.zarr"

@@ -311,3 +311,31 @@ def test_a_dask_comm_closed_under_a_stopped_worker_is_one_line(caplog):
     assert record.exc_info is None and record.levelname == "WARNING"
     assert record.getMessage() == "Batched Comm Closed <TCP (closed) local=tcp://127.0.0.1:1> " \
                                   "(ConnectionError: stream closed)"
+
+
+_BLAS_THREADS = """
+import numpy, scipy.linalg
+from magpipe.process import configure_process, configure_worker
+{call}
+from threadpoolctl import threadpool_info
+print(sorted({{i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}}))
+"""
+
+
+@pytest.mark.parametrize("call, env, expected", [
+    ("configure_process()", {}, "[1]"),
+    ("configure_process()", {"OPENBLAS_NUM_THREADS": "2"}, "[2]"),  # the user's own setting wins
+    ("configure_worker(threads=None)", {}, None),  # an external cluster's worker: as it started
+])
+def test_an_entry_point_leaves_one_pool_of_threads_running_work_in_parallel(call, env, expected):
+    """numpy's BLAS runs single-threaded beside torch's pool (magpipe.process.one_thread_pool): two pools of
+    spinning threads made a tile classified in the CLI's process 3x as slow on 2 cores."""
+    base = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                                                             "MKL_NUM_THREADS", "GOTO_NUM_THREADS")}
+
+    def blas_threads(call: str) -> str:
+        out = subprocess.run([sys.executable, "-c", _BLAS_THREADS.format(call=call)], env={**base, **env},
+                             capture_output=True, text=True, check=True, timeout=120).stdout
+        return out.strip().splitlines()[-1]
+
+    assert blas_threads(call) == (expected or blas_threads("pass"))

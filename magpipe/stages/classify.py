@@ -7,14 +7,13 @@ plus a halo of p // 2; the store is resumable tile by tile and complete-or-absen
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from magpipe.bundle import verify_bundle
-from magpipe.classify import classify_tile
+from magpipe.classify import ClassifyTile
 from magpipe.config import RunConfig
 from magpipe.errors import DataValidationError, DeviceError
 from magpipe.inputs import input_stack
@@ -65,17 +64,21 @@ def run_classify(out: str | Path, cfg: RunConfig, *, bundle: str | Path | None =
     check_device(cfg.classify.device, client)  # before the config is saved with it
     cfg.save(lay.config)
     return classify_into(lay, as_path(bundle) if bundle else lay.model, lay.classified, tile_px=cfg.classify.chunk_px,
-                         client=client, progress=progress, device=cfg.classify.device)
+                         client=client, progress=progress, device=cfg.classify.device,
+                         overlap=cfg.classify.overlaps_io())
 
 
 def classify_into(lay: Layout, bundle_path: Path, dest: Path, *, tile_px: int, client=None,
-                  progress: Callable[[int, int], None] | None = None, device: str = "cpu") -> Path:
+                  progress: Callable[[int, int], None] | None = None, device: str = "cpu",
+                  overlap: bool | None = None) -> Path:
     """Classify the run ``lay``'s survey with the bundle at ``bundle_path`` into the store ``dest``
     (``OUT/classified.zarr`` for the stage; any path for a comparison), resuming a partial one.
 
     ``tile_px`` is the tile side in cells; ``device`` the torch device of the tiles (``cuda``: with a
     client, only on workers declaring a ``GPU`` resource). A GPU's store is not resumed on the CPU nor
-    the reverse: their numbers agree to float rounding, not bit for bit. Returns ``dest``; raises
+    the reverse: their numbers agree to float rounding, not bit for bit. ``overlap`` reads the next tiles
+    while one computes and writes from a pool (:func:`magpipe.tiling.overlapped`; None: on a GPU only); the
+    maps are the same either way. Returns ``dest``; raises
     DataValidationError when the survey is smaller than one patch, DeviceError when no GPU is there.
     """
     survey = open_store(lay.survey)
@@ -91,10 +94,10 @@ def classify_into(lay: Layout, bundle_path: Path, dest: Path, *, tile_px: int, c
     h = content_hash("classify-v1", str(survey.attrs.get(S.HASH)), str(meta.get("input_hash")), str(tile_px),
                      str(meta["anomaly_px"]), *(["gpu"] if gpu else []))
     template = output_template(survey, classified_variables(meta["classes"]), tile_px)
-    tile_fn = functools.partial(classify_tile, absolute(lay.root), absolute(bundle_path), device=device)
+    tile_fn = ClassifyTile(absolute(lay.root), absolute(bundle_path), device)
     return write_tiles(dest, template, tile_fn, stage_hash=h, tile_px=tile_px, client=client, progress=progress,
                        name="classify", attrs={S.SOURCE: lay.survey.name, S.CLASSES: meta["classes"]},
-                       resources=resources)
+                       resources=resources, overlap=gpu if overlap is None else overlap)
 
 
 def check_device(device: str, client) -> dict[str, float] | None:
