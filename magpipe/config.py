@@ -225,11 +225,14 @@ class SVMConfig(_Section):
         (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0), description="RBF gamma values searched, as multiples of "
         "1/n_features (standardised features: 1/n_features is a kernel as wide as the data's spread)."
     )
-    kernel: Literal["exact", "nystroem"] = Field(
-        "exact", description="'exact' RBF SVC, or 'nystroem': low-rank approximation + linear SVM, several "
-        "times faster to predict; use it where the report shows it within a point of exact."
+    kernel: Literal["auto", "exact", "lowrank", "nystroem"] = Field(
+        "auto", description="'exact' RBF SVC; 'lowrank': the same SVC on the RBF kernel approximated through "
+        "n_components landmarks (Nystroem), whose cost per cell is its landmarks, not the support vectors; "
+        "'nystroem': that approximation with a linear SVM (LinearSVC); or 'auto': exact, unless it keeps more "
+        "support vectors than n_components and 'lowrank' at the same C and gamma validates within one standard "
+        "error of it (blocked CV on the training region; both in the report)."
     )
-    n_components: int = Field(300, ge=10, description="Nystroem landmarks (kernel='nystroem' only).")
+    n_components: int = Field(300, ge=10, description="Landmarks of the low-rank kernels ('lowrank', 'nystroem').")
     class_weight: Literal["balanced", "prior"] = Field(
         "balanced", description="'balanced': classes weighted inversely to their labelled area (rare units are "
         "not outvoted; best balanced accuracy); 'prior': every cell alike (common units win close calls; best "

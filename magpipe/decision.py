@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from sklearn.svm import LinearSVC
+
 from magpipe.svm import RBFFeatures, _pipelines, class_scores
 
 __all__ = ["Decision"]
@@ -67,8 +69,14 @@ class Decision:
 
         gamma = float(kernel.gamma)
         landmarks = np.asarray(kernel.landmarks_, dtype=np.float64)
-        if hasattr(svc, "coef_"):  # linear (Nystroem)
+        normalization = kernel.normalization_
+        if isinstance(svc, LinearSVC):  # Nystroem: one-vs-rest, its map's normalisation folded in already
             coef, intercept, pairs = svc.coef_, svc.intercept_, None
+        elif svc.kernel == "linear":  # low-rank: an SVC's one-vs-one pairs, linear in the map (normalisation folded)
+            K = len(svc.classes_)
+            coef, intercept, pairs = svc.coef_, svc.intercept_, pair_signs(K) if K > 2 else None
+            if normalization is not None:
+                coef, normalization = np.asarray(coef, np.float64) @ normalization.T, None
         else:  # exact SVC: its support vectors are the landmarks that count
             landmarks = landmarks[svc.support_]
             coef, intercept, pairs = one_vs_one(svc)
@@ -77,7 +85,7 @@ class Decision:
             mean=t(scaler.mean_), inv_scale=t(1.0 / np.asarray(scaler.scale_, dtype=np.float64)),
             landmarks_2g=t((landmarks * 2 * gamma).T.copy()), landmark_term=t(-gamma * (landmarks**2).sum(1)),
             gamma=gamma,
-            normalization=None if kernel.normalization_ is None else t(kernel.normalization_),
+            normalization=None if normalization is None else t(normalization),
             coef=t(coef), intercept=t(intercept, torch.float64),
             pairs=None if pairs is None else t(pairs, torch.float64),
             slope_platt=t(model.slope_, torch.float64) if calibrated else None,
@@ -150,13 +158,26 @@ def one_vs_one(svc) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     if K == 2:
         return dual, np.asarray(svc.intercept_, dtype=np.float64), None
     start = np.concatenate([[0], np.cumsum(counts)])
-    pairs = [(i, j) for i in range(K) for j in range(i + 1, K)]
-    coef, sign = np.zeros((len(pairs), dual.shape[1])), np.zeros((len(pairs), K))
+    pairs = class_pairs(K)
+    coef = np.zeros((len(pairs), dual.shape[1]))
     for p, (i, j) in enumerate(pairs):  # libsvm: the SVs of class i weigh by row j - 1, those of j by row i
         coef[p, start[i] : start[i + 1]] = dual[j - 1, start[i] : start[i + 1]]
         coef[p, start[j] : start[j + 1]] = dual[i, start[j] : start[j + 1]]
+    return coef, np.asarray(svc.intercept_, dtype=np.float64), pair_signs(K)
+
+
+def class_pairs(K: int) -> list[tuple[int, int]]:
+    """The class pairs of a one-vs-one SVC of K classes, in libsvm's order: (0, 1), (0, 2), .., (1, 2), .."""
+    return [(i, j) for i in range(K) for j in range(i + 1, K)]
+
+
+def pair_signs(K: int) -> np.ndarray:
+    """(P, K) float64: +1 at the first class of each of :func:`class_pairs`, -1 at its second."""
+    pairs = class_pairs(K)
+    sign = np.zeros((len(pairs), K))
+    for p, (i, j) in enumerate(pairs):
         sign[p, i], sign[p, j] = 1.0, -1.0
-    return coef, np.asarray(svc.intercept_, dtype=np.float64), sign
+    return sign
 
 
 def ovr_votes(d: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:

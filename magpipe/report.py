@@ -130,12 +130,36 @@ def selection_section(report: dict) -> list[str]:
         lines += [f"| {n} | {v.get('cv_balanced_accuracy', float('nan')):.1%} | {v.get('C')} | "
                   f"{v.get('gamma', float('nan')):.3g} |" for n, v in dep["validation"].items()]
         lines.append("")
+    lines += kernel_lines(dep)
     if dep.get("smoothing_validation"):
         lines += ["| smoothing radius (cells) | validation balanced accuracy (blocked CV, training region) |",
                   "|---|---|"]
         lines += [f"| {r} | {v['cv_balanced_accuracy']:.1%} ± {v['cv_se']:.1%} |"
                   for r, v in dep["smoothing_validation"].items()]
         lines.append("")
+    return lines
+
+
+def kernel_lines(dep: dict) -> list[str]:
+    """report.md lines on the deployed SVM's kernel: how it was chosen, the validation table of the choice,
+    and both kernels on the test cells of the splits that made it."""
+    kernel = dep.get("svm_kernel", "exact")
+    lines = [f"SVM kernel **{kernel}** (chosen by {dep['chosen_by'].get('svm_kernel', 'configuration')}); on each "
+             f"split: {', '.join(dep.get('per_split_kernel', []))}.", ""]
+    if dep.get("kernel_validation"):
+        lines += ["| kernel | validation balanced accuracy (blocked CV, training region) | C | gamma | cost per cell |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {k} | {v['cv_balanced_accuracy']:.1%} ± {v['cv_se']:.1%} | {v['C']} | {v['gamma']:.3g} | "
+                  + (f"{v['n_support']} support vectors" if v.get("n_support") else f"{v.get('n_components')} landmarks") + " |"
+                  for k, v in dep["kernel_validation"].items()]
+        lines.append("")
+    test = dep.get("kernel_test") or {}
+    if test:
+        d = test["lowrank_minus_exact"]
+        lines += [f"On the test cells of the {test['n']} splits that chose between them (deployed set, unsmoothed): "
+                  f"exact {test['exact']:.1%}, low-rank {test['lowrank']:.1%} balanced accuracy (low-rank - exact "
+                  f"{100 * d['mean']:+.1f} ± {100 * d['sd']:.1f} points, ahead on {d['lowrank_ahead']} of "
+                  f"{test['n']}).", ""]
     return lines
 
 

@@ -1,5 +1,5 @@
 """Choices made on validation inside the training region: how far window statistics look, the feature
-set the map uses and its smoothing radius.
+set the map uses, its SVM's kernel and its smoothing radius.
 
 Each choice is scored by blocked cross-validation with a gap on the training cells
 (:func:`magpipe.splits.cv_folds`) and made by the one-standard-error rule
@@ -103,10 +103,46 @@ def choose_features(fits: dict[str, tuple], cfg: RunConfig) -> tuple[str, object
     return chosen, *fits[chosen], table
 
 
+def choose_kernel(X: np.ndarray, y: np.ndarray, folds: list, fit: tuple, cfg: RunConfig, *,
+                  parts: tuple[int, ...] | None = None, level: int = logging.INFO
+                  ) -> tuple[object, dict, dict, dict[str, object]]:
+    """The deployed set's SVM: ``svm.kernel`` as configured, or under ``auto`` the exact SVM ``fit`` (SVM,
+    search summary from :func:`magpipe.svm.fit_svm`) or the same SVM on a low-rank kernel (``lowrank``).
+
+    The low-rank kernel is tried only where it is the cheaper to apply: where the exact SVM keeps more
+    support vectors than the low-rank kernel has landmarks (``svm.n_components``), for each cell's decision
+    costs one kernel value per support vector or landmark. It is the exact SVM with its kernel approximated
+    (Nystroem) at the exact search's C and gamma, so the two differ by the approximation alone and nothing
+    more is searched; it is scored on the same blocked-CV ``folds`` of the training cells ``X`` (n, F), ``y``.
+    The one-standard-error rule then takes it first: it is kept unless the exact kernel validates better by
+    more than the noise. Returns the SVM (uncalibrated), its summary, the table (kernel -> CV summary;
+    empty where nothing was chosen) and the SVM of each kernel of the table; the choice is logged at ``level``.
+    """
+    model, info = fit
+    n_support, landmarks = info.get("n_support") or 0, cfg.svm.n_components
+    if cfg.svm.kernel != "auto" or n_support <= landmarks or cv_score(info) == -np.inf:
+        return model, info, {}, {}
+    low = fixed_svm(cfg, {**info, "kernel": "lowrank"}, X.shape[1])
+    low_model, low_info = fit_svm(X, y, folds, low, parts=parts, calibrate=False, validate=True)
+    table = {"lowrank": low_info, "exact": info}
+    chosen = best_by_validation(table, ["lowrank", "exact"])
+    log.log(level, "train: SVM kernel %s chosen on validation (lowrank, %d landmarks: %.3f ± %.3f; exact, %d support "
+            "vectors: %.3f ± %.3f)", chosen, landmarks, low_info["cv_balanced_accuracy"], low_info["cv_se"], n_support,
+            info["cv_balanced_accuracy"], info["cv_se"])
+    models = {"lowrank": low_model, "exact": model}
+    return models[chosen], table[chosen], table, models
+
+
 def smoothing_radii(cfg: RunConfig) -> tuple[int, ...]:
     """The radii (px) ``smooth_px: auto`` tries: ``svm.smooth_radii`` up to one patch width, the CV folds'
     gap, so a validation cell's window never reaches a cell the fold's SVM was fitted on."""
     return tuple(r for r in cfg.svm.smooth_radii if r <= cfg.patches.patch_px) or (0,)
+
+
+def fixed_svm(cfg: RunConfig, info: dict, n_features: int):
+    """``cfg.svm`` with the kernel, C and gamma of a search summary ``info`` and nothing left to search."""
+    return cfg.svm.model_copy(update={"C": (info["C"],), "gamma_scale": (info["gamma"] * n_features,),
+                                      "kernel": info.get("kernel", cfg.svm.kernel)})
 
 
 def choose_smoothing(fs, arrays: list, scaling: StackScaling, cells: Cells, info: dict, cfg: RunConfig,
@@ -126,7 +162,7 @@ def choose_smoothing(fs, arrays: list, scaling: StackScaling, cells: Cells, info
     if len(radii) == 1:
         return radii[0], {}
     X = cell_features({"set": fs}, arrays, scaling, cells.rows, cells.cols)["set"]
-    fixed = cfg.svm.model_copy(update={"C": (info["C"],), "gamma_scale": (info["gamma"] * X.shape[1],)})
+    fixed = fixed_svm(cfg, info, X.shape[1])
 
     def fit(idx: np.ndarray):
         return fit_svm(X[idx], cells.y[idx], np.zeros(len(idx)), fixed, parts=part_sizes(fs), calibrate=False)[0]

@@ -23,7 +23,7 @@ from magpipe.evaluation import best_by_validation, score, sparse_label_scores
 from magpipe.features import cell_features, part_sizes
 from magpipe.io.survey import LabelGrids
 from magpipe.layer_groups import layer_groups, occluded
-from magpipe.selection import candidates, choose_smoothing
+from magpipe.selection import candidates, choose_kernel, choose_smoothing, fixed_svm
 from magpipe.smoothing import block_predictions
 from magpipe.splits import Cells, cv_folds, holdout_cells, labelled_split, training_cells
 from magpipe.svm import fit_svm, predict_with_confidence
@@ -98,13 +98,18 @@ def finish_split(cfg: RunConfig, bundle: ModelBundle, arrays: list, cells: Split
     order): the deployed choice and what depends on it.
 
     ``deployed`` is the procedure the map uses, repeated on the split: under ``svm.features: auto`` the
-    candidate with the best blocked CV on the split's training cells (its test cells unseen), smoothed as
-    the map's is (:func:`magpipe.selection.choose_smoothing`).
+    candidate with the best blocked CV on the split's training cells (its test cells unseen), with the SVM
+    kernel chosen as the map's is (:func:`magpipe.selection.choose_kernel`), smoothed as the map's is
+    (:func:`magpipe.selection.choose_smoothing`). The controls, the other weighting and the sparse draws use
+    the exact kernel; the layer groups the deployed SVM's.
 
     Returns the split's ``seed``, ``classes``, ``scores`` (every set, ``deployed`` and ``majority``:
     :func:`magpipe.evaluation.score` dicts; ``deployed@prior`` or ``deployed@balanced``: the deployed set
     under the other class weighting, unsmoothed; ``deployed@unsmoothed``: without the map's smoothing;
-    ``without <group>``: with a group of layers held at its mean), ``chosen``, ``smooth_px``, ``unscored``,
+    ``without <group>``: with a group of layers held at its mean), ``chosen``, ``smooth_px``, ``kernel`` (the
+    deployed SVM's), ``kernel_cv`` (the kernel choice's validation table, empty where none was made),
+    ``kernel_scores`` (kernel -> test balanced accuracy of the deployed set, unsmoothed, for each kernel of
+    that table), ``unscored``,
     ``svm`` search summaries, cell counts, ``sparse`` scores (or None), and the deployed set's
     ``test_features`` (n, F) float32 with their ``test_labels`` (n,) for the embedding view.
     """
@@ -112,13 +117,23 @@ def finish_split(cfg: RunConfig, bundle: ModelBundle, arrays: list, cells: Split
     infos = {name: r["info"] for name, r in sets.items()}
     scores = {name: r["score"] for name, r in sets.items()}
     chosen = bundle.feature_set if deployed else best_by_validation(infos, candidates(cfg))
-    fs, model = bundle.named_features(chosen), sets[chosen]["model"]
+    fs = bundle.named_features(chosen)
     X_tr, X_te = (cell_features({chosen: fs}, arrays, bundle.scaling, c.rows, c.cols)[chosen] for c in (train, test))
     folds = cv_folds(train, cfg)
+
+    def test_score(m) -> dict:
+        return score(test.rows, test.cols, test.y, predict_with_confidence(m, X_te)[0], patch_px=p, n_classes=K)
+
+    model, info, kernels, models = deployed_kernel(cfg, bundle, sets[chosen], X_tr, train.y, folds,
+                                                   parts=part_sizes(fs), deployed=deployed)
+    unsmoothed = scores[chosen] if model is sets[chosen]["model"] else test_score(model)
+    # both kernels on the test cells, where the choice was made
+    kernel_scores = {k: (unsmoothed if m is model else scores[chosen] if m is sets[chosen]["model"] else
+                         test_score(m))["balanced_accuracy"] for k, m in models.items()}
     # the map's smoothing: the bundle's radius, or the same choice made on this split's training cells
     radius = bundle.smooth_px if deployed else \
-        choose_smoothing(fs, arrays, bundle.scaling, train, infos[chosen], cfg, level=logging.DEBUG)[0]
-    scores["deployed"] = scores[chosen]
+        choose_smoothing(fs, arrays, bundle.scaling, train, info, cfg, level=logging.DEBUG)[0]
+    scores["deployed"] = unsmoothed
     if radius:
         smoothed = block_predictions(model, fs, bundle.scaling, arrays, test.rows, test.cols, (radius,),
                                      block_px=cfg.evaluate.block_patches * p)[radius]
@@ -129,11 +144,10 @@ def finish_split(cfg: RunConfig, bundle: ModelBundle, arrays: list, cells: Split
                      calibrate=False)
     scores[f"deployed@{other}"] = score(test.rows, test.cols, test.y, predict_with_confidence(alt, X_te)[0],
                                         patch_px=p, n_classes=K)
-    scores["deployed@unsmoothed"] = scores[chosen]  # what the smoothing added, on the same cells
+    scores["deployed@unsmoothed"] = unsmoothed  # what the smoothing added, on the same cells
     groups = layer_groups(bundle.inputs, cfg.inputs.groups) if cfg.evaluate.layer_ablation else {}
     if len(groups) > 1:  # the deployed set (unsmoothed) with each group of layers held at its mean
-        fixed = cfg.svm.model_copy(update={"C": (infos[chosen]["C"],),
-                                           "gamma_scale": (infos[chosen]["gamma"] * X_tr.shape[1],)})
+        fixed = fixed_svm(cfg, info, X_tr.shape[1])  # the deployed SVM's kernel, C and gamma
         for group, channels in groups.items():
             hidden = occluded(bundle.scaling, channels)
             tr, te = (cell_features({chosen: fs}, arrays, hidden, c.rows, c.cols)[chosen] for c in (train, test))
@@ -148,9 +162,26 @@ def finish_split(cfg: RunConfig, bundle: ModelBundle, arrays: list, cells: Split
         sparse = {"per_class": cfg.evaluate.sparse_per_class, "repeats": cfg.evaluate.sparse_repeats,
                   "draws": {**draws, "deployed": draws[chosen]}}
     return {"seed": cfg.evaluate.seed, "classes": cells.grids.classes, "scores": scores, "chosen": chosen,
-            "smooth_px": int(radius), "unscored": cells.unscored, "svm": infos,
+            "smooth_px": int(radius), "kernel": info["kernel"], "kernel_cv": kernels, "kernel_scores": kernel_scores,
+            "unscored": cells.unscored, "svm": infos,
             "n_train": int(len(train.y)), "n_test": int(len(test.y)), "n_test_available": cells.n_test_available,
             "sparse": sparse, "test_features": X_te, "test_labels": test.y}
+
+
+def deployed_kernel(cfg: RunConfig, bundle: ModelBundle, fitted: dict, X: np.ndarray, y: np.ndarray, folds: list, *,
+                    parts: tuple[int, ...] | None, deployed: bool) -> tuple[object, dict, dict, dict]:
+    """The deployed set's SVM on a split, as :func:`magpipe.selection.choose_kernel` returns it: on the deployed
+    split the bundle's own (``fitted``: its :func:`score_set` result), with the other kernel of the bundle's
+    choice refitted at its validated C and gamma; elsewhere the choice made afresh on the training cells
+    ``X`` (n, F), ``y`` from the exact SVM ``fitted``."""
+    if not deployed:
+        return choose_kernel(X, y, folds, (fitted["model"], fitted["info"]), cfg, parts=parts, level=logging.DEBUG)
+    model, info = fitted["model"], fitted["info"]
+    kernels = bundle.meta.get("selection", {}).get("kernel", {}).get("cv", {})
+    models = {k: model if k == info["kernel"] else
+              fit_svm(X, y, folds, fixed_svm(cfg, kinfo, X.shape[1]), parts=parts, calibrate=False)[0]
+              for k, kinfo in kernels.items()}
+    return model, info, kernels, models
 
 
 def evaluate_split(cfg: RunConfig, bundle: ModelBundle, arrays: list, grids: LabelGrids, *, deployed: bool) -> dict:

@@ -9,7 +9,9 @@ is computed by :class:`RBFFeatures` as one BLAS matrix product per batch and fed
 to ``SVC(kernel="precomputed")``: the same decision function as ``SVC(kernel="rbf")``
 (libsvm evaluates one kernel pair at a time, several times slower; figures in
 docs/performance.md). ``kernel="nystroem"`` trades exactness for another factor
-of several: a low-rank feature map on ``n_components`` landmarks and a linear SVM.
+of several: a low-rank feature map on ``n_components`` landmarks and a linear SVM. ``kernel="lowrank"``
+keeps the exact SVM (``SVC``, the same hinge loss and C) on that low-rank kernel: its decision is linear
+in the feature map, so it costs the landmarks, not the support vectors, per cell.
 """
 
 from __future__ import annotations
@@ -150,7 +152,8 @@ def make_svm(*, C: float = 1.0, gamma: float = 1.0, kernel: str = "exact", n_com
     ----------
     C : SVM regularisation.
     gamma : RBF width in 1 / squared standardised feature units (see :class:`RBFFeatures`).
-    kernel : ``"exact"`` (precomputed RBF kernel, ``SVC``) or ``"nystroem"`` (``LinearSVC``).
+    kernel : ``"exact"`` (precomputed RBF kernel, ``SVC``), ``"nystroem"`` (its low-rank map, ``LinearSVC``)
+        or ``"lowrank"`` (the low-rank map, ``SVC(kernel="linear")``: the exact SVM on the approximate kernel).
     n_components : Nystroem landmarks; ignored for ``"exact"``.
     seed : seed of the landmark draw and of ``LinearSVC``.
     parts : feature counts of a concatenated set's parts, weighted equally (see :class:`PartScaler`).
@@ -169,8 +172,11 @@ def make_svm(*, C: float = 1.0, gamma: float = 1.0, kernel: str = "exact", n_com
     elif kernel == "nystroem":
         feats = RBFFeatures(gamma, n_components=n_components, random_state=seed)
         svc = LinearSVC(C=C, class_weight=weight, random_state=seed)
+    elif kernel == "lowrank":
+        feats = RBFFeatures(gamma, n_components=n_components, random_state=seed)
+        svc = SVC(kernel="linear", C=C, class_weight=weight)
     else:
-        raise ValueError(f"unknown kernel {kernel!r}; use 'exact' or 'nystroem'")
+        raise ValueError(f"unknown kernel {kernel!r}; use 'exact', 'nystroem' or 'lowrank'")
     return Pipeline([("scale", PartScaler(parts)), ("kernel", feats), ("svc", svc)])
 
 
@@ -258,7 +264,8 @@ def with_probabilities(model: Pipeline, X: np.ndarray, y: np.ndarray) -> VoteWit
 
 
 def fit_svm(X: np.ndarray, y: np.ndarray, groups: np.ndarray | list, cfg: SVMConfig, *,
-            parts: tuple[int, ...] | None = None, calibrate: bool = True) -> tuple[Pipeline, dict]:
+            parts: tuple[int, ...] | None = None, calibrate: bool = True, validate: bool = False
+            ) -> tuple[Pipeline, dict]:
     """Search C and gamma by blocked CV (balanced accuracy), then refit with calibrated probabilities.
 
     Parameters
@@ -268,21 +275,26 @@ def fit_svm(X: np.ndarray, y: np.ndarray, groups: np.ndarray | list, cfg: SVMCon
     groups : (n,) spatial block id of each cell (CV folds never split a block), or the CV folds themselves:
         (fit, validation) index pairs, as :func:`magpipe.splits.cv_folds` makes them with a gap between.
     cfg : the SVM section of the run config; gammas searched are ``cfg.gamma_scale / F``, scaled to the
-        number of features so one grid suits any feature set.
+        number of features so one grid suits any feature set. ``kernel: auto`` fits the exact kernel (the
+        choice of kernel is :func:`magpipe.selection.choose_kernel`'s, for the deployed set alone).
     parts : for a concatenated feature set, its parts' feature counts (weighted equally).
     calibrate : False where only the classes are wanted (scores, choices): the same classes without the
         calibration's extra fits, and probabilities NaN (:func:`class_scores`).
+    validate : score a grid of one (C, gamma) by the CV too (a choice between fixed models), where it
+        is otherwise used unscored.
 
     Returns
     -------
     model : fitted classifier, with ``predict_proba`` when calibrated.
     info : ``kernel``, ``C``, ``gamma``, ``cv_balanced_accuracy`` (NaN when the grid holds one pair, which is
         then used unsearched, or when fewer than 2 blocks left nothing to search: then the middle C and
-        gamma = 1 / F are used), ``cv_se`` (its standard error over the folds), ``cv_folds``, ``n_support``.
+        gamma = 1 / F are used), ``cv_se`` (its standard error over the folds), ``cv_folds``, ``n_support``,
+        and ``n_components`` for the low-rank kernels.
     """
     n_features, cv_se = X.shape[1], float("nan")
+    kernel = "exact" if cfg.kernel == "auto" else cfg.kernel
     grid = {"svc__C": list(cfg.C), "kernel__gamma": [g / n_features for g in cfg.gamma_scale]}
-    base = make_svm(kernel=cfg.kernel, n_components=cfg.n_components, seed=cfg.seed, parts=parts,
+    base = make_svm(kernel=kernel, n_components=cfg.n_components, seed=cfg.seed, parts=parts,
                     class_weight=cfg.class_weight)
     if isinstance(groups, list):  # explicit (fit, validation) folds, e.g. with a gap (splits.cv_folds)
         cv, folds, n_groups = groups, len(groups), len(groups)
@@ -290,7 +302,7 @@ def fit_svm(X: np.ndarray, y: np.ndarray, groups: np.ndarray | list, cfg: SVMCon
         n_groups = np.unique(groups).size
         folds = min(cfg.cv_folds, n_groups)
         cv = GroupKFold(n_splits=folds) if folds >= 2 else None
-    if len(cfg.C) * len(cfg.gamma_scale) == 1:  # nothing to choose: no search, no CV score
+    if len(cfg.C) * len(cfg.gamma_scale) == 1 and not validate:  # nothing to choose: no search, no CV score
         best, cv_score = {"svc__C": cfg.C[0], "kernel__gamma": cfg.gamma_scale[0] / n_features}, float("nan")
     elif folds >= 2 and np.unique(y).size > 1:
         fold_list = groups if isinstance(groups, list) else list(cv.split(X, y, groups))
@@ -305,9 +317,10 @@ def fit_svm(X: np.ndarray, y: np.ndarray, groups: np.ndarray | list, cfg: SVMCon
     model = calibrated(base.set_params(**best), smallest) if calibrate else base.set_params(**best)
     model.fit(X, y)
     fold_nystroem(model)
-    info = {"kernel": cfg.kernel, "C": float(best["svc__C"]), "gamma": float(best["kernel__gamma"]),
-            "cv_balanced_accuracy": cv_score, "cv_se": cv_se, "cv_folds": folds, "n_support": n_support(model)}
-    log.debug("SVM (%s kernel): C=%g gamma=%.3g cv balanced acc %.3f, %s support vectors", cfg.kernel, info["C"],
+    info = {"kernel": kernel, "C": float(best["svc__C"]), "gamma": float(best["kernel__gamma"]),
+            "cv_balanced_accuracy": cv_score, "cv_se": cv_se, "cv_folds": folds, "n_support": n_support(model),
+            **({"n_components": cfg.n_components} if kernel != "exact" else {})}
+    log.debug("SVM (%s kernel): C=%g gamma=%.3g cv balanced acc %.3f, %s support vectors", kernel, info["C"],
              info["gamma"], cv_score, info["n_support"])
     return model, info
 
@@ -379,15 +392,18 @@ def fold_nystroem(model) -> None:
     """
     for pipe in _pipelines(model):
         kernel, svc = pipe.named_steps["kernel"], pipe.named_steps["svc"]
-        if isinstance(kernel, RBFFeatures) and kernel.normalization_ is not None and hasattr(svc, "coef_"):
+        if isinstance(kernel, RBFFeatures) and kernel.normalization_ is not None and isinstance(svc, LinearSVC):
             svc.coef_ = (svc.coef_ @ kernel.normalization_.T).astype(svc.coef_.dtype)
             kernel.normalization_ = None
 
 
 def n_support(model) -> int | None:
-    """Support vectors of the deployed exact SVM (what its prediction cost grows with); None for Nystroem."""
-    svc = _pipelines(model)[0].named_steps["svc"]
-    return int(svc.support_.size) if hasattr(svc, "support_") else None
+    """Support vectors of the deployed exact SVM (what its prediction cost grows with); None for the low-rank
+    kernels, whose cost is their landmarks."""
+    pipe = _pipelines(model)[0]
+    svc, kernel = pipe.named_steps["svc"], pipe.named_steps["kernel"]
+    low_rank = getattr(kernel, "n_components", None) is not None
+    return int(svc.support_.size) if hasattr(svc, "support_") and not low_rank else None
 
 
 def class_scores(model, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -41,8 +41,8 @@ CONTROLS = (("accuracy-demo-controls.json", "demo (Britain 2 km, {p} px)"),
             ("accuracy-britain-1km-controls.json", "Britain 1 km, {p} px"),
             ("accuracy-rondonia-controls.json", "Rondônia, {p} px, layer {layers}"))
 DATES = {
-    "accuracy-demo-default.json": "2026-12-06", "accuracy-britain-1km-default.json": "2026-12-06",
-    "accuracy-rondonia-default.json": "2026-12-06", "accuracy-demo-calibrated-argmax.json": "2026-11-26",
+    "accuracy-demo-default.json": "2026-12-07", "accuracy-britain-1km-default.json": "2026-12-07",
+    "accuracy-rondonia-default.json": "2026-12-07", "accuracy-demo-calibrated-argmax.json": "2026-11-26",
     "accuracy-demo-calibrated-vote.json": "2026-11-26", "accuracy-rondonia-stack.json": "2026-12-06",
     "peer-rondonia-stack.json": "2026-12-06", "accuracy-rondonia-stack-gap1.json": "2026-12-06",
     "objectives-rondonia-stack.json": "2026-12-06",
@@ -163,7 +163,10 @@ def config_line(name: str, report: dict) -> str:
               f"sparse labels: {report['sparse']['per_class']} cells per class, {report['sparse']['repeats']} "
               "draws in all"]
     kernels = sorted({v.get("kernel") for v in report.get("svm", {}).values() if isinstance(v, dict)} - {None})
-    if kernels:
+    if dep.get("svm_kernel") and dep["svm_kernel"] not in kernels:
+        parts.append(f"SVM kernel {dep['svm_kernel']} for the map (by {dep['chosen_by']['svm_kernel']}), "
+                     + ", ".join(kernels) + " for the controls")
+    elif kernels:
         parts.append("SVM kernel " + ", ".join(kernels))
     return f"- `benchmarks/results/{name}` ({DATES[name]}): " + "; ".join(parts) + "."
 
@@ -231,9 +234,9 @@ def defaults_section() -> str:
     floor = ", ".join(f"{100 * score(r, 'majority', 'pixel_accuracy')[0]:.1f} %" for r in (demo, britain))
     return f"""## Deployed features against controls, defaults of {DATES[DEFAULTS[0][0]]}
 
-The current defaults: objective `masked`, readout `mean_std_centre`, `patch_px: auto`, `features: auto` and
-`smooth_px: auto` chosen by the one-standard-error rule, the SVM searched on a log grid, the class taken from the
-SVM's vote. Balanced and pixel-wise accuracy in %, mean ± sd over the spatial splits; paired differences in
+The current defaults: objective `masked`, readout `mean_std_centre`, `patch_px: auto`, `stats_windows: auto`,
+`features: auto`, `kernel: auto` and `smooth_px: auto` chosen by the one-standard-error rule, the SVM searched on a
+log grid, the class taken from the SVM's vote. Balanced and pixel-wise accuracy in %, mean ± sd over the spatial splits; paired differences in
 points, with the splits on which the first set was ahead. The best mean of each row is in bold.
 
 {headline_table()}

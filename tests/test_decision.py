@@ -30,7 +30,8 @@ def _model(kernel: str, k: int, calibrate: bool):
 
 @pytest.mark.parametrize("kernel,k,calibrate", [("nystroem", 4, True), ("nystroem", 2, True), ("exact", 3, True),
                                                 ("nystroem", 3, False), ("exact", 2, False), ("exact", 6, True),
-                                                ("exact", 4, False)])
+                                                ("exact", 4, False), ("lowrank", 2, True), ("lowrank", 3, True),
+                                                ("lowrank", 5, False)])
 def test_decision_equals_sklearn(kernel, k, calibrate):
     model = _model(kernel, k, calibrate)
     X, _ = _blobs(3000, k=k, seed=1)

@@ -170,6 +170,41 @@ def test_evaluate_is_skipped_when_nothing_changed_and_runs_again_when_its_inputs
     assert run_evaluate(out, cfg)["n_splits"] + len(run_evaluate(out, cfg)["splits_skipped"]) == 2
 
 
+def test_the_kernel_choice_is_made_in_training_repeated_on_every_split_and_both_kernels_are_reported(tmp_path):
+    """svm.kernel auto, with fewer landmarks than the exact SVM's support vectors: the map's SVM is the kernel
+    validation chose, each split makes the choice afresh on its own training cells, and the report scores
+    both kernels on every split's test cells, the chosen one being the deployed (unsmoothed) score. (The
+    survey is labelled all over: the session's survey, labelled on its left part, leaves too few training
+    cells for blocked CV to score anything.)"""
+    import json
+
+    from magpipe.evaluation import best_by_validation
+    from magpipe.io.schema import Layout
+    from magpipe.pipeline import run_all
+    from magpipe.synthetic import synthetic_survey
+    from magpipe.testing import tiny_config, write_labels_raster
+
+    field, truth = synthetic_survey((96, 128), n_units=3, seed=3)
+    field.rio.to_raster(tmp_path / "survey.tif")
+    write_labels_raster(truth, field, tmp_path / "labels.tif")
+    cfg = tiny_config(evaluate={"splits": 2, "sparse_per_class": 0}, svm={"kernel": "auto", "n_components": 10})
+    out = tmp_path / "run"
+    report = run_all(out, cfg.with_inputs(survey=tmp_path / "survey.tif", labels=tmp_path / "labels.tif"))
+    meta = json.loads((Layout(out).model / "metadata.json").read_text())
+    table = meta["selection"]["kernel"]["cv"]
+    assert set(table) == {"lowrank", "exact"} and table["exact"]["n_support"] > 10
+    assert meta["svm"]["kernel"] == best_by_validation(table, ["lowrank", "exact"]) == report["deployed"]["svm_kernel"]
+    assert report["deployed"]["kernel_validation"] == table and "SVM kernel" in Layout(out).report_md.read_text()
+    splits = report["splits"]
+    assert [sp["kernel"] for sp in splits] == report["deployed"]["per_split_kernel"]
+    assert splits[0]["kernel"] == meta["svm"]["kernel"] and len(splits) == 2
+    for sp in splits:
+        assert set(sp["kernel_balanced_accuracy"]) == {"lowrank", "exact"}
+        assert sp["kernel_balanced_accuracy"][sp["kernel"]] == sp["balanced_accuracy"]["deployed@unsmoothed"]
+    test = report["deployed"]["kernel_test"]
+    assert test["n"] == 2 and test["exact"] == np.mean([sp["kernel_balanced_accuracy"]["exact"] for sp in splits])
+
+
 def test_the_gap_in_patch_widths_holds_in_the_split_and_the_cv_folds(survey_files):
     """evaluate.gap_patches widens the gap of both, for features that read beyond the patch."""
     from magpipe.io.survey import LabelGrids

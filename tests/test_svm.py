@@ -32,7 +32,8 @@ def test_exact_kernel_svm_is_sklearns_rbf_svc():
     assert ours.named_steps["svc"].support_.size == ref.named_steps["svc"].support_.size
 
 
-@pytest.mark.parametrize("kernel,weight", [("exact", "balanced"), ("exact", "prior"), ("nystroem", "balanced")])
+@pytest.mark.parametrize("kernel,weight", [("exact", "balanced"), ("exact", "prior"), ("nystroem", "balanced"),
+                                           ("lowrank", "balanced")])
 def test_grid_search_is_sklearns_figure_for_figure(kernel, weight):
     """The cached search scores every grid point as GridSearchCV does, bit for bit, including a fold whose
     fitting side holds one class (NaN) and a fold whose validation side lacks a class."""
@@ -64,7 +65,7 @@ def test_grid_search_is_sklearns_figure_for_figure(kernel, weight):
     assert ours["best_index"] == ref.best_index_ and np.isfinite(ours["mean_test_score"]).all()  # ... and without it
 
 
-@pytest.mark.parametrize("kernel", ["exact", "nystroem"])
+@pytest.mark.parametrize("kernel", ["exact", "nystroem", "lowrank"])
 def test_an_svm_calibrated_after_the_choice_is_the_one_calibrated_at_once(kernel):
     """A choice fits its candidates uncalibrated and calibrates the one it keeps: the same model, figure for
     figure, as fitting it calibrated; uncalibrated, the classes are the same and the probabilities NaN."""
@@ -106,12 +107,12 @@ def test_nystroem_with_every_landmark_reproduces_the_kernel():
     np.testing.assert_allclose(f.transform(Z) @ f.transform(X).T, rbf_kernel(Z, X, gamma=0.05), atol=2e-3)
 
 
-@pytest.mark.parametrize("kernel", ["exact", "nystroem"])
+@pytest.mark.parametrize("kernel", ["exact", "nystroem", "lowrank"])
 def test_fitted_svm_round_trips_through_skops_with_the_trusted_list(tmp_path, kernel):
     X, y = _blobs(240)
     groups = np.arange(len(y)) % 6
     model, info = fit_svm(X, y, groups, SVMConfig(kernel=kernel, n_components=40, C=(1.0, 10.0)))
-    assert info["kernel"] == kernel and (info["n_support"] is None) == (kernel == "nystroem")
+    assert info["kernel"] == kernel and (info["n_support"] is None) == (kernel != "exact")
     sio.dump(model, tmp_path / "m.skops")
     untrusted = set(sio.get_untrusted_types(file=tmp_path / "m.skops"))
     assert untrusted <= set(TRUSTED_SKOPS_TYPES)
@@ -126,6 +127,72 @@ def test_fitted_svm_round_trips_through_skops_with_the_trusted_list(tmp_path, ke
     np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-6)
     np.testing.assert_allclose(conf, proba[np.arange(len(cls)), np.searchsorted(model.classes_, cls)], rtol=1e-5)
     assert (cls == yt).mean() > 0.8 and np.all((conf > 0) & (conf <= 1))
+
+
+def test_the_low_rank_svm_on_every_landmark_is_the_exact_svm():
+    """``lowrank`` is the exact SVC on the Nystroem approximation of its kernel: with every training cell a
+    landmark the approximation is the kernel, and the decision function the exact SVM's."""
+    X, y = _blobs(200)
+    Xt, _ = _blobs(2000, seed=1)
+    exact = make_svm(C=10.0, gamma=0.05, kernel="exact").fit(X, y)
+    low = make_svm(C=10.0, gamma=0.05, kernel="lowrank", n_components=len(X)).fit(X, y)
+    np.testing.assert_allclose(low.decision_function(Xt), exact.decision_function(Xt), atol=2e-2)
+    np.testing.assert_array_equal(low.predict(Xt), exact.predict(Xt))
+    few = make_svm(C=10.0, gamma=0.05, kernel="lowrank", n_components=20).fit(X, y)
+    assert (few.predict(Xt) != exact.predict(Xt)).any()  # (the comparison can tell an approximation apart)
+
+
+def _kernel_cfg(kernel: str, n_components: int):
+    from magpipe.config import RunConfig
+
+    return RunConfig.load(None, svm={"kernel": kernel, "n_components": n_components, "C": [0.1, 1.0],
+                                     "gamma_scale": [0.3, 1.0]})
+
+
+@pytest.mark.parametrize("kernel", ["exact", "nystroem", "lowrank"])
+def test_a_configured_kernel_is_kept_without_a_choice(kernel):
+    from magpipe.selection import choose_kernel
+
+    X, y = _blobs(240, k=4)
+    cfg = _kernel_cfg(kernel, 20)
+    fit = fit_svm(X, y, np.arange(len(y)) % 6, cfg.svm, calibrate=False)
+    model, info, table, models = choose_kernel(X, y, np.arange(len(y)) % 6, fit, cfg)
+    assert model is fit[0] and info["kernel"] == kernel and table == {} == models
+
+
+def test_auto_keeps_the_exact_svm_where_it_is_the_cheaper_to_apply():
+    """No more support vectors than the low-rank kernel's landmarks: exact, with nothing fitted or scored."""
+    from magpipe.selection import choose_kernel
+
+    X, y = _blobs(240, k=4)
+    cfg = _kernel_cfg("auto", 300)
+    fit = fit_svm(X, y, np.arange(len(y)) % 6, cfg.svm, calibrate=False)
+    assert fit[1]["kernel"] == "exact" and fit[1]["n_support"] <= 300
+    model, info, table, _ = choose_kernel(X, y, np.arange(len(y)) % 6, fit, cfg)
+    assert model is fit[0] and info is fit[1] and table == {}
+
+
+def test_auto_chooses_the_low_rank_kernel_by_validation_at_the_exact_svms_c_and_gamma():
+    """More support vectors than landmarks: the low-rank SVM at the exact search's C and gamma is scored on the
+    same folds, and kept unless exact validates better by more than one standard error."""
+    from magpipe.evaluation import best_by_validation
+    from magpipe.selection import choose_kernel
+
+    X, y = _blobs(400, k=4)
+    folds = [(np.flatnonzero(np.arange(400) % 4 != f), np.flatnonzero(np.arange(400) % 4 == f)) for f in range(4)]
+    for landmarks in (10, 60):
+        cfg = _kernel_cfg("auto", landmarks)
+        fit = fit_svm(X, y, folds, cfg.svm, calibrate=False)
+        assert fit[1]["n_support"] > landmarks
+        model, info, table, models = choose_kernel(X, y, folds, fit, cfg)
+        assert set(table) == {"lowrank", "exact"} and table["exact"] is fit[1] and models["exact"] is fit[0]
+        low = table["lowrank"]
+        assert (low["C"], low["gamma"], low["n_components"]) == (fit[1]["C"], fit[1]["gamma"], landmarks)
+        assert np.isfinite(low["cv_balanced_accuracy"]) and low["cv_se"] >= 0
+        chosen = best_by_validation(table, ["lowrank", "exact"])
+        assert info["kernel"] == chosen == ("exact" if landmarks == 10 else "lowrank")  # (both outcomes)
+        assert model is models[chosen]
+        assert models["lowrank"].named_steps["kernel"].n_components == landmarks
 
 
 def test_folding_the_nystroem_normalisation_keeps_the_decision_function():

@@ -208,6 +208,7 @@ def build_report(cfg: RunConfig, bundle: ModelBundle, splits: list[dict], skippe
         "unscored_classes": {c: sum(c in sp["unscored"] for sp in splits)
                              for c in dict.fromkeys(c for sp in splits for c in sp["unscored"])},
         "splits": [{"seed": sp["seed"], "n_train": sp["n_train"], "n_test": sp["n_test"], "unscored": sp["unscored"],
+                    "kernel": sp["kernel"], "kernel_balanced_accuracy": sp["kernel_scores"],
                     **{m: {n: sp["scores"][n][m] for n in names} for m in METRICS}} for sp in splits],
         **controls(everything, [sp["scores"] for sp in splits], deployed(cfg, bundle, splits, size)),
         "layer_groups": layer_group_table(cfg, bundle, splits),
@@ -231,7 +232,8 @@ def deployed(cfg: RunConfig, bundle: ModelBundle, splits: list[dict], size: dict
     auto = cfg.svm.features == "auto"
     smoothing = bundle.meta.get("selection", {}).get("smoothing", {})
     reach = bundle.meta.get("selection", {}).get("stats_reach", {})
-    return {"features": bundle.feature_set, "patch_px": bundle.patch_px, "smooth_px": bundle.smooth_px,
+    kernel = bundle.meta.get("selection", {}).get("kernel", {})
+    return {"features": bundle.feature_set, "svm_kernel": bundle.meta.get("svm", {}).get("kernel", "exact"), "patch_px": bundle.patch_px, "smooth_px": bundle.smooth_px,
             "stats_reach": bundle.stats_reach, "stats_windows": list(stat_windows(bundle.patch_px, bundle.stats_reach)),
             "objective": bundle.meta.get("training", {}).get("objective", "reconstruct"), "readout": bundle.readout,
             "chosen_by": {"features": "validation: blocked CV on the training region, among "
@@ -242,13 +244,32 @@ def deployed(cfg: RunConfig, bundle: ModelBundle, splits: list[dict], size: dict
                           + ", ".join(smoothing["cv"]) if smoothing.get("cv") else "configuration",
                           "stats_reach": "validation: blocked CV of stats on the first split's training region, "
                           "among " + ", ".join(reach["cv"]) if reach.get("cv") else "configuration",
+                          "svm_kernel": "validation: blocked CV on the training region, the low-rank kernel against exact"
+                          if kernel.get("cv") else "configuration" if cfg.svm.kernel != "auto" else
+                          "cost: the exact SVM keeps no more support vectors than Nystroem has landmarks",
                           "objective": "configuration"},
+            "kernel_validation": kernel.get("cv", {}),
+            "per_split_kernel": [sp["kernel"] for sp in splits],
+            "kernel_test": kernel_test(splits),
             "stats_reach_validation": reach.get("cv", {}),
             "validation": bundle.meta.get("selection", {}).get("cv", {}),
             "smoothing_validation": smoothing.get("cv", {}),
             "per_split_smooth_px": [sp["smooth_px"] for sp in splits],
             "patch_size_validation": size["validation"] if size else {},
             "per_split": [sp["chosen"] for sp in splits]}
+
+
+def kernel_test(splits: list[dict]) -> dict:
+    """Both kernels of the deployed set on the test cells of the splits where the kernel was chosen between
+    them: kernel -> mean balanced accuracy (unsmoothed), with ``n`` those splits and ``lowrank_minus_exact``
+    the paired difference's mean and sd; empty where no split made the choice."""
+    pairs = [sp["kernel_scores"] for sp in splits if {"exact", "lowrank"} <= set(sp.get("kernel_scores", {}))]
+    if not pairs:
+        return {}
+    diff = np.array([k["lowrank"] - k["exact"] for k in pairs])
+    return {"n": len(pairs), **{k: float(np.mean([x[k] for x in pairs])) for k in ("exact", "lowrank")},
+            "lowrank_minus_exact": {"mean": float(diff.mean()), "sd": float(diff.std()),
+                                    "lowrank_ahead": int((diff > 0).sum())}}
 
 
 def controls(summary: dict, runs: list[dict], deployed: dict) -> dict:

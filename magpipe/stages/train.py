@@ -9,7 +9,7 @@ from pathlib import Path
 from magpipe.bundle import ModelBundle, check_model_files, read_bundle_meta, save_bundle
 from magpipe.config import RunConfig
 from magpipe.errors import InputError
-from magpipe.features import cell_features, feature_set
+from magpipe.features import cell_features, feature_set, part_sizes
 from magpipe.inputs import input_stack
 from magpipe.io import schema as S
 from magpipe.io.location import remove
@@ -19,8 +19,8 @@ from magpipe.io.survey import read_label_grids, survey_attrs
 from magpipe.locking import locks_output
 from magpipe.model import resolve_layers
 from magpipe.resolve import resolved_config
-from magpipe.selection import choose_features, choose_reach, choose_smoothing, fit_candidates
-from magpipe.splits import labelled_split, training_cells
+from magpipe.selection import choose_features, choose_kernel, choose_reach, choose_smoothing, fit_candidates
+from magpipe.splits import cv_folds, labelled_split, training_cells
 from magpipe.svm import with_probabilities
 from magpipe.training import fit_autoencoder, second_views
 
@@ -83,6 +83,7 @@ def run_train(out: str | Path, cfg: RunConfig, *, progress=None) -> Path:
     fs = feature_set(chosen, result.model, layers, readout=cfg.model.readout, seed=cfg.model.seed,
                      stats_reach=reach)
     X = cell_features({chosen: fs}, arrays, scaling, cells.rows, cells.cols)[chosen]
+    svm, svm_info, kernels, _ = choose_kernel(X, cells.y, cv_folds(cells, cfg), (svm, svm_info), cfg, parts=part_sizes(fs))
     svm = with_probabilities(svm, X, cells.y)  # the kept SVM alone is calibrated
     radius, smoothing = choose_smoothing(fs, arrays, scaling, cells, svm_info, cfg)
     bundle = ModelBundle(result.model, svm, layers, scaling, grids.classes, cfg.model.anomaly_px,
@@ -95,7 +96,8 @@ def run_train(out: str | Path, cfg: RunConfig, *, progress=None) -> Path:
         "svm": {**svm_info, "n_train": len(cells.y)},
         "selection": {"features": cfg.svm.features, "chosen": chosen, "cv": table,
                       "stats_reach": {"stats_windows": cfg.svm.stats_windows, "chosen": reach, "cv": reach_table},
-                      "smoothing": {"smooth_px": cfg.svm.smooth_px, "chosen": radius, "cv": smoothing}},
+                      "smoothing": {"smooth_px": cfg.svm.smooth_px, "chosen": radius, "cv": smoothing},
+                      "kernel": {"kernel": cfg.svm.kernel, "chosen": svm_info["kernel"], "cv": kernels}},
     })
     save_bundle(bundle, lay.model)
     remove(lay.checkpoint(h))
