@@ -39,6 +39,7 @@ TRUSTED_SKOPS_TYPES = [
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._SigmoidCalibration",
     "sklearn.model_selection._split.StratifiedKFold",
+    "magpipe.svm.LinearKernelSVC",
     "magpipe.svm.PartScaler",
     "magpipe.svm.RBFFeatures",
     "magpipe.svm.VoteWithProbabilities",

@@ -174,10 +174,24 @@ def make_svm(*, C: float = 1.0, gamma: float = 1.0, kernel: str = "exact", n_com
         svc = LinearSVC(C=C, class_weight=weight, random_state=seed)
     elif kernel == "lowrank":
         feats = RBFFeatures(gamma, n_components=n_components, random_state=seed)
-        svc = SVC(kernel="linear", C=C, class_weight=weight)
+        svc = LinearKernelSVC(C=C, class_weight=weight)
     else:
         raise ValueError(f"unknown kernel {kernel!r}; use 'exact', 'nystroem' or 'lowrank'")
     return Pipeline([("scale", PartScaler(parts)), ("kernel", feats), ("svc", svc)])
+
+
+class LinearKernelSVC(SVC):
+    """``SVC(kernel="linear")`` whose decision function is one product with its primal weights, (n, F) x (F, P)
+    for its P class pairs, where libsvm sums over every support vector: the same function (to float rounding,
+    tested), and on a low-rank map of 300 columns several times cheaper than over 1,389 support vectors."""
+
+    def __init__(self, *, C: float = 1.0, class_weight=None):
+        super().__init__(kernel="linear", C=C, class_weight=class_weight)
+
+    def _decision_function(self, X):
+        # sklearn's binary margin, or its one-vs-one values (SVC.decision_function turns those into one-vs-rest)
+        d = self._validate_for_predict(X) @ self.coef_.T + self.intercept_
+        return d.ravel() if len(self.classes_) == 2 else d
 
 
 class VoteWithProbabilities(ClassifierMixin, BaseEstimator):

@@ -129,6 +129,19 @@ def test_fitted_svm_round_trips_through_skops_with_the_trusted_list(tmp_path, ke
     assert (cls == yt).mean() > 0.8 and np.all((conf > 0) & (conf <= 1))
 
 
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_the_low_rank_svms_decision_is_libsvms_linear_svc(k):
+    """LinearKernelSVC scores with its primal weights what libsvm's linear SVC scores over its support vectors."""
+    from magpipe.svm import LinearKernelSVC
+
+    X, y = _blobs(300, k=k)
+    Xt, _ = _blobs(2000, k=k, seed=1)
+    ours, ref = LinearKernelSVC(C=3.0).fit(X, y), SVC(kernel="linear", C=3.0).fit(X, y)
+    np.testing.assert_allclose(ours.decision_function(Xt), ref.decision_function(Xt), rtol=1e-7, atol=1e-7)
+    np.testing.assert_array_equal(ours.predict(Xt), ref.predict(Xt))
+    assert ours.get_params() == {"C": 3.0, "class_weight": None}
+
+
 def test_the_low_rank_svm_on_every_landmark_is_the_exact_svm():
     """``lowrank`` is the exact SVC on the Nystroem approximation of its kernel: with every training cell a
     landmark the approximation is the kernel, and the decision function the exact SVM's."""
