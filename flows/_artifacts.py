@@ -30,19 +30,24 @@ def _data_uri(png: Path) -> str:
 
 
 def publish_report(report: dict, out: str | Path, survey: str) -> None:
-    """Markdown report (AE vs raw), per-class table, and the PNG maps, keyed by survey."""
+    """Markdown report (the map against its controls), the map's per-class table, and the PNG maps, keyed by
+    survey."""
     out = as_path(out)
     maps = [(out / f"{name}.png", title) for name, title in MAPS if (out / f"{name}.png").exists()]
     md = "\n\n".join(
-        [f"# {survey}: learned features against their controls (spatial holdout)", accuracy_tables(report),
+        [f"# {survey}: the map ({(report.get('deployed') or {}).get('features', 'ae')} features) against its "
+         "controls (spatial holdout)", accuracy_tables(report),
          f"{report['n_train']} training cells, {report['n_test']} test cells, classes: "
          + ", ".join(report["classes"]), f"Outputs: `{out}`"]
         + [f"### {title}\n\n![{title}]({_data_uri(png)})" for png, title in maps]
     )
     create_markdown_artifact(md, key=artifact_key(survey, "report"), description=f"magpipe report for {survey}")
-    rows = [{"class": c, "f1_ae": round(report["f1"]["ae"][c], 4), "f1_raw": round(report["f1"]["raw"][c], 4)}
+    per = report.get("per_class") or {}
+    rows = [{"class": c, **{k: round(v, 4) if isinstance(v, float) else v for k, v in per.get(c, {}).items()},
+             "f1_ae": round(report["f1"]["ae"][c], 4), "f1_raw": round(report["f1"]["raw"][c], 4)}
             for c in report["classes"]]
-    create_table_artifact(rows, key=artifact_key(survey, "class-metrics"), description="per-class F1")
+    create_table_artifact(rows, key=artifact_key(survey, "class-metrics"),
+                          description="the map's per-class scores (first split's test cells), AE's and raw's F1")
     for png, title in maps:
         create_image_artifact(_data_uri(png), key=artifact_key(survey, png.stem),
                               description=f"{survey}: {title}")

@@ -50,18 +50,23 @@ def score(rows, cols, y_true: np.ndarray, y_pred: np.ndarray, *, patch_px: int, 
 
     Returns
     -------
-    ``pixel_accuracy``, ``patch_accuracy``, ``balanced_accuracy`` (0..1), ``f1`` (K floats, class
-    1 first), ``confusion`` (K x K counts, rows true, columns predicted), ``n_pixels``, ``n_patches``.
+    ``pixel_accuracy``, ``patch_accuracy``, ``balanced_accuracy`` (0..1), ``f1``, ``precision`` and
+    ``recall`` (K floats, class 1 first; 0 where a class is never predicted or absent), ``confusion`` (K x K
+    counts, rows true, columns predicted), ``n_pixels``, ``n_patches``.
     """
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     labels = np.arange(1, n_classes + 1)
     pt, pp = patch_majorities(rows, cols, y_true, y_pred, patch_px)
+    cm = confusion_matrix(y_true, y_pred, labels=labels)
+    hits = np.diag(cm).astype(float)
     return {
         "pixel_accuracy": float(np.mean(y_true == y_pred)),
         "patch_accuracy": float(np.mean(pt == pp)),
         "balanced_accuracy": balanced_accuracy(y_true, y_pred),
         "f1": f1_score(y_true, y_pred, labels=labels, average=None, zero_division=0).tolist(),
-        "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "precision": (hits / np.maximum(cm.sum(0), 1)).tolist(),
+        "recall": (hits / np.maximum(cm.sum(1), 1)).tolist(),
+        "confusion": cm.tolist(),
         "n_pixels": int(y_true.size),
         "n_patches": int(pt.size),
     }

@@ -181,12 +181,35 @@ def layer_group_section(report: dict) -> list[str]:
             "the map leans on that group.", "", *lines, ""]
 
 
+def per_class_section(report: dict) -> list[str]:
+    """report.md lines on the map's classes: the deployed set's test cells, precision, recall and F1 per class
+    (its controls' F1 beside them), then its confusion matrix; the first split's, as report.json's
+    ``per_class`` and ``confusion.deployed``."""
+    classes, per = report["classes"], report.get("per_class")
+    if not per:  # a report from before per_class: F1 alone
+        dep = report["f1"].get("deployed", report["f1"]["ae"])
+        per = {c: {"test_cells": None, "precision": None, "recall": None, "f1": dep[c]} for c in classes}
+
+    def num(v, fmt: str) -> str:
+        return "" if v is None else format(v, fmt)
+
+    lines = ["## Per-class scores of the map", "",
+             "The deployed set on the first split's test cells (the split the map's SVM was fitted on); the F1 of "
+             "two controls beside it.", "",
+             "| class | test cells | precision | recall | F1 | F1 (AE) | F1 (raw) |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {c} | {num(per[c]['test_cells'], 'd')} | {num(per[c]['precision'], '.2f')} | "
+              f"{num(per[c]['recall'], '.2f')} | {per[c]['f1']:.2f} | {report['f1']['ae'][c]:.2f} | "
+              f"{report['f1']['raw'][c]:.2f} |" for c in classes]
+    cm = report["confusion"].get("deployed")
+    if cm is not None:
+        lines += ["", "Its confusion matrix (test cells; rows: the mapped unit, columns: the map's class):", "",
+                  "| | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
+        lines += [f"| {c} | " + " | ".join(str(v) for v in row) + " |" for c, row in zip(classes, cm)]
+    return [*lines, ""]
+
+
 def markdown(report: dict) -> str:
     """report.md's text from a report (see :func:`magpipe.stages.evaluate.build_report`)."""
-    classes = report["classes"]
-    f1 = ["| class | F1 (deployed) | F1 (AE) | F1 (raw) |", "|---|---|---|---|"]
-    dep = report["f1"].get("deployed", report["f1"]["ae"])
-    f1 += [f"| {c} | {dep[c]:.2f} | {report['f1']['ae'][c]:.2f} | {report['f1']['raw'][c]:.2f} |" for c in classes]
     sp = report["split"]
     tr = report.get("training", {})
     return "\n".join([
@@ -216,15 +239,13 @@ def markdown(report: dict) -> str:
         *(["## Sparse labels", "",
            "The same test cells; each SVM trained on a random few labelled cells per class, as in the paper.",
            "", sparse_table(report), ""] if report.get("sparse") else []),
-        "## Per-class F1",
-        "",
-        *f1,
-        "",
+        *per_class_section(report),
         "## Model",
         "",
         f"- encoder layers used: {report['layers']}",
         f"- autoencoder: best epoch {tr.get('best_epoch')}, validation loss {tr.get('best_val_loss', float('nan')):.4f}, "
         f"trained on {tr.get('device')} in {tr.get('seconds', float('nan')):.0f} s",
+        *deployed_svm_line(report),
         f"- SVM (AE): C={report['svm']['ae'].get('C')}, gamma={report['svm']['ae'].get('gamma', float('nan')):.3g}, "
         f"{report['svm']['ae'].get('n_support')} support vectors",
         f"- SVM (raw): C={report['svm']['raw'].get('C')}, gamma={report['svm']['raw'].get('gamma', float('nan')):.3g}, "
@@ -353,12 +374,28 @@ def layer_figure(report: dict, layout: Layout, name: str) -> None:
     save_figure(fig, layout.figure(name), dpi=110, bbox_inches="tight")
 
 
+def deployed_svm_line(report: dict) -> list[str]:
+    """report.md's line on the map's own SVM (its set, kernel, C, gamma), where the report records it."""
+    dep = report.get("deployed") or {}
+    info = report.get("svm", {}).get(dep.get("features"))
+    if not info:
+        return []
+    kernel = dep.get("svm_kernel", info.get("kernel"))
+    return [f"- SVM of the map ({dep['features']}): kernel {kernel}, C={info.get('C')}, "
+            f"gamma={info.get('gamma', float('nan')):.3g} (the exact search's; the first split's)"]
+
+
+CONFUSION_PANELS = (("deployed", "the map"), ("ae", "AE features"), ("raw", "raw pixels"))
+
+
 def confusion_figure(report: dict, layout: Layout) -> None:
-    """confusion.png: AE and raw confusion matrices side by side, coloured by row share, labelled by count."""
+    """confusion.png: the map's (deployed set's) confusion matrix, then AE's and raw's, coloured by row share,
+    labelled by count."""
     classes = report["classes"]
     K = len(classes)
-    fig = _figure(figsize=(11, 5))
-    for ax, kind in zip(fig.subplots(1, 2), ("ae", "raw")):
+    panels = [(k, t) for k, t in CONFUSION_PANELS if k in report["confusion"]]
+    fig = _figure(figsize=(5.5 * len(panels), 5))
+    for ax, (kind, title) in zip(np.atleast_1d(fig.subplots(1, len(panels))), panels):
         cm = np.asarray(report["confusion"][kind], dtype=float)
         norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
         ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
@@ -370,8 +407,7 @@ def confusion_figure(report: dict, layout: Layout) -> None:
         ax.set_yticks(range(K), classes, fontsize=7)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
-        ax.set_title(f"{'AE features' if kind == 'ae' else 'raw pixels'}: "
-                     f"pixel acc {report['pixel_accuracy'][kind]:.0%}")
+        ax.set_title(f"{title}: pixel acc {np.trace(cm) / max(cm.sum(), 1):.0%} (first split)")
     fig.tight_layout()
     save_figure(fig, layout.figure("confusion"), dpi=110)
 

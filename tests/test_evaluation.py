@@ -170,26 +170,34 @@ def test_evaluate_is_skipped_when_nothing_changed_and_runs_again_when_its_inputs
     assert run_evaluate(out, cfg)["n_splits"] + len(run_evaluate(out, cfg)["splits_skipped"]) == 2
 
 
-def test_the_kernel_choice_is_made_in_training_repeated_on_every_split_and_both_kernels_are_reported(tmp_path):
-    """svm.kernel auto, with fewer landmarks than the exact SVM's support vectors: the map's SVM is the kernel
-    validation chose, each split makes the choice afresh on its own training cells, and the report scores
-    both kernels on every split's test cells, the chosen one being the deployed (unsmoothed) score. (The
-    survey is labelled all over: the session's survey, labelled on its left part, leaves too few training
-    cells for blocked CV to score anything.)"""
-    import json
-
-    from magpipe.evaluation import best_by_validation
-    from magpipe.io.schema import Layout
+@pytest.fixture(scope="module")
+def labelled_run(tmp_path_factory) -> dict:
+    """A whole run (2 splits, no sparse draws) of a survey labelled all over, with 10 landmarks for the low-rank
+    kernel (so ``kernel: auto`` has a choice to make). The session's survey, labelled on its left part, leaves
+    too few training cells for blocked CV to score anything."""
     from magpipe.pipeline import run_all
     from magpipe.synthetic import synthetic_survey
     from magpipe.testing import tiny_config, write_labels_raster
 
+    d = tmp_path_factory.mktemp("labelled")
     field, truth = synthetic_survey((96, 128), n_units=3, seed=3)
-    field.rio.to_raster(tmp_path / "survey.tif")
-    write_labels_raster(truth, field, tmp_path / "labels.tif")
+    field.rio.to_raster(d / "survey.tif")
+    write_labels_raster(truth, field, d / "labels.tif")
     cfg = tiny_config(evaluate={"splits": 2, "sparse_per_class": 0}, svm={"kernel": "auto", "n_components": 10})
-    out = tmp_path / "run"
-    report = run_all(out, cfg.with_inputs(survey=tmp_path / "survey.tif", labels=tmp_path / "labels.tif"))
+    report = run_all(d / "run", cfg.with_inputs(survey=d / "survey.tif", labels=d / "labels.tif"))
+    return {"out": d / "run", "report": report}
+
+
+def test_the_kernel_choice_is_made_in_training_repeated_on_every_split_and_both_kernels_are_reported(labelled_run):
+    """svm.kernel auto, with fewer landmarks than the exact SVM's support vectors: the map's SVM is the kernel
+    validation chose, each split makes the choice afresh on its own training cells, and the report scores
+    both kernels on every split's test cells, the chosen one being the deployed (unsmoothed) score."""
+    import json
+
+    from magpipe.evaluation import best_by_validation
+    from magpipe.io.schema import Layout
+
+    out, report = labelled_run["out"], labelled_run["report"]
     meta = json.loads((Layout(out).model / "metadata.json").read_text())
     table = meta["selection"]["kernel"]["cv"]
     assert set(table) == {"lowrank", "exact"} and table["exact"]["n_support"] > 10
@@ -203,6 +211,30 @@ def test_the_kernel_choice_is_made_in_training_repeated_on_every_split_and_both_
         assert sp["kernel_balanced_accuracy"][sp["kernel"]] == sp["balanced_accuracy"]["deployed@unsmoothed"]
     test = report["deployed"]["kernel_test"]
     assert test["n"] == 2 and test["exact"] == np.mean([sp["kernel_balanced_accuracy"]["exact"] for sp in splits])
+
+
+def test_the_reports_per_class_table_and_confusion_are_the_maps(labelled_run):
+    """report.md's per-class scores and confusion matrix are the deployed set's (report.json's ``per_class`` and
+    ``confusion.deployed``), and agree with each other: recall = diagonal / row, precision = diagonal / column."""
+    from magpipe.io.schema import Layout
+
+    report = labelled_run["report"]
+    text = Layout(labelled_run["out"]).report_md.read_text()
+    section = text.split("## Per-class scores of the map")[1].split("\n## ")[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()
+            if line.startswith("| ") and not line.startswith("| class | ") and not line.startswith("| |")]
+    classes = report["classes"]
+    per_class, confusion = rows[:len(classes)], rows[len(classes):]
+    cm = np.array(report["confusion"]["deployed"])
+    for k, (row, c) in enumerate(zip(per_class, classes)):
+        p = report["per_class"][c]
+        assert row == [c, str(p["test_cells"]), f"{p['precision']:.2f}", f"{p['recall']:.2f}", f"{p['f1']:.2f}",
+                       f"{report['f1']['ae'][c]:.2f}", f"{report['f1']['raw'][c]:.2f}"]
+        assert p["test_cells"] == cm[k].sum() and p["recall"] == pytest.approx(cm[k, k] / cm[k].sum())
+        assert p["precision"] == pytest.approx(cm[k, k] / max(cm[:, k].sum(), 1))
+        assert p["f1"] == report["f1"]["deployed"][c]
+    assert [[int(v) for v in row[1:]] for row in confusion] == cm.tolist() and [r[0] for r in confusion] == classes
+    assert cm.sum() == report["n_test"]
 
 
 def test_the_gap_in_patch_widths_holds_in_the_split_and_the_cv_folds(survey_files):

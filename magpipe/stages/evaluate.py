@@ -215,6 +215,8 @@ def build_report(cfg: RunConfig, bundle: ModelBundle, splits: list[dict], skippe
         "f1": {"ae": dict(zip(classes, ae["f1"])), "raw": dict(zip(classes, raw["f1"])),
                "deployed": dict(zip(classes, dep["f1"]))},
         "confusion": {"ae": ae["confusion"], "raw": raw["confusion"], "deployed": dep["confusion"]},
+        "per_class": {c: {"test_cells": int(np.sum(dep["confusion"][k])), "precision": dep["precision"][k],
+                          "recall": dep["recall"][k], "f1": dep["f1"][k]} for k, c in enumerate(classes)},
         "n_test_patches": ae["n_patches"],
         "sparse": sparse,
         "svm": first["svm"],
