@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
+    from magpipe.process import configure_process
+
+    configure_process()  # as the CLI does: the serial side then runs numpy's BLAS on one thread, as the workers do
     cfg = survey_config(args.survey, args.patch_px)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
