@@ -8,7 +8,9 @@ its stage up to date completes at once without recomputing.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -57,9 +59,50 @@ LOCK_WAIT_S = 6 * 3600.0
 @contextlib.contextmanager
 def run_context(cfg: RunConfig) -> Iterator[None]:
     """What a flow's work runs inside: the run's storage options, for this process only (never passed on),
-    and waiting up to :data:`LOCK_WAIT_S` for an output that another run holds."""
-    with storage_scope(cfg.runtime.storage_options), waiting_for_locks(LOCK_WAIT_S):
+    waiting up to :data:`LOCK_WAIT_S` for an output that another run holds, and the library's log lines in
+    the run's logs (:func:`library_logs_in_runs`)."""
+    with storage_scope(cfg.runtime.storage_options), waiting_for_locks(LOCK_WAIT_S), library_logs_in_runs():
         yield
+
+
+_LIBRARY_LOGS = {"runs": 0, "handler": None, "level": logging.NOTSET}
+_LIBRARY_LOGS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def library_logs_in_runs() -> Iterator[None]:
+    """The ``magpipe`` logger's lines (each choice made on validation, warnings such as units left out,
+    progress) go to the logs of the Prefect run they are written in, as long as any run's work is inside
+    this block: Prefect's API log handler on the library's logger, at INFO where it was quieter (what
+    ``PREFECT_LOGGING_EXTRA_LOGGERS=magpipe`` would do for the whole process). One handler serves the runs
+    of a process at once; the last to leave removes it and puts the level back. A line written outside
+    any run (a thread of its own) is left out rather than warned about."""
+    from prefect.logging.handlers import APILogHandler
+
+    lib = logging.getLogger("magpipe")
+    with _LIBRARY_LOGS_LOCK:
+        if _LIBRARY_LOGS["runs"] == 0:
+            handler = APILogHandler()
+            handler.addFilter(_in_a_run)
+            lib.addHandler(handler)
+            _LIBRARY_LOGS.update(handler=handler, level=lib.level)
+            if lib.getEffectiveLevel() > logging.INFO:
+                lib.setLevel(logging.INFO)
+        _LIBRARY_LOGS["runs"] += 1
+    try:
+        yield
+    finally:
+        with _LIBRARY_LOGS_LOCK:
+            _LIBRARY_LOGS["runs"] -= 1
+            if _LIBRARY_LOGS["runs"] == 0:
+                lib.removeHandler(_LIBRARY_LOGS["handler"])
+                lib.setLevel(_LIBRARY_LOGS["level"])
+
+
+def _in_a_run(record: logging.LogRecord) -> bool:
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
 
 
 DATA_ROOT_ENV = "MAGPIPE_DATA_ROOT"
@@ -104,12 +147,27 @@ def run_name(survey: str | Path) -> str:
 
 
 def out_run_name() -> str:
-    """Run name of a stage flow, '<survey>-<date>' as its parent's: from its ``name`` parameter, else the
-    survey its ``config`` names, else its ``out`` directory."""
+    """Run name of a stage flow, '<survey>-<date>': its parent's name where it runs under a pipeline of the same
+    survey (one name, one start minute, for all of a run's work in the UI), else made from its ``name``
+    parameter, else the survey its ``config`` names, else its ``out`` directory."""
     from prefect.runtime import flow_run
 
     params = flow_run.parameters
-    return run_name(params.get("name") or config_survey(params.get("config")) or params.get("out", "run"))
+    survey = params.get("name") or config_survey(params.get("config")) or params.get("out", "run")
+    parent = _parent_run_name()
+    return parent if parent and parent.startswith(f"{survey_name(survey)}-") else run_name(survey)
+
+
+def _parent_run_name() -> str | None:
+    """The name of the flow run this one runs under (a subflow, or a deployment run started from a flow), if any."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    parent = flow_run.parent_flow_run_id
+    if not parent:
+        return None
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(parent).name
 
 
 def layer_paths(layers: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -35,8 +35,16 @@ def expand_surveys(surveys: list[str] | str) -> list[str]:
 @flow(name="backfill-survey", flow_run_name=lambda: run_name(_param("survey")), log_prints=True)
 def backfill_survey(survey: str, model: str, out: str, config: dict[str, Any] | str | None = None,
                     scheduler: str | None = None, layers: dict[str, Any] | None = None) -> str:
-    """Ingest one survey (a file, or a folder with a manifest: ``magpipe.io.manifest``; or a file and its
-    ``layers``) and classify it with ``model``."""
+    """Ingest one survey and classify it with ``model``.
+
+    Args:
+        survey: the survey: a grid file, or a folder with a manifest (survey.yaml) naming its layers.
+        model: the model bundle directory to classify with (its inputs must be the survey's).
+        out: the run directory, under the data root.
+        config: the run's options: a dict of config sections, or a YAML/JSON path.
+        scheduler: address of a Dask scheduler; None starts a LocalCluster.
+        layers: further layers of a survey given as a file: name -> path, as inputs.layers.
+    """
     survey, model, out = data_path(survey, "survey"), data_path(model, "model"), data_path(out, "out")
     cfg = load_config(_config_path(config))
     with run_context(cfg):
@@ -44,7 +52,7 @@ def backfill_survey(survey: str, model: str, out: str, config: dict[str, Any] | 
             delivery = read_manifest(survey)
             survey, layers = delivery.survey, delivery.layers
         cfg = cfg.with_inputs(survey=survey, layers=layer_paths(layers))
-        tag_this_run(survey_name(survey), f"model-{_model_name(model)}", f"magpipe-{version()}")
+        tag_this_run(survey_name(survey), f"model-{_model_name(model)}", "magpipe", f"magpipe-{version()}")
         run_ingest(out, cfg)
         return classify_survey(out, cfg.parameters(), model=model, scheduler=scheduler, name=survey_name(survey))
 
@@ -74,8 +82,17 @@ def backfill_one(survey: str, model: str, out: str, config: dict | str | None, s
 @flow(name="backfill", log_prints=True)
 def backfill(surveys: list[str] | str, model: str, out_root: str = "runs/backfill",
              config: dict[str, Any] | str | None = None, max_concurrent: int = 2, scheduler: str | None = None) -> dict:
-    """Classify every survey in ``surveys`` (paths or globs) into OUT_ROOT/<survey name>/. ``config`` (a dict,
-    or a path each survey's subflow reads again, storage options included) applies to every survey."""
+    """Classify every survey in ``surveys`` into OUT_ROOT/<survey name>/.
+
+    Args:
+        surveys: survey paths or globs (files, or folders with a manifest).
+        model: the model bundle directory to classify with.
+        out_root: where each survey's run directory goes (OUT_ROOT/<survey name>).
+        config: options for every survey: a dict of config sections, or a path each survey's subflow reads
+            again (storage options included).
+        max_concurrent: surveys classified at once.
+        scheduler: address of a Dask scheduler; None starts a LocalCluster.
+    """
     model, out_root = data_path(model, "model"), data_path(out_root, "out_root")
     with run_context(load_config(_config_path(config))):
         return _backfill(surveys, model, out_root, config, max_concurrent, scheduler)
@@ -89,7 +106,7 @@ def _backfill(surveys: list[str] | str, model: str, out_root: str, config: dict[
         raise InputError(f"no survey matches {surveys!r}")
     verify_bundle(model)  # a damaged bundle fails the backfill before any survey is ingested
     done, results = {}, {}
-    with tags("backfill", f"model-{str(model).rstrip('/').rsplit('/', 1)[-1]}", f"magpipe-{version()}"):
+    with tags("backfill", f"model-{str(model).rstrip('/').rsplit('/', 1)[-1]}", "magpipe", f"magpipe-{version()}"):
         todo = []
         for p in paths:
             out = str(as_path(out_root) / survey_name(p))

@@ -19,13 +19,20 @@ def classify_survey(out: str, config: dict[str, Any] | str | None = None, model:
                     scheduler: str | None = None, name: str | None = None) -> str:
     """Classify OUT/survey.zarr into OUT/classified.zarr with ``model`` (default OUT/model).
 
-    ``name`` keys the progress artifact (default: the run directory's name). Dask work goes straight to the cluster (``scheduler``, else a LocalCluster); Prefect
-    tasks stay on threads, so Dask workers never start Prefect servers of their own.
+    Dask work goes straight to the cluster (``scheduler``, else a LocalCluster); Prefect tasks stay on
+    threads, so Dask workers never start Prefect servers of their own.
+
+    Args:
+        out: the run directory holding survey.zarr (ingested), under the data root.
+        config: the run's options: a dict of config sections, or a YAML/JSON path (classify.chunk_px, classify.device).
+        model: a model bundle directory other than OUT/model (a backfill's).
+        scheduler: address of a Dask scheduler; None starts a LocalCluster.
+        name: the survey name that keys the progress artifact (default: the run directory's name).
     """
     out, model = data_path(out, "out"), data_path(model, "model")
     cfg = load_config(data_path(config, "config") if isinstance(config, str) else config)
     progress = TileProgress(name or survey_name(out))
-    tag_this_run(survey_name(cfg.inputs.survey or out), f"magpipe-{version()}")
+    tag_this_run(survey_name(cfg.inputs.survey or out), "magpipe", f"magpipe-{version()}")
     address = scheduler or cfg.runtime.scheduler
     with run_context(cfg), \
             dask_client(address, workers=cfg.runtime.workers, gpu=cfg.classify.device != "cpu") as client:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, tags, task
+from prefect import flow, get_run_logger, tags, task
 from prefect.states import Completed
 
 from flows._artifacts import publish_report
@@ -86,8 +86,18 @@ def survey_pipeline(survey: str | None = None, labels_path: str | None = None, o
                     label_field: str | None = None, classes: str | None = None,
                     config: dict[str, Any] | str | None = None, scheduler: str | None = None,
                     layers: dict[str, Any] | None = None):
-    """Classify one survey end to end and publish its report, metrics table and maps. ``layers`` are the
-    survey's further layers (name -> path, as ``inputs.layers``)."""
+    """Classify one survey end to end and publish its report, metrics table and maps.
+
+    Args:
+        survey: the survey grid (a GeoTIFF or NetCDF path or URL); None runs the demo on the shipped BGS sample.
+        labels_path: mapped units over part of the survey (polygons, or a class raster on its grid).
+        out: the run directory (stores, model, report), under the data root.
+        label_field: the polygons' attribute that names the unit (labels as polygons only).
+        classes: a CSV of class code -> name for labels given as a raster.
+        config: the run's options: a dict of config sections, or a YAML/JSON path (docs/configuration.md).
+        scheduler: address of a Dask scheduler for classification and evaluation; None starts a LocalCluster.
+        layers: further layers of the survey (gamma-ray, terrain, ...): name -> path, as inputs.layers.
+    """
     survey, labels_path, classes = (data_path(survey, "survey"), data_path(labels_path, "labels_path"),
                                     data_path(classes, "classes"))
     out = data_path(out, "out")
@@ -95,7 +105,7 @@ def survey_pipeline(survey: str | None = None, labels_path: str | None = None, o
     require_embedding(cfg.evaluate.embedding)  # the report's last step: refused before the first
     conf = cfg.parameters()  # what the tasks, subflows and the training deployment get: no storage options
     name = survey_name(cfg.inputs.survey)
-    run_tags = (name, f"magpipe-{version()}")
+    run_tags = (name, "magpipe", f"magpipe-{version()}")
     tag_this_run(*run_tags)
     with run_context(cfg), tags(*run_tags):
         ingest(out, conf)
@@ -106,6 +116,7 @@ def survey_pipeline(survey: str | None = None, labels_path: str | None = None, o
         classified = classify_survey(out, conf, model=model, scheduler=scheduler, name=name)
         report = evaluate(out, conf, scheduler)
         publish_report(report, out, name)
+        get_run_logger().info(report["headline"])
     result = {"out": out, "classified": classified, "model": model, "training": where,
               **{k: report[k] for k in ("pixel_accuracy", "patch_accuracy", "balanced_accuracy")}}
     return Completed(message=f"training ran {where}", data=result)

@@ -17,11 +17,16 @@ DEPLOYMENT = "train-autoencoder/train-autoencoder"
 
 @flow(name="train-autoencoder", flow_run_name=_out_run_name, log_prints=True, persist_result=True)
 def train_autoencoder(out: str, config: dict[str, Any] | str | None = None) -> str:
-    """Train the autoencoder and SVM of the run in ``out`` (patches and labels already there)."""
+    """Train the autoencoder and SVM of the run in ``out`` (patches and labels already there).
+
+    Args:
+        out: the run directory holding survey.zarr and patches.zarr, under the data root.
+        config: the run's options: a dict of config sections, or a YAML/JSON path (model.*, svm.*).
+    """
     log = get_run_logger()
     cfg = load_config(config)
     if cfg.inputs.survey:
-        tag_this_run(survey_name(cfg.inputs.survey), f"magpipe-{version()}")
+        tag_this_run(survey_name(cfg.inputs.survey), "magpipe", f"magpipe-{version()}")
 
     def epoch(row: dict) -> None:
         log.info("epoch %d: train %.4f, val %.4f", row["epoch"], row["train_loss"], row["val_loss"])

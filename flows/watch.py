@@ -19,7 +19,7 @@ from flows._common import data_path, load_config, run_context, survey_name
 from flows.backfill import _config_path, backfill
 from flows.pipeline import survey_pipeline
 from magpipe.errors import InputError
-from magpipe.io.location import as_path
+from magpipe.io.location import as_path, is_url
 from magpipe.io.manifest import is_delivery, read_manifest
 from magpipe.io.schema import Layout
 from magpipe.io.stores import is_complete
@@ -28,8 +28,14 @@ LABEL_SUFFIXES = (".labels.gpkg", ".labels.geojson", ".labels.tif")
 
 
 def pending_surveys(landing: str | Path, out_root: str | Path, pattern: str) -> list[Path]:
-    """Surveys in ``landing`` matching ``pattern`` whose OUT_ROOT/<name>/classified.zarr is not complete."""
+    """Surveys in ``landing`` matching ``pattern`` whose OUT_ROOT/<name>/classified.zarr is not complete.
+
+    Raises InputError when ``landing`` is a local path that is not a folder: a watch of a mistyped or unmounted
+    landing would otherwise report "0 new surveys" every time it runs. (An object-store prefix exists only
+    once something is under it, so an empty one is not an error.)"""
     root = as_path(landing)
+    if not is_url(landing) and not root.is_dir():
+        raise InputError(f"{landing}: landing folder not found")
     found = sorted({*(p for p in root.glob(pattern) if ".labels." not in p.name),
                     *(p for p in root.iterdir() if is_delivery(p))}, key=str)
     return [p for p in found if not is_complete(Layout(as_path(out_root) / survey_name(p)).classified)]
@@ -43,8 +49,17 @@ def labels_for(survey: Path) -> Path | None:
 @flow(name="watch-landing", log_prints=True)
 def watch_landing(landing: str, out_root: str = "runs/landing", model: str | None = None, pattern: str = "*.tif",
                   label_field: str | None = None, config: dict[str, Any] | str | None = None) -> list[str]:
-    """Run the pipeline or a backfill on every new survey in ``landing``; returns what it processed. ``config``
-    (a dict, or a path each subflow reads again) applies to every survey."""
+    """Run the pipeline or a backfill on every new survey in ``landing``; returns what it processed.
+
+    Args:
+        landing: the folder (or object-store prefix) new surveys land in; a survey is a grid file or a folder
+            with a manifest, labelled when <name>.labels.gpkg (.geojson, .tif) sits beside it.
+        out_root: where each survey's run directory goes (OUT_ROOT/<survey name>).
+        model: the model bundle that classifies surveys landing without labels (a backfill).
+        pattern: the glob of survey files in the landing folder.
+        label_field: the polygons' attribute that names the unit.
+        config: options for every survey: a dict of config sections, or a path each subflow reads again.
+    """
     landing, out_root, model = data_path(landing, "landing"), data_path(out_root, "out_root"), data_path(model, "model")
     config = _config_path(config)
     with run_context(load_config(config)):

@@ -62,7 +62,10 @@ def dask_client(scheduler: str | None = None, *, workers: int = 2, gpu: bool = F
     # driver's environment is restored when the cluster closes.
     with _environ({k: str(v) for k, v in env.items()}), \
             dask.config.set({"distributed.nanny.pre-spawn-environ": env}), \
-            LocalCluster(n_workers=gpus or workers, threads_per_worker=1, processes=True, dashboard_address=None,
+            LocalCluster(n_workers=gpus or workers, threads_per_worker=1, processes=True,
+                         # no dashboard (nobody outlives the run to look at it), and its HTTP server (health
+                         # checks) on a free port: the default 8787 warned wherever another cluster held it
+                         dashboard_address=":0", scheduler_kwargs={"dashboard": False},
                          memory_limit="auto", silence_logs=logging.WARNING,
                          resources={"GPU": 1} if gpus else None) as cluster, \
             Client(cluster, set_as_default=False) as client:

@@ -9,7 +9,7 @@ import numpy as np
 from magpipe.explore import markdown_table
 from magpipe.io.schema import Layout
 from magpipe.io.location import save_figure
-from magpipe.io.stores import open_array, write_json, write_text
+from magpipe.io.stores import open_array, open_store, write_json, write_text
 from magpipe.locking import assert_owned
 
 MAX_FIGURE_PX = 1600  # maps larger than this are decimated for the figures only
@@ -330,15 +330,72 @@ def class_map_figure(report: dict, layout: Layout) -> None:
     cls[cls == 0] = np.nan
     fig = _figure(figsize=(7, 7))
     ax = fig.subplots()
-    im = ax.imshow(cls, cmap=_class_colours(K), norm=BoundaryNorm(np.arange(0.5, K + 1), K), interpolation="nearest")
+    grid = MapGrid.of(layout.classified)
+    im = ax.imshow(cls, cmap=_class_colours(K), norm=BoundaryNorm(np.arange(0.5, K + 1), K), interpolation="nearest",
+                   extent=grid.extent)
     cb = fig.colorbar(im, ax=ax, ticks=range(1, K + 1), shrink=0.7)
     cb.ax.set_yticklabels(classes, fontsize=7)
     dep = report.get("feature_sets", {}).get("deployed")
     name, acc = (report["deployed"]["features"], dep["pixel_accuracy"]["mean"]) if dep else \
         ("ae", report["pixel_accuracy"]["ae"])
     ax.set_title(f"class map ({name} features + SVM); holdout pixel acc {acc:.0%}")
-    ax.set_axis_off()
+    grid.decorate(ax)
     save_figure(fig, layout.figure("class_map"), dpi=110, bbox_inches="tight")
+
+
+class MapGrid:
+    """Where a map's cells lie in the survey's CRS, for figures a geologist can go to: the image's extent,
+    axes labelled with the CRS's name and units, and a scale bar.
+
+    ``extent`` (left, right, bottom, top) in CRS units; ``crs_name`` and ``unit`` (None when the store has
+    no CRS: the axes are then the grid's own coordinates); ``cell`` the cell side in CRS units.
+    """
+
+    def __init__(self, extent: tuple[float, float, float, float], cell: float, crs_name: str | None,
+                 unit: str | None):
+        self.extent, self.cell, self.crs_name, self.unit = extent, cell, crs_name, unit
+
+    @classmethod
+    def of(cls, store) -> MapGrid:
+        import rioxarray  # noqa: F401  (the .rio accessor)
+
+        ds = open_store(store)
+        x, y = ds["x"].values, ds["y"].values
+        dx = float(abs(x[1] - x[0])) if x.size > 1 else 1.0
+        dy = float(abs(y[1] - y[0])) if y.size > 1 else dx
+        extent = (float(x.min()) - dx / 2, float(x.max()) + dx / 2, float(y.min()) - dy / 2, float(y.max()) + dy / 2)
+        crs = ds.rio.crs
+        name = unit = None
+        if crs is not None:
+            from pyproj import CRS
+
+            c = CRS.from_user_input(crs.to_wkt())
+            name, unit = c.name, (c.axis_info[0].unit_name if c.axis_info else None)
+        return cls(extent, dx, name, unit)
+
+    def decorate(self, ax) -> None:
+        """Axis labels in the CRS (its name below), tick labels in its units, and a scale bar of a round length
+        about a fifth of the map's width (projected CRSs)."""
+        unit = {"metre": "m", "meter": "m"}.get(self.unit or "", self.unit or "grid units")
+        ax.set_xlabel(f"easting ({unit})" + (f"\n{self.crs_name}" if self.crs_name else ""), fontsize=7)
+        ax.set_ylabel(f"northing ({unit})", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.ticklabel_format(style="plain", useOffset=False)
+        if unit != "m":
+            return
+        from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+        width = self.extent[1] - self.extent[0]
+        length = scale_length(width / 5)
+        label = f"{length / 1000:g} km" if length >= 1000 else f"{length:g} m"
+        ax.add_artist(AnchoredSizeBar(ax.transData, length, label, "lower left", pad=0.4, frameon=True,
+                                      size_vertical=width / 200, fontproperties={"size": 7}))
+
+
+def scale_length(target: float) -> float:
+    """The round length (1, 2 or 5 times a power of ten) at most ``target``, for a scale bar."""
+    power = 10 ** np.floor(np.log10(target))
+    return float(max(m * power for m in (1, 2, 5) if m * power <= target))
 
 
 def layer_figure(report: dict, layout: Layout, name: str) -> None:
@@ -349,28 +406,31 @@ def layer_figure(report: dict, layout: Layout, name: str) -> None:
     """
     from matplotlib.patches import Rectangle
 
-    arr = open_array(layout.classified, name)
-    step = max(1, int(np.ceil(max(arr.shape) / MAX_FIGURE_PX)))
-    data = _decimated(arr)
+    data = _decimated(open_array(layout.classified, name))
+    grid = MapGrid.of(layout.classified)
     fig = _figure(figsize=(7, 7))
     ax = fig.subplots()
     if name == "anomaly":
         vmax = np.nanpercentile(data, 99) if np.isfinite(data).any() else 1
-        im = ax.imshow(data, cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
-        for a in report.get("anomalies", []):
-            ax.plot(a["col"] / step, a["row"] / step, "o", mfc="none", mec="cyan", ms=12, mew=1.5)
-            ax.annotate(str(a["rank"]), (a["col"] / step, a["row"] / step), color="cyan", fontsize=7,
-                        xytext=(6, 6), textcoords="offset points")
-        ax.set_title("anomaly (reconstruction error); circles: strongest")
+        im = ax.imshow(data, cmap="magma", vmin=0, vmax=vmax, interpolation="nearest", extent=grid.extent)
+        for a in report.get("anomalies", []):  # numbered as report.md's table of them
+            ax.plot(a["x"], a["y"], "o", mfc="none", mec="cyan", ms=12, mew=1.5)
+            ax.annotate(str(a["rank"]), (a["x"], a["y"]), color="cyan", fontsize=7, xytext=(6, 6),
+                        textcoords="offset points")
+        ax.set_title("anomaly (reconstruction error); circles: strongest, numbered as in report.md")
+        label = "mean squared reconstruction error (standardised units; capped at the 99th percentile)"
     else:
-        im = ax.imshow(data, cmap="viridis", interpolation="nearest")
-        for b in report.get("label_next", []):
-            half = b["block_px"] / 2 / step
-            ax.add_patch(Rectangle((b["col"] / step - half, b["row"] / step - half), 2 * half, 2 * half,
-                                   fill=False, ec="red", lw=1.2))
-        ax.set_title("confidence (probability of the class); boxes: label next")
-    fig.colorbar(im, ax=ax, shrink=0.7)
-    ax.set_axis_off()
+        finite = data[np.isfinite(data)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        im = ax.imshow(data, cmap="viridis", vmin=lo, vmax=hi, interpolation="nearest", extent=grid.extent)
+        for b in report.get("label_next", []):  # numbered as report.md's table of them
+            half = b["block_px"] * grid.cell / 2
+            ax.add_patch(Rectangle((b["x"] - half, b["y"] - half), 2 * half, 2 * half, fill=False, ec="red", lw=1.2))
+            ax.annotate(str(b["rank"]), (b["x"] + half, b["y"] + half), color="red", fontsize=7)
+        ax.set_title("confidence; boxes: where to label next, numbered as in report.md")
+        label = "calibrated probability that the mapped class is right"
+    fig.colorbar(im, ax=ax, shrink=0.7).set_label(label, fontsize=7)
+    grid.decorate(ax)
     save_figure(fig, layout.figure(name), dpi=110, bbox_inches="tight")
 
 

@@ -117,6 +117,19 @@ def test_classified_store_is_georeferenced_like_the_survey(trained_run, tmp_path
     assert back.rio.crs == field.rio.crs
     assert tuple(back.rio.transform()) == pytest.approx(tuple(field.rio.transform()))
     np.testing.assert_array_equal(back.values, ds["class"].values)
+    # styled: a colour table in the report's class colours, the unit names, and a QGIS style beside it
+    from magpipe.io.export import class_colours
+
+    classes = ds.attrs["classes"]
+    with rasterio.open(tif) as src:
+        cmap, tags = src.colormap(1), src.tags(1)
+        assert src.dtypes[0] == "uint8" and src.nodata == 0
+    assert [cmap[k][:3] for k in range(1, len(classes) + 1)] == class_colours(len(classes)) and cmap[0][3] == 0
+    assert [tags[f"CLASS_{k}"] for k in range(1, len(classes) + 1)] == classes
+    import xml.etree.ElementTree as ET
+
+    entries = ET.parse(tif.with_suffix(".qml")).getroot().iter("paletteEntry")
+    assert [(int(e.get("value")), e.get("label")) for e in entries] == list(enumerate(classes, start=1))
 
 
 @pytest.mark.parametrize("name", ["ae", "stats", "ae+stats"])

@@ -89,3 +89,38 @@ def test_an_external_clusters_workers_keep_their_own_torch_threads(tmp_path):
     assert list(threads.values()) == [2]
     with dask_client(None, workers=1) as client:
         assert list(client.run(torch.get_num_threads).values()) == [1]
+
+
+def test_a_local_cluster_starts_no_dashboard_and_warns_of_no_port_in_use():
+    """The LocalCluster of a run starts no dashboard, and its HTTP server takes a free port: with 8787 held
+    (another cluster's dashboard, say) it says nothing about it."""
+    import socket
+    import warnings
+
+    held = socket.socket()
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        held.bind(("0.0.0.0", 8787))
+        held.listen()
+    except OSError:
+        pass  # something holds it already: the same test
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with dask_client(None, workers=1) as client:
+                status = _http_status(client.dashboard_link)
+    finally:
+        held.close()
+    assert not [w for w in caught if "already in use" in str(w.message)], [str(w.message) for w in caught]
+    assert status == 404  # the scheduler's HTTP server answers (health checks), with no dashboard behind it
+
+
+def _http_status(url: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code

@@ -309,3 +309,23 @@ def test_a_worker_holds_the_inputs_of_a_bounded_number_of_evaluations(trained_ru
     for key in ("b", "c"):
         evaluate.forget_run_inputs(key)
     assert not evaluate._RUN_INPUTS
+
+
+def test_the_maps_are_drawn_in_the_surveys_crs_with_a_scale_bar(labelled_run):
+    """The report's maps are placed in the survey's CRS (extent = the grid's cell edges, axes named after the
+    CRS and its unit), with a round scale bar."""
+    import rioxarray  # noqa: F401
+    from pyproj import CRS
+
+    from magpipe.io.schema import Layout
+    from magpipe.io.stores import open_store
+    from magpipe.report import MapGrid, scale_length
+
+    lay = Layout(labelled_run["out"])
+    grid, ds = MapGrid.of(lay.classified), open_store(lay.classified)
+    left, top = ds.rio.transform() * (0, 0)
+    right, bottom = ds.rio.transform() * (ds.sizes["x"], ds.sizes["y"])
+    assert grid.extent == pytest.approx((left, right, bottom, top))
+    assert grid.crs_name == CRS.from_user_input(ds.rio.crs.to_wkt()).name and grid.unit == "metre"
+    assert [scale_length(t) for t in (7.0, 2600.0, 49_000.0, 100.0)] == [5.0, 2000.0, 20_000.0, 100.0]
+    assert all(lay.figure(n).stat().st_size > 10_000 for n in ("class_map", "confidence", "anomaly", "confusion"))

@@ -72,6 +72,7 @@ def run_train(out: str | Path, cfg: RunConfig, *, progress=None) -> Path:
     views = second_views(arrays, pds["row"].values, pds["col"].values, cfg)
     result = fit_autoencoder(raw, scaling, cfg, views=views, checkpoint=lay.checkpoint(h), progress=progress)
     train_s = time.perf_counter() - t0
+    log.info("train: autoencoder trained on %s in %.0f s (best epoch %s)", result.device, train_s, result.best_epoch)
     reach, reach_table, stats_fit = choose_reach(result.model, arrays, scaling, cells, cfg)
     chosen, svm, svm_info, table = choose_features(
         fit_candidates(result.model, arrays, scaling, cells, cfg, stats_reach=reach, fitted=stats_fit), cfg)

@@ -44,8 +44,21 @@ def _written(out: Path) -> dict[str, int]:
 
 
 @pytest.mark.slow
-def test_pipeline_flow_completes_publishes_artifacts_and_reruns_nothing(harness, survey_files, tmp_path):
+def test_pipeline_flow_completes_publishes_artifacts_and_reruns_nothing(harness, survey_files, tmp_path, monkeypatch):
+    import datetime as dt
+
+    from flows import _common
     from flows.pipeline import survey_pipeline
+
+    class Clock(dt.datetime):  # a minute passes at every call: subflows start in later minutes than the pipeline
+        calls = 0
+
+        @classmethod
+        def now(cls, tz=None):
+            cls.calls += 1
+            return dt.datetime(2026, 12, 7, 10, 0, tzinfo=tz) + dt.timedelta(minutes=cls.calls)
+
+    monkeypatch.setattr(_common, "datetime", Clock)
 
     conf = tiny_config(evaluate={"splits": 1, "sparse_per_class": 0}).model_dump(mode="json")
     args = (str(survey_files["survey"]), str(survey_files["labels"]), str(tmp_path / "out"))
@@ -69,8 +82,9 @@ def test_pipeline_flow_completes_publishes_artifacts_and_reruns_nothing(harness,
     # every run of the pipeline, subflows included, is tagged and named after the survey, as in the UI
     assert {"train-autoencoder", "classify-survey"} <= set(flows), sorted(flows)
     for sub in flows.values():
-        assert "survey" in sub.tags and any(t.startswith("magpipe-") for t in sub.tags), (sub.name, sub.tags)
-        assert sub.name.startswith("survey-") and parent.name.startswith("survey-"), (sub.name, parent.name)
+        assert {"survey", "magpipe"} <= set(sub.tags) and any(t.startswith("magpipe-") for t in sub.tags), \
+            (sub.name, sub.tags)
+        assert sub.name == parent.name and parent.name.startswith("survey-"), (sub.name, parent.name)
     assert is_complete(tmp_path / "out" / "classified.zarr")
     assert set(result["pixel_accuracy"]) == {"ae", "raw", "majority"}
     arts = _artifacts("survey-")
@@ -78,6 +92,18 @@ def test_pipeline_flow_completes_publishes_artifacts_and_reruns_nothing(harness,
                 "survey-confidence", "survey-anomaly"):
         assert key in arts, sorted(arts)
     assert arts["survey-classify-progress"].data == 100.0
+    # the library's lines are in the runs' logs: the choices made on validation, the device, the headline
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()  # the log worker sends what it holds
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(
+            any_=[parent.id, *(r.id for r in flows.values())])))
+    text = "\n".join(f"{x.name}: {x.message}" for x in logs)
+    assert "magpipe: train: features" in text or "magpipe: train: validation could not score" in text, text
+    assert "magpipe: train: autoencoder trained on cpu" in text and result["training"].startswith("locally")
+    assert "Balanced accuracy, paired over the same splits" in text
     assert "AE features" in arts["survey-report"].data and "data:image/png;base64," in arts["survey-report"].data
 
     saved = json.loads((tmp_path / "out" / "config.json").read_text())
@@ -263,3 +289,21 @@ def test_the_landing_watch_runs_a_survey_delivered_as_a_folder_of_layers(harness
     state = watch_landing(str(landing), str(tmp_path / "out"), config=config, return_state=True)
     assert state.is_failed() and "survey.yaml: survey 'nowhere.tif' is not in" in state.message
     assert "\n" not in state.message
+    state = watch_landing(str(tmp_path / "no-such-landing"), str(tmp_path / "out"), config=config, return_state=True)
+    assert state.is_failed() and "no-such-landing: landing folder not found" in state.message, state.message
+
+
+def test_every_flow_parameter_is_described_where_the_ui_shows_it():
+    """Prefect reads a parameter's description from the flow docstring's Args section into the deployment's
+    schema, which the UI shows beside the field to fill in."""
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.backfill import backfill, backfill_survey
+    from flows.classify import classify_survey
+    from flows.pipeline import survey_pipeline
+    from flows.train import train_autoencoder
+    from flows.watch import watch_landing
+
+    for f in (survey_pipeline, classify_survey, train_autoencoder, backfill, backfill_survey, watch_landing):
+        props = parameter_schema(f.fn).model_dump()["properties"]
+        assert props and all(p.get("description") for p in props.values()), (f.name, props)
