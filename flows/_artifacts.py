@@ -15,7 +15,6 @@ from prefect.artifacts import (
 )
 
 from magpipe.io.location import as_path
-from magpipe.report import accuracy_tables
 
 MAPS = (("class_map", "class map"), ("confidence", "confidence"), ("anomaly", "anomaly (reconstruction error)"))
 
@@ -29,18 +28,28 @@ def _data_uri(png: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
 
 
+def report_artifact(out: Path, report: dict, survey: str) -> str:
+    """report.md of the run in ``out`` as one markdown document for the dashboard: every section, each figure
+    it shows inlined (the UI cannot follow a relative path), under a title naming the survey and what the
+    map uses."""
+    text = (out / "report.md").read_text()
+    body = text.split("\n", 1)[1] if text.startswith("# ") else text  # report.md's own title, replaced
+
+    def inline(m: re.Match) -> str:
+        png = out / m[2]
+        return f"![{m[1]}]({_data_uri(png)})" if png.exists() else m[0]
+
+    features = (report.get("deployed") or {}).get("features", "ae")
+    title = f"# {survey}: the map ({features} features) against its controls (spatial holdout)"
+    return title + "\n" + re.sub(r"!\[([^\]]*)\]\(([\w.-]+\.png)\)", inline, body) + f"\n\nOutputs: `{out}`\n"
+
+
 def publish_report(report: dict, out: str | Path, survey: str) -> None:
-    """Markdown report (the map against its controls), the map's per-class table, and the PNG maps, keyed by
+    """The whole report (report.md, its figures inlined), the map's per-class table, and the PNG maps, keyed by
     survey."""
     out = as_path(out)
     maps = [(out / f"{name}.png", title) for name, title in MAPS if (out / f"{name}.png").exists()]
-    md = "\n\n".join(
-        [f"# {survey}: the map ({(report.get('deployed') or {}).get('features', 'ae')} features) against its "
-         "controls (spatial holdout)", accuracy_tables(report),
-         f"{report['n_train']} training cells, {report['n_test']} test cells, classes: "
-         + ", ".join(report["classes"]), f"Outputs: `{out}`"]
-        + [f"### {title}\n\n![{title}]({_data_uri(png)})" for png, title in maps]
-    )
+    md = report_artifact(out, report, survey)
     create_markdown_artifact(md, key=artifact_key(survey, "report"), description=f"magpipe report for {survey}")
     per = report.get("per_class") or {}
     rows = [{"class": c, **{k: round(v, 4) if isinstance(v, float) else v for k, v in per.get(c, {}).items()},

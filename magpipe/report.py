@@ -25,17 +25,23 @@ COLUMNS = (("deployed", "deployed"), ("ae", "AE features"), ("random", "AE untra
            ("majority", "majority class"))
 
 
-def _table(scores: dict, header: str) -> str:
-    """Metric rows, one column per feature set the scores hold (in :data:`COLUMNS` order), with '± std'
-    where the scores carry one."""
+# the rows a terminal shows: the map, the encoder and its controls, the floor (the variants are in report.md)
+TERMINAL_SETS = ("deployed", "ae", "random", "stats", "ae+stats", "raw", "majority")
+
+
+def _table(scores: dict, header: str, sets: tuple[str, ...] | None = None) -> str:
+    """One row per feature set the scores hold (in :data:`COLUMNS` order), one column per metric, with
+    '± std' where the scores carry one: four columns, whatever the number of sets, so the table fits a
+    terminal and a dashboard pane."""
     def cell(key: str, name: str) -> str:
         """One metric of one feature set as a percentage, with its std when there is one."""
         std = scores.get(f"{key}_std", {}).get(name)
         return f"{scores[key][name]:.1%}" + ("" if std is None else f" ± {std:.1%}")
 
-    cols = [(n, label) for n, label in COLUMNS if n in scores["pixel_accuracy"]]
-    lines = [f"| {header} | " + " | ".join(c for _, c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    lines += [f"| {label} | " + " | ".join(cell(key, n) for n, _ in cols) + " |" for key, label in METRIC_NAMES]
+    rows = [(n, label) for n, label in COLUMNS if n in scores["pixel_accuracy"] and (sets is None or n in sets)]
+    lines = [f"| {header} | " + " | ".join(label for _, label in METRIC_NAMES) + " |",
+             "|---" * (len(METRIC_NAMES) + 1) + "|"]
+    lines += [f"| {label} | " + " | ".join(cell(key, n) for key, _ in METRIC_NAMES) + " |" for n, label in rows]
     return "\n".join(lines)
 
 
@@ -52,11 +58,11 @@ def _all_sets(report: dict) -> dict:
     return out
 
 
-def accuracy_table(report: dict) -> str:
-    """Markdown table of the headline metrics of every feature set and the majority floor (mean ± std over
-    splits)."""
+def accuracy_table(report: dict, sets: tuple[str, ...] | None = None) -> str:
+    """Markdown table of the headline metrics of every feature set (or of ``sets``) and the majority floor
+    (mean ± std over splits)."""
     n = report.get("n_splits", 1)
-    return _table(_all_sets(report), f"metric (mean of {n} spatial splits)" if n > 1 else "metric")
+    return _table(_all_sets(report), f"features (mean ± sd of {n} spatial splits)" if n > 1 else "features", sets)
 
 
 def paired_table(report: dict) -> str:
@@ -82,7 +88,7 @@ def terminal_summary(report: dict) -> str:
     """What a command prints when a run is scored, short enough for one screen: the comparison in words,
     the table of every feature set and the classes left unscored; the rest is in report.md."""
     unscored = unscored_sentence(report).strip()
-    parts = (report.get("headline", ""), accuracy_table(report), unscored,
+    parts = (report.get("headline", ""), accuracy_table(report, TERMINAL_SETS), unscored,
              "Sparse-label scores, paired differences, per-class F1 and what the map uses: report.md")
     return "\n\n".join(t for t in parts if t)
 
@@ -92,7 +98,7 @@ def sparse_table(report: dict) -> str:
     sp = report.get("sparse")
     if not sp:
         return ""
-    return _table(sp, f"metric ({sp['per_class']} labelled cells per class, {sp['repeats']} draws)")
+    return _table(sp, f"features ({sp['per_class']} labelled cells per class, {sp['repeats']} draws)")
 
 
 def unscored_sentence(report: dict) -> str:

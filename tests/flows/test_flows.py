@@ -105,6 +105,10 @@ def test_pipeline_flow_completes_publishes_artifacts_and_reruns_nothing(harness,
     assert "magpipe: train: autoencoder trained on cpu" in text and result["training"].startswith("locally")
     assert "Balanced accuracy, paired over the same splits" in text
     assert "AE features" in arts["survey-report"].data and "data:image/png;base64," in arts["survey-report"].data
+    # the dashboard's report is the whole report: every section of report.md, no figure left as a file name
+    sections = [x for x in (tmp_path / "out" / "report.md").read_text().splitlines() if x.startswith("## ")]
+    assert len(sections) >= 5 and all(f"\n{x}\n" in arts["survey-report"].data for x in sections), sections
+    assert ".png)" not in arts["survey-report"].data
 
     saved = json.loads((tmp_path / "out" / "config.json").read_text())
     assert saved["inputs"]["survey"] == str(Path(args[0]).resolve()) and "runtime" not in saved
