@@ -1,4 +1,5 @@
-"""Balanced accuracy, counted directly: the score every choice on validation and every search is made by.
+"""Balanced accuracy, counted directly: the score every choice on validation and every search is made by;
+and the calibration of confidences (:func:`calibration`).
 
 Searches score it thousands of times per run (every grid point of every fold), where scikit-learn's
 ``balanced_accuracy_score`` spends most of its time validating its input and building a confusion
@@ -21,3 +22,30 @@ def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     classes, index = np.unique(y_true, return_inverse=True)
     hits = np.bincount(index[y_true == y_pred], minlength=classes.size)
     return float(np.mean(hits / np.bincount(index, minlength=classes.size)))
+
+
+def calibration(correct: np.ndarray, confidence: np.ndarray, bins: int = 10) -> dict:
+    """How well confidences say how often the map is right: the expected calibration error and a reliability
+    table.
+
+    ``correct`` (n,) bool says whether each held-out cell's class is right, ``confidence`` (n,) the
+    probability the map gave that class (0..1; NaN cells left out). The cells fall into ``bins`` equal
+    ranges of confidence; the ECE (0..1) is the mean over the cells of |accuracy - mean confidence| of
+    their range (Guo et al. 2017, "On calibration of modern neural networks"). Returns ``ece``, ``n`` and
+    ``bins``: for each non-empty range its ``lo``, ``hi``, ``n`` cells, ``confidence`` (mean) and ``accuracy``.
+    """
+    ok = np.isfinite(confidence)
+    correct, confidence = np.asarray(correct)[ok].astype(float), np.asarray(confidence)[ok]
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    table, gap = [], 0.0
+    for b in range(bins):
+        sel = which == b
+        if not sel.any():
+            continue
+        acc, conf = float(correct[sel].mean()), float(confidence[sel].mean())
+        gap += sel.sum() * abs(acc - conf)
+        table.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "n": int(sel.sum()), "confidence": conf,
+                      "accuracy": acc})
+    return {"ece": gap / max(len(confidence), 1) if len(confidence) else float("nan"), "n": int(len(confidence)),
+            "bins": table}

@@ -214,6 +214,35 @@ def per_class_section(report: dict) -> list[str]:
     return [*lines, ""]
 
 
+def calibration_section(report: dict) -> list[str]:
+    """report.md lines on what a confidence means: each set's expected calibration error and the map's
+    reliability table (first split's test cells), and a word where the SVM's C sits at the grid's edge."""
+    cal = report.get("calibration") or {}
+    sets = cal.get("sets") or {}
+    if not sets:
+        return []
+    label = dict(COLUMNS)
+    lines = ["## Calibration", "",
+             "How often the map is right at each confidence, on the first split's test cells (every set's SVM "
+             "calibrated as the map's is; the map's own confidences before any smoothing). The expected "
+             "calibration error (ECE) is the mean gap between confidence and accuracy: 0 when a confidence of "
+             "0.6 is right 60 % of the time.", "",
+             "| features | ECE (points) | cells |", "|---|---|---|"]
+    lines += [f"| {label.get(n, n)} | {100 * c['ece']:.1f} | {c['n']} |" for n, c in sets.items()]
+    dep = sets.get("deployed")
+    if dep:
+        lines += ["", "The map's reliability:", "", "| confidence | cells | mean confidence | right |",
+                  "|---|---|---|---|"]
+        lines += [f"| {b['lo']:.1f} to {b['hi']:.1f} | {b['n']} | {b['confidence']:.2f} | {b['accuracy']:.0%} |"
+                  for b in dep["bins"]]
+    edge = cal.get("c_at_grid_edge")
+    if edge:
+        lines += ["", f"The map's SVM took C = {cal['deployed_C']:g}, the {'smallest' if edge == 'low' else 'largest'} "
+                  f"value searched (`svm.C`: {', '.join(f'{c:g}' for c in cal['C_grid'])}): the best C may lie beyond "
+                  "the grid; widen it to find out."]
+    return [*lines, ""]
+
+
 def markdown(report: dict) -> str:
     """report.md's text from a report (see :func:`magpipe.stages.evaluate.build_report`)."""
     sp = report["split"]
@@ -246,6 +275,7 @@ def markdown(report: dict) -> str:
            "The same test cells; each SVM trained on a random few labelled cells per class, as in the paper.",
            "", sparse_table(report), ""] if report.get("sparse") else []),
         *per_class_section(report),
+        *calibration_section(report),
         "## Model",
         "",
         f"- encoder layers used: {report['layers']}",

@@ -23,10 +23,11 @@ from magpipe.evaluation import best_by_validation, score, sparse_label_scores
 from magpipe.features import cell_features, part_sizes
 from magpipe.io.survey import LabelGrids
 from magpipe.layer_groups import layer_groups, occluded
+from magpipe.metrics import calibration
 from magpipe.selection import candidates, choose_kernel, choose_smoothing, fixed_svm
 from magpipe.smoothing import block_predictions
 from magpipe.splits import Cells, cv_folds, holdout_cells, labelled_split, training_cells
-from magpipe.svm import fit_svm, predict_with_confidence
+from magpipe.svm import fit_svm, predict_with_confidence, with_probabilities
 
 log = logging.getLogger("magpipe")
 
@@ -72,7 +73,9 @@ def score_set(cfg: RunConfig, bundle: ModelBundle, arrays: list, cells: SplitCel
     split's training cells with the same search), its scores on the test cells and its sparse-label draws.
 
     ``arrays`` are the C input grids (2-D, y/x) in ``bundle.inputs`` order. Returns ``model``, ``info`` (the
-    search summary), ``score`` (:func:`magpipe.evaluation.score`) and ``sparse`` (the draws' scores, or None).
+    search summary), ``score`` (:func:`magpipe.evaluation.score`), ``sparse`` (the draws' scores, or None) and,
+    on the deployed split, ``calibration`` (:func:`magpipe.metrics.calibration` of its calibrated
+    confidences on the test cells, unsmoothed; None elsewhere).
     """
     fs, train, test = bundle.named_features(name), cells.train, cells.test
     p, K = bundle.patch_px, len(cells.grids.classes)
@@ -82,14 +85,19 @@ def score_set(cfg: RunConfig, bundle: ModelBundle, arrays: list, cells: SplitCel
         model, info = bundle.svm, bundle.meta.get("svm", {})
     else:  # scored by class alone: no calibration
         model, info = fit_svm(X_tr, train.y, cv_folds(train, cfg), cfg.svm, parts=part_sizes(fs), calibrate=False)
-    result = score(test.rows, test.cols, test.y, predict_with_confidence(model, X_te)[0], patch_px=p, n_classes=K)
+    # on the deployed split, how well confidences say how often a set is right: the map's own SVM, the others
+    # calibrated as it is (the same classes: calibration leaves the vote alone)
+    calibrated = with_probabilities(model, X_tr, train.y) if deployed and model is not bundle.svm else model
+    cls, conf = predict_with_confidence(calibrated, X_te)
+    result = score(test.rows, test.cols, test.y, cls, patch_px=p, n_classes=K)
+    reliability = calibration(cls == test.y, conf) if deployed else None
     sparse = None
     if cfg.evaluate.sparse_per_class:
         sparse = sparse_label_scores({name: X_tr}, {name: X_te}, train.y, train.blocks, (test.rows, test.cols, test.y),
                                      per_class=cfg.evaluate.sparse_per_class, repeats=cfg.evaluate.sparse_repeats,
                                      patch_px=p, n_classes=K, svm_cfg=cfg.svm, seed=cfg.evaluate.seed,
                                      parts={name: part_sizes(fs)})["draws"][name]
-    return {"model": model, "info": info, "score": result, "sparse": sparse}
+    return {"model": model, "info": info, "score": result, "sparse": sparse, "calibration": reliability}
 
 
 def finish_split(cfg: RunConfig, bundle: ModelBundle, arrays: list, cells: SplitCells, sets: dict[str, dict], *,
@@ -165,7 +173,9 @@ def finish_split(cfg: RunConfig, bundle: ModelBundle, arrays: list, cells: Split
             "smooth_px": int(radius), "kernel": info["kernel"], "kernel_cv": kernels, "kernel_scores": kernel_scores,
             "unscored": cells.unscored, "svm": infos,
             "n_train": int(len(train.y)), "n_test": int(len(test.y)), "n_test_available": cells.n_test_available,
-            "sparse": sparse, "test_features": X_te, "test_labels": test.y}
+            "sparse": sparse, "test_features": X_te, "test_labels": test.y,
+            "calibration": {name: r["calibration"] for name, r in {**sets, "deployed": sets[chosen]}.items()
+                            if r.get("calibration")}}
 
 
 def deployed_kernel(cfg: RunConfig, bundle: ModelBundle, fitted: dict, X: np.ndarray, y: np.ndarray, folds: list, *,

@@ -329,3 +329,33 @@ def test_the_maps_are_drawn_in_the_surveys_crs_with_a_scale_bar(labelled_run):
     assert grid.crs_name == CRS.from_user_input(ds.rio.crs.to_wkt()).name and grid.unit == "metre"
     assert [scale_length(t) for t in (7.0, 2600.0, 49_000.0, 100.0)] == [5.0, 2000.0, 20_000.0, 100.0]
     assert all(lay.figure(n).stat().st_size > 10_000 for n in ("class_map", "confidence", "anomaly", "confusion"))
+
+
+def test_calibration_error_is_the_mean_gap_between_confidence_and_accuracy():
+    from magpipe.metrics import calibration
+
+    rng = np.random.default_rng(0)
+    conf = rng.uniform(0.2, 1.0, 200_000)
+    assert calibration(rng.uniform(size=conf.size) < conf, conf)["ece"] < 0.01  # right as often as it says
+    over = calibration(np.arange(1000) % 2 == 0, np.full(1000, 0.9))  # says 90 %, right half the time
+    assert over["ece"] == pytest.approx(0.4) and over["bins"] == [
+        {"lo": 0.9, "hi": 1.0, "n": 1000, "confidence": pytest.approx(0.9), "accuracy": 0.5}]
+    assert calibration(np.ones(3, bool), np.array([np.nan, 1.0, 1.0]))["n"] == 2  # no-data cells left out
+
+
+def test_the_report_says_what_a_confidence_means(labelled_run):
+    """report.json's calibration: every scored set's ECE on the first split's test cells, the map's own, a
+    reliability table whose cells add up, and a word when the map's C sits at the edge of the grid searched."""
+    from magpipe.io.schema import Layout
+
+    report = labelled_run["report"]
+    cal = report["calibration"]
+    assert {"ae", "raw", "stats", "random", "ae+stats", "deployed"} <= set(cal["sets"])
+    for c in cal["sets"].values():
+        assert 0 <= c["ece"] <= 1 and c["n"] == report["n_test"] == sum(b["n"] for b in c["bins"])
+        assert c["ece"] == pytest.approx(sum(b["n"] * abs(b["accuracy"] - b["confidence"]) for b in c["bins"]) / c["n"])
+    assert cal["sets"]["deployed"] == cal["sets"][report["deployed"]["features"]]
+    text = Layout(labelled_run["out"]).report_md.read_text()
+    assert "## Calibration" in text and f"| {100 * cal['sets']['deployed']['ece']:.1f} |" in text
+    assert cal["C_grid"] == [1.0, 10.0] and cal["c_at_grid_edge"] == {1.0: "low", 10.0: "high"}[cal["deployed_C"]]
+    assert ("the best C may lie beyond the grid" in text) == (cal["c_at_grid_edge"] is not None)

@@ -217,6 +217,7 @@ def build_report(cfg: RunConfig, bundle: ModelBundle, splits: list[dict], skippe
         "confusion": {"ae": ae["confusion"], "raw": raw["confusion"], "deployed": dep["confusion"]},
         "per_class": {c: {"test_cells": int(np.sum(dep["confusion"][k])), "precision": dep["precision"][k],
                           "recall": dep["recall"][k], "f1": dep["f1"][k]} for k, c in enumerate(classes)},
+        "calibration": calibration_record(cfg, first),
         "n_test_patches": ae["n_patches"],
         "sparse": sparse,
         "svm": first["svm"],
@@ -226,6 +227,18 @@ def build_report(cfg: RunConfig, bundle: ModelBundle, splits: list[dict], skippe
         "anomalies": top_anomalies(lay.classified, cfg.evaluate.top_k, patch_px=p),
         "label_next": label_next(lay.classified, cfg.evaluate.top_k, block=cfg.evaluate.block_patches * p),
     }
+
+
+def calibration_record(cfg: RunConfig, first: dict) -> dict:
+    """report.json's ``calibration``: each feature set's ECE and reliability table on the first split's test
+    cells (its SVM calibrated as the map's is; the map's own confidences for ``deployed``, before any
+    smoothing), and where the deployed SVM's C sits in the grid searched (``c_at_grid_edge``: "low", "high"
+    or None), since a C at the edge of the grid may be the grid's limit rather than the data's choice."""
+    C = first["svm"].get(first["chosen"], {}).get("C")
+    edge = None if C is None or len(cfg.svm.C) < 2 else "low" if C <= min(cfg.svm.C) else \
+        "high" if C >= max(cfg.svm.C) else None
+    return {"split_seed": first["seed"], "sets": first.get("calibration", {}), "deployed_C": C,
+            "C_grid": list(cfg.svm.C), "c_at_grid_edge": edge}
 
 
 def deployed(cfg: RunConfig, bundle: ModelBundle, splits: list[dict], size: dict | None = None) -> dict:
