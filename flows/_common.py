@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import threading
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,7 +19,7 @@ from magpipe.config import RunConfig
 from magpipe.errors import ConfigError, InputError, is_transient
 from magpipe.io.location import is_url, storage_scope
 from magpipe.locking import waiting_for_locks
-from magpipe.process import configure_process
+from magpipe.process import SharedChange, configure_process
 from prefect.cache_policies import NO_CACHE
 
 # Prefect tasks of the stages: no Prefect cache (the library's content hashes decide), results in memory
@@ -65,38 +64,33 @@ def run_context(cfg: RunConfig) -> Iterator[None]:
         yield
 
 
-_LIBRARY_LOGS = {"runs": 0, "handler": None, "level": logging.NOTSET}
-_LIBRARY_LOGS_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def library_logs_in_runs() -> Iterator[None]:
-    """The ``magpipe`` logger's lines (each choice made on validation, warnings such as units left out,
-    progress) go to the logs of the Prefect run they are written in, as long as any run's work is inside
-    this block: Prefect's API log handler on the library's logger, at INFO where it was quieter (what
-    ``PREFECT_LOGGING_EXTRA_LOGGERS=magpipe`` would do for the whole process). One handler serves the runs
-    of a process at once; the last to leave removes it and puts the level back. A line written outside
-    any run (a thread of its own) is left out rather than warned about."""
+def _attach_library_logs() -> tuple:
     from prefect.logging.handlers import APILogHandler
 
     lib = logging.getLogger("magpipe")
-    with _LIBRARY_LOGS_LOCK:
-        if _LIBRARY_LOGS["runs"] == 0:
-            handler = APILogHandler()
-            handler.addFilter(_in_a_run)
-            lib.addHandler(handler)
-            _LIBRARY_LOGS.update(handler=handler, level=lib.level)
-            if lib.getEffectiveLevel() > logging.INFO:
-                lib.setLevel(logging.INFO)
-        _LIBRARY_LOGS["runs"] += 1
-    try:
-        yield
-    finally:
-        with _LIBRARY_LOGS_LOCK:
-            _LIBRARY_LOGS["runs"] -= 1
-            if _LIBRARY_LOGS["runs"] == 0:
-                lib.removeHandler(_LIBRARY_LOGS["handler"])
-                lib.setLevel(_LIBRARY_LOGS["level"])
+    handler = APILogHandler()
+    handler.addFilter(_in_a_run)
+    lib.addHandler(handler)
+    saved = handler, lib.level
+    if lib.getEffectiveLevel() > logging.INFO:
+        lib.setLevel(logging.INFO)
+    return saved
+
+
+def _detach_library_logs(saved: tuple) -> None:
+    handler, level = saved
+    lib = logging.getLogger("magpipe")
+    lib.removeHandler(handler)
+    lib.setLevel(level)
+
+
+# The ``magpipe`` logger's lines (each choice made on validation, warnings such as units left out, progress) go
+# to the logs of the Prefect run they are written in, as long as any run's work is inside the block: Prefect's
+# API log handler on the library's logger, at INFO where it was quieter (what
+# ``PREFECT_LOGGING_EXTRA_LOGGERS=magpipe`` would do for the whole process). One handler serves the runs of a
+# process at once; the last to leave removes it and puts the level back. A line written outside any run (a
+# thread of its own) is left out rather than warned about.
+library_logs_in_runs = SharedChange(_attach_library_logs, _detach_library_logs)
 
 
 def _in_a_run(record: logging.LogRecord) -> bool:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 from collections.abc import Iterator
 
 from magpipe.errors import DeviceError
+from magpipe.process import SharedChange
 
 # glibc returns each large array of a tile to the OS when it is freed and faults it back in for
 # the next tile, and Dask's nanny makes that worse (MALLOC_TRIM_THRESHOLD_=65536). These let a worker
@@ -100,28 +100,13 @@ def _visible_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-_env_lock = threading.Lock()
-_env_state: dict = {"users": 0, "saved": {}}  # clusters of this process inside _environ, and the environment before
+def _restore_environ(saved: dict[str, str]) -> None:
+    for k in set(os.environ) - set(saved):
+        del os.environ[k]
+    os.environ.update(saved)
 
 
-@contextlib.contextmanager
-def _environ(values: dict[str, str]) -> Iterator[None]:
-    """Set environment variables while a block runs, then restore the whole environment as it was before
-    the first of the blocks open in this process (variables set meanwhile, such as a nanny's, included).
-    Safe for clusters started and closed by concurrent flows (threads): the environment comes back when the
-    last of them closes, never half way."""
-    with _env_lock:
-        if _env_state["users"] == 0:
-            _env_state["saved"] = dict(os.environ)
-        _env_state["users"] += 1
-        os.environ.update(values)
-    try:
-        yield
-    finally:
-        with _env_lock:
-            _env_state["users"] -= 1
-            if _env_state["users"] == 0:
-                saved = _env_state["saved"]
-                for k in set(os.environ) - set(saved):
-                    del os.environ[k]
-                os.environ.update(saved)
+# Set environment variables while a block runs, then restore the whole environment as it was before the first
+# of the blocks open in this process (variables set meanwhile, such as a nanny's, included). Safe for clusters
+# started and closed by concurrent flows (threads): the environment comes back when the last of them closes.
+_environ = SharedChange(lambda: dict(os.environ), _restore_environ, each=os.environ.update)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 # GDAL's block cache defaults to 5 % of RAM and fills up during one sequential pass over a large
 # GeoTIFF, where it never serves a second read: ingest of a 16k x 16k survey peaked at 1.56 GiB
@@ -150,6 +152,34 @@ def stop_on_signals() -> Iterator[None]:
         for sig, handler in before.items():
             signal.signal(sig, handler)
         _received.clear()
+
+
+class SharedChange:
+    """A process-wide change that concurrent blocks (flows on threads) share: the first to enter makes it
+    (``first()``, which returns what undoing it needs), the last to leave undoes it (``last(saved)``), never
+    half way; ``each(*args)``, if given, runs for every block as it enters, under the same lock. Use an
+    instance as a context manager factory: ``with change(*args): ...``."""
+
+    def __init__(self, first: Callable[[], Any], last: Callable[[Any], None],
+                 each: Callable[..., None] | None = None) -> None:
+        self._first, self._last, self._each = first, last, each
+        self._lock, self._users, self._saved = threading.Lock(), 0, None
+
+    @contextlib.contextmanager
+    def __call__(self, *args) -> Iterator[None]:
+        with self._lock:
+            if self._users == 0:
+                self._saved = self._first()
+            self._users += 1
+            if self._each is not None:
+                self._each(*args)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0:
+                    self._last(self._saved)
 
 
 def configure_worker(threads: int | None = 1) -> None:

@@ -134,10 +134,12 @@ def finish_split(cfg: RunConfig, bundle: ModelBundle, arrays: list, cells: Split
 
     model, info, kernels, models = deployed_kernel(cfg, bundle, sets[chosen], X_tr, train.y, folds,
                                                    parts=part_sizes(fs), deployed=deployed)
-    unsmoothed = scores[chosen] if model is sets[chosen]["model"] else test_score(model)
+    def scored(m) -> dict:  # the set's own SVM was scored already
+        return scores[chosen] if m is sets[chosen]["model"] else test_score(m)
+
+    unsmoothed = scored(model)
     # both kernels on the test cells, where the choice was made
-    kernel_scores = {k: (unsmoothed if m is model else scores[chosen] if m is sets[chosen]["model"] else
-                         test_score(m))["balanced_accuracy"] for k, m in models.items()}
+    kernel_scores = {k: (unsmoothed if m is model else scored(m))["balanced_accuracy"] for k, m in models.items()}
     # the map's smoothing: the bundle's radius, or the same choice made on this split's training cells
     radius = bundle.smooth_px if deployed else \
         choose_smoothing(fs, arrays, bundle.scaling, train, info, cfg, level=logging.DEBUG)[0]
@@ -150,8 +152,7 @@ def finish_split(cfg: RunConfig, bundle: ModelBundle, arrays: list, cells: Split
     other = OTHER_WEIGHT[cfg.svm.class_weight]
     alt, _ = fit_svm(X_tr, train.y, folds, cfg.svm.model_copy(update={"class_weight": other}), parts=part_sizes(fs),
                      calibrate=False)
-    scores[f"deployed@{other}"] = score(test.rows, test.cols, test.y, predict_with_confidence(alt, X_te)[0],
-                                        patch_px=p, n_classes=K)
+    scores[f"deployed@{other}"] = test_score(alt)
     scores["deployed@unsmoothed"] = unsmoothed  # what the smoothing added, on the same cells
     groups = layer_groups(bundle.inputs, cfg.inputs.groups) if cfg.evaluate.layer_ablation else {}
     if len(groups) > 1:  # the deployed set (unsmoothed) with each group of layers held at its mean

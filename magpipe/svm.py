@@ -188,9 +188,14 @@ class LinearKernelSVC(SVC):
     def __init__(self, *, C: float = 1.0, class_weight=None):
         super().__init__(kernel="linear", C=C, class_weight=class_weight)
 
+    def fit(self, X, y, sample_weight=None):
+        super().fit(X, y, sample_weight)
+        self.primal_ = np.asarray(self.coef_)  # SVC computes coef_ from its support vectors at every access
+        return self
+
     def _decision_function(self, X):
         # sklearn's binary margin, or its one-vs-one values (SVC.decision_function turns those into one-vs-rest)
-        d = self._validate_for_predict(X) @ self.coef_.T + self.intercept_
+        d = self._validate_for_predict(X) @ self.primal_.T + self.intercept_
         return d.ravel() if len(self.classes_) == 2 else d
 
 

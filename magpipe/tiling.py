@@ -263,7 +263,7 @@ def _run(tile_fn: TileFn, store: str, todo: list[tuple[int, Tile]], tile_px: int
 
     storage = worker_storage_options(client)
     if overlap:
-        runs = task_runs(todo, _workers(client, resources))
+        runs = task_runs(todo, capable_workers(client, resources))
         futures = [client.submit(run_tiles, tile_fn, store, [t for _, t in run], tile_px, storage,
                                  key=f"{key}-{run[0][0]}", pure=False, resources=resources) for run in runs]
     else:
@@ -281,7 +281,7 @@ def task_runs(todo: list[tuple[int, Tile]], workers: int) -> list[list[tuple[int
     return [todo[i:i + size] for i in range(0, len(todo), size)]
 
 
-def _workers(client, resources: dict[str, float] | None) -> int:
+def capable_workers(client, resources: dict[str, float] | None) -> int:
     """How many of ``client``'s workers can run a task needing ``resources``."""
     workers = client.scheduler_info().get("workers", {}).values()
     return sum(all(w.get("resources", {}).get(k, 0) >= v for k, v in (resources or {}).items()) for w in workers)

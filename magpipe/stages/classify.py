@@ -22,7 +22,7 @@ from magpipe.io.location import absolute, as_path
 from magpipe.io.schema import Layout
 from magpipe.io.stores import content_hash, open_store
 from magpipe.locking import locks_output
-from magpipe.tiling import output_template, write_tiles
+from magpipe.tiling import capable_workers, output_template, write_tiles
 
 
 def classified_variables(classes: list[str]) -> dict[str, tuple[str, float, dict]]:
@@ -113,8 +113,8 @@ def check_device(device: str, client) -> dict[str, float] | None:
             raise DeviceError("classify.device is cuda, but torch sees no CUDA device in this process; "
                               "classify on 'cpu'")
         return None
-    workers = client.scheduler_info().get("workers", {}).values()
-    if not any(w.get("resources", {}).get("GPU", 0) >= 1 for w in workers):
+    if not capable_workers(client, {"GPU": 1}):
+        workers = client.scheduler_info().get("workers", {})
         raise DeviceError(f"classify.device is cuda, but no worker of the Dask cluster ({len(workers)} workers) "
                           "declares a GPU resource: start one worker per GPU with `dask worker ADDRESS "
                           "--nthreads 1 --resources GPU=1` (CUDA_VISIBLE_DEVICES=i for the i-th), or classify on 'cpu'")

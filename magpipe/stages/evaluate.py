@@ -248,7 +248,8 @@ def deployed(cfg: RunConfig, bundle: ModelBundle, splits: list[dict], size: dict
     smoothing = bundle.meta.get("selection", {}).get("smoothing", {})
     reach = bundle.meta.get("selection", {}).get("stats_reach", {})
     kernel = bundle.meta.get("selection", {}).get("kernel", {})
-    return {"features": bundle.feature_set, "svm_kernel": bundle.meta.get("svm", {}).get("kernel", "exact"), "patch_px": bundle.patch_px, "smooth_px": bundle.smooth_px,
+    return {"features": bundle.feature_set, "svm_kernel": bundle.meta.get("svm", {}).get("kernel", "exact"),
+            "patch_px": bundle.patch_px, "smooth_px": bundle.smooth_px,
             "stats_reach": bundle.stats_reach, "stats_windows": list(stat_windows(bundle.patch_px, bundle.stats_reach)),
             "objective": bundle.meta.get("training", {}).get("objective", "reconstruct"), "readout": bundle.readout,
             "chosen_by": {"features": "validation: blocked CV on the training region, among "
@@ -261,7 +262,7 @@ def deployed(cfg: RunConfig, bundle: ModelBundle, splits: list[dict], size: dict
                           "among " + ", ".join(reach["cv"]) if reach.get("cv") else "configuration",
                           "svm_kernel": "validation: blocked CV on the training region, the low-rank kernel against exact"
                           if kernel.get("cv") else "configuration" if cfg.svm.kernel != "auto" else
-                          "cost: the exact SVM keeps no more support vectors than Nystroem has landmarks",
+                          "cost: the exact SVM keeps no more support vectors than the low-rank kernel has landmarks",
                           "objective": "configuration"},
             "kernel_validation": kernel.get("cv", {}),
             "per_split_kernel": [sp["kernel"] for sp in splits],
