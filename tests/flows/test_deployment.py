@@ -16,7 +16,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from magpipe.io.stores import is_complete
+from flows._common import survey_name
+from magpipe.io.stores import is_complete, version
 from magpipe.testing import files_holding, tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,12 +27,22 @@ RUN = """
 import json, sys
 from prefect.deployments import run_deployment
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterParentFlowRunId, LogFilter,
+                                            LogFilterFlowRunId)
 params = json.loads(sys.argv[1])
 run = run_deployment("survey-pipeline/survey-pipeline", parameters=params, timeout=600, poll_interval=2)
 with get_client(sync_client=True) as client:
-    keys = sorted(a.key for a in client.read_artifacts() if a.key)
+    arts = {a.key: a.data for a in client.read_artifacts() if a.key}
     runs = client.read_flow_runs()
-print(json.dumps({"state": run.state.name, "message": run.state.message, "artifacts": keys,
+    parent = client.read_flow_run(run.id)
+    children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+        parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent.id])))
+    logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(
+        any_=[parent.id, *(r.id for r in children)])))
+    subflows = {client.read_flow(r.flow_id).name: r.tags for r in children}
+print(json.dumps({"state": run.state.name, "message": run.state.message, "artifacts": sorted(arts),
+                  "report": arts.get("survey-report"), "tags": parent.tags, "subflows": subflows,
+                  "logs": [f"{x.name}: {x.message}" for x in logs],
                   "flows": sorted({str(r.flow_id) + ':' + r.state.name for r in runs if r.state})}))
 """
 
@@ -93,6 +104,18 @@ def test_local_stack_runs_the_pipeline_deployment(survey_files, tmp_path):
         for key in ("survey-report", "survey-class-metrics", "survey-classify-progress", "survey-class-map"):
             assert key in result["artifacts"]
         assert "train-autoencoder" in (home / "worker-gpu.log").read_text()  # training ran on the gpu pool
+        # what the dashboard shows of the run: the whole report, the library's lines, the tags
+        sections = [x for x in (tmp_path / "out" / "report.md").read_text().splitlines() if x.startswith("## ")]
+        assert len(sections) >= 5 and all(f"\n{x}\n" in result["report"] for x in sections), sections
+        assert ".png)" not in result["report"] and "data:image/png;base64," in result["report"]
+        logs = "\n".join(result["logs"])
+        assert "magpipe: train: features" in logs or "magpipe: train: validation could not score" in logs, logs
+        assert "magpipe: train: autoencoder trained on cpu" in logs  # from the gpu pool's worker process
+        assert "Balanced accuracy, paired over the same splits" in logs, logs
+        assert {"train-autoencoder", "classify-survey"} <= set(result["subflows"]), result["subflows"]
+        survey_tag = survey_name(params["survey"])
+        for tags in [result["tags"], *result["subflows"].values()]:
+            assert {survey_tag, "magpipe", f"magpipe-{version()}"} <= set(tags), result
     finally:
         stack.send_signal(signal.SIGINT)
         try:
