@@ -50,6 +50,7 @@ class Decision:
     pairs: torch.Tensor | None = None  # (K', K) float64: +1 at each pair's first class, -1 at its second
     slope_platt: torch.Tensor | None = None  # (K,) float64; None: uncalibrated (probabilities NaN)
     intercept_platt: torch.Tensor | None = None
+    top_label: bool = True  # the voted column is the confidence; False: a bundle from before, normalised
 
     @classmethod
     def of(cls, model, device: str | torch.device = "cpu") -> Decision:
@@ -90,6 +91,7 @@ class Decision:
             pairs=None if pairs is None else t(pairs, torch.float64),
             slope_platt=t(model.slope_, torch.float64) if calibrated else None,
             intercept_platt=t(model.intercept_, torch.float64) if calibrated else None,
+            top_label=getattr(model, "top_label_", False),
         )
 
     @torch.no_grad()
@@ -119,7 +121,11 @@ class Decision:
         if self.slope_platt is None:
             return d.float(), torch.full_like(d, float("nan"), dtype=torch.float32)
         p = torch.sigmoid(d * self.slope_platt + self.intercept_platt)
-        p /= p.sum(1, keepdim=True).clamp_(min=1e-12)
+        if self.top_label:  # the voted class's confidence, 0 for the others (VoteWithProbabilities)
+            best = d.argmax(1, keepdim=True)
+            p = torch.zeros_like(p).scatter_(1, best, p.gather(1, best))
+        else:
+            p /= p.sum(1, keepdim=True).clamp_(min=1e-12)
         return d.float(), p.float()
 
     def dense(self, feats: torch.Tensor, cells: torch.Tensor, *, batch: int = 8192) -> torch.Tensor:

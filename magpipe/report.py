@@ -223,10 +223,11 @@ def calibration_section(report: dict) -> list[str]:
         return []
     label = dict(COLUMNS)
     lines = ["## Calibration", "",
-             "How often the map is right at each confidence, on the first split's test cells (every set's SVM "
-             "calibrated as the map's is; the map's own confidences before any smoothing). The expected "
-             "calibration error (ECE) is the mean gap between confidence and accuracy: 0 when a confidence of "
-             "0.6 is right 60 % of the time.", "",
+             "A confidence is the probability that the map's class is right at that cell, for the mix of units "
+             "of the labelled area (calibrated on spatially held-out training cells). How often the map is right "
+             "at each confidence, on the first split's test cells (every set's SVM calibrated as the map's is; "
+             "the map's own confidences before any smoothing). The expected calibration error (ECE) is the mean "
+             "gap between confidence and accuracy: 0 when a confidence of 0.6 is right 60 % of the time.", "",
              "| features | ECE (points) | cells |", "|---|---|---|"]
     lines += [f"| {label.get(n, n)} | {100 * c['ece']:.1f} | {c['n']} |" for n, c in sets.items()]
     dep = sets.get("deployed")

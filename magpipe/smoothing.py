@@ -1,7 +1,8 @@
 """Spatial smoothing of the SVM's class scores: their mean over a (2r + 1)^2 window, no-data left out.
 
 The class is that of the mean vote (the SVM's decision values), the confidence the mean calibrated
-probability of that class (:func:`magpipe.svm.class_scores`).
+probability of that class (:func:`magpipe.svm.class_scores`): the window's mean confidence of the cells
+voting that class, a cell voting another counting 0.
 
 Map units are tens of cells across, while the SVM's errors are mostly single cells and small
 specks, so a probability averaged over a few neighbours is often the better guess. How far to

@@ -81,13 +81,15 @@ def score_set(cfg: RunConfig, bundle: ModelBundle, arrays: list, cells: SplitCel
     p, K = bundle.patch_px, len(cells.grids.classes)
     X_te = cell_features({name: fs}, arrays, bundle.scaling, test.rows, test.cols)[name]
     X_tr = cell_features({name: fs}, arrays, bundle.scaling, train.rows, train.cols)[name]
+    folds = cv_folds(train, cfg)
     if name == bundle.feature_set and deployed:
         model, info = bundle.svm, bundle.meta.get("svm", {})
     else:  # scored by class alone: no calibration
-        model, info = fit_svm(X_tr, train.y, cv_folds(train, cfg), cfg.svm, parts=part_sizes(fs), calibrate=False)
+        model, info = fit_svm(X_tr, train.y, folds, cfg.svm, parts=part_sizes(fs), calibrate=False)
     # on the deployed split, how well confidences say how often a set is right: the map's own SVM, the others
     # calibrated as it is (the same classes: calibration leaves the vote alone)
-    calibrated = with_probabilities(model, X_tr, train.y) if deployed and model is not bundle.svm else model
+    calibrated = (with_probabilities(model, X_tr, train.y, folds=folds, mix=train.mix)
+                  if deployed and model is not bundle.svm else model)
     cls, conf = predict_with_confidence(calibrated, X_te)
     result = score(test.rows, test.cols, test.y, cls, patch_px=p, n_classes=K)
     reliability = calibration(cls == test.y, conf) if deployed else None

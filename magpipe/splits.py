@@ -236,16 +236,21 @@ def short_classes(split: Split, labels: np.ndarray, K: int, *, need_test: bool) 
 
 @dataclass(frozen=True)
 class Cells:
-    """Cells of one role (training or test): coordinates, labels (1..K) and, for training, block ids."""
+    """Cells of one role (training or test): coordinates, labels (1..K) and, for training, block ids and
+    ``mix``: the share of each class code (index 0 unused) among all the labelled cells of the region they
+    were drawn from. Training cells are drawn per class, so they hide how common each unit is where the
+    map is used; calibrated confidences need it (:class:`magpipe.svm.VoteWithProbabilities`)."""
 
     rows: np.ndarray
     cols: np.ndarray
     y: np.ndarray
     blocks: np.ndarray | None = None
+    mix: np.ndarray | None = None
 
     def take(self, idx: np.ndarray) -> "Cells":
-        """The cells at ``idx`` (an index array or a bool mask over the cells)."""
-        return Cells(self.rows[idx], self.cols[idx], self.y[idx], None if self.blocks is None else self.blocks[idx])
+        """The cells at ``idx`` (an index array or a bool mask over the cells), of the same region (``mix``)."""
+        return Cells(self.rows[idx], self.cols[idx], self.y[idx], None if self.blocks is None else self.blocks[idx],
+                     self.mix)
 
 
 def training_cells(split: Split, labels: np.ndarray, cfg: RunConfig) -> Cells:
@@ -260,7 +265,8 @@ def training_cells(split: Split, labels: np.ndarray, cfg: RunConfig) -> Cells:
     small = [int(c) for c in np.unique(y) if counts[c] < 2]
     if small:  # (only after subsampling; labelled_split has checked the full counts)
         raise DataValidationError(f"classes {small} have fewer than 2 training cells after subsampling")
-    return Cells(split.train_rows[keep], split.train_cols[keep], y[keep], split.train_blocks[keep])
+    return Cells(split.train_rows[keep], split.train_cols[keep], y[keep], split.train_blocks[keep],
+                 np.bincount(y) / y.size)
 
 
 def cv_folds(cells: Cells, cfg: RunConfig) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -4,13 +4,15 @@ import numpy as np
 import pytest
 import skops.io as sio
 from sklearn.metrics.pairwise import rbf_kernel
+from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from magpipe.bundle import TRUSTED_SKOPS_TYPES
 from magpipe.config import SVMConfig
-from magpipe.svm import (RBFFeatures, fit_svm, fold_nystroem, grid_search, make_svm, predict_with_confidence,
+from magpipe.metrics import calibration
+from magpipe.svm import (RBFFeatures, VoteWithProbabilities, fit_svm, fold_nystroem, grid_search, make_svm, predict_with_confidence,
                          with_probabilities)
 
 
@@ -74,7 +76,7 @@ def test_an_svm_calibrated_after_the_choice_is_the_one_calibrated_at_once(kernel
     at_once, info = fit_svm(X, y, np.arange(len(y)) % 6, cfg)
     plain, plain_info = fit_svm(X, y, np.arange(len(y)) % 6, cfg, calibrate=False)
     assert info == plain_info
-    later = with_probabilities(plain, X, y)
+    later = with_probabilities(plain, X, y, folds=list(GroupKFold(3).split(X, y, np.arange(len(y)) % 6)))
     Xt, _ = _blobs(3000, k=4, seed=5)
     np.testing.assert_array_equal(later.predict_proba(Xt), at_once.predict_proba(Xt))
     cls, conf = predict_with_confidence(plain, Xt)
@@ -124,9 +126,58 @@ def test_fitted_svm_round_trips_through_skops_with_the_trusted_list(tmp_path, ke
     np.testing.assert_array_equal(cls, model.predict(Xt))  # the class is the SVM's own vote ...
     assert (cls == model.estimator_.predict(Xt)).mean() > 0.999  # (libsvm's, but for ties)
     proba = model.predict_proba(Xt)  # ... and the confidence its calibrated probability
-    np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-6)
     np.testing.assert_allclose(conf, proba[np.arange(len(cls)), np.searchsorted(model.classes_, cls)], rtol=1e-5)
     assert (cls == yt).mean() > 0.8 and np.all((conf > 0) & (conf <= 1))
+
+
+def _field(n: int, shares: list[float], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Overlapping classes in the shares a survey holds them (4 features, classes 1..K)."""
+    rng = np.random.default_rng(seed)
+    y = rng.choice(np.arange(1, len(shares) + 1), size=n, p=shares)
+    return (np.eye(len(shares), 4)[y - 1] + rng.normal(size=(n, 4))).astype("float32"), y
+
+
+def test_confidence_says_how_often_the_map_is_right_where_it_is_used():
+    """Training cells are drawn per class (as many of a rare unit as of the commonest), the map is used on
+    the survey's mix: the confidence, fitted on the training cells weighted to that mix (``mix``), says how
+    often the vote is right on held-out cells of the mix; fitted unweighted, it is far off."""
+    shares = [0.8, 0.1, 0.1]
+    X_all, y_all = _field(30000, shares, seed=1)
+    pick = np.concatenate([np.flatnonzero(y_all == c)[:150] for c in (1, 2, 3)])  # balanced training cells
+    X, y = X_all[pick], y_all[pick]
+    Xt, yt = _field(20000, shares, seed=2)
+    folds = list(GroupKFold(3).split(X, y, np.arange(len(y)) % 9))
+    svm = make_svm(C=1.0, gamma=0.25)
+    ece = {}
+    for name, mix in {"weighted": np.array([0.0, *shares]), "unweighted": None}.items():
+        model = VoteWithProbabilities(svm, folds=folds, mix=mix).fit(X, y)
+        cls, conf = predict_with_confidence(model, Xt)
+        ece[name] = calibration(cls == yt, conf)["ece"]
+        assert np.all((conf > 0) & (conf < 1))
+    assert ece["weighted"] < 0.03 and ece["unweighted"] > 0.08, ece
+
+
+def test_a_bundle_calibrated_before_the_top_label_confidence_keeps_its_probabilities():
+    """The voted class's confidence, 0 for the others; a fitted model without ``top_label_`` (saved before it)
+    normalises its sigmoids, as it was fitted for; on the tiles' path (Decision) as in sklearn's."""
+    import torch
+
+    from magpipe.decision import Decision
+
+    X, y = _blobs(240)
+    model = VoteWithProbabilities(make_svm(C=1.0, gamma=0.1), folds=3).fit(X, y)
+    Xt, _ = _blobs(500, seed=4)
+    d = model.decision_function(Xt)
+    sigmoids = 1 / (1 + np.exp(-(d * model.slope_ + model.intercept_)))
+    vote = d.argmax(1)
+    expected = {"top-label": np.eye(3)[vote] * sigmoids[np.arange(len(vote)), vote][:, None],
+                "before": sigmoids / sigmoids.sum(1, keepdims=True)}
+    for kind in ("top-label", "before"):
+        if kind == "before":
+            del model.top_label_
+        np.testing.assert_allclose(model.predict_proba(Xt), expected[kind], rtol=1e-6)
+        on_tiles = Decision.of(model).scores(torch.from_numpy(Xt))[1].numpy()
+        np.testing.assert_allclose(on_tiles, expected[kind], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("k", [2, 3, 5])

@@ -84,8 +84,9 @@ def run_train(out: str | Path, cfg: RunConfig, *, progress=None) -> Path:
     fs = feature_set(chosen, result.model, layers, readout=cfg.model.readout, seed=cfg.model.seed,
                      stats_reach=reach)
     X = cell_features({chosen: fs}, arrays, scaling, cells.rows, cells.cols)[chosen]
-    svm, svm_info, kernels, _ = choose_kernel(X, cells.y, cv_folds(cells, cfg), (svm, svm_info), cfg, parts=part_sizes(fs))
-    svm = with_probabilities(svm, X, cells.y)  # the kept SVM alone is calibrated
+    folds = cv_folds(cells, cfg)
+    svm, svm_info, kernels, _ = choose_kernel(X, cells.y, folds, (svm, svm_info), cfg, parts=part_sizes(fs))
+    svm = with_probabilities(svm, X, cells.y, folds=folds, mix=cells.mix)  # the kept SVM alone is calibrated
     radius, smoothing = choose_smoothing(fs, arrays, scaling, cells, svm_info, cfg)
     bundle = ModelBundle(result.model, svm, layers, scaling, grids.classes, cfg.model.anomaly_px,
                          inputs=names, feature_set=chosen, readout=cfg.model.readout, smooth_px=radius,
