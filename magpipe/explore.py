@@ -153,12 +153,19 @@ def label_next(classified: str | Path, k: int = 10, *, block: int, min_valid: fl
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
-    """A Markdown table of ``columns`` of ``rows`` (x, y to 0.1 CRS units), or ``"(none)"`` without rows."""
+    """A Markdown table of ``columns`` of ``rows``, or ``"(none)"`` without rows. Coordinates (x, y) keep up
+    to 6 decimals, trailing zeros dropped: 409000 m, -63.254117 degrees."""
     if not rows:
         return "(none)"
-    fmt = {"x": "{:.1f}", "y": "{:.1f}", "anomaly": "{:.3g}", "mean_confidence": "{:.2f}", "similarity": "{:.3f}"}
+    fmt = {"anomaly": "{:.3g}", "mean_confidence": "{:.2f}", "similarity": "{:.3f}"}
+
+    def cell(c: str, v) -> str:
+        if c in ("x", "y"):
+            return f"{float(v):.6f}".rstrip("0").rstrip(".")
+        return fmt.get(c, "{}").format(v)
+
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt.get(c, "{}").format(r[c]) for c in columns) + " |" for r in rows]
+    lines += ["| " + " | ".join(cell(c, r[c]) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
 
 

@@ -15,8 +15,8 @@ from magpipe.locking import assert_owned
 MAX_FIGURE_PX = 1600  # maps larger than this are decimated for the figures only
 
 
-METRIC_NAMES = (("pixel_accuracy", "pixel-wise accuracy"), ("patch_accuracy", "patch-wise accuracy"),
-                ("balanced_accuracy", "balanced accuracy"))
+# accuracy tables' column heads: short, so a table of every set fits a terminal and a 1280 px dashboard pane
+METRIC_NAMES = (("pixel_accuracy", "pixel-wise"), ("patch_accuracy", "patch-wise"), ("balanced_accuracy", "balanced"))
 
 
 COLUMNS = (("deployed", "deployed"), ("ae", "AE features"), ("random", "AE untrained"), ("stats", "window stats"),
@@ -62,7 +62,7 @@ def accuracy_table(report: dict, sets: tuple[str, ...] | None = None) -> str:
     """Markdown table of the headline metrics of every feature set (or of ``sets``) and the majority floor
     (mean ± std over splits)."""
     n = report.get("n_splits", 1)
-    return _table(_all_sets(report), f"features (mean ± sd of {n} spatial splits)" if n > 1 else "features", sets)
+    return _table(_all_sets(report), f"features (mean ± sd, {n} splits)" if n > 1 else "features", sets)
 
 
 def paired_table(report: dict) -> str:
@@ -98,7 +98,7 @@ def sparse_table(report: dict) -> str:
     sp = report.get("sparse")
     if not sp:
         return ""
-    return _table(sp, f"features ({sp['per_class']} labelled cells per class, {sp['repeats']} draws)")
+    return _table(sp, f"{sp['per_class']} cells per class ({sp['repeats']} draws)")
 
 
 def unscored_sentence(report: dict) -> str:
@@ -131,14 +131,14 @@ def selection_section(report: dict) -> list[str]:
                   for p, row in dep["patch_size_validation"].items()]
         lines.append("")
     if dep.get("validation"):
-        lines += ["| candidate | validation balanced accuracy (blocked CV, training region) | C | gamma |",
+        lines += ["| candidate | validation (balanced) | C | gamma |",
                   "|---|---|---|---|"]
         lines += [f"| {n} | {v.get('cv_balanced_accuracy', float('nan')):.1%} | {v.get('C')} | "
                   f"{v.get('gamma', float('nan')):.3g} |" for n, v in dep["validation"].items()]
         lines.append("")
     lines += kernel_lines(dep)
     if dep.get("smoothing_validation"):
-        lines += ["| smoothing radius (cells) | validation balanced accuracy (blocked CV, training region) |",
+        lines += ["| smoothing radius (cells) | validation (balanced) |",
                   "|---|---|"]
         lines += [f"| {r} | {v['cv_balanced_accuracy']:.1%} ± {v['cv_se']:.1%} |"
                   for r, v in dep["smoothing_validation"].items()]
@@ -153,7 +153,7 @@ def kernel_lines(dep: dict) -> list[str]:
     lines = [f"SVM kernel **{kernel}** (chosen by {dep['chosen_by'].get('svm_kernel', 'configuration')}); on each "
              f"split: {', '.join(dep.get('per_split_kernel', []))}.", ""]
     if dep.get("kernel_validation"):
-        lines += ["| kernel | validation balanced accuracy (blocked CV, training region) | C | gamma | cost per cell |",
+        lines += ["| kernel | validation (balanced) | C | gamma | cost per cell |",
                   "|---|---|---|---|---|"]
         lines += [f"| {k} | {v['cv_balanced_accuracy']:.1%} ± {v['cv_se']:.1%} | {v['C']} | {v['gamma']:.3g} | "
                   + (f"{v['n_support']} support vectors" if v.get("n_support") else f"{v.get('n_components')} landmarks") + " |"
@@ -208,9 +208,12 @@ def per_class_section(report: dict) -> list[str]:
               f"{report['f1']['raw'][c]:.2f} |" for c in classes]
     cm = report["confusion"].get("deployed")
     if cm is not None:
-        lines += ["", "Its confusion matrix (test cells; rows: the mapped unit, columns: the map's class):", "",
-                  "| | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
-        lines += [f"| {c} | " + " | ".join(str(v) for v in row) + " |" for c, row in zip(classes, cm)]
+        # columns numbered as the rows, so eight units fit a 1280 px dashboard pane as well as four
+        lines += ["", "Its confusion matrix (test cells; rows: the mapped unit, columns: the map's class, numbered as "
+                  "the rows):", "", "| mapped unit | " + " | ".join(str(k) for k in range(1, len(classes) + 1)) + " |",
+                  "|---" * (len(classes) + 1) + "|"]
+        lines += [f"| {k} {c} | " + " | ".join(str(v) for v in row) + " |"
+                  for k, (c, row) in enumerate(zip(classes, cm), start=1)]
     return [*lines, ""]
 
 

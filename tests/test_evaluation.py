@@ -222,7 +222,7 @@ def test_the_reports_per_class_table_and_confusion_are_the_maps(labelled_run):
     text = Layout(labelled_run["out"]).report_md.read_text()
     section = text.split("## Per-class scores of the map")[1].split("\n## ")[0]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()
-            if line.startswith("| ") and not line.startswith("| class | ") and not line.startswith("| |")]
+            if line.startswith("| ") and not line.startswith(("| class | ", "| mapped unit | "))]
     classes = report["classes"]
     per_class, confusion = rows[:len(classes)], rows[len(classes):]
     cm = np.array(report["confusion"]["deployed"])
@@ -233,7 +233,8 @@ def test_the_reports_per_class_table_and_confusion_are_the_maps(labelled_run):
         assert p["test_cells"] == cm[k].sum() and p["recall"] == pytest.approx(cm[k, k] / cm[k].sum())
         assert p["precision"] == pytest.approx(cm[k, k] / max(cm[:, k].sum(), 1))
         assert p["f1"] == report["f1"]["deployed"][c]
-    assert [[int(v) for v in row[1:]] for row in confusion] == cm.tolist() and [r[0] for r in confusion] == classes
+    assert [[int(v) for v in row[1:]] for row in confusion] == cm.tolist()
+    assert [r[0] for r in confusion] == [f"{k} {c}" for k, c in enumerate(classes, start=1)]
     assert cm.sum() == report["n_test"]
 
 
