@@ -340,7 +340,8 @@ def _figure(**kw):
     return Figure(**kw)
 
 
-def _class_colours(K: int):
+def class_colormap(K: int):
+    """The colours of classes 1..K in every figure and export: matplotlib's tab10, tab20 past 10 classes."""
     from matplotlib import colormaps
     from matplotlib.colors import ListedColormap
 
@@ -371,7 +372,7 @@ def class_map_figure(report: dict, layout: Layout) -> None:
     fig = _figure(figsize=(7, 7))
     ax = fig.subplots()
     grid = MapGrid.of(layout.classified)
-    im = ax.imshow(cls, cmap=_class_colours(K), norm=BoundaryNorm(np.arange(0.5, K + 1), K), interpolation="nearest",
+    im = ax.imshow(cls, cmap=class_colormap(K), norm=BoundaryNorm(np.arange(0.5, K + 1), K), interpolation="nearest",
                    extent=grid.extent)
     cb = fig.colorbar(im, ax=ax, ticks=range(1, K + 1), shrink=0.7)
     cb.ax.set_yticklabels(classes, fontsize=7)
@@ -515,7 +516,7 @@ def confusion_figure(report: dict, layout: Layout) -> None:
 def embedding_figure(report: dict, layout: Layout, xy: np.ndarray, labels: np.ndarray) -> None:
     """embedding.png: ``xy`` (n, 2) embedding coordinates coloured by ``labels`` (n,), class codes 1..K."""
     classes = report["classes"]
-    colours = _class_colours(len(classes)).colors
+    colours = class_colormap(len(classes)).colors
     fig = _figure(figsize=(6.5, 5.5))
     ax = fig.subplots()
     for k, name in enumerate(classes, start=1):

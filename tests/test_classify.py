@@ -130,6 +130,23 @@ def test_classified_store_is_georeferenced_like_the_survey(trained_run, tmp_path
 
     entries = ET.parse(tif.with_suffix(".qml")).getroot().iter("paletteEntry")
     assert [(int(e.get("value")), e.get("label")) for e in entries] == list(enumerate(classes, start=1))
+    # confidence and anomaly: COGs with their band described, and styles in the report's ramps and stretches
+    from matplotlib import colormaps
+
+    from magpipe.io.export import RAMPS
+
+    for name, cmap, top in (("confidence", "viridis", 1.0),
+                            ("anomaly", "magma", float(np.nanpercentile(ds["anomaly"].values, 99)))):
+        tif = export_geotiff(out, name, tmp_path / f"{name}.tif", blocksize=32)
+        with rasterio.open(tif) as src:
+            assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG" and src.overviews(1) == [2, 4]
+            assert src.dtypes[0] == "float32" and src.descriptions[0] == RAMPS[name][1]
+            np.testing.assert_array_equal(src.read(1), ds[name].values)
+        renderer = ET.parse(tif.with_suffix(".qml")).getroot().find("pipe/rasterrenderer")
+        items = list(renderer.iter("item"))
+        assert renderer.get("type") == "singlebandpseudocolor"
+        assert float(items[0].get("value")) == 0 and float(items[-1].get("value")) == pytest.approx(top, rel=1e-5)
+        assert items[-1].get("color") == "#{:02x}{:02x}{:02x}".format(*(round(255 * c) for c in colormaps[cmap](1.0)[:3]))
 
 
 @pytest.mark.parametrize("name", ["ae", "stats", "ae+stats"])

@@ -23,8 +23,10 @@ def export_geotiff(classified: str | Path, variable: str, path: str | Path, *, b
     so a viewer (QGIS, or a browser over HTTP range requests) reads only the tiles and zoom level it
     shows. Class overviews take the nearest cell (a class code is not averaged), the others the mean.
     The class map is written as bytes (uint8; uint16 past 255 units) with a colour table (the report's
-    class colours) and each unit's name in the band's metadata (``CLASS_<code>``), and a QGIS style
-    (``<name>.qml``, which QGIS loads with the file) draws it in those colours with the unit names.
+    class colours) and each unit's name in the band's metadata (``CLASS_<code>``). A QGIS style
+    (``<name>.qml``, which QGIS loads with the file) goes beside every layer: the class map in those colours
+    with the unit names; confidence and anomaly in the report's colour ramps and stretches (:data:`RAMPS`:
+    confidence 0 to 1, anomaly 0 to its 99th percentile), their band described in words.
 
     Parameters
     ----------
@@ -38,7 +40,8 @@ def export_geotiff(classified: str | Path, variable: str, path: str | Path, *, b
     ``path``, in the survey's CRS with its transform.
     """
     ds = open_store(classified)
-    da = ds[variable]
+    da = ds[variable].copy()
+    da.encoding = {}  # the store's own encoding (its fill value among it) is not the GeoTIFF's
     classes = list(ds.attrs.get(S.CLASSES, [])) if variable == "class" else []
     if variable == "class":
         da = da.astype("uint8" if len(classes) < 256 else "uint16").rio.write_nodata(0, encoded=False)
@@ -51,31 +54,50 @@ def export_geotiff(classified: str | Path, variable: str, path: str | Path, *, b
     cog = {"driver": "COG", "compress": "DEFLATE", "blocksize": blocksize, "overviews": "AUTO",
            "overview_resampling": "NEAREST" if variable == "class" else "AVERAGE"}
     try:
-        if variable == "class":  # the colour table goes on a plain GeoTIFF, which GDAL's COG driver copies
-            plain = local.with_name(local.name + ".plain.tif")
-            da.rio.to_raster(plain, driver="GTiff", tiled=True, compress="DEFLATE")
+        # colour table and descriptions go on a plain GeoTIFF, which GDAL's COG driver copies
+        plain = local.with_name(local.name + ".plain.tif")
+        da.rio.to_raster(plain, driver="GTiff", tiled=True, compress="DEFLATE")
+        if variable == "class":
             style_classes(plain, classes)
-            rasterio.shutil.copy(plain, tmp, **cog)
-            plain.unlink()
+            style = qgis_style(classes)
         else:
-            da.rio.to_raster(tmp, **cog)
+            with rasterio.open(plain, "r+") as dst:
+                dst.set_band_description(1, RAMPS[variable][1])
+            style = qgis_ramp_style(RAMPS[variable][0], 0.0, stretch_max(da, variable))
+        rasterio.shutil.copy(plain, tmp, **cog)
+        plain.unlink()
         if is_url(path):  # GDAL writes a COG to a local file; one upload puts it in place whole
             path.fs.put_file(str(tmp), path.path)
         else:
             tmp.replace(path)
-        if classes:
-            write_text(qgis_style(classes), path.with_suffix(".qml"))
+        write_text(style, path.with_suffix(".qml"))
     finally:
         if is_url(path):
             shutil.rmtree(local.parent, ignore_errors=True)
     return path
 
 
-def class_colours(n: int) -> list[tuple[int, int, int]]:
-    """The RGB (0..255) of classes 1..n: the report's class map's (matplotlib's tab10, tab20 past 10 classes)."""
-    from magpipe.report import _class_colours
+# the float layers as the report draws them: (matplotlib colour map, what a value is)
+RAMPS = {"confidence": ("viridis", "calibrated probability that the map's class is right (0 to 1)"),
+         "anomaly": ("magma", "mean squared reconstruction error (standardised units)")}
+STRETCH_SAMPLE = 4_000_000  # cells read to place the anomaly's stretch: a regular subsample of larger maps
 
-    return [tuple(int(round(255 * c)) for c in rgb[:3]) for rgb in _class_colours(n).colors]
+
+def stretch_max(da, variable: str) -> float:
+    """The top of a float layer's colour stretch: 1 for confidence, the 99th percentile of the anomaly (of a
+    regular subsample of at most :data:`STRETCH_SAMPLE` cells), so a few extreme cells do not wash out the rest."""
+    if variable == "confidence":
+        return 1.0
+    step = max(1, int(np.ceil(np.sqrt(da.size / STRETCH_SAMPLE))))
+    sample = np.asarray(da[::step, ::step].values, dtype=np.float64)
+    return float(np.nanpercentile(sample, 99)) if np.isfinite(sample).any() else 1.0
+
+
+def class_colours(n: int) -> list[tuple[int, int, int]]:
+    """The RGB (0..255) of classes 1..n: the report's class map's (:func:`magpipe.report.class_colormap`)."""
+    from magpipe.report import class_colormap
+
+    return [tuple(int(round(255 * c)) for c in rgb[:3]) for rgb in class_colormap(n).colors]
 
 
 def style_classes(tif: Path, classes: list[str]) -> None:
@@ -101,6 +123,33 @@ def qgis_style(classes: list[str]) -> str:
       <colorPalette>
 {entries}
       </colorPalette>
+    </rasterrenderer>
+  </pipe>
+</qgis>
+"""
+
+
+def qgis_ramp_style(cmap: str, lo: float, hi: float, stops: int = 11) -> str:
+    """A QGIS layer style (.qml) drawing a float raster through matplotlib's colour map ``cmap`` stretched from
+    ``lo`` to ``hi`` (``stops`` colours, interpolated; values beyond take the end colours)."""
+    from matplotlib import colormaps
+
+    ramp = colormaps[cmap]
+    items = "\n".join(
+        f'          <item alpha="255" value="{v:.6g}" label="{v:.3g}" color="#{r:02x}{g:02x}{b:02x}"/>'
+        for v, (r, g, b) in ((lo + (hi - lo) * t, tuple(int(round(255 * c)) for c in ramp(t)[:3]))
+                             for t in np.linspace(0, 1, stops)))
+    return f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
+<qgis version="3.28" styleCategories="Symbology">
+  <pipe>
+    <rasterrenderer type="singlebandpseudocolor" band="1" opacity="1" alphaBand="-1" nodataColor=""
+                    classificationMin="{lo:.6g}" classificationMax="{hi:.6g}">
+      <rastershader>
+        <colorrampshader colorRampType="INTERPOLATED" classificationMode="1" clip="0"
+                         minimumValue="{lo:.6g}" maximumValue="{hi:.6g}">
+{items}
+        </colorrampshader>
+      </rastershader>
     </rasterrenderer>
   </pipe>
 </qgis>

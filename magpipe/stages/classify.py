@@ -37,7 +37,7 @@ def classified_variables(classes: list[str]) -> dict[str, tuple[str, float, dict
                                             "nodata": S.NODATA_CLASS,
                                             "flag_values": list(range(1, len(classes) + 1)),
                                             "flag_meanings": " ".join(c.replace(" ", "_") for c in classes)}),
-        "confidence": ("float32", np.nan, {"long_name": "probability of the predicted class", "units": "1"}),
+        "confidence": ("float32", np.nan, {"long_name": "calibrated probability that the class is right", "units": "1"}),
         "anomaly": ("float32", np.nan, {"long_name": "autoencoder reconstruction error (MSE, standardised units)"}),
     }
 
