@@ -7,6 +7,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows._common import load_config, out_run_name as _out_run_name, run_context, survey_name, tag_this_run
+from magpipe.bundle import read_bundle_meta
 from magpipe.errors import OrchestrationError
 from magpipe.io.schema import Layout
 from magpipe.io.stores import version
@@ -32,7 +33,11 @@ def train_autoencoder(out: str, config: dict[str, Any] | str | None = None) -> s
         log.info("epoch %d: train %.4f, val %.4f", row["epoch"], row["train_loss"], row["val_loss"])
 
     with run_context(cfg):
-        return str(run_train(out, cfg, progress=epoch))
+        model = run_train(out, cfg, progress=epoch)
+    # where training ran, beside the deployment's pool tag ("gpu" says where it was sent, not what it found)
+    device = read_bundle_meta(model).get("training", {}).get("device", "unknown")
+    tag_this_run(f"trained-on-{str(device).split(':')[0]}")
+    return str(model)
 
 
 def train_remote_or_local(out: str, config: dict[str, Any]) -> tuple[str, str]:

@@ -360,3 +360,22 @@ def test_the_report_says_what_a_confidence_means(labelled_run):
     assert "## Calibration" in text and f"| {100 * cal['sets']['deployed']['ece']:.1f} |" in text
     assert cal["C_grid"] == [1.0, 10.0] and cal["c_at_grid_edge"] == {1.0: "low", 10.0: "high"}[cal["deployed_C"]]
     assert ("the best C may lie beyond the grid" in text) == (cal["c_at_grid_edge"] is not None)
+
+
+def test_the_headline_puts_the_map_against_the_majority_floor(labelled_run):
+    """The report's words start with the map's accuracy against always answering the commonest unit, and say
+    why and what to change where the floor is ahead pixel-wise."""
+    from magpipe.stages.evaluate import floor_sentence
+
+    report, fs = labelled_run["report"], labelled_run["report"]["feature_sets"]
+    dep, floor = fs["deployed"], fs["majority"]
+    assert report["headline"].startswith(
+        f"The map ({report['deployed']['features']} features + SVM) scores {dep['balanced_accuracy']['mean']:.1%} "
+        f"balanced accuracy, {dep['pixel_accuracy']['mean']:.1%} pixel-wise; always answering the commonest unit of "
+        f"the training region scores {floor['balanced_accuracy']['mean']:.1%} and {floor['pixel_accuracy']['mean']:.1%}.")
+    summary = {"balanced_accuracy": {"deployed": 0.45, "majority": 0.25},
+               "pixel_accuracy": {"deployed": 0.65, "majority": 0.78, "deployed@prior": 0.70}}
+    assert "The floor is ahead pixel-wise" in floor_sentence(summary, {"features": "stats"})
+    assert "70.0% pixel-wise here" in floor_sentence(summary, {"features": "stats"})
+    summary["pixel_accuracy"]["deployed"] = 0.80
+    assert "ahead" not in floor_sentence(summary, {"features": "stats"})

@@ -308,7 +308,22 @@ def controls(summary: dict, runs: list[dict], deployed: dict) -> dict:
              f"the deployed features ({deployed['features']}, chosen by {deployed['chosen_by']['features']}) "
              f"{verdict(bal['deployed', best])} {best} ({_points(bal['deployed', best])})"]
     return {"feature_sets": sets, "paired": diffs, "deployed": deployed,
-            "headline": "Balanced accuracy, paired over the same splits: " + "; ".join(words) + "."}
+            "headline": floor_sentence(summary, deployed) + " Balanced accuracy, paired over the same splits: "
+            + "; ".join(words) + "."}
+
+
+def floor_sentence(summary: dict, deployed: dict) -> str:
+    """The map against the floor, in words: its balanced and pixel-wise accuracy and those of always answering
+    the training region's commonest unit; where the floor is ahead pixel-wise, why and what to change."""
+    bal, pix = summary["balanced_accuracy"], summary["pixel_accuracy"]
+    words = (f"The map ({deployed['features']} features + SVM) scores {bal['deployed']:.1%} balanced accuracy, "
+             f"{pix['deployed']:.1%} pixel-wise; always answering the commonest unit of the training region "
+             f"scores {bal['majority']:.1%} and {pix['majority']:.1%}.")
+    if pix["majority"] > pix["deployed"] and "deployed@prior" in pix:  # the map weighed the units equally
+        words += (" The floor is ahead pixel-wise: the SVM weighs the units equally (`svm.class_weight: balanced`), "
+                  "so it gives up cells of the commonest unit to find the rare ones; `prior` favours pixel accuracy "
+                  f"({pix['deployed@prior']:.1%} pixel-wise here, \"deployed, prior weights\").")
+    return words
 
 
 def _points(d: dict) -> str:

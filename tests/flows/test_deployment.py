@@ -113,6 +113,7 @@ def test_local_stack_runs_the_pipeline_deployment(survey_files, tmp_path):
         assert "magpipe: train: autoencoder trained on cpu" in logs  # from the gpu pool's worker process
         assert "Balanced accuracy, paired over the same splits" in logs, logs
         assert {"train-autoencoder", "classify-survey"} <= set(result["subflows"]), result["subflows"]
+        assert {"gpu", "trained-on-cpu"} <= set(result["subflows"]["train-autoencoder"])  # sent to gpu, ran on cpu
         survey_tag = survey_name(params["survey"])
         for tags in [result["tags"], *result["subflows"].values()]:
             assert {survey_tag, "magpipe", f"magpipe-{version()}"} <= set(tags), result

@@ -81,6 +81,7 @@ def test_pipeline_flow_completes_publishes_artifacts_and_reruns_nothing(harness,
     assert "survey" in run_tags and any(t.startswith("magpipe-") for t in run_tags)
     # every run of the pipeline, subflows included, is tagged and named after the survey, as in the UI
     assert {"train-autoencoder", "classify-survey"} <= set(flows), sorted(flows)
+    assert "trained-on-cpu" in flows["train-autoencoder"].tags  # where training ran, not only where it was sent
     for sub in flows.values():
         assert {"survey", "magpipe"} <= set(sub.tags) and any(t.startswith("magpipe-") for t in sub.tags), \
             (sub.name, sub.tags)
