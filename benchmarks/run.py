@@ -391,10 +391,12 @@ def spread(values: list[float]) -> float:
 
 
 def vote_margins(bundle, stack: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """How close each given cell's class is to flipping, in the SVM's own decision units: the smallest
-    |one-vs-one decision value| of the exact SVC (whose class is a vote of the pairs), or the gap between
-    the two largest one-vs-rest decisions of the Nystroem LinearSVC. Float summation order (a dense pass
-    against a per-cell one) flips only cells whose margin is near 0."""
+    """How close each given cell's class is to flipping, in the SVM's own decision units: for an SVC (whose
+    class is a vote of the pairs) the smaller of its smallest |one-vs-one decision value| (a pair about to
+    change its vote) and the gap between its two largest one-vs-rest values (votes tied, broken by the summed
+    confidences: a cycle of pairs flips on a tiny change of those); for the Nystroem LinearSVC the gap between
+    the two largest one-vs-rest decisions. Float summation order (a dense pass against a per-cell one) flips
+    only cells whose margin is near 0."""
     import copy
 
     from magpipe.svm import decision_matrix
@@ -406,9 +408,11 @@ def vote_margins(bundle, stack: np.ndarray, rows: np.ndarray, cols: np.ndarray) 
     name, clf = est.steps[-1]
     if getattr(clf, "decision_function_shape", None) is not None:  # SVC: one vote per pair of classes
         ovo = copy.deepcopy(est).set_params(**{f"{name}__decision_function_shape": "ovo"}).decision_function(X)
-        return np.abs(ovo).reshape(len(X), -1).min(axis=1)
+        pair = np.abs(ovo).reshape(len(X), -1).min(axis=1)
+    else:
+        pair = np.full(len(X), np.inf)
     top = np.sort(decision_matrix(est.decision_function(X)), axis=1)
-    return top[:, -1] - top[:, -2]
+    return np.minimum(pair, top[:, -1] - top[:, -2])
 
 
 def zarr_study(field: np.ndarray, root: Path) -> list[dict]:

@@ -51,6 +51,8 @@ class Decision:
     slope_platt: torch.Tensor | None = None  # (K,) float64; None: uncalibrated (probabilities NaN)
     intercept_platt: torch.Tensor | None = None
     top_label: bool = True  # the voted column is the confidence; False: a bundle from before, normalised
+    # 1: decisions from k - 1 (expm1) where the kernel is near 1 across the landmarks; see :meth:`scores`
+    kernel_shift: float = 0.0
 
     @classmethod
     def of(cls, model, device: str | torch.device = "cpu") -> Decision:
@@ -81,13 +83,16 @@ class Decision:
         else:  # exact SVC: its support vectors are the landmarks that count
             landmarks = landmarks[svc.support_]
             coef, intercept, pairs = one_vs_one(svc)
+        shift = near_one(landmarks, gamma) if normalization is None else 0.0
         return cls(
             model, device, classes,
+            kernel_shift=shift,
             mean=t(scaler.mean_), inv_scale=t(1.0 / np.asarray(scaler.scale_, dtype=np.float64)),
             landmarks_2g=t((landmarks * 2 * gamma).T.copy()), landmark_term=t(-gamma * (landmarks**2).sum(1)),
             gamma=gamma,
             normalization=None if normalization is None else t(normalization),
-            coef=t(coef), intercept=t(intercept, torch.float64),
+            coef=t(coef),
+            intercept=t(np.asarray(intercept, np.float64) + shift * np.asarray(coef, np.float64).sum(1), torch.float64),
             pairs=None if pairs is None else t(pairs, torch.float64),
             slope_platt=t(model.slope_, torch.float64) if calibrated else None,
             intercept_platt=t(model.intercept_, torch.float64) if calibrated else None,
@@ -108,7 +113,11 @@ class Decision:
         else:
             k = torch.addmm(self.landmark_term, x, self.landmarks_2g)
         k -= self.gamma * x.square_().sum(1, keepdim=True)
-        k.clamp_(max=0.0).exp_()
+        # where the kernel is near 1 everywhere (a small gamma), sum (k - 1) rather than k (the intercept holds
+        # the coefficients' sum): a float32 product of k summed terms of the size of C and cancelled them, and
+        # moved a decision by 0.1 at C = 1000 (tiny gamma, 506 support vectors), where k - 1 keeps it at ~1e-6
+        k.clamp_(max=0.0)
+        k = k.expm1_() if self.kernel_shift else k.exp_()
         if self.normalization is not None:
             k = k @ self.normalization
         # float32 products, float64 sums with the intercept (a float64 product of the (n, m) block cost 5x as
@@ -152,6 +161,15 @@ class Decision:
         if holes:
             out[:, :, ~valid] = float("nan")
         return out.view(2, K, H, W)
+
+
+def near_one(landmarks: np.ndarray, gamma: float, sample: int = 256) -> float:
+    """1.0 where the RBF kernel between landmarks (m, F) is mostly above 1/2 (its median over a sample of pairs),
+    else 0.0: the :attr:`Decision.kernel_shift` that keeps a decision's float32 sum small."""
+    pick = landmarks[np.random.default_rng(0).permutation(len(landmarks))[:sample]]
+    d2 = ((pick[:, None, :] - pick[None, :, :]) ** 2).sum(-1)
+    off = d2[~np.eye(len(pick), dtype=bool)]
+    return 1.0 if off.size and float(np.median(np.exp(-gamma * off))) > 0.5 else 0.0
 
 
 def one_vs_one(svc) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

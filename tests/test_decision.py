@@ -117,3 +117,26 @@ def test_cli_device_cuda_without_a_gpu_is_one_line(trained_run, tmp_path, serial
     r = magpipe("classify", "--out", run, "--device", "cuda", *(["--serial"] if serial else []))
     assert_one_line_error(r, "classify.device is cuda", "classify on 'cpu'")
     assert (run / "config.json").read_text() == saved and not (run / "classified.zarr.partial").exists()
+
+
+def test_a_flat_kernel_keeps_sklearns_classes():
+    """A small gamma and a large C (as a search may pick): the kernel is near 1 at every support vector and
+    their coefficients are of the size of C, so a float32 sum of k cancelled terms of that size and flipped
+    classes whose closest pair was 0.01 from its boundary. Summing k - 1 keeps the decision within the float
+    rounding of the kernel: classes differ only at pairs within 1e-3 of their boundary."""
+    import copy
+
+    X, y = _blobs(600, k=4)
+    model = make_svm(C=1000.0, gamma=1e-4).fit(X, y)
+    Xt, _ = _blobs(5000, k=4, seed=1)
+    votes, _ = class_scores(model, Xt)
+    decision = Decision.of(model)
+    assert decision.kernel_shift == 1.0
+    dv = decision.scores(torch.from_numpy(Xt))[0].numpy()
+    ovo = copy.deepcopy(model).set_params(svc__decision_function_shape="ovo").decision_function(Xt.astype("float64"))
+    margin = np.abs(ovo).min(axis=1)
+    differ = dv.argmax(1) != votes.argmax(1)
+    assert (margin[differ] < 1e-3).all(), margin[differ]
+    same_votes = (np.round(dv) == np.round(votes)).all(axis=1)
+    assert np.abs(dv - votes)[same_votes].max() < 2e-3
+    assert not Decision.of(make_svm(C=3.0, gamma=0.08).fit(X, y)).kernel_shift  # a kernel far from flat: k itself
