@@ -115,7 +115,8 @@ class Decision:
         k -= self.gamma * x.square_().sum(1, keepdim=True)
         # where the kernel is near 1 everywhere (a small gamma), sum (k - 1) rather than k (the intercept holds
         # the coefficients' sum): a float32 product of k summed terms of the size of C and cancelled them, and
-        # moved a decision by 0.1 at C = 1000 (tiny gamma, 506 support vectors), where k - 1 keeps it at ~1e-6
+        # moved a decision by 0.1 at C = 1000 (tiny gamma, 506 support vectors); k - 1 keeps it near the
+        # kernel's own rounding (tests/test_decision.py: a flat kernel)
         k.clamp_(max=0.0)
         k = k.expm1_() if self.kernel_shift else k.exp_()
         if self.normalization is not None:
@@ -167,7 +168,8 @@ def near_one(landmarks: np.ndarray, gamma: float, sample: int = 256) -> float:
     """1.0 where the RBF kernel between landmarks (m, F) is mostly above 1/2 (its median over a sample of pairs),
     else 0.0: the :attr:`Decision.kernel_shift` that keeps a decision's float32 sum small."""
     pick = landmarks[np.random.default_rng(0).permutation(len(landmarks))[:sample]]
-    d2 = ((pick[:, None, :] - pick[None, :, :]) ** 2).sum(-1)
+    sq = (pick**2).sum(1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * pick @ pick.T, 0.0)  # (sample, sample), not (.., .., F)
     off = d2[~np.eye(len(pick), dtype=bool)]
     return 1.0 if off.size and float(np.median(np.exp(-gamma * off))) > 0.5 else 0.0
 

@@ -221,10 +221,9 @@ class VoteWithProbabilities(ClassifierMixin, BaseEstimator):
     On five spatial splits this took the test cells' expected calibration error from 28 to 8 points on the
     demo and from 28 to 4 on Britain 1 km; on Rondônia, where no spatial fold holds every unit and the
     folds fall back to stratified ones, it is worse than before (``benchmarks/calibration.py``,
-    docs/results.md). A slope below 0
-    (a larger margin less often right: noise) is replaced by the constant rate; so is a class never voted
-    out of fold (the overall rate). One SVM is deployed, refitted on all cells, so prediction costs one
-    kernel pass.
+    docs/results.md). A slope below 0 (a larger margin less often right: noise) is replaced by the constant
+    rate; so is a class never voted out of fold (the overall rate). One SVM is deployed, refitted on all
+    cells, so prediction costs one kernel pass.
 
     Only the voted class's probability is calibrated, so it is the only one given: probabilities (n, K)
     hold the confidence in the voted column and 0 in the others. A smoothed map's confidence
@@ -315,7 +314,7 @@ def top_label_sigmoids(d: np.ndarray, y: np.ndarray, classes: np.ndarray, w: np.
     vote = d.argmax(axis=1) if len(d) else np.zeros(0, dtype=int)
     right = classes[vote] == y if len(d) else np.zeros(0, dtype=bool)
 
-    def rate(m):  # a weighted rate kept off 0 and 1 (one pseudo-cell of each outcome)
+    def rate(m):  # a weighted rate kept off 0 and 1 (half a pseudo-cell of each outcome)
         return (np.sum(w[m] * right[m]) + 0.5) / (np.sum(w[m]) + 1.0)
 
     overall = rate(np.ones(len(right), dtype=bool))
