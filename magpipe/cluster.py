@@ -60,7 +60,7 @@ def dask_client(scheduler: str | None = None, *, workers: int = 2, gpu: bool = F
     # values (OMP_NUM_THREADS=1 among them) into the parent's environment: an earlier cluster in this process
     # would win, and torch, first loaded after it, would run the driver's training on one thread. The
     # driver's environment is restored when the cluster closes.
-    with _environ({k: str(v) for k, v in env.items()}), \
+    with _quiet_after() as closing, _environ({k: str(v) for k, v in env.items()}), \
             dask.config.set({"distributed.nanny.pre-spawn-environ": env}), \
             LocalCluster(n_workers=gpus or workers, threads_per_worker=1, processes=True,
                          # no dashboard (nobody outlives the run to look at it), and its HTTP server (health
@@ -73,7 +73,46 @@ def dask_client(scheduler: str | None = None, *, workers: int = 2, gpu: bool = F
         client.register_plugin(QuietShutdown())
         if gpus:
             client.register_plugin(GPUDevice())
-        yield client
+        try:
+            yield client
+        finally:
+            closing()
+
+
+# the scheduler's loggers (it runs in this process) that report a worker's connection closing
+SHUTDOWN_LOGGERS = ("distributed.batched", "distributed.comm", "distributed.core")
+
+
+def _hold_at_error() -> dict[str, int]:
+    import logging
+
+    saved = {name: logging.getLogger(name).level for name in SHUTDOWN_LOGGERS}
+    for name in SHUTDOWN_LOGGERS:
+        log = logging.getLogger(name)
+        log.setLevel(max(log.getEffectiveLevel(), logging.ERROR))
+    return saved
+
+
+def _put_back(saved: dict[str, int]) -> None:
+    import logging
+
+    for name, level in saved.items():
+        logging.getLogger(name).setLevel(level)
+
+
+# clusters of concurrent flows (threads) close at their own times: the first to close holds the loggers, the
+# last to finish closing puts them back
+_closing = SharedChange(_hold_at_error, _put_back)
+
+
+@contextlib.contextmanager
+def _quiet_after() -> Iterator:
+    """Yields ``closing()``: called as a LocalCluster starts to close, it holds :data:`SHUTDOWN_LOGGERS` at
+    ERROR until the block ends. A worker's connection closing while the cluster shuts down is the shutdown
+    itself, yet the scheduler warned of it ("Batched Comm Closed") on the user's terminal now and then;
+    errors still show."""
+    with contextlib.ExitStack() as stack:
+        yield lambda: stack.enter_context(_closing())
 
 
 def worker_storage_options(client) -> dict | None:

@@ -124,3 +124,32 @@ def _http_status(url: str) -> int:
             return r.status
     except urllib.error.HTTPError as exc:
         return exc.code
+
+
+def test_a_local_cluster_closing_keeps_its_shutdown_off_the_terminal_and_restores_the_loggers():
+    """As a LocalCluster closes, the scheduler's connection loggers (in this process) drop to ERROR: a worker's
+    connection closing is the shutdown itself ("Batched Comm Closed" reached users now and then). A warning
+    from them still shows while the cluster runs, and their levels are put back after."""
+    import logging
+
+    from magpipe.cluster import SHUTDOWN_LOGGERS, dask_client
+
+    batched = logging.getLogger("distributed.batched")
+    before = {n: logging.getLogger(n).level for n in SHUTDOWN_LOGGERS}
+    seen: list[int] = []
+
+    class Levels(logging.Handler):
+        def emit(self, record):  # pragma: no cover - only a record that gets through
+            seen.append(record.levelno)
+
+    handler = Levels()
+    batched.addHandler(handler)
+    try:
+        with dask_client(workers=1) as client:
+            assert client.submit(sum, [1, 2]).result() == 3
+            assert batched.isEnabledFor(logging.WARNING)  # running: its warnings show
+            batched.warning("while running")
+        assert {n: logging.getLogger(n).level for n in SHUTDOWN_LOGGERS} == before
+    finally:
+        batched.removeHandler(handler)
+    assert seen[0] == logging.WARNING and all(lv >= logging.ERROR for lv in seen[1:]), seen
