@@ -47,5 +47,5 @@ def calibration(correct: np.ndarray, confidence: np.ndarray, bins: int = 10) -> 
         gap += sel.sum() * abs(acc - conf)
         table.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "n": int(sel.sum()), "confidence": conf,
                       "accuracy": acc})
-    return {"ece": gap / max(len(confidence), 1) if len(confidence) else float("nan"), "n": int(len(confidence)),
+    return {"ece": gap / len(confidence) if len(confidence) else float("nan"), "n": int(len(confidence)),
             "bins": table}

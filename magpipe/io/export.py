@@ -116,17 +116,11 @@ def qgis_style(classes: list[str]) -> str:
     entries = "\n".join(f'        <paletteEntry value="{k}" color="#{r:02x}{g:02x}{b:02x}" alpha="255" '
                          f"label={quoteattr(name)}/>"
                          for k, (name, (r, g, b)) in enumerate(zip(classes, class_colours(len(classes))), start=1))
-    return f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
-<qgis version="3.28" styleCategories="Symbology">
-  <pipe>
-    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">
+    return _qml(f"""    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">
       <colorPalette>
 {entries}
       </colorPalette>
-    </rasterrenderer>
-  </pipe>
-</qgis>
-"""
+    </rasterrenderer>""")
 
 
 def qgis_ramp_style(cmap: str, lo: float, hi: float, stops: int = 11) -> str:
@@ -139,10 +133,7 @@ def qgis_ramp_style(cmap: str, lo: float, hi: float, stops: int = 11) -> str:
         f'          <item alpha="255" value="{v:.6g}" label="{v:.3g}" color="#{r:02x}{g:02x}{b:02x}"/>'
         for v, (r, g, b) in ((lo + (hi - lo) * t, tuple(int(round(255 * c)) for c in ramp(t)[:3]))
                              for t in np.linspace(0, 1, stops)))
-    return f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
-<qgis version="3.28" styleCategories="Symbology">
-  <pipe>
-    <rasterrenderer type="singlebandpseudocolor" band="1" opacity="1" alphaBand="-1" nodataColor=""
+    return _qml(f"""    <rasterrenderer type="singlebandpseudocolor" band="1" opacity="1" alphaBand="-1" nodataColor=""
                     classificationMin="{lo:.6g}" classificationMax="{hi:.6g}">
       <rastershader>
         <colorrampshader colorRampType="INTERPOLATED" classificationMode="1" clip="0"
@@ -150,7 +141,15 @@ def qgis_ramp_style(cmap: str, lo: float, hi: float, stops: int = 11) -> str:
 {items}
         </colorrampshader>
       </rastershader>
-    </rasterrenderer>
+    </rasterrenderer>""")
+
+
+def _qml(renderer: str) -> str:
+    """A QGIS layer style (.qml) of the symbology alone, around one raster renderer's XML."""
+    return f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
+<qgis version="3.28" styleCategories="Symbology">
+  <pipe>
+{renderer}
   </pipe>
 </qgis>
 """
