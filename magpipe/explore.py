@@ -134,7 +134,7 @@ def label_next(classified: str | Path, k: int = 10, *, block: int, min_valid: fl
     Returns
     -------
     Least confident first: ``rank``, ``x``, ``y`` (block centre, survey CRS units), ``row``, ``col``,
-    ``block_px`` and ``mean_confidence`` (mean probability of the predicted class, 0..1).
+    ``block_px`` and ``mean_confidence`` (mean calibrated probability that the class is right, 0..1).
     """
     classified = as_path(classified)
     conf, frac = block_reduce(open_array(classified, "confidence"), block, "mean")

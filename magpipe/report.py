@@ -303,7 +303,7 @@ def markdown(report: dict) -> str:
         "",
         "## Label next",
         "",
-        "Blocks where the SVM is least certain (lowest mean probability of its class): new labels here "
+        "Blocks where the SVM is least certain (lowest mean confidence that its class is right): new labels here "
         "help most. Boxed on confidence.png.",
         "",
         markdown_table(report.get("label_next", []), ["rank", "x", "y", "mean_confidence"]),
