@@ -340,7 +340,7 @@ def dense_anomaly(model: PatchAutoencoder, tile: torch.Tensor, mask: torch.Tenso
     ``hidden * window_px**2`` per pixel and channel, not a full patch decode. The reconstructions are
     computed as (rows, cells), the layout of ``F.unfold``'s targets: subtracting a transposed view of those
     instead read them at a stride of the cells per step, which for 32 rows of 512 cells (a power of two)
-    thrashed the cache (14 channels: 98k cells/s against 165k, one thread).
+    thrashed the cache (docs/performance.md, the stack rates).
     """
     p, h, a, C = model.patch_px, model.patch_px // 2, window_px, model.in_channels
     code = (model.encode(tile)[-1] if code is None else code)[0]  # (C_code, H, W)
