@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 RUN = """
-import json, sys
+import json, sys, time
 from prefect.deployments import run_deployment
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterParentFlowRunId, LogFilter,
@@ -37,8 +37,13 @@ with get_client(sync_client=True) as client:
     parent = client.read_flow_run(run.id)
     children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
         parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent.id])))
-    logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(
-        any_=[parent.id, *(r.id for r in children)])))
+    # the runs' processes ship their logs in batches after the state is set: wait for the last line
+    for _ in range(60):
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(
+            any_=[parent.id, *(r.id for r in children)])))
+        if any("Balanced accuracy, paired" in x.message for x in logs):
+            break
+        time.sleep(1)
     subflows = {client.read_flow(r.flow_id).name: r.tags for r in children}
 print(json.dumps({"state": run.state.name, "message": run.state.message, "artifacts": sorted(arts),
                   "report": arts.get("survey-report"), "tags": parent.tags, "subflows": subflows,
