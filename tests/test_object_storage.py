@@ -427,6 +427,29 @@ def test_a_store_that_does_not_answer_is_never_taken_for_an_absent_one(trained_r
     assert msg.startswith(f"{url}: cannot reach the object store") and "\n" not in msg, msg
 
 
+def test_a_bucket_that_stops_answering_mid_write_is_named_once_and_retried(bucket, s3):
+    """A store's write through connections that keep dropping: one line naming the output once, of the kind
+    flows retry (StoreUnavailableError), and nothing marked complete."""
+    from magpipe.errors import StoreUnavailableError, is_transient
+    from magpipe.io.location import storage_scope
+    from magpipe.io.stores import write_store
+    from magpipe.testing import FaultProxy
+
+    url = f"{bucket}/runs/dropped/grid.zarr"
+    ds = xr.Dataset({"v": (("y", "x"), np.zeros((8, 8), "float32"))})
+    proxy = FaultProxy(s3["AWS_ENDPOINT_URL"])
+    try:
+        proxy.fault("drop", method="PUT", path="runs/dropped/grid.zarr/v/")  # the data, after the group's metadata
+        once = {"endpoint_url": proxy.endpoint, "config_kwargs": {"retries": {"max_attempts": 1}}}
+        with storage_scope({"s3": once}), pytest.raises(StoreUnavailableError) as err:
+            write_store(ds, url, stage_hash="h")
+    finally:
+        proxy.close()
+    msg = str(err.value)
+    assert msg.startswith(f"{url}: cannot reach the object store") and msg.count(url) == 1 and "\n" not in msg, msg
+    assert is_transient(err.value) and proxy.hits
+    assert not is_complete(url)
+
 def test_only_failures_a_retry_may_cure_are_retried():
     """What flows retry (flows._common.retry_if_transient): a store or network that did not answer, a lost worker;
     not bad input, bad config, a lock held or lost, or a bug."""

@@ -204,10 +204,12 @@ def write_store(ds: xr.Dataset, path: str | Path, *, stage_hash: str, shard_px: 
     ds = ds.copy()
     ds.attrs.update({HASH: stage_hash, VERSION: version()})
     try:
-        with remote_errors(tmp):
+        with remote_errors(path):  # a bucket's errors name the output asked for, and keep their kind
             ds.to_zarr(str(tmp), mode="w", zarr_format=3, consolidated=False, encoding=enc, **zarr_options(tmp))
+    except StorageError:
+        raise
     except OSError as exc:
-        raise StorageError(f"{path}: cannot write store ({exc})") from exc
+        raise StorageError(f"{path}: cannot write store ({first_line(exc)})") from exc
     try:
         extra = summary(tmp) if summary else None
     except BaseException:  # a summary that refuses the data leaves nothing behind
