@@ -40,7 +40,7 @@ from magpipe.process import configure_process
 from magpipe.resolve import resolved_config
 from magpipe.split_scores import split_cells
 from magpipe.splits import cv_folds, split_config
-from magpipe.stages.evaluate import _run_inputs
+from magpipe.stages.evaluate import read_run_inputs
 from magpipe.svm import calibrated, fit_svm, out_of_fold_decisions, prior_weights, top_label_sigmoids
 
 METHODS = ("one-vs-rest", "top-label, stratified", "top-label, spatial", "top-label, spatial, weighted")
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     configure_process()
     lay = Layout(args.out)
     cfg = resolved_config(lay, RunConfig.load(lay.config))  # patch_px: auto as the run chose it
-    bundle, arrays, grids = _run_inputs(str(args.out), cfg, None, "calibration")
+    bundle, arrays, grids = read_run_inputs(str(args.out), cfg)
     splits = []
     for i in range(cfg.evaluate.splits):
         splits.append(split_ece(split_config(cfg, i), bundle, arrays, grids))

@@ -113,17 +113,22 @@ _RUN_INPUTS_LOCK = threading.Lock()
 RUNS_HELD = 2  # evaluations whose inputs a worker holds at once (runs sharing a cluster); the oldest goes first
 
 
+def read_run_inputs(out: str, cfg: RunConfig, storage: dict | None = None) -> tuple:
+    """A finished run's model bundle, its input grids held in memory (the survey's stack, in the bundle's
+    order) and its label grids, read from the stores in ``out``: what an evaluation split needs."""
+    with storage_scope(storage):
+        lay = Layout(out)
+        bundle = load_bundle(lay.model, patch_px=cfg.patches.patch_px)
+        return bundle, in_memory(input_stack(lay, bundle.inputs)[0]), read_label_grids(lay.survey)
+
+
 def _run_inputs(out: str, cfg: RunConfig, storage: dict | None, key: str) -> tuple:
     """The run's model, input grids and labels, read from its stores in ``out`` once per worker for all the
     tasks of one evaluation (``key``: its input hash), until :func:`forget_run_inputs` or ``RUNS_HELD`` newer
     evaluations on the same worker."""
     with _RUN_INPUTS_LOCK:
         if (out, key) not in _RUN_INPUTS:
-            with storage_scope(storage):
-                lay = Layout(out)
-                bundle = load_bundle(lay.model, patch_px=cfg.patches.patch_px)
-                arrays = in_memory(input_stack(lay, bundle.inputs)[0])
-                _RUN_INPUTS[out, key] = bundle, arrays, read_label_grids(lay.survey)
+            _RUN_INPUTS[out, key] = read_run_inputs(out, cfg, storage)
             while len(_RUN_INPUTS) > RUNS_HELD:
                 _RUN_INPUTS.popitem(last=False)
         _RUN_INPUTS.move_to_end((out, key))
