@@ -581,8 +581,10 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"default configuration ({', '.join(f'{k} {v}' for k, v in d['config'].items())}): "
                       f"{d['cells_per_s']:.0f} cells/s, naive {d['naive_cells_per_s']:.0f}, ratio "
                       f"{d['ratio_vs_naive']:.1f}x (IQR {d['ratio_quartiles']['iqr'][0]:.1f} to "
-                      f"{d['ratio_quartiles']['iqr'][1]:.1f}); {d['mismatched_cells']} of {d['naive_cells']} "
-                      "cells differ", flush=True)
+                      f"{d['ratio_quartiles']['iqr'][1]:.1f}), {d['ratio_vs_naive_classes']:.1f}x against the naive "
+                      f"classes alone; {d['mismatched_cells']} of {d['naive_cells']} cells differ, confidence by "
+                      f"{d['max_confidence_difference']:.1e} at most, anomaly by "
+                      f"{d['max_anomaly_difference_relative']:.1e} of its largest", flush=True)
             result["sizes"].append(row)
             for f in [tif, *layers.values()]:
                 Path(f).unlink(missing_ok=True)

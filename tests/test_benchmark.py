@@ -57,6 +57,11 @@ def test_benchmark_runs_and_matches_the_naive_method(tmp_path):
     assert d["ratio_vs_naive"] == np.median(d["ratio_runs"]) == d["ratio_quartiles"]["median"]
     assert d["naive_cells"] == 63 * 63  # the central block of about --naive-cells cells
     assert d["mismatched_cells"] <= 0.001 * d["naive_cells"] and d["max_vote_margin_of_mismatches"] < 1e-2
+    # like with like: the naive side makes the confidence and anomaly layers too, to float precision
+    assert d["max_confidence_difference"] < 1e-4 and d["max_anomaly_difference_relative"] < 1e-4
+    assert all(c > a for c, a in zip(d["naive_classes_cells_per_s_runs"], d["naive_cells_per_s_runs"]))
+    assert d["ratio_vs_naive_classes"] == np.median(
+        [m / n for m, n in zip(d["cells_per_s_runs"], d["naive_classes_cells_per_s_runs"])]) < d["ratio_vs_naive"]
 
 
 @pytest.mark.slow
