@@ -115,15 +115,7 @@ class SmoothedNaive:
             rr, cc = rows[b0 : b0 + batch], cols[b0 : b0 + batch]
             x = b.scaling.apply(np.moveaxis(windows[:, rr, cc], 0, 1), axis=1)
             votes[rr, cc], proba[rr, cc] = class_scores(b.svm, b.features.patches(x))
-        side, K = H - 2 * r, votes.shape[2]
-        mean = np.full((side, side, K), np.nan, dtype="float64")
-        mean_p = np.full_like(mean, np.nan)
-        for y in range(side):  # per cell: the mean vote and probability of the valid cells of its window
-            for x in range(side):
-                if valid[y + r, x + r]:
-                    near = (slice(y, y + 2 * r + 1), slice(x, x + 2 * r + 1))
-                    mean[y, x] = np.nanmean(votes[near].reshape(-1, K), axis=0, dtype=np.float64)
-                    mean_p[y, x] = np.nanmean(proba[near].reshape(-1, K), axis=0, dtype=np.float64)
+        mean, mean_p = (window_mean(v, valid, r) for v in (votes, proba))
         self.classes, self.confidence = best_class(b.svm, mean.astype("float32"), mean_p.astype("float32"), axis=-1)
         self.mean_votes = mean
 
@@ -165,6 +157,23 @@ class SmoothedNaive:
                 "max_vote_margin_of_mismatches": float((top[:, -1] - top[:, -2]).max(initial=0)),
                 "max_confidence_difference": _max_abs(conf[same], self.confidence[same]),
                 "max_anomaly_difference_relative": _max_abs(anom, self.anomaly) / scale}
+
+
+def window_mean(values: np.ndarray, valid: np.ndarray, r: int) -> np.ndarray:
+    """Per interior cell of ``values`` (H, W, K), the mean over the valid cells of its (2r + 1)^2 window, summed
+    directly window cell by window cell (no running sums: r^2 work per cell), in float64: (H - 2r, W - 2r, K),
+    NaN where the cell itself has no data. Every cell is done at once for each window offset, so the cost is
+    the arithmetic's, not the interpreter's."""
+    H, W, K = values.shape
+    side_y, side_x = H - 2 * r, W - 2 * r
+    total = np.zeros((side_y, side_x, K))
+    count = np.zeros((side_y, side_x, 1))
+    for dy in range(2 * r + 1):
+        for dx in range(2 * r + 1):
+            ok = valid[dy : dy + side_y, dx : dx + side_x, None]
+            total += np.where(ok, values[dy : dy + side_y, dx : dx + side_x], 0.0)
+            count += ok
+    return np.where(valid[r : r + side_y, r : r + side_x, None], total / np.maximum(count, 1), np.nan)
 
 
 def _max_abs(a: np.ndarray, b: np.ndarray) -> float:

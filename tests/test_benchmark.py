@@ -129,3 +129,21 @@ def test_load_benchmark_runs_many_flows_at_once_to_the_sequential_maps(harness, 
     assert res["maps_identical_to_sequential"] == {"area0": True, "area1": True}
     assert res["partial_stores_left"] == [] and res["locks_held_after"] == [] and res["scheduler_tasks_left"] == 0
     assert res["sequential_s"] > 0 and res["concurrent_s"] > 0
+
+
+def test_the_naive_smoothing_is_each_cells_mean_over_its_windows_valid_cells():
+    window_mean = runpy.run_path(str(ROOT / "benchmarks" / "default_run.py"))["window_mean"]
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(12, 11, 3)).astype("float32")
+    valid = rng.random((12, 11)) > 0.3
+    values[~valid] = np.nan
+    for r in (0, 1, 2):
+        got = window_mean(values, valid, r)
+        assert got.shape == (12 - 2 * r, 11 - 2 * r, 3)
+        for y in range(got.shape[0]):
+            for x in range(got.shape[1]):
+                if not valid[y + r, x + r]:
+                    assert np.isnan(got[y, x]).all()
+                else:
+                    near = values[y : y + 2 * r + 1, x : x + 2 * r + 1].reshape(-1, 3)
+                    np.testing.assert_allclose(got[y, x], np.nanmean(near, axis=0, dtype=np.float64), rtol=1e-12)
