@@ -20,6 +20,7 @@ Features per tapped layer k (C_k channels), by readout:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -142,11 +143,22 @@ class PatchAutoencoder(nn.Module):
 
 def seeded_autoencoder(seed: int, patch_px: int, channels: Sequence[int], hidden: int, *, in_channels: int = 1
                        ) -> PatchAutoencoder:
-    """A :class:`PatchAutoencoder` whose initial weights come from ``seed`` alone (the CPU generator seeded as
-    ``torch.manual_seed`` would), leaving the caller's random state, and every device's, as it was."""
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)
-        return PatchAutoencoder(patch_px, channels, hidden, in_channels=in_channels)
+    """A :class:`PatchAutoencoder` whose initial weights come from ``seed`` alone: torch's default
+    initialisation (uniform, bound 1 / sqrt(fan_in) for biases, Kaiming-uniform with a = sqrt(5) for weights),
+    drawn layer by layer from a generator of its own, so they equal those of ``torch.manual_seed(seed)`` before
+    construction bit for bit. The process's random state is never read or written: two runs building models
+    in threads of one worker, or any other thread drawing numbers meanwhile, cannot change each other's
+    weights (seeding and restoring the shared generator could)."""
+    with torch.device("meta"):  # the layers' shapes, no storage and no draws
+        model = PatchAutoencoder(patch_px, channels, hidden, in_channels=in_channels)
+    model = model.to_empty(device="cpu")
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in (*model.encoder, model.decoder[0], model.decoder[2]):  # the order they are built in
+            nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=gen)
+            bound = 1 / math.sqrt(layer.weight[0].numel())  # fan_in: inputs x kernel cells
+            nn.init.uniform_(layer.bias, -bound, bound, generator=gen)
+    return model
 
 
 def resolve_layers(model: PatchAutoencoder, layers: Sequence[int] | None) -> list[int]:

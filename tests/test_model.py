@@ -70,3 +70,34 @@ def test_layer_selection_is_validated():
     assert resolve_layers(model, [3, 1, 1]) == [1, 3]
     with pytest.raises(ValueError, match="layers"):
         resolve_layers(model, [4])
+
+
+def test_seeded_weights_are_torchs_own_and_no_other_thread_changes_them():
+    """seeded_autoencoder draws from a generator of its own: the weights torch.manual_seed(seed) gives, and the
+    same while other threads seed and draw from the process's generator (as concurrent runs on one worker do)."""
+    import threading
+
+    from magpipe.model import PatchAutoencoder, seeded_autoencoder
+
+    torch.manual_seed(5)
+    reference = PatchAutoencoder(9, (8, 16), 32, in_channels=3).state_dict()
+    before = torch.get_rng_state()
+    got = seeded_autoencoder(5, 9, (8, 16), 32, in_channels=3).state_dict()
+    assert list(got) == list(reference) and all(torch.equal(got[k], reference[k]) for k in got)
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's random state untouched
+
+    stop = threading.Event()
+
+    def hammer() -> None:  # another run's thread, seeding and drawing all the while
+        while not stop.is_set():
+            torch.manual_seed(1)
+            torch.rand(64)
+
+    other = threading.Thread(target=hammer)
+    other.start()
+    try:
+        builds = [seeded_autoencoder(5, 9, (8, 16), 32, in_channels=3).state_dict() for _ in range(200)]
+    finally:
+        stop.set()
+        other.join()
+    assert all(torch.equal(b[k], reference[k]) for b in builds for k in reference)
